@@ -1,0 +1,77 @@
+use anyhow::Result;
+use puce_core::check::{CheckOptions, check};
+
+use super::Ctx;
+use crate::args::CheckArgs;
+use crate::output;
+use crate::progress::Bar;
+
+pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let bar = Bar::new("check", ctx.quiet || ctx.json || !a.read_data);
+    let report = check(
+        &repo,
+        &CheckOptions {
+            read_data: a.read_data,
+            threads: 0,
+        },
+        &bar,
+    );
+    bar.finish();
+    let report = report?;
+    if ctx.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["ok"] = serde_json::json!(report.is_ok());
+        output::json(&v)?;
+    } else {
+        for p in &report.problems {
+            let level = if p.kind == "unindexed_pack" {
+                "warning"
+            } else {
+                "error"
+            };
+            println!("{level}: {}", p.detail);
+        }
+        for s in &report.affected {
+            println!(
+                "damaged: snapshot {} of space '{}' ({}), {} paths:",
+                &s.id[..12],
+                s.space,
+                output::time(s.time_ns),
+                s.damaged_paths
+            );
+            for p in &s.paths {
+                println!("    {p}");
+            }
+            if s.damaged_paths as usize > s.paths.len() {
+                println!("    ...");
+            }
+        }
+        if !ctx.quiet {
+            println!(
+                "checked {} snapshots, {} trees, {} packs, {} objects{}: {}",
+                report.snapshots,
+                report.trees,
+                report.packs,
+                report.objects,
+                if report.read_data {
+                    format!(", read {}", output::size(report.bytes_read))
+                } else {
+                    String::new()
+                },
+                if report.is_ok() {
+                    "no errors"
+                } else {
+                    "ERRORS FOUND"
+                }
+            );
+        }
+        if !report.is_ok() {
+            eprintln!(
+                "error: the repository is damaged; `puce repair index` fixes index problems, \
+                 lost data must come from another copy"
+            );
+        }
+    }
+    Ok(if report.is_ok() { 0 } else { 1 })
+}

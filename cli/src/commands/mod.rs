@@ -1,0 +1,100 @@
+//! One module per subcommand; `run` dispatches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use puce_core::{ErrorKind, InitOptions, OpenOptions, Repo};
+
+use crate::args::{Cli, Command, RepairCommand};
+
+mod check;
+mod diff;
+mod init;
+mod ls;
+mod repair;
+mod restore;
+mod snapshot;
+mod snapshots;
+
+/// Global options every command sees.
+pub struct Ctx {
+    pub repo: Option<PathBuf>,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// The repository path: `--repo`, `PUCE_REPO`, or the default under the XDG data directory.
+    pub fn repo_path(&self) -> Result<(PathBuf, bool)> {
+        if let Some(p) = &self.repo {
+            return Ok((p.clone(), false));
+        }
+        let dirs = directories::ProjectDirs::from("", "", "puce").context(
+            "no home directory to put the default repository in: give --repo or set PUCE_REPO",
+        )?;
+        Ok((dirs.data_dir().join("repo"), true))
+    }
+
+    /// How repositories are opened: the stat cache goes to the user's cache directory.
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            cache_dir: directories::ProjectDirs::from("", "", "puce")
+                .map(|d| d.cache_dir().to_path_buf()),
+            ..OpenOptions::default()
+        }
+    }
+
+    /// Open the repository; the default one is created on first use.
+    pub fn open(&self) -> Result<Arc<Repo>> {
+        let (path, is_default) = self.repo_path()?;
+        if is_default && !path.join("config").exists() {
+            let opts = InitOptions {
+                open: self.open_options(),
+                ..InitOptions::default()
+            };
+            let repo = Repo::init(&path, &opts)?;
+            if !self.quiet && !self.json {
+                eprintln!("created the default repository at {}", path.display());
+            }
+            return Ok(Arc::new(repo));
+        }
+        Ok(Arc::new(Repo::open_with(&path, &self.open_options())?))
+    }
+}
+
+/// Run the parsed command; returns the exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let ctx = Ctx {
+        repo: cli.repo,
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Init(a) => init::run(&ctx, a),
+        Command::Snapshot(a) => snapshot::run(&ctx, a),
+        Command::Snapshots(a) => snapshots::run(&ctx, a),
+        Command::Ls(a) => ls::run_ls(&ctx, a),
+        Command::Cat(a) => ls::run_cat(&ctx, a),
+        Command::Restore(a) => restore::run(&ctx, a),
+        Command::Diff(a) => diff::run(&ctx, a),
+        Command::Check(a) => check::run(&ctx, a),
+        Command::Repair(RepairCommand::Index) => repair::run_index(&ctx),
+    }
+}
+
+/// The exit code for an error: 2 for bad usage, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<puce_core::Error>().map(|e| e.kind()) {
+        Some(ErrorKind::InvalidInput) => 2,
+        _ => 1,
+    }
+}
+
+/// Split `SNAP[:PATH]` at the first `:`.
+pub fn split_target(s: &str) -> (&str, &str) {
+    match s.split_once(':') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    }
+}

@@ -1,0 +1,59 @@
+use anyhow::Result;
+use comfy_table::Cell;
+use serde_json::json;
+
+use super::Ctx;
+use crate::args::SnapshotsArgs;
+use crate::output;
+
+pub fn run(ctx: &Ctx, a: SnapshotsArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let snaps: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| a.space.as_ref().is_none_or(|sp| &s.snapshot.space == sp))
+        .collect();
+    if ctx.json {
+        let v: Vec<_> = snaps
+            .iter()
+            .map(|e| {
+                let s = &e.snapshot;
+                json!({
+                    "id": e.id.to_hex(),
+                    "time": output::time_utc(s.time_ns),
+                    "space": s.space,
+                    "host": s.host,
+                    "user": s.user,
+                    "source": s.source,
+                    "tags": s.tags,
+                    "parents": s.parents.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
+                    "tree": s.root.to_hex(),
+                    "origin": s.origin,
+                    "summary": s.summary,
+                })
+            })
+            .collect();
+        return output::json(&v).map(|_| 0);
+    }
+    let mut t = output::table(
+        &["ID", "Time", "Space", "Host", "Tags", "Files", "Size"],
+        &[5, 6],
+    );
+    for e in &snaps {
+        let s = &e.snapshot;
+        t.add_row(vec![
+            Cell::new(e.id.short(8)),
+            Cell::new(output::time(s.time_ns)),
+            Cell::new(&s.space),
+            Cell::new(&s.host),
+            Cell::new(s.tags.join(",")),
+            Cell::new(s.summary.files),
+            Cell::new(output::size(s.summary.bytes)),
+        ]);
+    }
+    output::print_table(&t);
+    if !ctx.quiet {
+        println!("{} snapshots", snaps.len());
+    }
+    Ok(0)
+}

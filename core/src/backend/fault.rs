@@ -1,0 +1,115 @@
+//! A backend wrapper that fails on demand, for fault tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::{Backend, FileKind, ObjectWriter};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Wraps a backend; once `budget` mutating operations have succeeded, every further write,
+/// publication or removal fails with an I/O error (as a full disk or a lost server would).
+#[derive(Debug, Clone)]
+pub struct FaultBackend<B> {
+    inner: Arc<B>,
+    budget: Arc<AtomicI64>,
+}
+
+impl<B: Backend> FaultBackend<B> {
+    /// Wrap `inner`, allowing `budget` mutating operations (negative: unlimited).
+    pub fn new(inner: B, budget: i64) -> FaultBackend<B> {
+        FaultBackend {
+            inner: Arc::new(inner),
+            budget: Arc::new(AtomicI64::new(budget)),
+        }
+    }
+
+    /// Change the remaining budget (negative: unlimited).
+    pub fn set_budget(&self, budget: i64) {
+        self.budget.store(budget, Ordering::SeqCst);
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    fn spend(&self) -> Result<()> {
+        spend(&self.budget)
+    }
+}
+
+/// Take one operation from the budget: negative is unlimited, zero refuses.
+fn spend(budget: &AtomicI64) -> Result<()> {
+    let r = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+        0 => None,
+        b if b < 0 => Some(b),
+        b => Some(b - 1),
+    });
+    match r {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::new(
+            ErrorKind::Io,
+            "injected fault: storage refused the write",
+        )),
+    }
+}
+
+impl<B: Backend> Backend for FaultBackend<B> {
+    fn location(&self) -> String {
+        format!("fault({})", self.inner.location())
+    }
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        self.inner.read(kind, name)
+    }
+    fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read_at(kind, name, offset, buf)
+    }
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        self.inner.size(kind, name)
+    }
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.spend()?;
+        self.inner.write(kind, name, data)
+    }
+    fn create(&self, kind: FileKind) -> Result<Box<dyn ObjectWriter>> {
+        let w = self.inner.create(kind)?;
+        Ok(Box::new(FaultWriter {
+            inner: w,
+            budget: self.budget.clone(),
+        }))
+    }
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        self.inner.list(kind)
+    }
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.spend()?;
+        self.inner.remove(kind, name)
+    }
+}
+
+struct FaultWriter {
+    inner: Box<dyn ObjectWriter>,
+    budget: Arc<AtomicI64>,
+}
+
+impl std::io::Write for FaultWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl ObjectWriter for FaultWriter {
+    fn finish(self: Box<Self>, name: &str) -> Result<()> {
+        if let Err(e) = spend(&self.budget) {
+            self.inner.abort();
+            return Err(e);
+        }
+        self.inner.finish(name)
+    }
+    fn abort(self: Box<Self>) {
+        self.inner.abort()
+    }
+}

@@ -1,0 +1,79 @@
+//! Where the repository's files live: packs, snapshot records and the config.
+//!
+//! The [`Backend`] trait is the storage boundary. The local directory is the default; an
+//! in-memory backend and a fault-injecting wrapper serve tests; network backends (S3) implement
+//! the trait in their own crates, so that `core` stays free of network and async code.
+//!
+//! Every backend promises: a file written by [`Backend::write`] or published by
+//! [`ObjectWriter::finish`] is complete and durable when the call returns, and is never seen
+//! half-written by a reader.
+
+use std::fmt::Debug;
+use std::io::Write;
+
+use crate::error::Result;
+
+pub mod fault;
+pub mod local;
+pub mod memory;
+
+/// The classes of files in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// `config`: one file, the repository config.
+    Config,
+    /// `packs/`: pack files named by their id.
+    Pack,
+    /// `snapshots/`: snapshot records named by their id.
+    Snapshot,
+    /// `spaces/`: per-space settings (retention policy).
+    Space,
+}
+
+impl FileKind {
+    /// Directory name (or file name for [`FileKind::Config`]).
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Pack => "packs",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Space => "spaces",
+        }
+    }
+}
+
+/// A file being written; nothing is visible until [`ObjectWriter::finish`].
+pub trait ObjectWriter: Write + Send {
+    /// Make the file durable and publish it under `name`.
+    fn finish(self: Box<Self>, name: &str) -> Result<()>;
+    /// Throw the file away.
+    fn abort(self: Box<Self>);
+}
+
+/// Storage for the repository's files.
+pub trait Backend: Send + Sync + Debug {
+    /// Where the files are, for messages.
+    fn location(&self) -> String;
+    /// Read a whole file.
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// Fill `buf` from `offset` of a file.
+    fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Size of a file in bytes.
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
+    /// Write a whole (small) file atomically and durably, replacing any previous one.
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Start writing a (large) file.
+    fn create(&self, kind: FileKind) -> Result<Box<dyn ObjectWriter>>;
+    /// Names and sizes of the files of a kind.
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// Delete a file; deleting a missing file is not an error.
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Whether a file exists.
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        match self.size(kind, name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Tree objects: one directory, its entries sorted by name bytes.
+//!
+//! A tree object's plaintext is `version:u8` followed by the postcard encoding of [`Tree`]; its
+//! id is the BLAKE3 hash of that plaintext, so identical directories are stored once.
+//! Names are raw bytes (non-UTF-8 names survive); decoding rejects any name that could escape a
+//! directory when materialised (empty, `.`, `..`, containing `/` or NUL) and unsorted or
+//! duplicate names.
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope::decode_exact;
+use crate::error::{Error, ErrorKind, Result};
+use crate::hash::ObjectId;
+
+/// Current version of the tree encoding.
+pub const VERSION: u8 = 1;
+
+/// A directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Tree {
+    /// Entries sorted by name bytes, names unique.
+    pub entries: Vec<Entry>,
+}
+
+/// One entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// File name, raw bytes.
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// What the entry is.
+    pub node: Node,
+}
+
+/// The kind-specific part of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Node {
+    /// A regular file: its size and the ids of its chunks in order.
+    File {
+        /// Size in bytes (the sum of the chunk lengths).
+        size: u64,
+        /// Chunk ids, in file order.
+        chunks: Vec<ObjectId>,
+    },
+    /// A subdirectory.
+    Dir {
+        /// Id of the subdirectory's tree.
+        tree: ObjectId,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Link target, raw bytes.
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+}
+
+impl Entry {
+    /// Whether the entry is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.node, Node::Dir { .. })
+    }
+
+    /// The logical size: file size, target length for a symlink, 0 for a directory.
+    pub fn size(&self) -> u64 {
+        match &self.node {
+            Node::File { size, .. } => *size,
+            Node::Symlink { target } => target.len() as u64,
+            Node::Dir { .. } => 0,
+        }
+    }
+
+    /// One letter for listings: `-`, `d` or `l`.
+    pub fn type_char(&self) -> char {
+        match self.node {
+            Node::File { .. } => '-',
+            Node::Dir { .. } => 'd',
+            Node::Symlink { .. } => 'l',
+        }
+    }
+}
+
+/// Check that `name` is safe to use as one path component.
+pub fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::new(
+            ErrorKind::UnsafePath,
+            format!(
+                "unsafe entry name {:?} in tree (empty, '.', '..', or containing '/' or NUL): \
+                 refusing it",
+                String::from_utf8_lossy(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// Encode as the plaintext of a tree object. Entries must already be sorted and unique.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = vec![VERSION];
+        postcard::to_io(self, &mut out)
+            .map_err(|e| Error::other("cannot encode tree").with_source(e))?;
+        Ok(out)
+    }
+
+    /// Decode the plaintext of a tree object, validating names and order.
+    pub fn decode(bytes: &[u8]) -> Result<Tree> {
+        let Some((&version, body)) = bytes.split_first() else {
+            return Err(Error::corrupt("empty tree object"));
+        };
+        if version != VERSION {
+            return Err(if version > VERSION {
+                Error::new(
+                    ErrorKind::UnsupportedVersion,
+                    format!("tree version {version}, this puce reads {VERSION}: upgrade puce"),
+                )
+            } else {
+                Error::corrupt(format!("tree has invalid version {version}"))
+            });
+        }
+        let tree: Tree = decode_exact("tree", body)?;
+        tree.validate()?;
+        Ok(tree)
+    }
+
+    /// Check names and ordering.
+    pub fn validate(&self) -> Result<()> {
+        for (i, e) in self.entries.iter().enumerate() {
+            check_name(&e.name)?;
+            if i > 0 && self.entries[i - 1].name >= e.name {
+                return Err(Error::corrupt(
+                    "tree entries are not sorted by name or have duplicates",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Find an entry by name (binary search).
+    pub fn get(&self, name: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::hexdump;
+
+    fn sample() -> Tree {
+        Tree {
+            entries: vec![
+                Entry {
+                    name: b"a.txt".to_vec(),
+                    mode: 0o644,
+                    mtime_ns: 1_000_000_000,
+                    uid: 1000,
+                    gid: 1000,
+                    node: Node::File {
+                        size: 3,
+                        chunks: vec![ObjectId::of(b"abc")],
+                    },
+                },
+                Entry {
+                    name: b"link".to_vec(),
+                    mode: 0o777,
+                    mtime_ns: -1,
+                    uid: 0,
+                    gid: 0,
+                    node: Node::Symlink {
+                        target: b"a.txt".to_vec(),
+                    },
+                },
+                Entry {
+                    name: vec![b's', 0xff],
+                    mode: 0o755,
+                    mtime_ns: 0,
+                    uid: 1,
+                    gid: 2,
+                    node: Node::Dir {
+                        tree: ObjectId::of(b""),
+                    },
+                },
+            ],
+        }
+    }
+
+    /// Golden: the plaintext of a tree object, annotated.
+    #[test]
+    fn golden_tree_encoding() {
+        let bytes = sample().encode().unwrap();
+        let expect = [
+            "01", // tree version
+            "03", // 3 entries
+            // entry 0
+            "05612e747874", // name "a.txt"
+            "a403",         // mode 0o644 (varint)
+            "80a8d6b907",   // mtime 1e9 ns (zigzag varint)
+            "e807",         // uid 1000
+            "e807",         // gid 1000
+            "00",           // Node::File
+            "03",           // size 3
+            "01",           // 1 chunk
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85",
+            // entry 1
+            "046c696e6b", // name "link"
+            "ff03",       // mode 0o777
+            "01",         // mtime -1 (zigzag)
+            "00",         // uid 0
+            "00",         // gid 0
+            "02",         // Node::Symlink
+            "05612e747874",
+            // entry 2
+            "0273ff", // name "s\xff" (not UTF-8)
+            "ed03",   // mode 0o755
+            "00",     // mtime 0
+            "01",     // uid 1
+            "02",     // gid 2
+            "01",     // Node::Dir
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+        ]
+        .concat();
+        assert_eq!(hexdump(&bytes), expect);
+        assert_eq!(Tree::decode(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for bad in [&b".."[..], b".", b"", b"a/b", b"/etc", b"x\0y"] {
+            let mut t = sample();
+            t.entries[0].name = bad.to_vec();
+            t.entries.truncate(1);
+            let bytes = t.encode().unwrap();
+            assert_eq!(
+                Tree::decode(&bytes).unwrap_err().kind(),
+                ErrorKind::UnsafePath,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsorted_is_corrupt() {
+        let mut t = sample();
+        t.entries.swap(0, 1);
+        let bytes = t.encode().unwrap();
+        assert_eq!(Tree::decode(&bytes).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for len in 0..64 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 1) as u8).collect();
+            let mut v = vec![1u8];
+            v.extend(junk);
+            let _ = Tree::decode(&v);
+        }
+        // A huge declared entry count must not allocate gigabytes.
+        let bytes = [1u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(Tree::decode(&bytes).is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! puce-core: the deduplicating chunk store behind puce.
+//!
+//! Files are cut by content-defined chunking ([`chunking`]), chunks are named by their BLAKE3
+//! hash ([`hash`]), compressed with zstd and appended to pack files ([`pack`]) found through an
+//! index in redb ([`index`]). A folder becomes a snapshot: a Merkle tree of directories
+//! ([`format::tree`]) inside a named space. Identical data is stored once.
+//!
+//! This crate is synchronous and does no network I/O and no terminal output.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod check;
+pub mod chunking;
+pub mod error;
+pub mod format;
+pub mod fsutil;
+pub mod hash;
+pub mod index;
+pub mod pack;
+pub mod progress;
+pub mod repair;
+pub mod repo;
+pub mod saver;
+pub mod snapshot;
+pub mod vfs;
+
+pub use error::{Error, ErrorKind, Result, ResultExt};
+pub use hash::{ChunkId, Hash, ObjectId, PackId, SnapshotId, TreeId};
+pub use repo::{InitOptions, OpenOptions, Repo, SnapshotEntry};

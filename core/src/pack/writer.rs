@@ -1,0 +1,100 @@
+//! Appends objects to a pack file and seals it.
+
+use std::io::Write;
+
+use crate::backend::{Backend, FileKind, ObjectWriter};
+use crate::error::{Error, Result};
+use crate::format::pack::{self, Kind, Record};
+use crate::hash::{Hash, ObjectId, PackId};
+
+/// A pack being written. Nothing is visible until [`PackWriter::finish`] publishes it.
+pub struct PackWriter {
+    out: Box<dyn ObjectWriter>,
+    hasher: blake3::Hasher,
+    len: u64,
+    records: Vec<Record>,
+}
+
+impl PackWriter {
+    /// Start a new pack on `backend`.
+    pub fn new(backend: &dyn Backend) -> Result<PackWriter> {
+        let mut w = PackWriter {
+            out: backend.create(FileKind::Pack)?,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            records: Vec::new(),
+        };
+        w.put(&pack::header())?;
+        Ok(w)
+    }
+
+    fn put(&mut self, b: &[u8]) -> Result<()> {
+        self.out
+            .write_all(b)
+            .map_err(|e| Error::new(crate::ErrorKind::Io, "cannot write pack").with_source(e))?;
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    /// Append an object. `data` is stored as is; `flags` says how it is encoded.
+    pub fn add(
+        &mut self,
+        id: ObjectId,
+        kind: Kind,
+        flags: u8,
+        raw_len: u32,
+        data: &[u8],
+    ) -> Result<()> {
+        let stored_len = u32::try_from(data.len())
+            .ok()
+            .filter(|n| *n <= pack::MAX_OBJECT)
+            .ok_or_else(|| Error::invalid("object too large for a pack"))?;
+        let data_offset = self.len + pack::ENTRY_HEADER_LEN as u64;
+        let offset = u32::try_from(data_offset)
+            .ok()
+            .filter(|o| u64::from(*o) + u64::from(stored_len) < pack::MAX_PACK)
+            .ok_or_else(|| Error::other("pack would exceed 4 GiB"))?;
+        let rec = Record {
+            id,
+            kind,
+            flags,
+            offset,
+            stored_len,
+            raw_len,
+        };
+        self.put(&pack::entry_header(&rec))?;
+        self.put(data)?;
+        self.records.push(rec);
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Number of objects added.
+    pub fn count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no object was added.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Write the trailer, make the file durable and publish it under its id.
+    pub fn finish(mut self) -> Result<(PackId, u64, Vec<Record>)> {
+        let trailer = pack::trailer(&self.records, self.len);
+        self.put(&trailer)?;
+        let id = PackId(Hash(*self.hasher.finalize().as_bytes()));
+        self.out.finish(&id.to_hex())?;
+        Ok((id, self.len, self.records))
+    }
+
+    /// Throw the pack away.
+    pub fn abort(self) {
+        self.out.abort();
+    }
+}

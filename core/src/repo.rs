@@ -1,0 +1,477 @@
+//! A repository: its config, backend and index, and reading objects and snapshots.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::backend::local::LocalBackend;
+use crate::backend::{Backend, FileKind};
+use crate::chunking::ChunkerParams;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::config::{Compression, Config};
+use crate::format::pack::{FLAG_ZSTD, MAX_OBJECT};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::Tree;
+use crate::hash::{Hash, ObjectId, PackId, SnapshotId, is_hex_prefix};
+use crate::index::{Index, IndexReader, Location, StatCache, now_ns};
+
+/// Options of `puce init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Chunking parameters.
+    pub chunker: ChunkerParams,
+    /// Compression settings.
+    pub compression: Compression,
+    /// Pack target size in bytes.
+    pub pack_target_size: u64,
+    /// How to open the new repository.
+    pub open: OpenOptions,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::DEFAULT,
+            compression: Compression::default(),
+            pack_target_size: 32 << 20,
+            open: OpenOptions::default(),
+        }
+    }
+}
+
+/// Options when opening a repository.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Page cache of the index, bytes.
+    pub index_cache: usize,
+    /// Directory for this machine's caches (the stat cache); a subdirectory named by the
+    /// repository id is used. Default: `REPO/cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            index_cache: 64 << 20,
+            cache_dir: None,
+        }
+    }
+}
+
+/// A snapshot with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// The id.
+    pub id: SnapshotId,
+    /// The record.
+    pub snapshot: Snapshot,
+}
+
+/// An open repository.
+pub struct Repo {
+    root: PathBuf,
+    backend: Arc<dyn Backend>,
+    config: Config,
+    index: Index,
+    pack_ids: RwLock<HashMap<u32, PackId>>,
+    cache_dir: PathBuf,
+    statcache: Mutex<Option<Arc<StatCache>>>,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repo({})", self.root.display())
+    }
+}
+
+impl Repo {
+    /// Create a new repository in the local directory `path`.
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<Repo> {
+        if path.join("config").exists() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a repository already exists at {}", path.display()),
+            ));
+        }
+        crate::fsutil::create_dir_durable(path)?;
+        let backend = Arc::new(LocalBackend::open(path)?);
+        Repo::init_with_backend(path, backend, opts)
+    }
+
+    /// Create a new repository whose files live in `backend`, with the index kept under the
+    /// local directory `local`.
+    pub fn init_with_backend(
+        local: &Path,
+        backend: Arc<dyn Backend>,
+        opts: &InitOptions,
+    ) -> Result<Repo> {
+        opts.chunker.validate()?;
+        if !(0..=22).contains(&opts.compression.zstd_level) {
+            return Err(Error::invalid("zstd level must be between 0 and 22"));
+        }
+        if !(1 << 20..=1 << 30).contains(&opts.pack_target_size) {
+            return Err(Error::invalid(
+                "pack target size must be between 1 MiB and 1 GiB",
+            ));
+        }
+        if backend.exists(FileKind::Config, "config")? {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a repository already exists at {}", backend.location()),
+            ));
+        }
+        let mut repo_id = [0u8; 16];
+        getrandom::fill(&mut repo_id)
+            .map_err(|e| Error::other(format!("no random source for the repository id: {e}")))?;
+        let config = Config {
+            repo_id,
+            created_ns: now_ns(),
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_target_size: opts.pack_target_size,
+        };
+        crate::fsutil::create_dir_durable(local)?;
+        backend.write(FileKind::Config, "config", &config.encode()?)?;
+        Repo::open_with_backend(local, backend, &opts.open)
+    }
+
+    /// Open the repository in the local directory `path`.
+    pub fn open(path: &Path) -> Result<Repo> {
+        Repo::open_with(path, &OpenOptions::default())
+    }
+
+    /// Open the repository in the local directory `path` with options.
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Repo> {
+        if !path.join("config").is_file() {
+            return Err(Error::not_found(format!(
+                "no repository at {}: create one with `puce init --repo {}`, or set PUCE_REPO",
+                path.display(),
+                path.display()
+            )));
+        }
+        let backend = Arc::new(LocalBackend::open(path)?);
+        Repo::open_with_backend(path, backend, opts)
+    }
+
+    /// Open a repository whose files live in `backend`, index under `local`.
+    pub fn open_with_backend(
+        local: &Path,
+        backend: Arc<dyn Backend>,
+        opts: &OpenOptions,
+    ) -> Result<Repo> {
+        let bytes = backend.read(FileKind::Config, "config").map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::not_found(format!("no repository at {}", backend.location()))
+            } else {
+                e
+            }
+        })?;
+        let config = Config::decode(&bytes)?;
+        config.chunker.validate()?;
+        let index = Index::open(&local.join("index.redb"), opts.index_cache)?;
+        let cache_dir = opts
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| local.join("cache"))
+            .join(config.repo_id_hex());
+        Ok(Repo {
+            root: local.to_path_buf(),
+            backend,
+            config,
+            index,
+            pack_ids: RwLock::new(HashMap::new()),
+            cache_dir,
+            statcache: Mutex::new(None),
+        })
+    }
+
+    /// The local directory (index and locks).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// This machine's stat cache for the repository (opened on first use).
+    pub fn statcache(&self) -> Result<Arc<StatCache>> {
+        let mut g = self
+            .statcache
+            .lock()
+            .map_err(|_| Error::other("stat cache lock poisoned"))?;
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(StatCache::open(&self.cache_dir.join("files.redb"))?);
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The id of pack number `no`.
+    pub fn pack_id(&self, reader: &IndexReader, no: u32) -> Result<PackId> {
+        if let Some(id) = self.pack_ids.read().ok().and_then(|m| m.get(&no).copied()) {
+            return Ok(id);
+        }
+        let info = reader.pack(no)?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "the index names pack number {no}, which it does not list: run `puce repair index`"
+            ))
+        })?;
+        if let Ok(mut m) = self.pack_ids.write() {
+            m.insert(no, info.id);
+        }
+        Ok(info.id)
+    }
+
+    /// Read an object's plaintext, verifying its hash.
+    pub fn read_object(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        let r = self.index.reader()?;
+        self.read_object_with(&r, id)
+    }
+
+    /// Read an object through an existing index view.
+    pub fn read_object_with(&self, reader: &IndexReader, id: &ObjectId) -> Result<Vec<u8>> {
+        let loc = reader.get(id)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "object {id} is not in the index: the repository is missing data \
+                 (run `puce check`)"
+            ))
+        })?;
+        match self.read_location(reader, id, &loc) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // The pack may have been rewritten by a concurrent gc: look again once.
+                let fresh = self.index.reader()?;
+                match fresh.get(id)? {
+                    Some(l2) if l2 != loc => self.read_location(&fresh, id, &l2),
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Read the stored bytes of an object (compressed as in the pack) without decoding them.
+    pub fn read_stored(&self, reader: &IndexReader, loc: &Location) -> Result<Vec<u8>> {
+        let pack = self.pack_id(reader, loc.pack)?;
+        let mut buf = vec![0u8; loc.stored_len as usize];
+        self.backend.read_at(
+            FileKind::Pack,
+            &pack.to_hex(),
+            u64::from(loc.offset),
+            &mut buf,
+        )?;
+        Ok(buf)
+    }
+
+    /// Read and verify the object at `loc`.
+    pub fn read_location(
+        &self,
+        reader: &IndexReader,
+        id: &ObjectId,
+        loc: &Location,
+    ) -> Result<Vec<u8>> {
+        let stored = self.read_stored(reader, loc)?;
+        let pack = self.pack_id(reader, loc.pack)?;
+        decode_object(id, loc.flags, loc.raw_len, &stored)
+            .map_err(|e| e.context(format!("pack {}", pack.short(16))))
+    }
+
+    /// Read and decode a tree.
+    pub fn read_tree(&self, id: &ObjectId) -> Result<Tree> {
+        let bytes = self.read_object(id)?;
+        Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short(16))))
+    }
+
+    /// Read and decode a tree through an existing index view.
+    pub fn read_tree_with(&self, reader: &IndexReader, id: &ObjectId) -> Result<Tree> {
+        let bytes = self.read_object_with(reader, id)?;
+        Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short(16))))
+    }
+
+    /// All snapshots, oldest first. The snapshot files are the truth; the index caches them.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let files = self.backend.list(FileKind::Snapshot)?;
+        let cached: HashMap<SnapshotId, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
+        let mut out = Vec::with_capacity(files.len());
+        let mut to_cache = Vec::new();
+        let mut present = std::collections::HashSet::new();
+        for (name, _) in files {
+            let Ok(id) = SnapshotId::from_hex(&name) else {
+                continue;
+            };
+            present.insert(id);
+            let bytes = match cached.get(&id) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.backend.read(FileKind::Snapshot, &name)?;
+                    to_cache.push((id, b.clone()));
+                    b
+                }
+            };
+            let snapshot = Snapshot::decode(&bytes, Some(&id))?;
+            out.push(SnapshotEntry { id, snapshot });
+        }
+        let stale: Vec<SnapshotId> = cached
+            .keys()
+            .filter(|k| !present.contains(k))
+            .copied()
+            .collect();
+        if !to_cache.is_empty() {
+            self.index.put_snapshots(&to_cache)?;
+        }
+        if !stale.is_empty() {
+            self.index.remove_snapshots(&stale)?;
+        }
+        out.sort_by_key(|a| (a.snapshot.time_ns, a.id));
+        Ok(out)
+    }
+
+    /// The latest snapshot of a space.
+    pub fn latest(&self, space: &str) -> Result<Option<SnapshotEntry>> {
+        Ok(self
+            .snapshots()?
+            .into_iter()
+            .rfind(|s| s.snapshot.space == space))
+    }
+
+    /// Find a snapshot by `SPACE@latest`, `SPACE@latest~N` or a unique id prefix.
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        let all = self.snapshots()?;
+        resolve_in(&all, spec)
+    }
+
+    /// Write a snapshot file durably and cache it. Returns its id.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let bytes = snapshot.encode()?;
+        let id = Snapshot::id_of(&bytes);
+        self.backend
+            .write(FileKind::Snapshot, &id.to_hex(), &bytes)?;
+        self.index.put_snapshots(&[(id, bytes)])?;
+        Ok(id)
+    }
+
+    /// Store an already-encoded snapshot file (from a peer), checking its id.
+    pub fn save_snapshot_bytes(&self, id: &SnapshotId, bytes: &[u8]) -> Result<Snapshot> {
+        let snap = Snapshot::decode(bytes, Some(id))?;
+        self.backend
+            .write(FileKind::Snapshot, &id.to_hex(), bytes)?;
+        self.index.put_snapshots(&[(*id, bytes.to_vec())])?;
+        Ok(snap)
+    }
+}
+
+/// Find a snapshot in `all` (sorted oldest first) by spec.
+pub fn resolve_in(all: &[SnapshotEntry], spec: &str) -> Result<SnapshotEntry> {
+    if let Some((space, rev)) = spec.rsplit_once('@') {
+        let back: usize = if rev == "latest" {
+            0
+        } else if let Some(n) = rev.strip_prefix("latest~") {
+            n.parse().map_err(|_| {
+                Error::invalid(format!("bad revision '{rev}': use latest or latest~N"))
+            })?
+        } else {
+            return Err(Error::invalid(format!(
+                "bad revision '{rev}' in '{spec}': use SPACE@latest or SPACE@latest~N"
+            )));
+        };
+        let in_space: Vec<&SnapshotEntry> =
+            all.iter().filter(|s| s.snapshot.space == space).collect();
+        if in_space.is_empty() {
+            return Err(Error::not_found(format!(
+                "space '{space}' has no snapshots (see `puce snapshots`)"
+            )));
+        }
+        return in_space
+            .len()
+            .checked_sub(back + 1)
+            .map(|i| in_space[i].clone())
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "space '{space}' has only {} snapshots",
+                    in_space.len()
+                ))
+            });
+    }
+    let prefix = spec.to_ascii_lowercase();
+    if !is_hex_prefix(&prefix) || prefix.len() < 4 {
+        return Err(Error::invalid(format!(
+            "'{spec}' is not a snapshot: give at least 4 hex digits of an id, or SPACE@latest"
+        )));
+    }
+    let mut found = all.iter().filter(|s| s.id.to_hex().starts_with(&prefix));
+    match (found.next(), found.next()) {
+        (Some(s), None) => Ok(s.clone()),
+        (None, _) => Err(Error::not_found(format!(
+            "no snapshot id starts with '{spec}' (see `puce snapshots`)"
+        ))),
+        (Some(_), Some(_)) => Err(Error::invalid(format!(
+            "'{spec}' matches several snapshots: give more digits"
+        ))),
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decode stored object bytes and check they hash to `id`.
+pub fn decode_object(id: &ObjectId, flags: u8, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>> {
+    if raw_len > MAX_OBJECT {
+        return Err(Error::corrupt(format!(
+            "object {id} declares an oversized length"
+        )));
+    }
+    let plain = if flags & FLAG_ZSTD != 0 {
+        let r = DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| {
+                    Error::other("cannot create a zstd decompressor").with_source(e)
+                })?);
+            }
+            match d.as_mut() {
+                Some(d) => d.decompress(stored, raw_len as usize).map_err(|e| {
+                    Error::corrupt(format!("object {id} does not decompress: damaged"))
+                        .with_source(e)
+                }),
+                None => Err(Error::other("no decompressor")),
+            }
+        })?;
+        if r.len() != raw_len as usize {
+            return Err(Error::corrupt(format!(
+                "object {id} decompresses to {} bytes, expected {raw_len}: damaged",
+                r.len()
+            )));
+        }
+        r
+    } else {
+        if stored.len() != raw_len as usize {
+            return Err(Error::corrupt(format!(
+                "object {id} has {} bytes, expected {raw_len}: damaged",
+                stored.len()
+            )));
+        }
+        stored.to_vec()
+    };
+    let got = Hash::of(&plain);
+    if got != id.0 {
+        return Err(Error::corrupt(format!(
+            "object {id} does not match its hash (got {}): damaged data",
+            got.short(16)
+        )));
+    }
+    Ok(plain)
+}

@@ -1,0 +1,466 @@
+//! Restoring a snapshot (or a part of one) into a folder.
+//!
+//! Every chunk is verified against its hash before it is written. Entries are created relative to
+//! open directory handles (`openat`, `mkdirat`, `symlinkat`) with `O_NOFOLLOW`, so neither a
+//! hostile tree (names are checked when trees are decoded) nor a symlink already present in the
+//! target can redirect a write outside the target. Directory modes and times are applied last,
+//! deepest first, so that read-only directories can be filled.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::bounded;
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::tree::{Entry, Node, check_name};
+use crate::hash::ObjectId;
+use crate::index::IndexReader;
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::vfs::Resolved;
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Writer threads; default: the number of CPUs.
+    pub threads: usize,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Files written.
+    pub files: u64,
+    /// Directories created or reused.
+    pub dirs: u64,
+    /// Symbolic links created.
+    pub symlinks: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Entries that could not be restored.
+    pub errors: u64,
+    /// Messages for the errors (the first 100).
+    pub messages: Vec<String>,
+}
+
+struct Job {
+    dir: Arc<OwnedFd>,
+    display: PathBuf,
+    entry: Entry,
+}
+
+struct Shared {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    messages: Mutex<Vec<String>>,
+    fatal: Mutex<Option<Error>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn error(&self, e: Error) {
+        if e.is_disk_full() || e.kind() == ErrorKind::Interrupted {
+            if let Ok(mut f) = self.fatal.lock() {
+                f.get_or_insert(e);
+            }
+            self.stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.messages.lock()
+            && m.len() < 100
+        {
+            m.push(format!("{e:#}"));
+        }
+    }
+}
+
+fn ts(ns: i64) -> rustix::fs::Timespec {
+    rustix::fs::Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000),
+    }
+}
+
+fn times(ns: i64) -> Timestamps {
+    Timestamps {
+        last_access: ts(ns),
+        last_modification: ts(ns),
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn name_os(name: &[u8]) -> &std::ffi::OsStr {
+    std::ffi::OsStr::from_bytes(name)
+}
+
+/// Remove whatever is at `name` in `dir` unless it is a directory (then error).
+fn clear_slot(dir: &OwnedFd, name: &[u8], display: &Path) -> Result<()> {
+    match rustix::fs::statat(dir, name_os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists in the target and is a directory: remove it or restore elsewhere",
+                        display.display()
+                    ),
+                ));
+            }
+            rustix::fs::unlinkat(dir, name_os(name), AtFlags::empty())
+                .map_err(|e| Error::io("cannot replace", display, e.into()))
+        }
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(Error::io("cannot stat", display, e.into())),
+    }
+}
+
+fn restore_file(repo: &Repo, reader: &IndexReader, job: &Job, sh: &Shared) -> Result<()> {
+    let Node::File { size, chunks } = &job.entry.node else {
+        return Err(Error::other("internal: not a file"));
+    };
+    clear_slot(&job.dir, &job.entry.name, &job.display)?;
+    let fd = rustix::fs::openat(
+        &*job.dir,
+        name_os(&job.entry.name),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| Error::io("cannot create", &job.display, e.into()))?;
+    let mut f = File::from(fd);
+    let mut written = 0u64;
+    for id in chunks {
+        if sh.stop.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Interrupted, "restore stopped"));
+        }
+        let data = repo
+            .read_object_with(reader, id)
+            .map_err(|e| e.context(format!("{}", job.display.display())))?;
+        f.write_all(&data)
+            .map_err(|e| Error::io("cannot write", &job.display, e))?;
+        written += data.len() as u64;
+        sh.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+    if written != *size {
+        return Err(Error::corrupt(format!(
+            "{}: chunks hold {written} bytes but the tree says {size}",
+            job.display.display()
+        )));
+    }
+    apply_meta(f.as_fd(), &job.entry, &job.display)?;
+    sh.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn apply_meta(fd: std::os::fd::BorrowedFd<'_>, e: &Entry, display: &Path) -> Result<()> {
+    if is_root() {
+        // Ownership only makes sense (and is only allowed) as root.
+        let _ = rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+        );
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+        .map_err(|er| Error::io("cannot set the mode of", display, er.into()))?;
+    rustix::fs::futimens(fd, &times(e.mtime_ns))
+        .map_err(|er| Error::io("cannot set the time of", display, er.into()))
+}
+
+struct DirMeta {
+    rel: PathBuf,
+    entry: Entry,
+}
+
+struct Walk<'a> {
+    repo: &'a Repo,
+    reader: IndexReader,
+    target: &'a Path,
+    jobs: crossbeam_channel::Sender<Job>,
+    dirs: Vec<DirMeta>,
+    stats: RestoreStats,
+    sh: &'a Shared,
+    progress: &'a dyn Progress,
+}
+
+impl Walk<'_> {
+    fn tree(&mut self, dir: Arc<OwnedFd>, rel: &Path, tree: ObjectId) -> Result<()> {
+        let t = match self.repo.read_tree_with(&self.reader, &tree) {
+            Ok(t) => t,
+            Err(e) => {
+                self.sh
+                    .error(e.context(format!("{}", self.target.join(rel).display())));
+                return Ok(());
+            }
+        };
+        for e in t.entries {
+            if self.sh.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let child_rel = rel.join(name_os(&e.name));
+            self.entry(&dir, &child_rel, e)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, dir: &Arc<OwnedFd>, rel: &Path, e: Entry) -> Result<()> {
+        check_name(&e.name)?;
+        let display = self.target.join(rel);
+        match &e.node {
+            Node::File { .. } => {
+                let job = Job {
+                    dir: dir.clone(),
+                    display,
+                    entry: e,
+                };
+                self.jobs
+                    .send(job)
+                    .map_err(|_| Error::other("restore threads stopped"))?;
+            }
+            Node::Symlink { target } => {
+                let r = clear_slot(dir, &e.name, &display).and_then(|_| {
+                    rustix::fs::symlinkat(name_os(target), &**dir, name_os(&e.name))
+                        .map_err(|er| Error::io("cannot create symlink", &display, er.into()))?;
+                    if is_root() {
+                        let _ = rustix::fs::chownat(
+                            &**dir,
+                            name_os(&e.name),
+                            Some(rustix::fs::Uid::from_raw(e.uid)),
+                            Some(rustix::fs::Gid::from_raw(e.gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        );
+                    }
+                    rustix::fs::utimensat(
+                        &**dir,
+                        name_os(&e.name),
+                        &times(e.mtime_ns),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|er| Error::io("cannot set the time of", &display, er.into()))
+                });
+                match r {
+                    Ok(()) => {
+                        self.stats.symlinks += 1;
+                        self.progress.add(1, 0);
+                    }
+                    Err(er) => self.sh.error(er),
+                }
+            }
+            Node::Dir { tree } => {
+                let tree = *tree;
+                match open_or_make_dir(dir, &e.name, &display) {
+                    Ok(fd) => {
+                        self.stats.dirs += 1;
+                        self.dirs.push(DirMeta {
+                            rel: rel.to_path_buf(),
+                            entry: e,
+                        });
+                        self.tree(Arc::new(fd), rel, tree)?;
+                    }
+                    Err(er) => self.sh.error(er),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_or_make_dir(parent: &OwnedFd, name: &[u8], display: &Path) -> Result<OwnedFd> {
+    match rustix::fs::statat(parent, name_os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::Directory => {}
+        Ok(_) => {
+            rustix::fs::unlinkat(parent, name_os(name), AtFlags::empty())
+                .map_err(|e| Error::io("cannot replace", display, e.into()))?;
+            mkdir(parent, name, display)?;
+        }
+        Err(rustix::io::Errno::NOENT) => mkdir(parent, name, display)?,
+        Err(e) => return Err(Error::io("cannot stat", display, e.into())),
+    }
+    rustix::fs::openat(
+        parent,
+        name_os(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("cannot open directory", display, e.into()))
+}
+
+fn mkdir(parent: &OwnedFd, name: &[u8], display: &Path) -> Result<()> {
+    rustix::fs::mkdirat(parent, name_os(name), Mode::from_raw_mode(0o700))
+        .map_err(|e| Error::io("cannot create directory", display, e.into()))
+}
+
+fn open_target_dir(target: &Path) -> Result<OwnedFd> {
+    std::fs::create_dir_all(target).map_err(|e| Error::io("cannot create", target, e))?;
+    rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("cannot open", target, e.into()))
+}
+
+/// Restore `what` (a snapshot root, a directory or a single entry) into `target`.
+///
+/// A directory's content goes into `target` (created if needed). A single file or symlink goes
+/// to `target/NAME` when `target` is an existing directory, else to `target` itself.
+pub fn restore(
+    repo: &Arc<Repo>,
+    what: &Resolved,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreStats> {
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let sh = Shared {
+        files: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        messages: Mutex::new(Vec::new()),
+        fatal: Mutex::new(None),
+        stop: AtomicBool::new(false),
+    };
+    let (tx, rx) = bounded::<Job>(threads * 16);
+    let (mut stats, dirs) = std::thread::scope(|scope| -> Result<(RestoreStats, Vec<DirMeta>)> {
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let sh = &sh;
+            scope.spawn(move || {
+                let mut reader = None;
+                for (n, job) in rx.into_iter().enumerate() {
+                    if sh.stop.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if n % 64 == 0 || reader.is_none() {
+                        match repo.index().reader() {
+                            Ok(r) => reader = Some(r),
+                            Err(e) => {
+                                sh.error(e);
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(r) = reader.as_ref() else { continue };
+                    let bytes = match &job.entry.node {
+                        Node::File { size, .. } => *size,
+                        _ => 0,
+                    };
+                    match restore_file(repo, r, &job, sh) {
+                        Ok(()) => progress.add(1, bytes),
+                        Err(e) => sh.error(e),
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let mut walk = Walk {
+            repo,
+            reader: repo.index().reader()?,
+            target,
+            jobs: tx,
+            dirs: Vec::new(),
+            stats: RestoreStats::default(),
+            sh: &sh,
+            progress,
+        };
+        let res = match what {
+            Resolved::Root(tree) => {
+                let fd = Arc::new(open_target_dir(target)?);
+                walk.stats.dirs += 1;
+                walk.tree(fd, Path::new(""), *tree)
+            }
+            Resolved::Entry(e) => {
+                if let Node::Dir { tree } = &e.node {
+                    let fd = Arc::new(open_target_dir(target)?);
+                    walk.stats.dirs += 1;
+                    walk.dirs.push(DirMeta {
+                        rel: PathBuf::new(),
+                        entry: e.clone(),
+                    });
+                    walk.tree(fd, Path::new(""), *tree)
+                } else if target.is_dir() {
+                    let fd = Arc::new(open_target_dir(target)?);
+                    walk.entry(&fd, Path::new(name_os(&e.name)), e.clone())
+                } else {
+                    let parent = target
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let name = target.file_name().ok_or_else(|| {
+                        Error::invalid(format!("{} is not a file name", target.display()))
+                    })?;
+                    let fd = Arc::new(open_target_dir(parent)?);
+                    let mut e = e.clone();
+                    e.name = name.as_bytes().to_vec();
+                    let rel = PathBuf::from(name);
+                    walk.target = parent;
+                    walk.entry(&fd, &rel, e)
+                }
+            }
+        };
+        let Walk {
+            jobs, dirs, stats, ..
+        } = walk;
+        drop(jobs);
+        res?;
+        // Workers finish when the channel drains; the scope joins them. Then directories.
+        Ok((stats, dirs))
+    })?;
+    if let Ok(mut f) = sh.fatal.lock()
+        && let Some(e) = f.take()
+    {
+        return Err(e);
+    }
+    let base = match what {
+        Resolved::Entry(e) if !e.is_dir() => None,
+        _ => Some(target),
+    };
+    if let Some(base) = base {
+        for d in dirs.iter().rev() {
+            let p = base.join(&d.rel);
+            let r =
+                rustix::fs::chmod(&p, Mode::from_raw_mode(d.entry.mode & 0o7777)).and_then(|_| {
+                    if is_root() {
+                        let _ = rustix::fs::chown(
+                            &p,
+                            Some(rustix::fs::Uid::from_raw(d.entry.uid)),
+                            Some(rustix::fs::Gid::from_raw(d.entry.gid)),
+                        );
+                    }
+                    rustix::fs::utimensat(
+                        rustix::fs::CWD,
+                        &p,
+                        &times(d.entry.mtime_ns),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                });
+            if let Err(e) = r {
+                sh.error(Error::io("cannot set the mode and time of", &p, e.into()));
+            }
+        }
+    }
+    stats.files = sh.files.load(Ordering::Relaxed);
+    stats.bytes = sh.bytes.load(Ordering::Relaxed);
+    stats.errors = sh.errors.load(Ordering::Relaxed);
+    stats.messages = sh.messages.lock().map(|m| m.clone()).unwrap_or_default();
+    Ok(stats)
+}

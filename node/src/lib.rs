@@ -1,0 +1,1 @@
+//! puce-node: replication between nodes (see issue "Nodes: replication over QUIC").
