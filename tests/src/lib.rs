@@ -1,0 +1,204 @@
+//! Helpers for the end-to-end tests: build and run the real `puce` binary, make and compare
+//! folders on disk.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Path to a freshly built `puce` binary (built once per test process).
+pub fn puce_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-q", "-p", "puce-cli", "--bin", "puce"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build of puce failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"));
+        target.join("debug").join("puce")
+    })
+}
+
+/// A repository in a temporary directory, with its own cache directory.
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRepo {
+    pub fn new() -> TestRepo {
+        TestRepo::with_init(&[])
+    }
+
+    /// A repository created with extra `puce init` arguments.
+    pub fn with_init(args: &[&str]) -> TestRepo {
+        let t = TestRepo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let mut a = vec!["init", "-q"];
+        a.extend_from_slice(args);
+        let out = t.run(&a);
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// A `puce` command on this repository.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(puce_bin());
+        c.env("PUCE_REPO", self.path())
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .env("XDG_DATA_HOME", self.dir.path().join("data"));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run and require success; return stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "puce {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run with --json and parse.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Take a snapshot; return its id.
+    pub fn snapshot(&self, dir: &Path, space: &str) -> String {
+        let v = self.json(&["snapshot", dir.to_str().unwrap(), "--space", space]);
+        v["id"].as_str().unwrap().to_string()
+    }
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a tree looks like on disk: path -> (kind, mode, mtime, content hash or link target).
+pub type Manifest = BTreeMap<Vec<u8>, String>;
+
+/// Describe every entry below `root` (not `root` itself), with content hashes, modes and mtimes.
+pub fn manifest(root: &Path) -> Manifest {
+    let mut m = BTreeMap::new();
+    walk(root, root, &mut m);
+    m
+}
+
+fn walk(root: &Path, dir: &Path, m: &mut Manifest) {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        let p = dir.join(&n);
+        let rel = p
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let md = fs::symlink_metadata(&p).unwrap();
+        let mode = md.permissions().mode() & 0o7777;
+        let desc = if md.file_type().is_symlink() {
+            format!("l {}", fs::read_link(&p).unwrap().display())
+        } else if md.is_dir() {
+            walk(root, &p, m);
+            format!("d {mode:o} {}", md.mtime())
+        } else {
+            let data = fs::read(&p).unwrap();
+            format!(
+                "f {mode:o} {} {} {}",
+                md.mtime(),
+                data.len(),
+                blake3::hash(&data)
+            )
+        };
+        m.insert(rel, desc);
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Write a small but varied folder: text, binary, empty and large files, nested and empty
+/// directories, a symlink, a non-UTF-8 name, odd modes.
+pub fn make_tree(root: &Path, seed: u64) {
+    fs::create_dir_all(root.join("docs/deep/er")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::write(
+        root.join("readme.txt"),
+        format!("hello {seed}\n").repeat(100),
+    )
+    .unwrap();
+    fs::write(root.join("docs/a.bin"), random_bytes(300_000, seed)).unwrap();
+    fs::write(
+        root.join("docs/deep/er/big.bin"),
+        random_bytes(3_000_000, seed + 1),
+    )
+    .unwrap();
+    fs::write(root.join("docs/empty.txt"), b"").unwrap();
+    fs::write(
+        root.join(OsStr::from_bytes(b"caf\xe9-latin1.txt")),
+        b"non-utf8 name",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("docs/a.bin", root.join("link")).unwrap();
+    fs::set_permissions(root.join("docs/a.bin"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(root.join("readme.txt"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Whether the current user is root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
