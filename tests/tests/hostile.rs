@@ -99,7 +99,8 @@ fn dir(name: &[u8]) -> Entry {
 
 #[test]
 fn restore_refuses_entries_that_escape_the_target() {
-    let cases: Vec<(&str, Vec<Entry>, Option<Vec<Entry>>)> = vec![
+    type Case = (&'static str, Vec<Entry>, Option<Vec<Entry>>);
+    let cases: Vec<Case> = vec![
         (
             "dotdot dir",
             vec![dir(b"..")],
