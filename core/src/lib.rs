@@ -22,6 +22,7 @@ pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod saver;
+pub mod session;
 pub mod snapshot;
 pub mod vfs;
 

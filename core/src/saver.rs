@@ -20,6 +20,7 @@ use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::pack::PackWriter;
 use crate::repo::Repo;
+use crate::session::Session;
 
 /// Counters of what a saver stored.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,8 @@ impl Shared {
 
 /// Stores objects into new packs. See the module documentation.
 pub struct Saver {
+    repo: Arc<Repo>,
+    session: Option<Session>,
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
     blobs: Option<Sender<Blob>>,
@@ -94,8 +97,16 @@ pub struct Saver {
 }
 
 impl Saver {
-    /// Start a saver on `repo` with `threads` compression threads.
+    /// Start a saver on `repo` with `threads` compression threads, registering a writer session
+    /// described by `what` (see [`crate::session`]). Create the saver before reading anything
+    /// the new objects will build on (a parent snapshot), so that gc spares it.
     pub fn new(repo: Arc<Repo>, threads: usize) -> Result<Saver> {
+        Saver::with_session(repo, threads, "write")
+    }
+
+    /// [`Saver::new`] with a description of the session.
+    pub fn with_session(repo: Arc<Repo>, threads: usize, what: &str) -> Result<Saver> {
+        let session = Session::begin(&repo, what)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
@@ -117,15 +128,18 @@ impl Saver {
             compressors.push(h);
         }
         let sh = shared.clone();
+        let wrepo = repo.clone();
         let writer = std::thread::Builder::new()
             .name("puce-packer".into())
             .spawn(move || {
-                if let Err(e) = write_loop(&repo, blob_rx, &sh) {
+                if let Err(e) = write_loop(&wrepo, blob_rx, &sh) {
                     sh.fail(e);
                 }
             })
             .map_err(|e| Error::other("cannot start a thread").with_source(e))?;
         Ok(Saver {
+            repo,
+            session: Some(session),
             shared,
             jobs: Some(job_tx),
             blobs: Some(blob_tx),
@@ -240,6 +254,19 @@ impl Saver {
         Ok(self.stats())
     }
 
+    /// Stop, keeping the writer session registered until the returned guard is dropped or
+    /// ended: for callers that must publish something (a snapshot record) after the objects are
+    /// durable but before gc may consider them unreferenced.
+    pub fn finish_keep_session(mut self) -> Result<(SaverStats, Session)> {
+        self.stop();
+        self.shared.check()?;
+        let session = self
+            .session
+            .take()
+            .ok_or_else(|| Error::other("saver session already ended"))?;
+        Ok((self.stats(), session))
+    }
+
     fn stop(&mut self) {
         self.jobs.take();
         for h in self.compressors.drain(..) {
@@ -261,6 +288,9 @@ impl Saver {
 impl Drop for Saver {
     fn drop(&mut self) {
         self.stop();
+        if let Some(s) = self.session.take() {
+            let _ = s.end(&self.repo);
+        }
     }
 }
 

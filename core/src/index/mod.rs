@@ -10,6 +10,7 @@
 //! - `packs`: pack number (u32) -> [`PackInfo`] (postcard).
 //! - `pack_ids`: pack id (32 bytes) -> pack number.
 //! - `snapshots`: snapshot id -> the snapshot file's bytes (a cache of `snapshots/`).
+//! - `sessions`: writers in progress (see [`crate::session`]), so that gc spares what they use.
 //! - `meta`: counters (next pack number) and the schema version.
 
 use std::path::Path;
@@ -32,6 +33,7 @@ const PACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("packs");
 const PACK_IDS: TableDefinition<[u8; 32], u32> = TableDefinition::new("pack_ids");
 const SNAPSHOTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("snapshots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 
 /// Version of the table layout above.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -83,6 +85,19 @@ impl Location {
             flags: b[21],
         })
     }
+}
+
+/// A writer in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// When it started, nanoseconds since the epoch.
+    pub started_ns: i64,
+    /// What it is doing (for `puce` status output).
+    pub what: String,
 }
 
 /// What the index knows of a pack.
@@ -182,6 +197,7 @@ impl Index {
             w.open_table(PACKS)?;
             w.open_table(PACK_IDS)?;
             w.open_table(SNAPSHOTS)?;
+            w.open_table(SESSIONS)?;
             let mut meta = w.open_table(META)?;
             if meta.get("schema")?.is_none() {
                 meta.insert("schema", SCHEMA_VERSION)?;
@@ -320,6 +336,39 @@ impl Index {
         }
         w.commit()?;
         Ok(())
+    }
+
+    /// Register a writer session.
+    pub fn add_session(&self, id: u64, info: &SessionInfo) -> Result<()> {
+        let enc =
+            postcard::to_stdvec(info).map_err(|e| Error::other("encode session").with_source(e))?;
+        let w = self.db.begin_write()?;
+        w.open_table(SESSIONS)?.insert(id, enc.as_slice())?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Remove a writer session.
+    pub fn remove_session(&self, id: u64) -> Result<()> {
+        let w = self.db.begin_write()?;
+        w.open_table(SESSIONS)?.remove(id)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Registered writer sessions (possibly including dead ones: see [`crate::session`]).
+    pub fn sessions(&self) -> Result<Vec<(u64, SessionInfo)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SESSIONS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((
+                k.value(),
+                crate::format::envelope::decode_exact("session record", v.value())?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Number of objects indexed.

@@ -672,6 +672,15 @@ pub fn snapshot(
         None => default_space(&source),
     };
     check_space_name(&space)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    // Register the writer session before choosing the parent: gc spares what it reuses.
+    let saver = Saver::with_session(repo.clone(), threads, &format!("snapshot {space}"))?;
     let parent: Option<SnapshotEntry> = match &opts.parent {
         Some(id) => Some(
             repo.snapshots()?
@@ -681,14 +690,6 @@ pub fn snapshot(
         ),
         None => repo.latest(&space)?,
     };
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        opts.threads
-    };
-    let saver = Saver::new(repo.clone(), threads)?;
     let (job_tx, job_rx) = bounded::<FileJob>(threads * 8);
     let (done_tx, done_rx) = unbounded::<FileDone>();
     let stop = AtomicBool::new(false);
@@ -802,7 +803,7 @@ pub fn snapshot(
             return Err(e);
         }
     };
-    let saved = saver.finish()?;
+    let (saved, session) = saver.finish_keep_session()?;
     summary.data_added = saved.raw_bytes;
     summary.data_added_stored = saved.stored_bytes;
     summary.duration_ms = started.elapsed().as_millis() as u64;
@@ -823,6 +824,7 @@ pub fn snapshot(
         origin: opts.origin.clone(),
     };
     let id = repo.save_snapshot(&snapshot)?;
+    session.end(repo)?;
     // The stat cache only ever helps: a failure to update it costs a re-read next time.
     if let Err(e) = statcache.put(&stats) {
         tracing::warn!("cannot update the stat cache: {e:#}");
