@@ -85,9 +85,13 @@ impl Excludes {
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         for p in patterns {
-            let glob = Glob::new(p.trim_start_matches('/'))
+            // "name/" means a directory of that name anywhere; "/x" is anchored at the folder.
+            let body = p.trim_end_matches('/');
+            let anchored = body.starts_with('/');
+            let body = body.trim_start_matches('/');
+            let glob = Glob::new(body)
                 .map_err(|e| Error::invalid(format!("bad exclude pattern '{p}': {e}")))?;
-            if p.contains('/') {
+            if anchored || body.contains('/') {
                 paths.add(glob);
             } else {
                 names.add(glob);
