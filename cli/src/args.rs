@@ -49,6 +49,117 @@ pub enum Command {
     /// Repair the repository
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Remove snapshots, by id or by a retention policy
+    Forget(ForgetArgs),
+    /// Delete data no snapshot needs any more, and compact packs
+    Gc(GcArgs),
+    /// Show or set the retention policy stored for a space
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Reports for admins: dedup, retention, growth
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to forget (id prefixes or SPACE@latest); none: apply a policy
+    pub snapshots: Vec<String>,
+    /// Only snapshots of this space (repeatable)
+    #[arg(long = "space", value_name = "SPACE")]
+    pub spaces: Vec<String>,
+    #[command(flatten)]
+    pub policy: puce_core::retention::Policy,
+    /// Group snapshots by space (default) or by space and host before applying the policy
+    #[arg(long, value_enum, default_value_t = GroupByArg::Space)]
+    pub group_by: GroupByArg,
+    /// Print what would be removed and why, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run gc afterwards to free the space
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GroupByArg {
+    /// One group per space
+    Space,
+    /// One group per space and host
+    Host,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Print the plan (what would be deleted, repacked and freed), change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of it is unused
+    #[arg(long, default_value_t = 20.0, value_name = "PERCENT")]
+    pub repack_unused: f64,
+    /// Wait at most this many seconds for running writers before leaving the rest to the next gc
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub max_wait: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Store a retention policy for a space (used by `puce forget` without flags and by nodes)
+    Set {
+        /// The space
+        space: String,
+        #[command(flatten)]
+        policy: puce_core::retention::Policy,
+    },
+    /// Show the stored policies
+    Show {
+        /// Only this space
+        space: Option<String>,
+    },
+    /// Remove the stored policy of a space
+    Unset {
+        /// The space
+        space: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Logical and stored bytes, dedup and compression, per space and snapshot, largest
+    /// folders, most duplicated files
+    Dedup(ReportArgs),
+    /// Which snapshots a policy would remove, and exactly how many bytes that frees
+    Retention(RetentionReportArgs),
+    /// Stored bytes over time, growth rate, and when the disk fills
+    Growth(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Only this space
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Also write a self-contained HTML page with charts
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// How many rows in top lists
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionReportArgs {
+    /// Only snapshots of this space (repeatable)
+    #[arg(long = "space", value_name = "SPACE")]
+    pub spaces: Vec<String>,
+    #[command(flatten)]
+    pub policy: puce_core::retention::Policy,
+    /// Group snapshots by space (default) or by space and host
+    #[arg(long, value_enum, default_value_t = GroupByArg::Space)]
+    pub group_by: GroupByArg,
+    /// Also write a self-contained HTML page with charts
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +206,9 @@ pub struct SnapshotArgs {
     /// Reader threads [default: number of CPUs]
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Record this time instead of now (RFC 3339, e.g. 2024-03-01T02:00:00Z), for imports
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,9 +10,13 @@ use crate::args::{Cli, Command, RepairCommand};
 
 mod check;
 mod diff;
+mod forget;
+mod gc;
 mod init;
 mod ls;
+mod policy;
 mod repair;
+mod report;
 mod restore;
 mod snapshot;
 mod snapshots;
@@ -80,6 +84,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Repair(RepairCommand::Index) => repair::run_index(&ctx),
+        Command::Forget(a) => forget::run(&ctx, a),
+        Command::Gc(a) => gc::run(&ctx, a),
+        Command::Policy(c) => policy::run(&ctx, c),
+        Command::Report(c) => report::run(&ctx, c),
     }
 }
 

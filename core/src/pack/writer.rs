@@ -24,7 +24,10 @@ impl PackWriter {
             len: 0,
             records: Vec::new(),
         };
-        w.put(&pack::header())?;
+        let mut nonce = [0u8; 7];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::other(format!("no random source for the pack nonce: {e}")))?;
+        w.put(&pack::header(nonce))?;
         Ok(w)
     }
 
