@@ -263,6 +263,22 @@ pub struct CheckArgs {
     /// Read and verify every byte of data
     #[arg(long)]
     pub read_data: bool,
+    /// With --read-data: read only this share of the packs (e.g. 5%), continuing where the last
+    /// sampled check stopped, so that a nightly check covers everything over time
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, requires = "read_data")]
+    pub sample: Option<f64>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a percentage"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v / 100.0)
+    } else {
+        Err(format!("'{s}': give a percentage above 0 and at most 100"))
+    }
 }
 
 #[derive(Debug, Subcommand)]

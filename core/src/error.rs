@@ -99,8 +99,17 @@ impl Error {
         self
     }
 
+    /// An I/O error not tied to one path, saying what was being done.
+    pub fn io_op(action: &str, err: std::io::Error) -> Self {
+        Error::from_io(action.to_string(), err)
+    }
+
     /// An I/O error on `path`, saying what was being done.
     pub fn io(action: &str, path: &Path, err: std::io::Error) -> Self {
+        Error::from_io(format!("{action} {}", path.display()), err)
+    }
+
+    fn from_io(what: String, err: std::io::Error) -> Self {
         let kind = match err.kind() {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,
             std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
@@ -117,7 +126,7 @@ impl Error {
             Some(libc::EROFS) => " (the file system is read-only)",
             _ => "",
         };
-        Error::new(kind, format!("{action} {}{hint}", path.display())).with_source(err)
+        Error::new(kind, format!("{what}{hint}")).with_source(err)
     }
 
     /// A corruption error.

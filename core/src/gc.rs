@@ -427,13 +427,15 @@ pub fn gc(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Result
     }
     marker.reader = repo.index().reader()?;
 
-    // 5. Repack live objects of doomed packs, then retire them in one transaction.
+    // 5. Retire doomed packs in batches, so that space comes back as gc goes (on a full disk,
+    //    the packs with nothing live go first: that needs no new space at all). A batch is
+    //    the source packs whose live objects are all in sealed new packs.
+    let mut doomed = doomed;
+    doomed.sort_by_key(|p| !matches!(p.fate, Fate::Delete));
+    let mut batch = Batch::default();
     let mut writer: Option<PackWriter> = None;
-    let mut new_packs: Vec<(PackId, u64, Vec<Record>)> = Vec::new();
-    let mut moved: Vec<(ObjectId, Location)> = Vec::new();
-    let mut retired: Vec<(u32, Vec<ObjectId>)> = Vec::new();
     let target = repo.config().pack_target_size;
-    let mut rewritten = 0u64;
+    let (mut freed, mut written, mut rewritten) = (0u64, 0u64, 0u64);
     for p in &doomed {
         let pm = &marker.packs[&p.no];
         let live: Vec<(usize, &Record)> = p
@@ -466,39 +468,85 @@ pub fn gc(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Result
                 };
                 w.add(r.id, r.kind, r.flags, r.raw_len, stored)?;
                 rewritten += stored.len() as u64 + 96;
-                moved.push((r.id, loc));
+                batch.moved.push((r.id, loc));
                 if w.len() >= target
                     && let Some(w) = writer.take()
                 {
-                    new_packs.push(w.finish()?);
+                    let sealed = w.finish()?;
+                    written += sealed.1;
+                    batch.new_packs.push(sealed);
+                    // Sources completed before this object are safe to retire now.
+                    freed += batch.retire(repo)?;
                 }
             }
         }
-        retired.push((p.no, p.records.iter().map(|r| r.id).collect()));
+        batch
+            .sources
+            .push((p.no, p.id, p.size, p.records.iter().map(|r| r.id).collect()));
+        if writer.as_ref().is_none_or(|w| w.is_empty()) {
+            // Nothing of this source waits in an unsealed pack.
+            freed += batch.retire(repo)?;
+        }
     }
     if let Some(w) = writer.take() {
         if w.is_empty() {
             w.abort();
         } else {
-            new_packs.push(w.finish()?);
+            let sealed = w.finish()?;
+            written += sealed.1;
+            batch.new_packs.push(sealed);
         }
     }
-    if !retired.is_empty() {
-        repo.index().retire_packs(&new_packs, &moved, &retired)?;
-    }
-    let mut freed = 0u64;
-    for p in &doomed {
-        repo.backend().remove(FileKind::Pack, &p.id.to_hex())?;
-        freed += p.size;
-    }
+    freed += batch.retire(repo)?;
     for (name, size) in &orphans {
         repo.backend().remove(FileKind::Pack, name)?;
         freed += size;
     }
-    let written: u64 = new_packs.iter().map(|(_, s, _)| s).sum();
     report.bytes_rewritten = rewritten;
     report.bytes_freed = freed.saturating_sub(written);
     Ok(report)
+}
+
+/// Doomed packs whose live objects are copied, and the new packs holding the copies.
+#[derive(Default)]
+struct Batch {
+    new_packs: Vec<(PackId, u64, Vec<Record>)>,
+    moved: Vec<(ObjectId, Location)>,
+    sources: Vec<(u32, PackId, u64, Vec<ObjectId>)>,
+}
+
+impl Batch {
+    /// Index the new packs and retire the sources in one transaction, then delete the old
+    /// files. Returns the bytes deleted. The moves whose copy is still in an unsealed pack stay
+    /// for the next batch (their sources are not in this batch).
+    fn retire(&mut self, repo: &Repo) -> Result<u64> {
+        if self.sources.is_empty() && self.new_packs.is_empty() {
+            return Ok(0);
+        }
+        let sealed: HashSet<ObjectId> = self
+            .new_packs
+            .iter()
+            .flat_map(|(_, _, recs)| recs.iter().map(|r| r.id))
+            .collect();
+        let (now, later): (Vec<_>, Vec<_>) = self
+            .moved
+            .drain(..)
+            .partition(|(id, _)| sealed.contains(id));
+        self.moved = later;
+        let retired: Vec<(u32, Vec<ObjectId>)> = self
+            .sources
+            .iter()
+            .map(|(no, _, _, members)| (*no, members.clone()))
+            .collect();
+        repo.index().retire_packs(&self.new_packs, &now, &retired)?;
+        let mut freed = 0;
+        for (_, id, size, _) in self.sources.drain(..) {
+            repo.backend().remove(FileKind::Pack, &id.to_hex())?;
+            freed += size;
+        }
+        self.new_packs.clear();
+        Ok(freed)
+    }
 }
 
 /// Forget snapshots: delete their records (the objects go at the next gc).

@@ -302,6 +302,8 @@ impl Repo {
     }
 
     /// All snapshots, oldest first. The snapshot files are the truth; the index caches them.
+    /// A damaged or unreadable snapshot file is left out (with a warning in the log); `check`
+    /// reports it.
     pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
         let files = self.backend.list(FileKind::Snapshot)?;
         let cached: HashMap<SnapshotId, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
@@ -313,16 +315,27 @@ impl Repo {
                 continue;
             };
             present.insert(id);
-            let bytes = match cached.get(&id) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = self.backend.read(FileKind::Snapshot, &name)?;
-                    to_cache.push((id, b.clone()));
-                    b
-                }
+            let decoded = match cached.get(&id) {
+                Some(b) => Snapshot::decode(b, Some(&id)),
+                None => self.backend.read(FileKind::Snapshot, &name).and_then(|b| {
+                    let s = Snapshot::decode(&b, Some(&id))?;
+                    to_cache.push((id, b));
+                    Ok(s)
+                }),
             };
-            let snapshot = Snapshot::decode(&bytes, Some(&id))?;
-            out.push(SnapshotEntry { id, snapshot });
+            match decoded {
+                Ok(snapshot) => out.push(SnapshotEntry { id, snapshot }),
+                Err(e)
+                    if e.kind() == ErrorKind::Corrupt
+                        || e.kind() == ErrorKind::UnsupportedVersion =>
+                {
+                    tracing::warn!(
+                        "snapshot {} is left out: {e:#} (run `puce check`)",
+                        id.short(12)
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         let stale: Vec<SnapshotId> = cached
             .keys()

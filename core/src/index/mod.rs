@@ -347,6 +347,20 @@ impl Index {
         Ok(())
     }
 
+    /// A counter or setting in the `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(META)?.get(key)?.map(|g| g.value()))
+    }
+
+    /// Set a counter or setting in the `meta` table.
+    pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
+        let w = self.db.begin_write()?;
+        w.open_table(META)?.insert(key, value)?;
+        w.commit()?;
+        Ok(())
+    }
+
     /// Register a writer session.
     pub fn add_session(&self, id: u64, info: &SessionInfo) -> Result<()> {
         let enc =

@@ -34,7 +34,7 @@ impl PackWriter {
     fn put(&mut self, b: &[u8]) -> Result<()> {
         self.out
             .write_all(b)
-            .map_err(|e| Error::new(crate::ErrorKind::Io, "cannot write pack").with_source(e))?;
+            .map_err(|e| Error::io_op("cannot write a pack", e))?;
         self.hasher.update(b);
         self.len += b.len() as u64;
         Ok(())
