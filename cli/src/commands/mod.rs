@@ -12,6 +12,7 @@ mod check;
 mod diff;
 mod init;
 mod ls;
+mod mount;
 mod repair;
 mod restore;
 mod snapshot;
@@ -80,6 +81,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Repair(RepairCommand::Index) => repair::run_index(&ctx),
+        Command::Mount(a) => mount::run(&ctx, a),
     }
 }
 
