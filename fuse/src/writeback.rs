@@ -349,7 +349,7 @@ mod tests {
         let mut bytes = encode_header("d", Some(&base));
         bytes.extend(encode_record(&sample()).unwrap());
         let expect = [
-            "5055434a524e4c",                                            // "PUCEJRN"
+            "505543454a524e",                                            // "PUCEJRN"
             "4c",                                                        // "L"
             "01",                                                        // version 1
             &"ab".repeat(32),                                            // base snapshot id
