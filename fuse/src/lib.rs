@@ -275,3 +275,6 @@ mod tests {
         check_mountpoint(d.path()).unwrap();
     }
 }
+
+#[cfg(test)]
+mod fs_tests;

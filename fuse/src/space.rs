@@ -218,10 +218,19 @@ impl PuceFs {
             std::fs::File::open(wb.data_path(id))
                 .map_err(|e| Error::io("cannot read", &wb.data_path(id), e))
         })?;
+        // Seal and index what was written (the merge reads it); the sessions stay registered
+        // until the snapshot record is written.
+        let (mut saved, s1) = saver.finish_keep_session()?;
+        let mut sessions = vec![s1];
         let latest = self.repo.latest(&space.name)?;
         let base_id = base.as_ref().map(|b| b.id);
         let (root, parents, conflicts) = match &latest {
             Some(l) if Some(l.id) != base_id => {
+                let saver = Saver::with_session(
+                    self.repo.clone(),
+                    self.cfg.threads,
+                    &format!("mount merge {}", space.name),
+                )?;
                 let m = merge3(
                     &self.repo,
                     &saver,
@@ -231,6 +240,10 @@ impl PuceFs {
                     &self.cfg.node,
                     now_ns(),
                 )?;
+                let (more, s2) = saver.finish_keep_session()?;
+                saved.raw_bytes += more.raw_bytes;
+                saved.stored_bytes += more.stored_bytes;
+                sessions.push(s2);
                 if !m.conflicts.is_empty() {
                     tracing::warn!(
                         "space '{}': {} file(s) changed here and elsewhere; both versions kept",
@@ -254,10 +267,8 @@ impl PuceFs {
             conflicts: conflicts.clone(),
         };
         let new_base = if unchanged && latest.is_some() {
-            saver.finish()?;
             latest.clone()
         } else {
-            let (saved, session) = saver.finish_keep_session()?;
             let counts = self.count(&root)?;
             let summary = Summary {
                 files: counts.files,
@@ -284,7 +295,6 @@ impl PuceFs {
                 origin: String::new(),
             };
             let id = self.repo.save_snapshot(&snapshot)?;
-            session.end(&self.repo)?;
             tracing::info!(
                 "space '{}': committed snapshot {}",
                 space.name,
@@ -293,6 +303,9 @@ impl PuceFs {
             outcome.snapshot = Some(id);
             Some(SnapshotEntry { id, snapshot })
         };
+        for s in sessions {
+            s.end(&self.repo)?;
+        }
         self.refresh_reader()?;
         self.refresh_snapshots()?;
         // Re-base the live state on the new snapshot.
