@@ -186,10 +186,10 @@ impl PuceFs {
     /// meanwhile). Does nothing if nothing changed.
     pub fn commit(&self, space: &Arc<Space>) -> Result<CommitOutcome> {
         let _one = lerr(space.commit_lock.lock())?;
-        let wb = self
-            .wb
-            .as_ref()
-            .ok_or_else(|| Error::other("read-only mount: nothing to commit"))?;
+        let Some(wb) = self.wb.as_ref() else {
+            // A read-only mount has nothing to commit.
+            return Ok(CommitOutcome::default());
+        };
         let started = Instant::now();
         // The writer session is registered before anything is read (for gc).
         let saver = Saver::with_session(
