@@ -50,7 +50,23 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
-fn mount(repo: &TestRepo, dir: &Path) -> Child {
+/// A running mount; killed and unmounted if the test fails.
+struct Guard(Option<Child>, PathBuf);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.1)
+                .status();
+        }
+    }
+}
+
+fn mount(repo: &TestRepo, dir: &Path) -> Guard {
     fs::create_dir_all(dir).unwrap();
     let child = repo
         .cmd()
@@ -60,15 +76,17 @@ fn mount(repo: &TestRepo, dir: &Path) -> Child {
         .stderr(fs::File::create(dir.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
+    let guard = Guard(Some(child), dir.to_path_buf());
     let deadline = Instant::now() + Duration::from_secs(120);
     while !is_mounted(dir) {
         assert!(Instant::now() < deadline, "mount did not appear");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    guard
 }
 
-fn unmount(mut child: Child, dir: &Path) {
+fn unmount(mut guard: Guard, dir: &Path) {
+    let mut child = guard.0.take().unwrap();
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
