@@ -59,6 +59,8 @@ pub enum Command {
     /// Reports for admins: dedup, retention, growth
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Mount the spaces (read-write) and every snapshot (read-only) as a folder
+    Mount(MountArgs),
 }
 
 #[derive(Debug, Args)]
@@ -285,4 +287,40 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 pub enum RepairCommand {
     /// Rebuild the index from the packs and snapshot files
     Index,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount on (must exist)
+    pub mountpoint: PathBuf,
+    /// Show only this space (a new one is created by the first change)
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Refuse every change
+    #[arg(long)]
+    pub read_only: bool,
+    /// Return once mounted and keep serving in the background
+    #[arg(long)]
+    pub background: bool,
+    /// Log file of a background mount [default: the user's cache directory, puce/mount.log]
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Quiet time after the last change before committing it, seconds
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub commit_delay: f64,
+    /// How often to look for snapshots made elsewhere (replication), seconds
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub poll: f64,
+    /// Chunk cache size, MiB
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub cache: usize,
+    /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Request-handling threads
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Internal: print one line on stdout once mounted (used by --background)
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
 }

@@ -14,6 +14,7 @@ mod forget;
 mod gc;
 mod init;
 mod ls;
+mod mount;
 mod policy;
 mod repair;
 mod report;
@@ -88,6 +89,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Gc(a) => gc::run(&ctx, a),
         Command::Policy(c) => policy::run(&ctx, c),
         Command::Report(c) => report::run(&ctx, c),
+        Command::Mount(a) => mount::run(&ctx, a),
     }
 }
 

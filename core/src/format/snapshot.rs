@@ -84,7 +84,9 @@ impl Snapshot {
         let (_, s): (u8, Snapshot) = envelope::decode("snapshot", MAGIC, VERSION, bytes)?;
         // Content-addressed: exactly one encoding per record.
         if s.encode()? != bytes {
-            return Err(Error::corrupt("snapshot record is not in canonical encoding"));
+            return Err(Error::corrupt(
+                "snapshot record is not in canonical encoding",
+            ));
         }
         Ok(s)
     }
