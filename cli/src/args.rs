@@ -183,6 +183,19 @@ pub struct InitArgs {
     /// Pack size target, MiB
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     pub pack_size: u64,
+    /// Keep packs and records in an S3-compatible store: s3://BUCKET/PREFIX (the index stays in
+    /// the local repository directory)
+    #[arg(long, value_name = "URL")]
+    pub backend: Option<String>,
+    /// S3 endpoint URL (e.g. http://127.0.0.1:3900 for Garage)
+    #[arg(long, value_name = "URL", requires = "backend")]
+    pub endpoint: Option<String>,
+    /// S3 region
+    #[arg(long, default_value = "garage", requires = "backend")]
+    pub region: String,
+    /// Attach to a repository that already exists in the bucket (then `puce repair index`)
+    #[arg(long, requires = "backend")]
+    pub attach: bool,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     UnsafePath,
     /// The operation was interrupted on request.
     Interrupted,
+    /// The repository's storage failed while writing (disk full, object store unreachable):
+    /// the operation cannot go on.
+    Storage,
     /// Anything else: a bug or an unexpected state.
     Other,
 }
@@ -58,6 +61,12 @@ impl Error {
             message: message.into(),
             source: None,
         }
+    }
+
+    /// The same error with another kind.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// Attach the underlying cause.

@@ -68,6 +68,8 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, e: Error) {
+        // Whatever went wrong in storing, the operation using the saver cannot go on.
+        let e = e.with_kind(crate::ErrorKind::Storage);
         if let Ok(mut g) = self.error.lock()
             && g.is_none()
         {
@@ -344,45 +346,68 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared
     }
 }
 
+/// Packs being sealed (fsync and publish, or upload, then indexing) at once.
+const SEALERS: usize = 3;
+
 fn write_loop(repo: &Repo, rx: Receiver<Blob>, sh: &Shared) -> Result<()> {
     let target = repo.config().pack_target_size;
-    let mut pack: Option<PackWriter> = None;
-    let mut result: Result<()> = Ok(());
-    for blob in rx.iter() {
-        if result.is_err() {
-            continue; // drain so senders do not block
+    // Full packs are sealed by a few threads while the next pack fills: with a remote backend
+    // several uploads are in flight; locally, fsyncs overlap with writing.
+    let (seal_tx, seal_rx) = bounded::<PackWriter>(SEALERS);
+    std::thread::scope(|scope| {
+        for _ in 0..SEALERS {
+            let rx = seal_rx.clone();
+            scope.spawn(move || {
+                for w in rx {
+                    if let Err(e) = seal(repo, w, sh) {
+                        sh.fail(e);
+                    }
+                }
+            });
         }
-        result = (|| {
-            let w = match pack.as_mut() {
-                Some(w) => w,
-                None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
-            };
-            w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
-            let c = &sh.counters;
-            c.objects.fetch_add(1, Ordering::Relaxed);
-            c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
-            c.stored
-                .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
-            if w.len() >= target
-                && let Some(w) = pack.take()
-            {
-                seal(repo, w, sh)?;
+        drop(seal_rx);
+        let mut pack: Option<PackWriter> = None;
+        let mut result: Result<()> = Ok(());
+        for blob in rx.iter() {
+            if result.is_err() {
+                continue; // drain so senders do not block
             }
-            Ok(())
-        })();
-        if let Err(e) = &result {
-            sh.fail(Error::new(e.kind(), format!("{e:#}")));
+            result = (|| {
+                let w = match pack.as_mut() {
+                    Some(w) => w,
+                    None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
+                };
+                w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
+                let c = &sh.counters;
+                c.objects.fetch_add(1, Ordering::Relaxed);
+                c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
+                c.stored
+                    .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
+                if w.len() >= target
+                    && let Some(w) = pack.take()
+                {
+                    seal_tx
+                        .send(w)
+                        .map_err(|_| Error::other("pack sealing threads stopped"))?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = &result {
+                sh.fail(Error::new(e.kind(), format!("{e:#}")));
+            }
         }
-    }
-    result?;
-    if let Some(w) = pack.take() {
-        if !w.is_empty() {
-            seal(repo, w, sh)?;
-        } else {
-            w.abort();
+        if result.is_ok()
+            && let Some(w) = pack.take()
+        {
+            if w.is_empty() {
+                w.abort();
+            } else if seal_tx.send(w).is_err() {
+                result = Err(Error::other("pack sealing threads stopped"));
+            }
         }
-    }
-    Ok(())
+        drop(seal_tx);
+        result
+    })
 }
 
 fn seal(repo: &Repo, w: PackWriter, sh: &Shared) -> Result<()> {

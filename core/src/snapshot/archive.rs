@@ -625,11 +625,14 @@ fn read_file(
             size += chunk.len() as u64;
             let len = chunk.len() as u64;
             let g = saver.generation();
+            let storage = |e: Error| e.with_kind(ErrorKind::Storage);
             if g != reader.1 {
-                *reader = (repo.index().reader()?, g);
+                *reader = (repo.index().reader().map_err(storage)?, g);
             }
-            if saver.reserve(&reader.0, &id)? {
-                saver.save_reserved(id, Kind::Data, chunk.to_vec())?;
+            if saver.reserve(&reader.0, &id).map_err(storage)? {
+                saver
+                    .save_reserved(id, Kind::Data, chunk.to_vec())
+                    .map_err(storage)?;
             }
             chunks.push(id);
             progress.add(0, len);
