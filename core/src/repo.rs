@@ -295,10 +295,53 @@ impl Repo {
         Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short(16))))
     }
 
-    /// Read and decode a tree through an existing index view.
+    /// Read and decode a tree through an existing index view. With a remote backend, trees are
+    /// kept in a local cache (content-addressed, so always valid; checked against their id when
+    /// read back): a snapshot reads its parent's trees without a round trip each.
     pub fn read_tree_with(&self, reader: &IndexReader, id: &ObjectId) -> Result<Tree> {
-        let bytes = self.read_object_with(reader, id)?;
+        let cached = self.tree_cache_path(id).and_then(|p| {
+            // Only for objects the index knows, so a missing object is still reported.
+            if reader.get(id).ok().flatten().is_none() {
+                return None;
+            }
+            std::fs::read(&p).ok().filter(|b| ObjectId::of(b) == *id)
+        });
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let b = self.read_object_with(reader, id)?;
+                self.cache_tree(id, &b);
+                b
+            }
+        };
         Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short(16))))
+    }
+
+    fn tree_cache_path(&self, id: &ObjectId) -> Option<PathBuf> {
+        if !self.backend.is_remote() {
+            return None;
+        }
+        let hex = id.to_hex();
+        Some(self.cache_dir.join("trees").join(&hex[..2]).join(hex))
+    }
+
+    /// Keep a copy of a tree in the local tree cache (remote backends only; best effort).
+    pub fn cache_tree(&self, id: &ObjectId, bytes: &[u8]) {
+        let Some(p) = self.tree_cache_path(id) else {
+            return;
+        };
+        if p.exists() {
+            return;
+        }
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+            let tmp = dir.join(crate::fsutil::temp_name("t"));
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &p);
+            } else {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
     }
 
     /// All snapshots, oldest first. The snapshot files are the truth; the index caches them.

@@ -182,6 +182,9 @@ impl Saver {
         data: Vec<u8>,
     ) -> Result<bool> {
         self.shared.check()?;
+        if kind == Kind::Tree {
+            self.repo.cache_tree(&id, &data);
+        }
         if !self.reserve(reader, &id)? {
             return Ok(false);
         }

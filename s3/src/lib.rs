@@ -40,6 +40,9 @@ pub const MULTIPART_ABOVE: u64 = 16 << 20;
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts uploaded at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
+/// Reads of pack entries fetch this much around them (aligned), so that reading the objects of
+/// a pack in order (a restore, a repack) costs one GET per window instead of one per object.
+pub const READ_WINDOW: u64 = 4 << 20;
 
 /// Name of the file, in the local repository directory, that says where the data lives.
 pub const LOCAL_MARKER: &str = "backend.toml";
@@ -165,6 +168,7 @@ pub struct S3Config {
 pub struct S3Backend {
     inner: Arc<Inner>,
     cache: Mutex<RangeCache>,
+    sizes: Mutex<lru::LruCache<String, u64>>,
     tmp_dir: PathBuf,
 }
 
@@ -329,6 +333,9 @@ impl S3Backend {
                 describe,
             }),
             cache: Mutex::new(RangeCache::new(cfg.cache_bytes)),
+            sizes: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(4096).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             tmp_dir: cfg.tmp_dir,
         })
     }
@@ -402,7 +409,50 @@ impl Inner {
     }
 }
 
+impl S3Backend {
+    /// The size of a pack (remembered: packs never change).
+    fn pack_size(&self, name: &str) -> Result<u64> {
+        if let Some(n) = self
+            .sizes
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(name).copied())
+        {
+            return Ok(n);
+        }
+        let n = self.size(FileKind::Pack, name)?;
+        if let Ok(mut c) = self.sizes.lock() {
+            c.put(name.to_string(), n);
+        }
+        Ok(n)
+    }
+
+    /// GET bytes `start..end` of a file, checking the length.
+    fn get_range(&self, kind: FileKind, name: &str, start: u64, end: u64) -> Result<Bytes> {
+        let key = self.inner.key(kind, name)?;
+        let data = self
+            .inner
+            .rt
+            .block_on(self.inner.store.get_range(&key, start..end))
+            .map_err(|e| map_err("read of", key.as_ref(), &self.inner.describe, e))?;
+        if data.len() as u64 != end - start {
+            return Err(Error::corrupt(format!(
+                "{key} in {} is shorter than expected: got {} bytes at offset {start}, wanted {} \
+                 (truncated object)",
+                self.inner.describe,
+                data.len(),
+                end - start
+            )));
+        }
+        Ok(data)
+    }
+}
+
 impl Backend for S3Backend {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn location(&self) -> String {
         self.inner.describe.clone()
     }
@@ -420,37 +470,37 @@ impl Backend for S3Backend {
     }
 
     fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let ck = (name.to_string(), offset, buf.len());
-        if kind == FileKind::Pack
-            && let Some(b) = self.cache.lock().ok().and_then(|mut c| c.get(&ck))
-        {
-            buf.copy_from_slice(&b);
-            return Ok(());
-        }
-        let key = self.inner.key(kind, name)?;
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| Error::invalid("read range overflows"))?;
-        let data = self
-            .inner
-            .rt
-            .block_on(self.inner.store.get_range(&key, offset..end))
-            .map_err(|e| map_err("read of", key.as_ref(), &self.inner.describe, e))?;
-        if data.len() != buf.len() {
-            return Err(Error::corrupt(format!(
-                "{key} in {} is shorter than expected: got {} bytes at offset {offset}, wanted {} \
-                 (truncated object)",
-                self.inner.describe,
-                data.len(),
-                buf.len()
-            )));
+        // Pack entries: serve from (or fetch) the aligned window around them.
+        let win_start = offset / READ_WINDOW * READ_WINDOW;
+        if kind == FileKind::Pack && end <= win_start + READ_WINDOW {
+            let size = self.pack_size(name)?;
+            let win_end = (win_start + READ_WINDOW).min(size);
+            if end > win_end {
+                return Err(Error::corrupt(format!(
+                    "{name} in {} is shorter than expected: {end} > {size} bytes (truncated object)",
+                    self.inner.describe
+                )));
+            }
+            let ck = (name.to_string(), win_start, (win_end - win_start) as usize);
+            let window = match self.cache.lock().ok().and_then(|mut c| c.get(&ck)) {
+                Some(w) => w,
+                None => {
+                    let w = self.get_range(kind, name, win_start, win_end)?;
+                    if let Ok(mut c) = self.cache.lock() {
+                        c.put(ck, w.clone());
+                    }
+                    w
+                }
+            };
+            let from = (offset - win_start) as usize;
+            buf.copy_from_slice(&window[from..from + buf.len()]);
+            return Ok(());
         }
+        let data = self.get_range(kind, name, offset, end)?;
         buf.copy_from_slice(&data);
-        if kind == FileKind::Pack
-            && let Ok(mut c) = self.cache.lock()
-        {
-            c.put(ck, data);
-        }
         Ok(())
     }
 
@@ -520,6 +570,9 @@ impl Backend for S3Backend {
         let key = self.inner.key(kind, name)?;
         if let Ok(mut c) = self.cache.lock() {
             c.forget(name);
+        }
+        if let Ok(mut c) = self.sizes.lock() {
+            c.pop(name);
         }
         match self.inner.rt.block_on(self.inner.store.delete(&key)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

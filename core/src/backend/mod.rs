@@ -68,6 +68,10 @@ pub trait Backend: Send + Sync + Debug {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     /// Delete a file; deleting a missing file is not an error.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Whether reads cost a network round trip (then trees are cached on local disk).
+    fn is_remote(&self) -> bool {
+        false
+    }
     /// Whether a file exists.
     fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
         match self.size(kind, name) {
