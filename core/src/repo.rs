@@ -301,9 +301,7 @@ impl Repo {
     pub fn read_tree_with(&self, reader: &IndexReader, id: &ObjectId) -> Result<Tree> {
         let cached = self.tree_cache_path(id).and_then(|p| {
             // Only for objects the index knows, so a missing object is still reported.
-            if reader.get(id).ok().flatten().is_none() {
-                return None;
-            }
+            reader.get(id).ok().flatten()?;
             std::fs::read(&p).ok().filter(|b| ObjectId::of(b) == *id)
         });
         let bytes = match cached {
