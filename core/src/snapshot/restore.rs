@@ -183,11 +183,37 @@ struct DirMeta {
     entry: Entry,
 }
 
+/// A file of a pack-ordered restore: where it is and what it must become.
+struct PlannedFile {
+    rel: PathBuf,
+    entry: Entry,
+}
+
+/// One object a pack-ordered restore needs from a pack, and where its bytes go.
+struct Piece {
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+    flags: u8,
+    id: ObjectId,
+    file: u32,
+    file_off: u64,
+}
+
+/// The plan of a pack-ordered restore (remote backends): files are created first, then every
+/// pack's needed objects are fetched in a few large ranged reads and written where they belong.
+#[derive(Default)]
+struct Plan {
+    files: Vec<PlannedFile>,
+    by_pack: std::collections::HashMap<u32, Vec<Piece>>,
+}
+
 struct Walk<'a> {
     repo: &'a Repo,
     reader: IndexReader,
     target: &'a Path,
     jobs: crossbeam_channel::Sender<Job>,
+    plan: Option<Plan>,
     dirs: Vec<DirMeta>,
     stats: RestoreStats,
     sh: &'a Shared,
@@ -218,6 +244,11 @@ impl Walk<'_> {
         check_name(&e.name)?;
         let display = self.target.join(rel);
         match &e.node {
+            Node::File { .. } if self.plan.is_some() => {
+                if let Err(er) = self.plan_file(dir, rel, &display, e) {
+                    self.sh.error(er);
+                }
+            }
             Node::File { .. } => {
                 let job = Job {
                     dir: dir.clone(),
@@ -276,6 +307,231 @@ impl Walk<'_> {
     }
 }
 
+impl Walk<'_> {
+    /// Create the file at its final size and note where each of its chunks is.
+    fn plan_file(&mut self, dir: &OwnedFd, rel: &Path, display: &Path, e: Entry) -> Result<()> {
+        let Node::File { size, chunks } = &e.node else {
+            return Err(Error::other("internal: not a file"));
+        };
+        clear_slot(dir, &e.name, display)?;
+        let fd = rustix::fs::openat(
+            dir,
+            name_os(&e.name),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|er| Error::io("cannot create", display, er.into()))?;
+        rustix::fs::ftruncate(&fd, *size)
+            .map_err(|er| Error::io("cannot size", display, er.into()))?;
+        let Some(plan) = self.plan.as_mut() else {
+            return Err(Error::other("internal: no plan"));
+        };
+        let file = u32::try_from(plan.files.len())
+            .map_err(|_| Error::invalid("more than 4 billion files in one restore"))?;
+        let mut off = 0u64;
+        for id in chunks {
+            let loc = self.reader.get(id)?.ok_or_else(|| {
+                Error::not_found(format!(
+                    "{}: chunk {id} is not in the index (run `puce check`)",
+                    display.display()
+                ))
+            })?;
+            plan.by_pack.entry(loc.pack).or_default().push(Piece {
+                offset: loc.offset,
+                stored_len: loc.stored_len,
+                raw_len: loc.raw_len,
+                flags: loc.flags,
+                id: *id,
+                file,
+                file_off: off,
+            });
+            off += u64::from(loc.raw_len);
+        }
+        if off != *size {
+            return Err(Error::corrupt(format!(
+                "{}: chunks hold {off} bytes but the tree says {size}",
+                display.display()
+            )));
+        }
+        plan.files.push(PlannedFile {
+            rel: rel.to_path_buf(),
+            entry: e,
+        });
+        Ok(())
+    }
+}
+
+/// Reads closer than this are fetched as one range.
+const COALESCE_GAP: u64 = 1 << 20;
+/// Largest single ranged read of a pack-ordered restore.
+const MAX_RANGE: u64 = 16 << 20;
+
+/// Open a planned file again, below the target only and through no symlink.
+fn reopen(root: &OwnedFd, rel: &Path, flags: OFlags, display: &Path) -> Result<File> {
+    rustix::fs::openat2(
+        root,
+        rel,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map(File::from)
+    .map_err(|e| Error::io("cannot open", display, e.into()))
+}
+
+/// Phase 2 and 3 of a pack-ordered restore: fetch, verify and write every piece, then set each
+/// file's metadata. Returns the files that failed (their metadata is not set).
+fn run_plan(
+    repo: &Repo,
+    root: &OwnedFd,
+    target: &Path,
+    plan: Plan,
+    threads: usize,
+    sh: &Shared,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let Plan { files, by_pack } = plan;
+    let failed: Vec<AtomicBool> = (0..files.len()).map(|_| AtomicBool::new(false)).collect();
+    let mut packs: Vec<(u32, Vec<Piece>)> = by_pack.into_iter().collect();
+    // Largest first, so the last pack to finish is a small one.
+    packs.sort_by_key(|(_, p)| std::cmp::Reverse(p.len()));
+    let next = Mutex::new(packs.into_iter());
+    let reader = repo.index().reader()?;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut open: Vec<(u32, File)> = Vec::new();
+                loop {
+                    if sh.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Some((pack, mut pieces)) = next.lock().ok().and_then(|mut n| n.next())
+                    else {
+                        return;
+                    };
+                    let name = match repo.pack_id(&reader, pack) {
+                        Ok(id) => id.to_hex(),
+                        Err(e) => {
+                            for p in &pieces {
+                                failed[p.file as usize].store(true, Ordering::Relaxed);
+                            }
+                            sh.error(e);
+                            continue;
+                        }
+                    };
+                    pieces.sort_by_key(|p| (p.offset, p.file, p.file_off));
+                    let mut i = 0;
+                    while i < pieces.len() {
+                        // One range: pieces close to each other, up to MAX_RANGE.
+                        let start = u64::from(pieces[i].offset);
+                        let mut end = start + u64::from(pieces[i].stored_len);
+                        let mut j = i + 1;
+                        while j < pieces.len() {
+                            let s = u64::from(pieces[j].offset);
+                            let e = s + u64::from(pieces[j].stored_len);
+                            if s > end + COALESCE_GAP || e - start > MAX_RANGE {
+                                break;
+                            }
+                            end = end.max(e);
+                            j += 1;
+                        }
+                        let mut buf = vec![0u8; (end - start) as usize];
+                        let fetched = repo.backend().read_at(
+                            crate::backend::FileKind::Pack,
+                            &name,
+                            start,
+                            &mut buf,
+                        );
+                        let mut last: Option<(ObjectId, Vec<u8>)> = None;
+                        for p in &pieces[i..j] {
+                            let r = fetched
+                                .as_ref()
+                                .map_err(|e| Error::new(e.kind(), format!("{e:#}")))
+                                .and_then(|_| {
+                                    if last.as_ref().is_none_or(|(id, _)| *id != p.id) {
+                                        let from = (u64::from(p.offset) - start) as usize;
+                                        let stored = &buf[from..from + p.stored_len as usize];
+                                        let plain = crate::repo::decode_object(
+                                            &p.id, p.flags, p.raw_len, stored,
+                                        )
+                                        .map_err(|e| e.context(format!("pack {}", &name[..16])))?;
+                                        last = Some((p.id, plain));
+                                    }
+                                    let Some((_, plain)) = last.as_ref() else {
+                                        return Err(Error::other("internal: no data"));
+                                    };
+                                    write_piece(root, target, &files, &mut open, p, plain)
+                                });
+                            match r {
+                                Ok(n) => {
+                                    sh.bytes.fetch_add(n, Ordering::Relaxed);
+                                    progress.add(0, n);
+                                }
+                                Err(e) => {
+                                    if !failed[p.file as usize].swap(true, Ordering::Relaxed) {
+                                        let f = &files[p.file as usize];
+                                        sh.error(e.context(target.join(&f.rel).display()));
+                                    }
+                                }
+                            }
+                        }
+                        i = j;
+                    }
+                }
+            });
+        }
+    });
+    if sh.fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+        return Ok(());
+    }
+    // Phase 3: metadata of every file that was written in full.
+    for (i, f) in files.iter().enumerate() {
+        if failed[i].load(Ordering::Relaxed) {
+            continue;
+        }
+        let display = target.join(&f.rel);
+        let r = reopen(root, &f.rel, OFlags::RDONLY, &display)
+            .and_then(|file| apply_meta(file.as_fd(), &f.entry, &display));
+        match r {
+            Ok(()) => {
+                sh.files.fetch_add(1, Ordering::Relaxed);
+                progress.add(1, 0);
+            }
+            Err(e) => sh.error(e),
+        }
+    }
+    Ok(())
+}
+
+/// Write one piece into its file (keeping a few files open per thread).
+fn write_piece(
+    root: &OwnedFd,
+    target: &Path,
+    files: &[PlannedFile],
+    open: &mut Vec<(u32, File)>,
+    p: &Piece,
+    plain: &[u8],
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = &files[p.file as usize];
+    let pos = match open.iter().position(|(i, _)| *i == p.file) {
+        Some(pos) => pos,
+        None => {
+            if open.len() >= 32 {
+                open.remove(0);
+            }
+            let display = target.join(&f.rel);
+            open.push((p.file, reopen(root, &f.rel, OFlags::WRONLY, &display)?));
+            open.len() - 1
+        }
+    };
+    open[pos]
+        .1
+        .write_all_at(plain, p.file_off)
+        .map_err(|e| Error::io("cannot write", &target.join(&f.rel), e))?;
+    Ok(plain.len() as u64)
+}
+
 fn open_or_make_dir(parent: &OwnedFd, name: &[u8], display: &Path) -> Result<OwnedFd> {
     match rustix::fs::statat(parent, name_os(name), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st)
@@ -325,9 +581,15 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
+        let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(2)
+            .unwrap_or(2);
+        // Over a network most of a thread's time is waiting for a response: more in flight.
+        if repo.backend().is_remote() {
+            cpus.max(2) * 4
+        } else {
+            cpus
+        }
     } else {
         opts.threads
     };
@@ -339,6 +601,12 @@ pub fn restore(
         fatal: Mutex::new(None),
         stop: AtomicBool::new(false),
     };
+    // Over a network, restore pack by pack: few large ranged reads instead of one per chunk.
+    let by_pack = repo.backend().is_remote()
+        && match what {
+            Resolved::Root(_) => true,
+            Resolved::Entry(e) => e.is_dir(),
+        };
     let (tx, rx) = bounded::<Job>(threads * 16);
     let (mut stats, dirs) = std::thread::scope(|scope| -> Result<(RestoreStats, Vec<DirMeta>)> {
         for _ in 0..threads {
@@ -377,6 +645,7 @@ pub fn restore(
             reader: repo.index().reader()?,
             target,
             jobs: tx,
+            plan: by_pack.then(Plan::default),
             dirs: Vec::new(),
             stats: RestoreStats::default(),
             sh: &sh,
@@ -418,10 +687,18 @@ pub fn restore(
             }
         };
         let Walk {
-            jobs, dirs, stats, ..
+            jobs,
+            dirs,
+            stats,
+            plan,
+            ..
         } = walk;
         drop(jobs);
         res?;
+        if let Some(plan) = plan {
+            let root = open_target_dir(target)?;
+            run_plan(repo, &root, target, plan, threads, &sh, progress)?;
+        }
         // Workers finish when the channel drains; the scope joins them. Then directories.
         Ok((stats, dirs))
     })?;
