@@ -338,12 +338,12 @@ impl Repo {
         Ok(out)
     }
 
-    /// The latest snapshot of a space.
+    /// The latest snapshot of a space: the newest of its heads (see [`crate::history`]). With
+    /// a linear history this is the newest snapshot; it differs when a snapshot was taken on a
+    /// node whose clock is behind the one that took its parent.
     pub fn latest(&self, space: &str) -> Result<Option<SnapshotEntry>> {
-        Ok(self
-            .snapshots()?
-            .into_iter()
-            .rfind(|s| s.snapshot.space == space))
+        let all = self.snapshots()?;
+        Ok(crate::history::latest(&all, space).cloned())
     }
 
     /// Find a snapshot by `SPACE@latest`, `SPACE@latest~N` or a unique id prefix.

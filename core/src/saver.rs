@@ -60,10 +60,24 @@ struct Blob {
     data: Vec<u8>,
 }
 
+/// What the pack writer thread receives.
+enum ToWriter {
+    Blob(Blob),
+    /// Seal the current pack once `after` blobs have been received, then answer.
+    Flush {
+        after: u64,
+        done: Sender<Result<()>>,
+    },
+}
+
 struct Shared {
     pending: Mutex<HashSet<ObjectId>>,
     error: Mutex<Option<Error>>,
     counters: Counters,
+    /// Jobs handed to the compression threads so far (see [`Saver::flush`]).
+    submitted: AtomicU64,
+    /// Set by [`Saver::abort`]: the writer discards the pack in progress instead of sealing it.
+    aborted: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -91,7 +105,7 @@ pub struct Saver {
     session: Option<Session>,
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
-    blobs: Option<Sender<Blob>>,
+    blobs: Option<Sender<ToWriter>>,
     compressors: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -111,10 +125,12 @@ impl Saver {
             pending: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
             counters: Counters::default(),
+            submitted: AtomicU64::new(0),
+            aborted: std::sync::atomic::AtomicBool::new(false),
         });
         let threads = threads.max(1);
         let (job_tx, job_rx) = bounded::<Job>(threads * 4);
-        let (blob_tx, blob_rx) = bounded::<Blob>(threads * 4);
+        let (blob_tx, blob_rx) = bounded::<ToWriter>(threads * 4);
         let level = repo.config().compression.zstd_level;
         let mut compressors = Vec::new();
         for i in 0..threads {
@@ -222,11 +238,55 @@ impl Saver {
             .jobs
             .as_ref()
             .ok_or_else(|| Error::other("saver already finished"))?;
+        self.shared.submitted.fetch_add(1, Ordering::AcqRel);
         if tx.send(job).is_err() {
             self.shared.check()?;
             return Err(Error::other("saver stopped"));
         }
         Ok(())
+    }
+
+    /// Seal the pack in progress now (even if smaller than the target size) and return once
+    /// every object saved before this call is durable and indexed. Long transfers call it
+    /// periodically so that an interruption loses little; the saver stays usable.
+    pub fn flush(&self) -> Result<()> {
+        self.shared.check()?;
+        let after = self.shared.submitted.load(Ordering::Acquire);
+        let tx = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| Error::other("saver already finished"))?;
+        let (done_tx, done_rx) = bounded(1);
+        if tx
+            .send(ToWriter::Flush {
+                after,
+                done: done_tx,
+            })
+            .is_err()
+        {
+            self.shared.check()?;
+            return Err(Error::other("saver stopped"));
+        }
+        loop {
+            match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(r) => return r,
+                // A failed compression thread never delivers its blobs: report its error.
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.shared.check()?,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.shared.check()?;
+                    return Err(Error::other("the pack writer stopped during a flush"));
+                }
+            }
+        }
+    }
+
+    /// Stop without sealing the pack in progress: objects queued since the last sealed pack
+    /// are thrown away (packs already sealed stay, they are complete and indexed). Used when
+    /// what was being received turns out to be bad (a misbehaving peer).
+    pub fn abort(mut self) -> SaverStats {
+        self.shared.aborted.store(true, Ordering::Release);
+        self.stop();
+        self.stats()
     }
 
     /// Number of packs sealed and indexed so far: an index view older than this generation may
@@ -294,7 +354,7 @@ impl Drop for Saver {
     }
 }
 
-fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared>) {
+fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<ToWriter>, sh: Arc<Shared>) {
     let mut compressor = if level > 0 {
         match zstd::bulk::Compressor::new(level) {
             Ok(c) => Some(c),
@@ -338,45 +398,95 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared
                 blob
             }
         };
-        if tx.send(blob).is_err() {
+        if tx.send(ToWriter::Blob(blob)).is_err() {
             return;
         }
     }
 }
 
-fn write_loop(repo: &Repo, rx: Receiver<Blob>, sh: &Shared) -> Result<()> {
+fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
     let target = repo.config().pack_target_size;
     let mut pack: Option<PackWriter> = None;
     let mut result: Result<()> = Ok(());
-    for blob in rx.iter() {
-        if result.is_err() {
-            continue; // drain so senders do not block
+    let mut received = 0u64;
+    let mut flushes: Vec<(u64, Sender<Result<()>>)> = Vec::new();
+    let aborted = || sh.aborted.load(Ordering::Acquire);
+    for msg in rx.iter() {
+        let blob = match msg {
+            ToWriter::Blob(b) => {
+                received += 1;
+                Some(b)
+            }
+            ToWriter::Flush { after, done } => {
+                flushes.push((after, done));
+                None
+            }
+        };
+        if result.is_ok()
+            && !aborted()
+            && let Some(blob) = blob
+        {
+            result = (|| {
+                let w = match pack.as_mut() {
+                    Some(w) => w,
+                    None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
+                };
+                w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
+                let c = &sh.counters;
+                c.objects.fetch_add(1, Ordering::Relaxed);
+                c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
+                c.stored
+                    .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
+                if w.len() >= target
+                    && let Some(w) = pack.take()
+                {
+                    seal(repo, w, sh)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = &result {
+                sh.fail(Error::new(e.kind(), format!("{e:#}")));
+            }
         }
-        result = (|| {
-            let w = match pack.as_mut() {
-                Some(w) => w,
-                None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
-            };
-            w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
-            let c = &sh.counters;
-            c.objects.fetch_add(1, Ordering::Relaxed);
-            c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
-            c.stored
-                .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
-            if w.len() >= target
+        // Answer the flushes whose objects have all arrived (otherwise: drain, so senders
+        // do not block, and answer with the error).
+        if flushes.iter().any(|(after, _)| *after <= received) {
+            if result.is_ok()
+                && !aborted()
                 && let Some(w) = pack.take()
             {
-                seal(repo, w, sh)?;
+                result = if w.is_empty() {
+                    w.abort();
+                    Ok(())
+                } else {
+                    seal(repo, w, sh)
+                };
+                if let Err(e) = &result {
+                    sh.fail(Error::new(e.kind(), format!("{e:#}")));
+                }
             }
-            Ok(())
-        })();
-        if let Err(e) = &result {
-            sh.fail(Error::new(e.kind(), format!("{e:#}")));
+            flushes.retain(|(after, done)| {
+                if *after > received {
+                    return true;
+                }
+                let answer = match &result {
+                    Ok(()) if aborted() => Err(Error::other("the saver was aborted")),
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::new(e.kind(), format!("{e:#}"))),
+                };
+                let _ = done.send(answer);
+                false
+            });
         }
+    }
+    for (_, done) in flushes {
+        let _ = done.send(Err(Error::other(
+            "the saver stopped before the flush completed",
+        )));
     }
     result?;
     if let Some(w) = pack.take() {
-        if !w.is_empty() {
+        if !w.is_empty() && !aborted() {
             seal(repo, w, sh)?;
         } else {
             w.abort();
@@ -397,4 +507,71 @@ fn seal(repo: &Repo, w: PackWriter, sh: &Shared) -> Result<()> {
     }
     sh.counters.packs.fetch_add(1, Ordering::Release);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FileKind;
+    use crate::repo::InitOptions;
+
+    fn repo() -> (tempfile::TempDir, Arc<Repo>) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
+        (dir, Arc::new(repo))
+    }
+
+    fn obj(i: u32) -> (ObjectId, Vec<u8>) {
+        let data = format!("object number {i} ").repeat(100).into_bytes();
+        (ObjectId::of(&data), data)
+    }
+
+    #[test]
+    fn flush_seals_a_small_pack_and_the_saver_goes_on() {
+        let (_d, repo) = repo();
+        let saver = Saver::new(repo.clone(), 2).unwrap();
+        let reader = repo.index().reader().unwrap();
+        for i in 0..50 {
+            let (id, data) = obj(i);
+            assert!(saver.save(&reader, id, Kind::Data, data).unwrap());
+        }
+        saver.flush().unwrap();
+        let fresh = repo.index().reader().unwrap();
+        for i in 0..50 {
+            assert!(fresh.contains(&obj(i).0).unwrap(), "object {i} after flush");
+        }
+        assert_eq!(saver.stats().packs, 1);
+        // A flush with nothing new does not write an empty pack.
+        saver.flush().unwrap();
+        assert_eq!(saver.stats().packs, 1);
+        for i in 50..60 {
+            let (id, data) = obj(i);
+            saver.save(&fresh, id, Kind::Data, data).unwrap();
+        }
+        let st = saver.finish().unwrap();
+        assert_eq!((st.objects, st.packs), (60, 2));
+        assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn abort_discards_the_pack_in_progress_only() {
+        let (_d, repo) = repo();
+        let saver = Saver::new(repo.clone(), 2).unwrap();
+        let reader = repo.index().reader().unwrap();
+        for i in 0..10 {
+            let (id, data) = obj(i);
+            saver.save(&reader, id, Kind::Data, data).unwrap();
+        }
+        saver.flush().unwrap();
+        for i in 10..20 {
+            let (id, data) = obj(i);
+            saver.save(&reader, id, Kind::Data, data).unwrap();
+        }
+        saver.abort();
+        let fresh = repo.index().reader().unwrap();
+        assert!(fresh.contains(&obj(3).0).unwrap());
+        assert!(!fresh.contains(&obj(13).0).unwrap());
+        assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 1);
+        assert!(crate::session::live_sessions(&repo).unwrap().is_empty());
+    }
 }
