@@ -21,6 +21,7 @@ pub mod index;
 pub mod merge;
 pub mod pack;
 pub mod progress;
+pub mod recover;
 pub mod repair;
 pub mod repo;
 pub mod saver;
