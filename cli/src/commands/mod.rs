@@ -6,16 +6,18 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use puce_core::{ErrorKind, InitOptions, OpenOptions, Repo};
 
-use crate::args::{Cli, Command, RepairCommand};
+use crate::args::{Cli, Command, NodeCommand, RepairCommand};
 
 mod check;
 mod diff;
 mod init;
 mod ls;
+mod node;
 mod repair;
 mod restore;
 mod snapshot;
 mod snapshots;
+mod sync;
 
 /// Global options every command sees.
 pub struct Ctx {
@@ -80,6 +82,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Repair(RepairCommand::Index) => repair::run_index(&ctx),
+        Command::Node(NodeCommand::Init(a)) => node::run_init(&ctx, a),
+        Command::Node(NodeCommand::Id(a)) => node::run_id(&ctx, a),
+        Command::Node(NodeCommand::Run(a)) => node::run_daemon(&ctx, a),
+        Command::Node(NodeCommand::Status(a)) => node::run_status(&ctx, a),
+        Command::Sync(a) => sync::run(&ctx, a),
     }
 }
 
