@@ -49,7 +49,6 @@ enum Job {
         kind: Kind,
         data: Vec<u8>,
     },
-    Stored(Blob),
 }
 
 struct Blob {
@@ -210,6 +209,11 @@ impl Saver {
     }
 
     /// Store an object received in stored form (already verified by the caller), unless present.
+    ///
+    /// Stored objects need no compression: they go straight to the pack writer, in the order
+    /// of the calls, so an object saved after another one (from the same thread) lands in the
+    /// same pack or a later one. A receiver that saves a tree after everything it reaches can
+    /// rely on this: whenever the tree is indexed, so is its subtree.
     pub fn save_stored(
         &self,
         reader: &IndexReader,
@@ -223,13 +227,22 @@ impl Saver {
         if !self.reserve(reader, &id)? {
             return Ok(false);
         }
-        self.send_job(Job::Stored(Blob {
+        let tx = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| Error::other("saver already finished"))?;
+        self.shared.submitted.fetch_add(1, Ordering::AcqRel);
+        let blob = Blob {
             id,
             kind,
             flags,
             raw_len,
             data,
-        }))?;
+        };
+        if tx.send(ToWriter::Blob(blob)).is_err() {
+            self.shared.check()?;
+            return Err(Error::other("saver stopped"));
+        }
         Ok(true)
     }
 
@@ -278,6 +291,30 @@ impl Saver {
                 }
             }
         }
+    }
+
+    /// Ask for the pack in progress to be sealed once everything saved so far has reached the
+    /// writer, without waiting for it (a checkpoint that does not stall the caller).
+    pub fn seal_soon(&self) -> Result<()> {
+        self.shared.check()?;
+        let after = self.shared.submitted.load(Ordering::Acquire);
+        let tx = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| Error::other("saver already finished"))?;
+        // Nobody waits for the answer.
+        let (done_tx, _) = bounded(1);
+        if tx
+            .send(ToWriter::Flush {
+                after,
+                done: done_tx,
+            })
+            .is_err()
+        {
+            self.shared.check()?;
+            return Err(Error::other("saver stopped"));
+        }
+        Ok(())
     }
 
     /// Stop without sealing the pack in progress: objects queued since the last sealed pack
@@ -369,7 +406,6 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<ToWriter>, sh: Arc<Sh
     let mut out = Vec::new();
     for job in rx {
         let blob = match job {
-            Job::Stored(b) => b,
             Job::Plain { id, kind, data } => {
                 let raw_len = data.len() as u32;
                 let mut blob = Blob {
@@ -551,6 +587,40 @@ mod tests {
         let st = saver.finish().unwrap();
         assert_eq!((st.objects, st.packs), (60, 2));
         assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn stored_objects_keep_their_order_across_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            pack_target_size: 1 << 20,
+            ..InitOptions::default()
+        };
+        let repo = Arc::new(Repo::init(&dir.path().join("r"), &opts).unwrap());
+        let saver = Saver::new(repo.clone(), 4).unwrap();
+        let reader = repo.index().reader().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..40u32 {
+            let data = format!("{i}").repeat(30_000).into_bytes();
+            let id = ObjectId::of(&data);
+            let n = data.len() as u32;
+            saver
+                .save_stored(&reader, id, Kind::Data, 0, n, data)
+                .unwrap();
+            ids.push(id);
+            if i == 20 {
+                saver.seal_soon().unwrap();
+            }
+        }
+        let st = saver.finish().unwrap();
+        assert!(st.packs >= 2, "{st:?}");
+        // Pack numbers never decrease in the order of the calls.
+        let r = repo.index().reader().unwrap();
+        let packs: Vec<u32> = ids
+            .iter()
+            .map(|id| r.get(id).unwrap().unwrap().pack)
+            .collect();
+        assert!(packs.windows(2).all(|w| w[0] <= w[1]), "{packs:?}");
     }
 
     #[test]

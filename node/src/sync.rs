@@ -184,7 +184,15 @@ async fn run(
             }
         }
     }
-    let qconn = transport::connect(endpoint, &ctx.identity, peer.id, &peer.name, &address).await?;
+    let qconn = transport::connect(
+        endpoint,
+        &ctx.identity,
+        peer.id,
+        &peer.name,
+        &address,
+        ctx.config.bandwidth,
+    )
+    .await?;
     let perms = Permissions::of(&ctx.config, &peer.id)
         .ok_or_else(|| Error::internal("the dialled peer is not in the configuration"))?;
     let conn = Conn::new(ctx.clone(), qconn, perms, progress);

@@ -20,14 +20,25 @@ pub const SERVER_NAME: &str = "puce-node";
 /// Incoming request streams a peer may have open at once.
 pub const MAX_STREAMS: u32 = 32;
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// The QUIC transport settings of every node connection (stream limits, windows, keep-alive).
+/// With a bandwidth cap, the flow-control windows are a fraction of a second of traffic, so
+/// that a cap applied by the receiver (which reads no faster than the cap) is not overrun by a
+/// burst filling large windows.
+pub fn transport_config(cap: Option<u64>) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     // Large windows: a loopback or LAN link is not held back by flow control.
-    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
+    let (stream, conn) = match cap {
+        None => (16 << 20, 64 << 20),
+        Some(c) => (
+            (c / 8).clamp(64 << 10, 16 << 20) as u32,
+            (c / 4).clamp(256 << 10, 64 << 20) as u32,
+        ),
+    };
+    t.stream_receive_window(quinn::VarInt::from_u32(stream));
+    t.receive_window(quinn::VarInt::from_u32(conn));
+    t.send_window(u64::from(conn));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
         t.max_idle_timeout(Some(idle));
@@ -52,7 +63,7 @@ pub fn server_config(identity: &Identity, config: &NodeConfig) -> Result<quinn::
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    sc.transport_config(transport_config());
+    sc.transport_config(transport_config(config.bandwidth));
     Ok(sc)
 }
 
@@ -60,6 +71,7 @@ pub fn server_config(identity: &Identity, config: &NodeConfig) -> Result<quinn::
 pub fn client_config(
     identity: &Identity,
     verifier: Arc<PinnedPeers>,
+    cap: Option<u64>,
 ) -> Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -71,7 +83,7 @@ pub fn client_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(tls_error)?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
-    cc.transport_config(transport_config());
+    cc.transport_config(transport_config(cap));
     Ok(cc)
 }
 
@@ -118,17 +130,18 @@ pub async fn resolve(address: &str) -> Result<SocketAddr> {
     })
 }
 
-/// Connect to peer `peer_name` with id `peer` at `address`.
+/// Connect to peer `peer_name` with id `peer` at `address`; `cap`: this node's bandwidth cap.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     identity: &Identity,
     peer: NodeId,
     peer_name: &str,
     address: &str,
+    cap: Option<u64>,
 ) -> Result<quinn::Connection> {
     let remote = resolve(address).await?;
     let verifier = Arc::new(PinnedPeers::only(peer, peer_name, address));
-    let cc = client_config(identity, verifier.clone())?;
+    let cc = client_config(identity, verifier.clone(), cap)?;
     let connecting = endpoint
         .connect_with(cc, remote, SERVER_NAME)
         .map_err(|e| {

@@ -449,6 +449,99 @@ pub fn decode(kind: MessageType, b: &[u8]) -> Result<Message> {
     })
 }
 
+/// Encode an `Object` frame as a head (frame header and every field but the data's bytes) and
+/// the data itself, so that the data is handed to QUIC without being copied. `head` followed by
+/// `o.data` is exactly `encode(&Message::Object(o))`.
+pub fn object_frame_head(o: &Object) -> Result<Vec<u8>> {
+    let mut fields = Vec::with_capacity(48);
+    fields.extend_from_slice(o.id.as_bytes());
+    fields.push(o.kind);
+    fields.push(o.flags);
+    put_varint(&mut fields, u64::from(o.raw_len));
+    put_varint(&mut fields, o.data.len() as u64);
+    let len = fields.len() + o.data.len();
+    if len > MessageType::Object.max_len() as usize {
+        return Err(Error::internal(format!(
+            "object {} of {} bytes is too large to send",
+            o.id,
+            o.data.len()
+        )));
+    }
+    let mut head = Vec::with_capacity(5 + fields.len());
+    head.extend_from_slice(&(len as u32).to_le_bytes());
+    head.push(MessageType::Object as u8);
+    head.extend_from_slice(&fields);
+    Ok(head)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Read the body of an `Object` frame of `len` bytes, placing the data in its own buffer
+/// without zeroing or copying it again.
+async fn read_object<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Message> {
+    // id, kind, flags, then two varints of at most 10 bytes each (postcard's u32 takes at most
+    // 5, the length of a byte string at most 10): the fields fit in the first 54 bytes.
+    let head_len = len.min(32 + 2 + 5 + 10);
+    let mut head = vec![0u8; head_len];
+    r.read_exact(&mut head).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::protocol("stream ended inside a frame")
+        } else {
+            stream_error(e)
+        }
+    })?;
+    let bad = || Error::protocol("malformed Object message");
+    if head.len() < 35 {
+        return Err(bad());
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&head[..32]);
+    let (kind, flags) = (head[32], head[33]);
+    let mut pos = 34;
+    let mut varint = |max_bytes: usize| -> Result<u64> {
+        let mut v = 0u64;
+        for i in 0..max_bytes {
+            let b = *head.get(pos).ok_or_else(bad)?;
+            pos += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(bad())
+    };
+    let raw_len = u32::try_from(varint(5)?).map_err(|_| bad())?;
+    let data_len = usize::try_from(varint(10)?).map_err(|_| bad())?;
+    if pos + data_len != len {
+        return Err(Error::protocol(format!(
+            "malformed Object message: declares {data_len} bytes of data in a frame of {len}"
+        )));
+    }
+    let mut data = Vec::with_capacity(data_len);
+    data.extend_from_slice(&head[pos..]);
+    let rest = (data_len - data.len()) as u64;
+    let mut limited = r.take(rest);
+    while (data.len() as u64) < data_len as u64 {
+        let n = limited.read_buf(&mut data).await.map_err(stream_error)?;
+        if n == 0 {
+            return Err(Error::protocol("stream ended inside a frame"));
+        }
+    }
+    Ok(Message::Object(Object {
+        id: ObjectId(puce_core::Hash(id)),
+        kind,
+        flags,
+        raw_len,
+        data,
+    }))
+}
+
 /// Read one frame; `None` at a clean end of stream before a frame starts.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>> {
     let mut head = [0u8; 5];
@@ -474,6 +567,9 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>> {
                 kind.max_len()
             ),
         ));
+    }
+    if kind == MessageType::Object {
+        return read_object(r, len as usize).await.map(Some);
     }
     let mut b = vec![0u8; len as usize];
     r.read_exact(&mut b).await.map_err(|e| {

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use puce_core::format::pack::Kind;
 use puce_core::format::snapshot::Snapshot;
 use puce_core::format::tree::{Node, Tree};
-use puce_core::repo::decode_object;
+use puce_core::repo::{decode_object, verify_object};
 use puce_core::saver::Saver;
 use puce_core::{ObjectId, SnapshotEntry, SnapshotId};
 
@@ -40,6 +40,8 @@ use crate::report::{ConflictReport, SpaceReport};
 
 /// Chunks asked for in one request.
 const CHUNK_BATCH: usize = 64;
+/// Threads verifying and storing received chunks.
+const VERIFIERS: usize = 2;
 
 /// What a pull did.
 #[derive(Debug, Clone, Default)]
@@ -155,6 +157,7 @@ async fn run(
 ) -> Result<PullOutcome> {
     let ctx = conn.ctx.clone();
     let repo = ctx.repo.clone();
+    let t0 = std::time::Instant::now();
 
     // 1. Listed.
     let mut recv = conn
@@ -259,6 +262,11 @@ async fn run(
         expect_end(conn, &mut recv, batch.len()).await?;
     }
 
+    tracing::debug!(
+        "pull: {} new records after {:?}",
+        records.len(),
+        t0.elapsed()
+    );
     // 3. Trees.
     let roots: Vec<ObjectId> = {
         let mut seen = HashSet::new();
@@ -365,39 +373,75 @@ async fn run(
         level = dirs;
     }
 
-    // 4. Data.
-    let saver = guard
-        .saver
-        .take()
-        .ok_or_else(|| Error::internal("saver already taken"))?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Object>(16);
+    tracing::debug!(
+        "pull: {} trees and {} missing chunks after {:?}",
+        pending.len(),
+        chunks.len(),
+        t0.elapsed()
+    );
+    // 4. Data: fetched over `streams` requests at once, verified and stored by `VERIFIERS`
+    // threads sharing the saver.
+    let saver = Arc::new(
+        guard
+            .saver
+            .take()
+            .ok_or_else(|| Error::internal("saver already taken"))?,
+    );
     let checkpoint = ctx.config.checkpoint;
     let progress = conn.progress.clone();
-    let r2 = repo.clone();
     progress.set_total(chunks.len() as u64, 0);
-    let storer = std::thread::Builder::new()
-        .name("puce-sync-store".into())
-        .spawn(move || store_chunks(&r2, saver, rx, checkpoint, &*progress))
-        .map_err(|e| Error::internal(format!("cannot start a thread: {e}")))?;
+    let since = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut senders = Vec::new();
+    let mut verifiers = Vec::new();
+    for i in 0..VERIFIERS {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Object>>(2);
+        senders.push(tx);
+        let (r2, s2, p2, c2) = (repo.clone(), saver.clone(), progress.clone(), since.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("puce-sync-verify-{i}"))
+            .spawn(move || store_chunks(&r2, &s2, rx, checkpoint, &c2, &*p2))
+            .map_err(|e| Error::internal(format!("cannot start a thread: {e}")))?;
+        verifiers.push(h);
+    }
     let batches: Vec<Vec<ObjectId>> = chunks.chunks(CHUNK_BATCH).map(|c| c.to_vec()).collect();
     if !batches.is_empty() {
         conn.counters
             .round_trips
             .fetch_add(batches.len().div_ceil(streams) as u64, Ordering::Relaxed);
     }
-    let fetched = fetch_streaming(conn, batches, streams, tx).await;
-    let (saver, stored) = storer
-        .join()
-        .map_err(|_| Error::internal("the storing thread panicked"))?;
-    guard.saver = Some(saver);
-    let stored = match stored {
-        Ok(s) => s,
-        Err(e) if e.kind() == ErrorKind::BadObject => {
+    let fetched = fetch_all(conn, batches, Kind::Data, streams, Sink::Store(senders)).await;
+    let mut stored = Stored::default();
+    let mut first_err: Option<Error> = None;
+    for h in verifiers {
+        match h.join() {
+            Ok(Ok(st)) => {
+                stored.objects += st.objects;
+                stored.bytes += st.bytes;
+                stored.raw += st.raw;
+            }
+            Ok(Err(e)) => {
+                // A bad object outranks the errors it caused elsewhere.
+                if first_err
+                    .as_ref()
+                    .is_none_or(|f| f.kind() != ErrorKind::BadObject)
+                {
+                    first_err = Some(e);
+                }
+            }
+            Err(_) => first_err = Some(Error::internal("a verifying thread panicked")),
+        }
+    }
+    guard.saver =
+        Some(Arc::try_unwrap(saver).map_err(|_| Error::internal("the saver is still shared"))?);
+    match first_err {
+        Some(e) if e.kind() == ErrorKind::BadObject => {
             return Err(misbehaved(conn, Code::BadObject, e.message().to_string()));
         }
-        Err(e) => return Err(e),
-    };
+        Some(e) => return Err(e),
+        None => {}
+    }
     fetched?;
+    tracing::debug!("pull: data stored after {:?}", t0.elapsed());
 
     // 5. Commit: trees children first, then durability, then the records, parents first.
     let order = post_order(&top, &pending);
@@ -444,14 +488,21 @@ async fn run(
     let r2 = repo.clone();
     blocking(move || {
         let (_, session) = saver_back.finish_keep_session()?;
-        for (id, bytes) in topo(recs) {
-            r2.save_snapshot_bytes(&id, &bytes)?;
+        tracing::debug!("pull: objects durable after {:?}", t0.elapsed());
+        // The records (checked against their ids when received) are written parents first,
+        // each durably, then cached in the index in one transaction.
+        let ordered = topo(recs);
+        for (id, bytes) in &ordered {
+            r2.backend()
+                .write(puce_core::backend::FileKind::Snapshot, &id.to_hex(), bytes)?;
         }
+        r2.index().put_snapshots(&ordered)?;
         session.end(&r2)?;
         Ok(())
     })
     .await?;
 
+    tracing::debug!("pull: committed after {:?}", t0.elapsed());
     // Per-space figures.
     for (e, _) in &records {
         if let Some(r) = reports.iter_mut().find(|r| r.space == e.snapshot.space) {
@@ -474,7 +525,15 @@ async fn run(
     }
 
     // 6. Merge.
+    let r2 = repo.clone();
+    let all = blocking(move || Ok(r2.snapshots()?)).await?;
     for r in &mut reports {
+        if puce_core::history::heads(&all, &r.space).len() < 2 {
+            if r.snapshots == 0 {
+                r.result = "up to date".into();
+            }
+            continue;
+        }
         let r2 = repo.clone();
         let space = r.space.clone();
         let merged = blocking(move || Ok(puce_core::merge::merge_heads(&r2, &space)?)).await?;
@@ -525,16 +584,28 @@ async fn expect_end(conn: &Conn, recv: &mut quinn::RecvStream, n: usize) -> Resu
 enum Sink {
     /// Kept in memory (trees).
     Collect(Arc<Mutex<Vec<Object>>>),
-    /// Handed to the storing thread (data); the bounded channel bounds memory.
-    Store(tokio::sync::mpsc::Sender<Object>),
+    /// Handed to the verifying threads (data) in groups of up to `HANDOFF_GROUP` bytes, each
+    /// fetching task to one of them; the bounded channels bound memory.
+    Store(Vec<tokio::sync::mpsc::Sender<Vec<Object>>>),
 }
+
+/// Bytes of received objects per hand-off to a verifying thread.
+const HANDOFF_GROUP: usize = 4 << 20;
 
 /// Fetch one batch of objects of `kind`, handing each (checked to be the one asked for, in
 /// order) to `sink`.
-async fn fetch_batch(conn: &Arc<Conn>, ids: Vec<ObjectId>, kind: Kind, sink: &Sink) -> Result<()> {
+async fn fetch_batch(
+    conn: &Arc<Conn>,
+    ids: Vec<ObjectId>,
+    kind: Kind,
+    sink: &Sink,
+    worker: usize,
+) -> Result<()> {
     let mut recv = conn
         .request(&Message::GetObjects(GetObjects { ids: ids.clone() }))
         .await?;
+    let mut group: Vec<Object> = Vec::new();
+    let mut group_bytes = 0usize;
     for want in &ids {
         let o = match conn.answer(&mut recv).await? {
             Message::Object(o) => o,
@@ -566,15 +637,36 @@ async fn fetch_batch(conn: &Arc<Conn>, ids: Vec<ObjectId>, kind: Kind, sink: &Si
                     v.push(o);
                 }
             }
-            Sink::Store(tx) => {
-                if tx.send(o).await.is_err() {
-                    // The storing thread stopped on an error: it reports it.
-                    return Err(Error::internal("the storing thread stopped"));
+            Sink::Store(txs) => {
+                group_bytes += o.data.len();
+                group.push(o);
+                if group_bytes >= HANDOFF_GROUP {
+                    group_bytes = 0;
+                    hand_off(txs, worker, std::mem::take(&mut group)).await?;
                 }
             }
         }
     }
+    if let Sink::Store(txs) = sink
+        && !group.is_empty()
+    {
+        hand_off(txs, worker, group).await?;
+    }
     expect_end(conn, &mut recv, ids.len()).await
+}
+
+async fn hand_off(
+    txs: &[tokio::sync::mpsc::Sender<Vec<Object>>],
+    worker: usize,
+    group: Vec<Object>,
+) -> Result<()> {
+    let Some(tx) = txs.get(worker % txs.len().max(1)) else {
+        return Err(Error::internal("no verifying thread"));
+    };
+    // The verifying thread stopped on an error: it reports it.
+    tx.send(group)
+        .await
+        .map_err(|_| Error::internal("the verifying thread stopped"))
 }
 
 /// Fetch batches with up to `streams` requests in flight.
@@ -587,7 +679,7 @@ async fn fetch_all(
 ) -> Result<()> {
     let queue = Arc::new(Mutex::new(VecDeque::from(batches)));
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..streams {
+    for worker in 0..streams {
         let conn = conn.clone();
         let queue = queue.clone();
         let sink = sink.clone();
@@ -596,7 +688,7 @@ async fn fetch_all(
                 let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                     return Ok(());
                 };
-                fetch_batch(&conn, batch, kind, &sink).await?;
+                fetch_batch(&conn, batch, kind, &sink, worker).await?;
             }
         });
     }
@@ -615,16 +707,6 @@ async fn fetch_parallel(
     fetch_all(conn, batches, kind, streams, Sink::Collect(out.clone())).await?;
     let mut v = out.lock().map_err(|_| Error::internal("lock poisoned"))?;
     Ok(std::mem::take(&mut *v))
-}
-
-/// Fetch data batches, sending each object to the storing thread.
-async fn fetch_streaming(
-    conn: &Arc<Conn>,
-    batches: Vec<Vec<ObjectId>>,
-    streams: usize,
-    tx: tokio::sync::mpsc::Sender<Object>,
-) -> Result<()> {
-    fetch_all(conn, batches, Kind::Data, streams, Sink::Store(tx)).await
 }
 
 async fn join_all(mut set: tokio::task::JoinSet<Result<()>>) -> Result<()> {
@@ -651,21 +733,22 @@ struct Stored {
     raw: u64,
 }
 
-/// The storing thread: verify each chunk against its id, store it, checkpoint regularly.
+/// A verifying thread: check each chunk against its id, store it, ask for a checkpoint
+/// every `checkpoint` bytes (counted over all threads in `since`).
 fn store_chunks(
     repo: &puce_core::Repo,
-    saver: Saver,
-    mut rx: tokio::sync::mpsc::Receiver<Object>,
+    saver: &Saver,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Object>>,
     checkpoint: u64,
+    since: &std::sync::atomic::AtomicU64,
     progress: &dyn puce_core::progress::Progress,
-) -> (Saver, Result<Stored>) {
-    let r = (|| -> Result<Stored> {
-        let mut st = Stored::default();
-        let mut reader = repo.index().reader()?;
-        let mut g = saver.generation();
-        let mut since = 0u64;
-        while let Some(o) = rx.blocking_recv() {
-            if let Err(e) = decode_object(&o.id, o.flags, o.raw_len, &o.data) {
+) -> Result<Stored> {
+    let mut st = Stored::default();
+    let mut reader = repo.index().reader()?;
+    let mut g = saver.generation();
+    while let Some(group) = rx.blocking_recv() {
+        for o in group {
+            if let Err(e) = verify_object(&o.id, o.flags, o.raw_len, &o.data) {
                 return Err(Error::new(
                     ErrorKind::BadObject,
                     format!("sent data that does not match its id {} ({e})", o.id),
@@ -682,16 +765,14 @@ fn store_chunks(
                 st.bytes += len;
                 st.raw += raw;
             }
-            since += len;
-            if since >= checkpoint {
-                saver.flush()?;
-                since = 0;
+            let total = since.fetch_add(len, Ordering::AcqRel) + len;
+            if total / checkpoint != (total - len) / checkpoint {
+                saver.seal_soon()?;
             }
             progress.add(1, len);
         }
-        Ok(st)
-    })();
-    (saver, r)
+    }
+    Ok(st)
 }
 
 /// Trees in post-order (children before parents) from `roots`, over `pending` only.

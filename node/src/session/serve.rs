@@ -18,6 +18,9 @@ use crate::protocol::{
     SnapshotRecord, SpaceList, SpaceState, Welcome,
 };
 
+/// Bytes of objects read from packs per hand-off to the sending task.
+const READ_GROUP: usize = 4 << 20;
+
 /// Serve the peer's requests until the connection closes. The node that accepted the
 /// connection expects `Hello` first.
 pub async fn serve(conn: Arc<Conn>) {
@@ -359,7 +362,9 @@ async fn get_objects(
         let _ = send.finish();
         return Ok(());
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Object>>(4);
+    // Objects are read off the async threads in groups of up to READ_GROUP bytes (one
+    // hand-off per group, not per object); two groups in flight bound the memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Object>>>(2);
     let c = conn.clone();
     let ids = r.ids;
     let reader_task = tokio::task::spawn_blocking(move || {
@@ -371,6 +376,8 @@ async fn get_objects(
                 return;
             }
         };
+        let mut group: Vec<Object> = Vec::new();
+        let mut group_bytes = 0usize;
         for id in ids {
             let r = (|| -> Result<Object> {
                 let loc = reader.get(&id)?.ok_or_else(|| {
@@ -406,22 +413,47 @@ async fn get_objects(
                     data,
                 })
             })();
-            let stop = r.is_err();
-            if tx.blocking_send(r).is_err() || stop {
-                return;
+            match r {
+                Ok(o) => {
+                    group_bytes += o.data.len();
+                    group.push(o);
+                    if group_bytes >= READ_GROUP {
+                        group_bytes = 0;
+                        if tx.blocking_send(Ok(std::mem::take(&mut group))).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Ok(std::mem::take(&mut group)));
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
             }
+        }
+        if !group.is_empty() {
+            let _ = tx.blocking_send(Ok(group));
         }
     });
     let mut count = 0u32;
-    while let Some(obj) = rx.recv().await {
-        let obj = obj.map_err(Failure::from)?;
-        let len = obj.data.len() as u64;
-        conn.ctx.send_limit.take(len).await;
-        write(conn, send, &Message::Object(obj)).await?;
-        count += 1;
-        conn.counters.sent_objects.fetch_add(1, Ordering::Relaxed);
-        conn.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
-        conn.progress.add(1, len);
+    while let Some(group) = rx.recv().await {
+        for obj in group.map_err(Failure::from)? {
+            let len = obj.data.len() as u64;
+            conn.ctx.send_limit.take(len).await;
+            // The data goes to QUIC without a copy.
+            let head = protocol::object_frame_head(&obj).map_err(Failure::from)?;
+            let mut chunks = [bytes::Bytes::from(head), bytes::Bytes::from(obj.data)];
+            send.write_all_chunks(&mut chunks).await.map_err(|e| {
+                Failure::from(conn.explain(crate::error::Error::new(
+                    crate::error::ErrorKind::Network,
+                    format!("stream failed: {e}"),
+                )))
+            })?;
+            count += 1;
+            conn.counters.sent_objects.fetch_add(1, Ordering::Relaxed);
+            conn.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            conn.progress.add(1, len);
+        }
     }
     let _ = reader_task.await;
     write(conn, send, &Message::End(End { count })).await
