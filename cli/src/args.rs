@@ -49,11 +49,124 @@ pub enum Command {
     /// Repair the repository
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Remove snapshots, by id or by a retention policy
+    Forget(ForgetArgs),
+    /// Delete data no snapshot needs any more, and compact packs
+    Gc(GcArgs),
+    /// Show or set the retention policy stored for a space
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Reports for admins: dedup, retention, growth
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Mount the spaces (read-write) and every snapshot (read-only) as a folder
+    Mount(MountArgs),
     /// This node: identity, daemon, status (replication between sites)
     #[command(subcommand)]
     Node(NodeCommand),
     /// Sync spaces with a peer node now: PEER [--space S] [--pull | --push]
     Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to forget (id prefixes or SPACE@latest); none: apply a policy
+    pub snapshots: Vec<String>,
+    /// Only snapshots of this space (repeatable)
+    #[arg(long = "space", value_name = "SPACE")]
+    pub spaces: Vec<String>,
+    #[command(flatten)]
+    pub policy: puce_core::retention::Policy,
+    /// Group snapshots by space (default) or by space and host before applying the policy
+    #[arg(long, value_enum, default_value_t = GroupByArg::Space)]
+    pub group_by: GroupByArg,
+    /// Print what would be removed and why, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run gc afterwards to free the space
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GroupByArg {
+    /// One group per space
+    Space,
+    /// One group per space and host
+    Host,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Print the plan (what would be deleted, repacked and freed), change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of it is unused
+    #[arg(long, default_value_t = 20.0, value_name = "PERCENT")]
+    pub repack_unused: f64,
+    /// Wait at most this many seconds for running writers before leaving the rest to the next gc
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub max_wait: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Store a retention policy for a space (used by `puce forget` without flags and by nodes)
+    Set {
+        /// The space
+        space: String,
+        #[command(flatten)]
+        policy: puce_core::retention::Policy,
+    },
+    /// Show the stored policies
+    Show {
+        /// Only this space
+        space: Option<String>,
+    },
+    /// Remove the stored policy of a space
+    Unset {
+        /// The space
+        space: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Logical and stored bytes, dedup and compression, per space and snapshot, largest
+    /// folders, most duplicated files
+    Dedup(ReportArgs),
+    /// Which snapshots a policy would remove, and exactly how many bytes that frees
+    Retention(RetentionReportArgs),
+    /// Stored bytes over time, growth rate, and when the disk fills
+    Growth(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Only this space
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Also write a self-contained HTML page with charts
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// How many rows in top lists
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionReportArgs {
+    /// Only snapshots of this space (repeatable)
+    #[arg(long = "space", value_name = "SPACE")]
+    pub spaces: Vec<String>,
+    #[command(flatten)]
+    pub policy: puce_core::retention::Policy,
+    /// Group snapshots by space (default) or by space and host
+    #[arg(long, value_enum, default_value_t = GroupByArg::Space)]
+    pub group_by: GroupByArg,
+    /// Also write a self-contained HTML page with charts
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +188,19 @@ pub struct InitArgs {
     /// Pack size target, MiB
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     pub pack_size: u64,
+    /// Keep packs and records in an S3-compatible store: s3://BUCKET/PREFIX (the index stays in
+    /// the local repository directory)
+    #[arg(long, value_name = "URL")]
+    pub backend: Option<String>,
+    /// S3 endpoint URL (e.g. http://127.0.0.1:3900 for Garage)
+    #[arg(long, value_name = "URL", requires = "backend")]
+    pub endpoint: Option<String>,
+    /// S3 region
+    #[arg(long, default_value = "garage", requires = "backend")]
+    pub region: String,
+    /// Attach to a repository that already exists in the bucket (then `puce repair index`)
+    #[arg(long, requires = "backend")]
+    pub attach: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +226,9 @@ pub struct SnapshotArgs {
     /// Reader threads [default: number of CPUs]
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Record this time instead of now (RFC 3339, e.g. 2024-03-01T02:00:00Z), for imports
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -154,12 +283,64 @@ pub struct CheckArgs {
     /// Read and verify every byte of data
     #[arg(long)]
     pub read_data: bool,
+    /// With --read-data: read only this share of the packs (e.g. 5%), continuing where the last
+    /// sampled check stopped, so that a nightly check covers everything over time
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, requires = "read_data")]
+    pub sample: Option<f64>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a percentage"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v / 100.0)
+    } else {
+        Err(format!("'{s}': give a percentage above 0 and at most 100"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RepairCommand {
     /// Rebuild the index from the packs and snapshot files
     Index,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount on (must exist)
+    pub mountpoint: PathBuf,
+    /// Show only this space (a new one is created by the first change)
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Refuse every change
+    #[arg(long)]
+    pub read_only: bool,
+    /// Return once mounted and keep serving in the background
+    #[arg(long)]
+    pub background: bool,
+    /// Log file of a background mount [default: the user's cache directory, puce/mount.log]
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Quiet time after the last change before committing it, seconds
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub commit_delay: f64,
+    /// How often to look for snapshots made elsewhere (replication), seconds
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub poll: f64,
+    /// Chunk cache size, MiB
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub cache: usize,
+    /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Request-handling threads
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Internal: print one line on stdout once mounted (used by --background)
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
 }
 
 /// Where the node's files are.

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod html;
 mod output;
 mod progress;
 
@@ -23,6 +24,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match commands::run(cli) {
         Ok(code) => code,

@@ -28,6 +28,9 @@ pub struct CheckOptions {
     pub read_data: bool,
     /// Threads for reading data; default: the number of CPUs.
     pub threads: usize,
+    /// With `read_data`: read only this share (0 < x <= 1) of the packs, continuing where the
+    /// previous sampled check stopped, so that repeated runs cover everything.
+    pub sample: Option<f64>,
 }
 
 /// One problem found.
@@ -76,6 +79,15 @@ pub struct CheckReport {
     pub read_data: bool,
     /// Bytes of pack data read.
     pub bytes_read: u64,
+    /// Packs whose data was read (all of them unless sampling).
+    pub packs_read: u64,
+    /// With sampling: the share asked for, and where the rotation stands after this run
+    /// (the share of all packs, in id order, that the rotation has now passed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
+    /// With sampling: position of the rotation after this run, 0..1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_position: Option<f64>,
     /// Problems found.
     pub problems: Vec<Problem>,
     /// Snapshots that lost data.
@@ -231,9 +243,19 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
         }
     }
 
-    // 3. Read every object.
+    // 3. Read every object (or a rotating sample of the packs).
     if opts.read_data {
-        let corrupt = read_all_data(repo, &good_packs, opts, progress, &mut report)?;
+        let chosen = match opts.sample {
+            None => good_packs.clone(),
+            Some(share) => {
+                let (chosen, position) = sample_packs(repo, &good_packs, share)?;
+                report.sample = Some(share);
+                report.sample_position = Some(position);
+                chosen
+            }
+        };
+        report.packs_read = chosen.len() as u64;
+        let corrupt = read_all_data(repo, &chosen, opts, progress, &mut report)?;
         bad.extend(corrupt);
     }
 
@@ -273,6 +295,45 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
     bad.sort();
     report.bad_objects = bad;
     Ok(report)
+}
+
+/// The meta key holding the sampled check's rotation: the first 8 bytes of the last pack id read.
+const SAMPLE_CURSOR: &str = "check_sample_cursor";
+
+/// Choose `share` of the packs, in id order, starting after the stored cursor; advance it.
+fn sample_packs(
+    repo: &Repo,
+    packs: &[(u32, PackId)],
+    share: f64,
+) -> Result<(Vec<(u32, PackId)>, f64)> {
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(Error::invalid(
+            "the sample share must be above 0% and at most 100%",
+        ));
+    }
+    let mut sorted: Vec<(u32, PackId)> = packs.to_vec();
+    sorted.sort_by_key(|(_, id)| *id);
+    if sorted.is_empty() {
+        return Ok((Vec::new(), 0.0));
+    }
+    let key = |id: &PackId| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&id.as_bytes()[..8]);
+        u64::from_be_bytes(b)
+    };
+    let cursor = repo.index().meta(SAMPLE_CURSOR)?.unwrap_or(0);
+    let start = sorted
+        .iter()
+        .position(|(_, id)| key(id) > cursor)
+        .unwrap_or(0);
+    let n = ((sorted.len() as f64 * share).ceil() as usize).clamp(1, sorted.len());
+    let chosen: Vec<(u32, PackId)> = (0..n).map(|i| sorted[(start + i) % sorted.len()]).collect();
+    let end = (start + n - 1) % sorted.len();
+    let last = key(&sorted[end].1);
+    // Wrapped around to the start: begin again from the lowest id next time.
+    let next = if end + 1 == sorted.len() { 0 } else { last };
+    repo.index().set_meta(SAMPLE_CURSOR, next)?;
+    Ok((chosen, (end + 1) as f64 / sorted.len() as f64))
 }
 
 /// Whether the tree `id` and everything below it is present and sound (memoised).

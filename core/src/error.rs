@@ -29,6 +29,9 @@ pub enum ErrorKind {
     UnsafePath,
     /// The operation was interrupted on request.
     Interrupted,
+    /// The repository's storage failed while writing (disk full, object store unreachable):
+    /// the operation cannot go on.
+    Storage,
     /// Anything else: a bug or an unexpected state.
     Other,
 }
@@ -58,6 +61,12 @@ impl Error {
             message: message.into(),
             source: None,
         }
+    }
+
+    /// The same error with another kind.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// Attach the underlying cause.
@@ -99,8 +108,17 @@ impl Error {
         self
     }
 
+    /// An I/O error not tied to one path, saying what was being done.
+    pub fn io_op(action: &str, err: std::io::Error) -> Self {
+        Error::from_io(action.to_string(), err)
+    }
+
     /// An I/O error on `path`, saying what was being done.
     pub fn io(action: &str, path: &Path, err: std::io::Error) -> Self {
+        Error::from_io(format!("{action} {}", path.display()), err)
+    }
+
+    fn from_io(what: String, err: std::io::Error) -> Self {
         let kind = match err.kind() {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,
             std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
@@ -117,7 +135,7 @@ impl Error {
             Some(libc::EROFS) => " (the file system is read-only)",
             _ => "",
         };
-        Error::new(kind, format!("{action} {}{hint}", path.display())).with_source(err)
+        Error::new(kind, format!("{what}{hint}")).with_source(err)
     }
 
     /// A corruption error.

@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::config::{Compression, Config};
 use crate::format::pack::{FLAG_ZSTD, MAX_OBJECT};
 use crate::format::snapshot::Snapshot;
+use crate::format::space::SpaceSettings;
 use crate::format::tree::Tree;
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId, is_hex_prefix};
 use crate::index::{Index, IndexReader, Location, StatCache, now_ns};
@@ -301,6 +302,8 @@ impl Repo {
     }
 
     /// All snapshots, oldest first. The snapshot files are the truth; the index caches them.
+    /// A damaged or unreadable snapshot file is left out (with a warning in the log); `check`
+    /// reports it.
     pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
         let files = self.backend.list(FileKind::Snapshot)?;
         let cached: HashMap<SnapshotId, Vec<u8>> = self.index.snapshots()?.into_iter().collect();
@@ -312,16 +315,27 @@ impl Repo {
                 continue;
             };
             present.insert(id);
-            let bytes = match cached.get(&id) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = self.backend.read(FileKind::Snapshot, &name)?;
-                    to_cache.push((id, b.clone()));
-                    b
-                }
+            let decoded = match cached.get(&id) {
+                Some(b) => Snapshot::decode(b, Some(&id)),
+                None => self.backend.read(FileKind::Snapshot, &name).and_then(|b| {
+                    let s = Snapshot::decode(&b, Some(&id))?;
+                    to_cache.push((id, b));
+                    Ok(s)
+                }),
             };
-            let snapshot = Snapshot::decode(&bytes, Some(&id))?;
-            out.push(SnapshotEntry { id, snapshot });
+            match decoded {
+                Ok(snapshot) => out.push(SnapshotEntry { id, snapshot }),
+                Err(e)
+                    if e.kind() == ErrorKind::Corrupt
+                        || e.kind() == ErrorKind::UnsupportedVersion =>
+                {
+                    tracing::warn!(
+                        "snapshot {} is left out: {e:#} (run `puce check`)",
+                        id.short(12)
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         let stale: Vec<SnapshotId> = cached
             .keys()
@@ -369,6 +383,40 @@ impl Repo {
             .write(FileKind::Snapshot, &id.to_hex(), bytes)?;
         self.index.put_snapshots(&[(*id, bytes.to_vec())])?;
         Ok(snap)
+    }
+}
+
+impl Repo {
+    /// The settings of a space, if any were stored.
+    pub fn space_settings(&self, space: &str) -> Result<Option<SpaceSettings>> {
+        crate::format::snapshot::check_space_name(space)?;
+        match self.backend.read(FileKind::Space, space) {
+            Ok(b) => Ok(Some(SpaceSettings::decode(&b)?)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Store the settings of a space durably.
+    pub fn put_space_settings(&self, space: &str, s: &SpaceSettings) -> Result<()> {
+        crate::format::snapshot::check_space_name(space)?;
+        self.backend.write(FileKind::Space, space, &s.encode()?)
+    }
+
+    /// Remove the settings of a space.
+    pub fn remove_space_settings(&self, space: &str) -> Result<()> {
+        crate::format::snapshot::check_space_name(space)?;
+        self.backend.remove(FileKind::Space, space)
+    }
+
+    /// All stored space settings.
+    pub fn all_space_settings(&self) -> Result<Vec<(String, SpaceSettings)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileKind::Space)? {
+            let b = self.backend.read(FileKind::Space, &name)?;
+            out.push((name, SpaceSettings::decode(&b)?));
+        }
+        Ok(out)
     }
 }
 

@@ -62,9 +62,11 @@ struct Blob {
 /// What the pack writer thread receives.
 enum ToWriter {
     Blob(Blob),
-    /// Seal the current pack once `after` blobs have been received, then answer.
+    /// Seal the current pack once `after` blobs have been received; with `wait`, answer once
+    /// every pack sealed so far is indexed.
     Flush {
         after: u64,
+        wait: bool,
         done: Sender<Result<()>>,
     },
 }
@@ -81,6 +83,8 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, e: Error) {
+        // Whatever went wrong in storing, the operation using the saver cannot go on.
+        let e = e.with_kind(crate::ErrorKind::Storage);
         if let Ok(mut g) = self.error.lock()
             && g.is_none()
         {
@@ -211,9 +215,9 @@ impl Saver {
     /// Store an object received in stored form (already verified by the caller), unless present.
     ///
     /// Stored objects need no compression: they go straight to the pack writer, in the order
-    /// of the calls, so an object saved after another one (from the same thread) lands in the
-    /// same pack or a later one. A receiver that saves a tree after everything it reaches can
-    /// rely on this: whenever the tree is indexed, so is its subtree.
+    /// of the calls. Full packs are sealed by several threads at once, so packs may be indexed
+    /// out of order: a caller that needs some objects indexed before others are written (a
+    /// tree after everything it reaches) puts a [`Saver::flush`] between them.
     pub fn save_stored(
         &self,
         reader: &IndexReader,
@@ -273,6 +277,7 @@ impl Saver {
         if tx
             .send(ToWriter::Flush {
                 after,
+                wait: true,
                 done: done_tx,
             })
             .is_err()
@@ -307,6 +312,7 @@ impl Saver {
         if tx
             .send(ToWriter::Flush {
                 after,
+                wait: false,
                 done: done_tx,
             })
             .is_err()
@@ -440,95 +446,167 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<ToWriter>, sh: Arc<Sh
     }
 }
 
-fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
-    let target = repo.config().pack_target_size;
-    let mut pack: Option<PackWriter> = None;
-    let mut result: Result<()> = Ok(());
-    let mut received = 0u64;
-    let mut flushes: Vec<(u64, Sender<Result<()>>)> = Vec::new();
-    let aborted = || sh.aborted.load(Ordering::Acquire);
-    for msg in rx.iter() {
-        let blob = match msg {
-            ToWriter::Blob(b) => {
-                received += 1;
-                Some(b)
-            }
-            ToWriter::Flush { after, done } => {
-                flushes.push((after, done));
-                None
-            }
-        };
-        if result.is_ok()
-            && !aborted()
-            && let Some(blob) = blob
-        {
-            result = (|| {
-                let w = match pack.as_mut() {
-                    Some(w) => w,
-                    None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
-                };
-                w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
-                let c = &sh.counters;
-                c.objects.fetch_add(1, Ordering::Relaxed);
-                c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
-                c.stored
-                    .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
-                if w.len() >= target
-                    && let Some(w) = pack.take()
-                {
-                    seal(repo, w, sh)?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = &result {
-                sh.fail(Error::new(e.kind(), format!("{e:#}")));
+/// Packs being sealed (fsync and publish, or upload, then indexing) at once.
+const SEALERS: usize = 3;
+
+/// Packs handed to the sealing threads and not sealed yet: a flush waits for none to be left.
+#[derive(Default)]
+struct InFlight {
+    n: Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        if let Ok(mut n) = self.n.lock() {
+            *n += 1;
+        }
+    }
+
+    fn end(&self) {
+        if let Ok(mut n) = self.n.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.idle.notify_all();
             }
         }
-        // Answer the flushes whose objects have all arrived (otherwise: drain, so senders
-        // do not block, and answer with the error).
-        if flushes.iter().any(|(after, _)| *after <= received) {
+    }
+
+    fn wait_idle(&self) {
+        let Ok(mut n) = self.n.lock() else {
+            return;
+        };
+        while *n > 0 {
+            match self.idle.wait(n) {
+                Ok(g) => n = g,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn send_seal(tx: &Sender<PackWriter>, in_flight: &InFlight, w: PackWriter) -> Result<()> {
+    in_flight.start();
+    tx.send(w).map_err(|_| {
+        in_flight.end();
+        Error::other("pack sealing threads stopped")
+    })
+}
+
+fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
+    let target = repo.config().pack_target_size;
+    // Full packs are sealed by a few threads while the next pack fills: with a remote backend
+    // several uploads are in flight; locally, fsyncs overlap with writing. Packs may therefore
+    // be indexed out of order; a flush that waits is the barrier callers use when order
+    // matters.
+    let (seal_tx, seal_rx) = bounded::<PackWriter>(SEALERS);
+    let in_flight = InFlight::default();
+    std::thread::scope(|scope| {
+        for _ in 0..SEALERS {
+            let rx = seal_rx.clone();
+            let in_flight = &in_flight;
+            scope.spawn(move || {
+                for w in rx {
+                    if let Err(e) = seal(repo, w, sh) {
+                        sh.fail(e);
+                    }
+                    in_flight.end();
+                }
+            });
+        }
+        drop(seal_rx);
+        let mut pack: Option<PackWriter> = None;
+        let mut result: Result<()> = Ok(());
+        let mut received = 0u64;
+        let mut flushes: Vec<(u64, bool, Sender<Result<()>>)> = Vec::new();
+        let aborted = || sh.aborted.load(Ordering::Acquire);
+        for msg in rx.iter() {
+            let blob = match msg {
+                ToWriter::Blob(b) => {
+                    received += 1;
+                    Some(b)
+                }
+                ToWriter::Flush { after, wait, done } => {
+                    flushes.push((after, wait, done));
+                    None
+                }
+            };
             if result.is_ok()
                 && !aborted()
-                && let Some(w) = pack.take()
+                && let Some(blob) = blob
             {
-                result = if w.is_empty() {
-                    w.abort();
+                result = (|| {
+                    let w = match pack.as_mut() {
+                        Some(w) => w,
+                        None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
+                    };
+                    w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
+                    let c = &sh.counters;
+                    c.objects.fetch_add(1, Ordering::Relaxed);
+                    c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
+                    c.stored
+                        .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
+                    if w.len() >= target
+                        && let Some(w) = pack.take()
+                    {
+                        send_seal(&seal_tx, &in_flight, w)?;
+                    }
                     Ok(())
-                } else {
-                    seal(repo, w, sh)
-                };
+                })();
                 if let Err(e) = &result {
                     sh.fail(Error::new(e.kind(), format!("{e:#}")));
                 }
             }
-            flushes.retain(|(after, done)| {
-                if *after > received {
-                    return true;
+            // Flushes whose objects have all arrived: seal the pack in progress; those that
+            // wait get their answer once every pack handed to the sealers is indexed.
+            if flushes.iter().any(|(after, _, _)| *after <= received) {
+                if result.is_ok()
+                    && !aborted()
+                    && let Some(w) = pack.take()
+                {
+                    if w.is_empty() {
+                        w.abort();
+                    } else if let Err(e) = send_seal(&seal_tx, &in_flight, w) {
+                        sh.fail(Error::new(e.kind(), format!("{e:#}")));
+                        result = Err(e);
+                    }
                 }
-                let answer = match &result {
-                    Ok(()) if aborted() => Err(Error::other("the saver was aborted")),
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(Error::new(e.kind(), format!("{e:#}"))),
-                };
-                let _ = done.send(answer);
-                false
-            });
+                if flushes
+                    .iter()
+                    .any(|(after, wait, _)| *after <= received && *wait)
+                {
+                    in_flight.wait_idle();
+                }
+                let sealed = sh.check();
+                flushes.retain(|(after, _, done)| {
+                    if *after > received {
+                        return true;
+                    }
+                    let answer = match (&result, &sealed) {
+                        (Ok(()), Ok(())) if aborted() => Err(Error::other("the saver was aborted")),
+                        (Ok(()), Ok(())) => Ok(()),
+                        (Err(e), _) | (_, Err(e)) => Err(Error::new(e.kind(), format!("{e:#}"))),
+                    };
+                    let _ = done.send(answer);
+                    false
+                });
+            }
         }
-    }
-    for (_, done) in flushes {
-        let _ = done.send(Err(Error::other(
-            "the saver stopped before the flush completed",
-        )));
-    }
-    result?;
-    if let Some(w) = pack.take() {
-        if !w.is_empty() && !aborted() {
-            seal(repo, w, sh)?;
-        } else {
-            w.abort();
+        for (_, _, done) in flushes {
+            let _ = done.send(Err(Error::other(
+                "the saver stopped before the flush completed",
+            )));
         }
-    }
-    Ok(())
+        if let Some(w) = pack.take() {
+            if w.is_empty() || aborted() || result.is_err() {
+                w.abort();
+            } else if let Err(e) = send_seal(&seal_tx, &in_flight, w) {
+                result = Err(e);
+            }
+        }
+        drop(seal_tx);
+        result
+    })
 }
 
 fn seal(repo: &Repo, w: PackWriter, sh: &Shared) -> Result<()> {
@@ -590,7 +668,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_objects_keep_their_order_across_packs() {
+    fn flush_is_a_barrier_over_packs_sealed_in_parallel() {
         let dir = tempfile::tempdir().unwrap();
         let opts = InitOptions {
             pack_target_size: 1 << 20,
@@ -600,8 +678,8 @@ mod tests {
         let saver = Saver::new(repo.clone(), 4).unwrap();
         let reader = repo.index().reader().unwrap();
         let mut ids = Vec::new();
-        for i in 0..40u32 {
-            let data = format!("{i}").repeat(30_000).into_bytes();
+        for i in 0..120u32 {
+            let data = format!("{i}-").repeat(15_000).into_bytes();
             let id = ObjectId::of(&data);
             let n = data.len() as u32;
             saver
@@ -612,15 +690,14 @@ mod tests {
                 saver.seal_soon().unwrap();
             }
         }
-        let st = saver.finish().unwrap();
-        assert!(st.packs >= 2, "{st:?}");
-        // Pack numbers never decrease in the order of the calls.
+        // Several full packs are being sealed at once: after the flush, all are indexed.
+        saver.flush().unwrap();
         let r = repo.index().reader().unwrap();
-        let packs: Vec<u32> = ids
-            .iter()
-            .map(|id| r.get(id).unwrap().unwrap().pack)
-            .collect();
-        assert!(packs.windows(2).all(|w| w[0] <= w[1]), "{packs:?}");
+        for id in &ids {
+            assert!(r.contains(id).unwrap(), "{id:?} not indexed after flush");
+        }
+        let st = saver.finish().unwrap();
+        assert!(st.packs >= 4, "{st:?}");
     }
 
     #[test]

@@ -1,1 +1,280 @@
-//! puce-fuse: the FUSE view of spaces and snapshots (see issue "Users: puce mount").
+//! puce-fuse: the FUSE view of spaces and snapshots (`puce mount`).
+//!
+//! - [`fs`]: the file system over `puce_core` (no fuser types; tested without a kernel);
+//! - [`space`]: uncommitted changes, commits, following snapshots made elsewhere;
+//! - [`inode`]: the inode table; [`cache`]: the bounded object cache;
+//! - [`writeback`]: the write-back area and its journal format;
+//! - [`fuse`]: the fuser 0.18 adapter; [`error`]: errno mapping.
+//!
+//! The promises made to users are in `docs/fuse-semantics.md`.
+
+pub mod cache;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod inode;
+pub mod space;
+pub mod writeback;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{SigSet, Signal};
+use puce_core::{Error, ErrorKind, Repo, Result};
+
+pub use fs::{MountConfig, PuceFs};
+
+/// Options of the kernel mount.
+#[derive(Debug, Clone, Default)]
+pub struct KernelOptions {
+    /// Let other users in (`allow_other`; a non-root user needs `user_allow_other` in
+    /// `/etc/fuse.conf`).
+    pub allow_other: bool,
+    /// Request-handling threads (default 4).
+    pub threads: Option<usize>,
+}
+
+/// Check that `mountpoint` can be mounted on: an existing directory, not a stale mount left
+/// by a crashed process, not already mounted.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{p} is a stale mount left by a puce mount process that died: unmount it with \
+                     `fusermount3 -u {p}` (as root: `umount -l {p}`), then run puce mount again",
+                    p = mountpoint.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::not_found(format!(
+                "mount point {p} does not exist: create it with `mkdir -p {p}`",
+                p = mountpoint.display()
+            )));
+        }
+        Err(e) => return Err(Error::io("cannot use mount point", mountpoint, e)),
+        Ok(md) if !md.is_dir() => {
+            return Err(Error::invalid(format!(
+                "mount point {} is not a directory",
+                mountpoint.display()
+            )));
+        }
+        Ok(_) => {}
+    }
+    let abs = std::fs::canonicalize(mountpoint)
+        .map_err(|e| Error::io("cannot resolve", mountpoint, e))?;
+    if let Some(fstype) = mounted_at(&abs) {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "{p} is already a mount point ({fstype}): unmount it first (`fusermount3 -u {p}` \
+                 for a puce mount) or choose another directory",
+                p = abs.display()
+            ),
+        ));
+    }
+    Ok(abs)
+}
+
+/// The file-system type mounted exactly at `path`, from `/proc/self/mountinfo`.
+pub fn mounted_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(mp) = fields.get(4) else { continue };
+        if unescape(mp) == want {
+            let sep = fields.iter().position(|f| *f == "-")?;
+            return fields.get(sep + 1).map(|s| s.to_string());
+        }
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn can_open_dev_fuse() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+}
+
+/// Unmount `mountpoint`; if it is busy, detach it lazily (open files then see errors).
+pub fn unmount(mountpoint: &Path) -> Result<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .arg(mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if run(&["fusermount3", "-u"]) || run(&["umount"]) {
+        return Ok(());
+    }
+    tracing::warn!(
+        "{} is busy (files open in it): detaching it",
+        mountpoint.display()
+    );
+    if run(&["fusermount3", "-u", "-z"]) || run(&["umount", "-l"]) {
+        return Ok(());
+    }
+    Err(Error::other(format!(
+        "cannot unmount {}: run `fusermount3 -u {}`",
+        mountpoint.display(),
+        mountpoint.display()
+    )))
+}
+
+/// Mount `repo` at `cfg.mountpoint` and serve it until it is unmounted or the process gets
+/// SIGINT, SIGTERM or SIGHUP (then pending changes are committed and the mount is removed).
+/// `ready` runs once the mount is usable. Call this before starting other threads: it blocks
+/// those signals in the calling thread so that a dedicated thread receives them.
+pub fn mount(
+    repo: Arc<Repo>,
+    mut cfg: MountConfig,
+    kopts: &KernelOptions,
+    ready: impl FnOnce(&PuceFs),
+) -> Result<()> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Error::other(format!("cannot block signals: {e}")))?;
+    let mountpoint = check_mountpoint(&cfg.mountpoint)?;
+    cfg.mountpoint = mountpoint.clone();
+    let read_only = cfg.read_only;
+    let fs = Arc::new(PuceFs::new(repo, cfg)?);
+    fs.start()?;
+
+    let mut config = ::fuser::Config::default();
+    config.mount_options = vec![
+        ::fuser::MountOption::FSName("puce".into()),
+        ::fuser::MountOption::Subtype("puce".into()),
+        ::fuser::MountOption::DefaultPermissions,
+        ::fuser::MountOption::NoDev,
+        ::fuser::MountOption::NoSuid,
+        if read_only {
+            ::fuser::MountOption::RO
+        } else {
+            ::fuser::MountOption::RW
+        },
+    ];
+    if kopts.allow_other {
+        config.acl = ::fuser::SessionACL::All;
+    }
+    config.n_threads = Some(kopts.threads.unwrap_or(4).max(1));
+    config.clone_fd = can_open_dev_fuse();
+    let mut session = ::fuser::Session::new(fuse::Adapter(fs.clone()), &mountpoint, &config)
+        .map_err(|e| {
+            Error::other(format!(
+                "cannot mount at {}: {e} (is the fuse3 package installed and /dev/fuse \
+                 present? a non-root user needs fusermount3)",
+                mountpoint.display()
+            ))
+        })?;
+    fs.set_invalidator(Arc::new(fuse::KernelNotifier(session.notifier())));
+    let mut unmounter = session.unmount_callable();
+
+    let bg = {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("puce-commit".into())
+            .spawn(move || fs.run_background())
+            .map_err(|e| Error::other("cannot start a thread").with_source(e))?
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let fs = fs.clone();
+        let done = done.clone();
+        let mp = mountpoint.clone();
+        std::thread::Builder::new()
+            .name("puce-signals".into())
+            .spawn(move || {
+                loop {
+                    let Ok(sig) = signals.wait() else { return };
+                    if done.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    tracing::warn!("{sig}: committing pending changes and unmounting");
+                    if let Err(e) = fs.commit_all() {
+                        tracing::error!("commit before unmount failed: {e:#}");
+                    }
+                    if unmounter.unmount().is_err()
+                        && let Err(e) = unmount(&mp)
+                    {
+                        tracing::error!("{e:#}");
+                        continue;
+                    }
+                    return;
+                }
+            })
+            .map_err(|e| Error::other("cannot start a thread").with_source(e))?;
+    }
+    ready(&fs);
+    let served = session.run();
+    done.store(true, Ordering::SeqCst);
+    fs.shutdown();
+    let _ = bg.join();
+    let committed = fs.commit_all();
+    // Wake the signal thread so that it ends (it sees `done`).
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGHUP);
+    served
+        .map_err(|e| Error::other(format!("the mount at {} failed: {e}", mountpoint.display())))?;
+    committed.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert!(mounted_at(Path::new("/")).is_some());
+    }
+
+    #[test]
+    fn mountpoint_errors_say_what_to_do() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        let e = check_mountpoint(&missing).unwrap_err();
+        assert!(format!("{e}").contains("mkdir -p"), "{e}");
+        let f = d.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        assert_eq!(
+            check_mountpoint(&f).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        check_mountpoint(d.path()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod fs_tests;

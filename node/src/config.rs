@@ -502,6 +502,16 @@ mod tests {
         assert_eq!(p.access("other"), Access::default());
     }
 
+    /// The guide shows the example as it is.
+    #[test]
+    fn the_guide_shows_the_example() {
+        let guide = include_str!("../../docs/guide.md");
+        assert!(
+            guide.contains(EXAMPLE.trim_end()),
+            "docs/guide.md lacks config::EXAMPLE"
+        );
+    }
+
     #[test]
     fn initial_config_fills_name_and_listen() {
         let c = NodeConfig::parse(&initial_config("grenoble", "127.0.0.1:9000")).unwrap();

@@ -14,6 +14,7 @@ pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         &CheckOptions {
             read_data: a.read_data,
             threads: 0,
+            sample: a.sample,
         },
         &bar,
     );
@@ -54,7 +55,15 @@ pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
                 report.trees,
                 report.packs,
                 report.objects,
-                if report.read_data {
+                if let Some(share) = report.sample {
+                    format!(
+                        ", read {} ({} packs, a {:.0}% sample; the rotation is {:.0}% through)",
+                        output::size(report.bytes_read),
+                        report.packs_read,
+                        share * 100.0,
+                        report.sample_position.unwrap_or(0.0) * 100.0
+                    )
+                } else if report.read_data {
                     format!(", read {}", output::size(report.bytes_read))
                 } else {
                     String::new()

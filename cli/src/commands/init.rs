@@ -26,7 +26,47 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         pack_target_size: a.pack_size << 20,
         open: ctx.open_options(),
     };
-    let repo = Repo::init(&path, &opts)?;
+    let repo = match &a.backend {
+        None => Repo::init(&path, &opts)?,
+        Some(url) => {
+            let loc = puce_s3::S3Location {
+                url: url.clone(),
+                endpoint: a.endpoint.clone(),
+                region: a.region.clone(),
+            };
+            loc.bucket_prefix()?;
+            if path.join("config").exists() || puce_s3::S3Location::load(&path)?.is_some() {
+                anyhow::bail!(puce_core::Error::new(
+                    puce_core::ErrorKind::AlreadyExists,
+                    format!("a repository already exists at {}", path.display())
+                ));
+            }
+            let backend: std::sync::Arc<dyn puce_core::backend::Backend> =
+                std::sync::Arc::new(super::s3_open(&path, loc.clone())?);
+            let exists = backend.exists(puce_core::backend::FileKind::Config, "config")?;
+            let repo = if a.attach {
+                if !exists {
+                    anyhow::bail!(puce_core::Error::not_found(format!(
+                        "no repository in {url}: leave out --attach to create one"
+                    )));
+                }
+                Repo::open_with_backend(&path, backend, &opts.open)?
+            } else {
+                if exists {
+                    anyhow::bail!(puce_core::Error::new(
+                        puce_core::ErrorKind::AlreadyExists,
+                        format!(
+                            "{url} already holds a repository: add --attach to use it from this \
+                             machine (then run `puce repair index`)"
+                        )
+                    ));
+                }
+                Repo::init_with_backend(&path, backend, &opts)?
+            };
+            loc.save(&path)?;
+            repo
+        }
+    };
     let c = repo.config();
     if ctx.json {
         output::json(&json!({
@@ -38,6 +78,14 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
             "zstd_level": c.compression.zstd_level,
             "pack_size": c.pack_target_size,
         }))?;
+    } else if !ctx.quiet && a.attach {
+        println!(
+            "attached {} to repository {} in {}: run `puce repair index` to build this \
+             machine's index from the packs",
+            path.display(),
+            c.repo_id_hex(),
+            a.backend.as_deref().unwrap_or("")
+        );
     } else if !ctx.quiet {
         println!(
             "created repository {} at {} (chunks {}..{}..{}, zstd {}, packs {})",

@@ -10,10 +10,15 @@ use crate::args::{Cli, Command, NodeCommand, RepairCommand};
 
 mod check;
 mod diff;
+mod forget;
+mod gc;
 mod init;
 mod ls;
+mod mount;
 mod node;
+mod policy;
 mod repair;
+mod report;
 mod restore;
 mod snapshot;
 mod snapshots;
@@ -47,9 +52,27 @@ impl Ctx {
         }
     }
 
+    /// The S3 backend of the repository at `path`, if its data lives in a bucket.
+    pub fn s3_backend(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<Option<Arc<dyn puce_core::backend::Backend>>> {
+        let Some(loc) = puce_s3::S3Location::load(path)? else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(s3_open(path, loc)?)))
+    }
+
     /// Open the repository; the default one is created on first use.
     pub fn open(&self) -> Result<Arc<Repo>> {
         let (path, is_default) = self.repo_path()?;
+        if let Some(backend) = self.s3_backend(&path)? {
+            return Ok(Arc::new(Repo::open_with_backend(
+                &path,
+                backend,
+                &self.open_options(),
+            )?));
+        }
         if is_default && !path.join("config").exists() {
             let opts = InitOptions {
                 open: self.open_options(),
@@ -63,6 +86,25 @@ impl Ctx {
         }
         Ok(Arc::new(Repo::open_with(&path, &self.open_options())?))
     }
+}
+
+/// Connect to the bucket described by `loc`, for the local repository directory `path`.
+pub fn s3_open(path: &std::path::Path, loc: puce_s3::S3Location) -> Result<puce_s3::S3Backend> {
+    let config_dir =
+        directories::ProjectDirs::from("", "", "puce").map(|d| d.config_dir().to_path_buf());
+    let credentials = puce_s3::Credentials::discover(config_dir.as_deref())?;
+    Ok(puce_s3::S3Backend::open(puce_s3::S3Config {
+        location: loc,
+        credentials,
+        retry_timeout: std::time::Duration::from_secs(
+            std::env::var("PUCE_S3_RETRY_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60),
+        ),
+        cache_bytes: 64 << 20,
+        tmp_dir: path.join("tmp"),
+    })?)
 }
 
 /// Run the parsed command; returns the exit code.
@@ -82,6 +124,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
         Command::Repair(RepairCommand::Index) => repair::run_index(&ctx),
+        Command::Forget(a) => forget::run(&ctx, a),
+        Command::Gc(a) => gc::run(&ctx, a),
+        Command::Policy(c) => policy::run(&ctx, c),
+        Command::Report(c) => report::run(&ctx, c),
+        Command::Mount(a) => mount::run(&ctx, a),
         Command::Node(NodeCommand::Init(a)) => node::run_init(&ctx, a),
         Command::Node(NodeCommand::Id(a)) => node::run_id(&ctx, a),
         Command::Node(NodeCommand::Run(a)) => node::run_daemon(&ctx, a),

@@ -53,7 +53,8 @@ pub fn run(ctx: &Ctx, a: SnapshotsArgs) -> Result<i32> {
     }
     output::print_table(&t);
     if !ctx.quiet {
-        println!("{} snapshots", snaps.len());
+        let n = snaps.len();
+        println!("{n} snapshot{}", if n == 1 { "" } else { "s" });
     }
     Ok(0)
 }

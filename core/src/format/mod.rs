@@ -5,6 +5,7 @@ pub mod config;
 pub mod envelope;
 pub mod pack;
 pub mod snapshot;
+pub mod space;
 pub mod tree;
 
 /// Lowercase hex of `bytes`, for golden tests and diagnostics.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pack    = header entry* trailer footer
-//! header  = "PUCEPACK" version:u8 reserved:[u8;7]                         16 bytes
+//! header  = "PUCEPACK" version:u8 nonce:[u8;7]                            16 bytes
 //! entry   = "PENT" kind:u8 flags:u8 reserved:u16 raw_len:u32 stored_len:u32 id:[u8;32]
 //!           data:[u8; stored_len]                                        48 + stored_len
 //! trailer = record*   (one per entry, in file order)
@@ -13,7 +13,8 @@
 //! ```
 //! Integers are little-endian. `offset` is where the entry's data starts in the file. The footer
 //! checksum is the first 16 bytes of BLAKE3 over the trailer records. The pack id is BLAKE3 of the
-//! whole file, which is also its name.
+//! whole file, which is also its name; the random nonce in the header makes two packs with the
+//! same objects (a writer and gc storing the same content) distinct files.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::hash::ObjectId;
@@ -79,11 +80,12 @@ pub struct Record {
     pub raw_len: u32,
 }
 
-/// The pack header.
-pub fn header() -> [u8; HEADER_LEN] {
+/// The pack header, with a 7-byte random nonce.
+pub fn header(nonce: [u8; 7]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
     h[8] = VERSION;
+    h[9..].copy_from_slice(&nonce);
     h
 }
 
@@ -317,6 +319,21 @@ mod tests {
         let footer = parse_footer(&t[48..], 71 + 48 + 40).unwrap();
         assert_eq!(footer.count, 1);
         assert_eq!(parse_trailer(&t[..48], &footer).unwrap(), vec![rec()]);
+    }
+
+    /// Golden: the header.
+    #[test]
+    fn golden_header() {
+        assert_eq!(
+            hexdump(&header(*b"nonce!!")),
+            [
+                "505543455041434b", // "PUCEPACK"
+                "01",               // version
+                "6e6f6e63652121",   // nonce
+            ]
+            .concat()
+        );
+        check_header(&header([0; 7])).unwrap();
     }
 
     #[test]

@@ -81,7 +81,14 @@ impl Snapshot {
                 )));
             }
         }
-        envelope::decode("snapshot", MAGIC, VERSION, bytes).map(|(_, s)| s)
+        let (_, s): (u8, Snapshot) = envelope::decode("snapshot", MAGIC, VERSION, bytes)?;
+        // Content-addressed: exactly one encoding per record.
+        if s.encode()? != bytes {
+            return Err(Error::corrupt(
+                "snapshot record is not in canonical encoding",
+            ));
+        }
+        Ok(s)
     }
 
     /// The id of an encoded snapshot.

@@ -130,6 +130,11 @@ impl Tree {
         }
         let tree: Tree = decode_exact("tree", body)?;
         tree.validate()?;
+        // Content-addressed: exactly one encoding per tree (postcard accepts over-long
+        // varints, which would give one tree several ids).
+        if tree.encode()? != bytes {
+            return Err(Error::corrupt("tree is not in canonical encoding"));
+        }
         Ok(tree)
     }
 
@@ -257,6 +262,14 @@ mod tests {
         let mut t = sample();
         t.entries.swap(0, 1);
         let bytes = t.encode().unwrap();
+        assert_eq!(Tree::decode(&bytes).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    /// Found by fuzzing: an over-long varint (0x81 0x00 for 1) decoded to the same tree as the
+    /// canonical form, so one tree could have two ids.
+    #[test]
+    fn non_canonical_varint_is_rejected() {
+        let bytes = [1, 1, 1, 96, 129, 0, 12, 40, 10, 0, 254, 255, 1, 0];
         assert_eq!(Tree::decode(&bytes).unwrap_err().kind(), ErrorKind::Corrupt);
     }
 

@@ -10,6 +10,8 @@
 //! - `packs`: pack number (u32) -> [`PackInfo`] (postcard).
 //! - `pack_ids`: pack id (32 bytes) -> pack number.
 //! - `snapshots`: snapshot id -> the snapshot file's bytes (a cache of `snapshots/`).
+//! - `condemned`: objects gc is about to delete (same value as `objects`): readers still find
+//!   them, writers do not (so they store their own copy). See `docs/design.md`.
 //! - `sessions`: writers in progress (see [`crate::session`]), so that gc spares what they use.
 //! - `meta`: counters (next pack number) and the schema version.
 
@@ -34,9 +36,10 @@ const PACK_IDS: TableDefinition<[u8; 32], u32> = TableDefinition::new("pack_ids"
 const SNAPSHOTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("snapshots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+const CONDEMNED: TableDefinition<[u8; 32], [u8; 24]> = TableDefinition::new("condemned");
 
 /// Version of the table layout above.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Where an object is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +130,7 @@ impl std::fmt::Debug for Index {
 /// A consistent read view of the index.
 pub struct IndexReader {
     objects: ReadOnlyTable<[u8; 32], [u8; 24]>,
+    condemned: ReadOnlyTable<[u8; 32], [u8; 24]>,
     packs: ReadOnlyTable<u32, &'static [u8]>,
 }
 
@@ -198,11 +202,13 @@ impl Index {
             w.open_table(PACK_IDS)?;
             w.open_table(SNAPSHOTS)?;
             w.open_table(SESSIONS)?;
+            w.open_table(CONDEMNED)?;
             let mut meta = w.open_table(META)?;
-            if meta.get("schema")?.is_none() {
-                meta.insert("schema", SCHEMA_VERSION)?;
+            // New index, or an older schema: the missing tables were just created.
+            if meta.get("next_pack")?.is_none() {
                 meta.insert("next_pack", 1)?;
             }
+            meta.insert("schema", SCHEMA_VERSION)?;
         }
         w.commit()?;
         Ok(())
@@ -213,6 +219,7 @@ impl Index {
         let r = self.db.begin_read()?;
         Ok(IndexReader {
             objects: r.open_table(OBJECTS)?,
+            condemned: r.open_table(CONDEMNED)?,
             packs: r.open_table(PACKS)?,
         })
     }
@@ -321,6 +328,8 @@ impl Index {
             w.delete_table(PACKS)?;
             w.delete_table(PACK_IDS)?;
             w.delete_table(SNAPSHOTS)?;
+            w.delete_table(CONDEMNED)?;
+            w.open_table(CONDEMNED)?;
             let mut rb = Rebuilder {
                 objects: w.open_table(OBJECTS)?,
                 packs: w.open_table(PACKS)?,
@@ -334,6 +343,20 @@ impl Index {
             let mut meta = w.open_table(META)?;
             meta.insert("next_pack", next)?;
         }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// A counter or setting in the `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(META)?.get(key)?.map(|g| g.value()))
+    }
+
+    /// Set a counter or setting in the `meta` table.
+    pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
+        let w = self.db.begin_write()?;
+        w.open_table(META)?.insert(key, value)?;
         w.commit()?;
         Ok(())
     }
@@ -369,6 +392,157 @@ impl Index {
             ));
         }
         Ok(out)
+    }
+
+    /// Move objects from `objects` to `condemned`, if they are still at the given location.
+    /// Returns how many moved.
+    pub fn condemn(&self, items: &[(ObjectId, Location)]) -> Result<u64> {
+        let w = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut objects = w.open_table(OBJECTS)?;
+            let mut condemned = w.open_table(CONDEMNED)?;
+            for (id, loc) in items {
+                let cur = objects.get(id.as_bytes())?.map(|g| g.value());
+                if cur == Some(loc.encode()) {
+                    objects.remove(id.as_bytes())?;
+                    condemned.insert(id.as_bytes(), loc.encode())?;
+                    n += 1;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(n)
+    }
+
+    /// Move condemned objects back to `objects` (unless a writer re-stored them meanwhile).
+    pub fn rescue(&self, ids: &[ObjectId]) -> Result<u64> {
+        let w = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut objects = w.open_table(OBJECTS)?;
+            let mut condemned = w.open_table(CONDEMNED)?;
+            for id in ids {
+                let Some(loc) = condemned.remove(id.as_bytes())?.map(|g| g.value()) else {
+                    continue;
+                };
+                if objects.get(id.as_bytes())?.is_none() {
+                    objects.insert(id.as_bytes(), loc)?;
+                    n += 1;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(n)
+    }
+
+    /// Every condemned object.
+    pub fn condemned(&self) -> Result<Vec<(ObjectId, Location)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CONDEMNED)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((ObjectId(Hash(k.value())), Location::decode(&v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The end of a gc pass, in one transaction: index the new packs and move the objects that
+    /// were copied into them (only those still pointing at their old location), then forget the
+    /// retired packs and every condemned object that lived in them.
+    pub fn retire_packs(
+        &self,
+        new_packs: &[(PackId, u64, Vec<Record>)],
+        moved: &[(ObjectId, Location)],
+        retired: &[(u32, Vec<ObjectId>)],
+    ) -> Result<()> {
+        let retired_set: std::collections::HashSet<u32> = retired.iter().map(|r| r.0).collect();
+        let w = self.db.begin_write()?;
+        {
+            let mut meta = w.open_table(META)?;
+            let mut packs = w.open_table(PACKS)?;
+            let mut ids = w.open_table(PACK_IDS)?;
+            let mut objects = w.open_table(OBJECTS)?;
+            let mut condemned = w.open_table(CONDEMNED)?;
+            // New packs, and where each moved object now is.
+            let mut new_loc: std::collections::HashMap<ObjectId, Location> = Default::default();
+            for (id, size, records) in new_packs {
+                if ids.get(id.as_bytes())?.is_some() {
+                    return Err(Error::other(format!(
+                        "gc: new pack {id} is already indexed; nothing was changed"
+                    )));
+                }
+                let no = meta.get("next_pack")?.map(|g| g.value()).unwrap_or(1);
+                meta.insert("next_pack", no + 1)?;
+                let no32 = u32::try_from(no).map_err(|_| Error::other("pack number overflow"))?;
+                ids.insert(id.as_bytes(), no32)?;
+                let info = PackInfo {
+                    id: *id,
+                    size: *size,
+                    count: records.len() as u32,
+                    indexed_ns: now_ns(),
+                };
+                let enc = postcard::to_stdvec(&info)
+                    .map_err(|e| Error::other("encode pack info").with_source(e))?;
+                packs.insert(no32, enc.as_slice())?;
+                for (i, r) in records.iter().enumerate() {
+                    new_loc.insert(
+                        r.id,
+                        Location {
+                            pack: no32,
+                            entry: i as u32,
+                            offset: r.offset,
+                            stored_len: r.stored_len,
+                            raw_len: r.raw_len,
+                            kind: r.kind,
+                            flags: r.flags,
+                        },
+                    );
+                }
+            }
+            for (id, old) in moved {
+                let Some(nl) = new_loc.get(id) else { continue };
+                let cur = objects.get(id.as_bytes())?.map(|g| g.value());
+                if cur == Some(old.encode()) {
+                    objects.insert(id.as_bytes(), nl.encode())?;
+                }
+            }
+            // Condemned objects of retired packs go with them.
+            let doomed: Vec<[u8; 32]> = condemned
+                .iter()?
+                .filter_map(|item| item.ok())
+                .filter(|(_, v)| {
+                    Location::decode(&v.value()).is_ok_and(|l| retired_set.contains(&l.pack))
+                })
+                .map(|(k, _)| k.value())
+                .collect();
+            for k in doomed {
+                condemned.remove(&k)?;
+            }
+            // Safety: no live object may still point into a retired pack.
+            for (no, members) in retired {
+                for id in members {
+                    if let Some(g) = objects.get(id.as_bytes())? {
+                        let l = Location::decode(&g.value())?;
+                        if l.pack == *no {
+                            return Err(Error::other(format!(
+                                "gc safety check: live object {id} is still in pack number {no}; \
+                                 nothing was deleted"
+                            )));
+                        }
+                    }
+                }
+            }
+            for (no, _) in retired {
+                if let Some(info) = packs.remove(no)?.map(|g| g.value().to_vec()) {
+                    let info = decode_pack_info(&info)?;
+                    ids.remove(info.id.as_bytes())?;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
     }
 
     /// Number of objects indexed.
@@ -458,15 +632,31 @@ fn decode_pack_info(b: &[u8]) -> Result<PackInfo> {
 }
 
 impl IndexReader {
-    /// Where an object is, if indexed.
+    /// Where an object is, for reading: indexed, or condemned by a gc in progress.
     pub fn get(&self, id: &ObjectId) -> Result<Option<Location>> {
+        if let Some(g) = self.objects.get(id.as_bytes())? {
+            return Ok(Some(Location::decode(&g.value())?));
+        }
+        match self.condemned.get(id.as_bytes())? {
+            Some(g) => Ok(Some(Location::decode(&g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where an object is, if indexed and not condemned.
+    pub fn get_live(&self, id: &ObjectId) -> Result<Option<Location>> {
         match self.objects.get(id.as_bytes())? {
             Some(g) => Ok(Some(Location::decode(&g.value())?)),
             None => Ok(None),
         }
     }
 
-    /// Whether an object is indexed.
+    /// Whether an object is condemned (gc is about to delete it).
+    pub fn is_condemned(&self, id: &ObjectId) -> Result<bool> {
+        Ok(self.condemned.get(id.as_bytes())?.is_some())
+    }
+
+    /// Whether an object is indexed and not condemned: writers may reuse it.
     pub fn contains(&self, id: &ObjectId) -> Result<bool> {
         Ok(self.objects.get(id.as_bytes())?.is_some())
     }

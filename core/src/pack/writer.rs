@@ -24,14 +24,17 @@ impl PackWriter {
             len: 0,
             records: Vec::new(),
         };
-        w.put(&pack::header())?;
+        let mut nonce = [0u8; 7];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::other(format!("no random source for the pack nonce: {e}")))?;
+        w.put(&pack::header(nonce))?;
         Ok(w)
     }
 
     fn put(&mut self, b: &[u8]) -> Result<()> {
         self.out
             .write_all(b)
-            .map_err(|e| Error::new(crate::ErrorKind::Io, "cannot write pack").with_source(e))?;
+            .map_err(|e| Error::io_op("cannot write a pack", e))?;
         self.hasher.update(b);
         self.len += b.len() as u64;
         Ok(())

@@ -85,9 +85,13 @@ impl Excludes {
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         for p in patterns {
-            let glob = Glob::new(p.trim_start_matches('/'))
+            // "name/" means a directory of that name anywhere; "/x" is anchored at the folder.
+            let body = p.trim_end_matches('/');
+            let anchored = body.starts_with('/');
+            let body = body.trim_start_matches('/');
+            let glob = Glob::new(body)
                 .map_err(|e| Error::invalid(format!("bad exclude pattern '{p}': {e}")))?;
-            if p.contains('/') {
+            if anchored || body.contains('/') {
                 paths.add(glob);
             } else {
                 names.add(glob);
@@ -621,11 +625,14 @@ fn read_file(
             size += chunk.len() as u64;
             let len = chunk.len() as u64;
             let g = saver.generation();
+            let storage = |e: Error| e.with_kind(ErrorKind::Storage);
             if g != reader.1 {
-                *reader = (repo.index().reader()?, g);
+                *reader = (repo.index().reader().map_err(storage)?, g);
             }
-            if saver.reserve(&reader.0, &id)? {
-                saver.save_reserved(id, Kind::Data, chunk.to_vec())?;
+            if saver.reserve(&reader.0, &id).map_err(storage)? {
+                saver
+                    .save_reserved(id, Kind::Data, chunk.to_vec())
+                    .map_err(storage)?;
             }
             chunks.push(id);
             progress.add(0, len);

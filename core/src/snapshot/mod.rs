@@ -2,7 +2,9 @@
 
 pub mod archive;
 pub mod diff;
+pub mod edit;
 pub mod restore;
+pub mod treemerge;
 
 pub use archive::{SnapshotOptions, SnapshotOutcome, default_space, snapshot};
 pub use diff::{Change, ChangeKind, DiffStats, diff};

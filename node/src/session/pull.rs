@@ -445,6 +445,7 @@ async fn run(
 
     // 5. Commit: trees children first, then durability, then the records, parents first.
     let order = post_order(&top, &pending);
+    let heights = heights(&pending);
     let saver = guard
         .saver
         .take()
@@ -465,30 +466,61 @@ async fn run(
         .into_iter()
         .filter_map(|id| pending.remove(&id).map(|p| p.obj))
         .collect();
+    let target = repo.config().pack_target_size;
     let (tree_stats, saver_back) = blocking(move || {
+        // Every chunk indexed before any tree is written: packs are sealed in parallel, so
+        // only a waiting flush orders them.
+        saver.flush()?;
+        // Trees that fit in one pack go in one (a pack is indexed whole); more go by height,
+        // leaves first, with a flush between heights, so that whenever a tree is indexed, so
+        // is everything it reaches.
+        let total: u64 = trees.iter().map(|t| t.data.len() as u64).sum();
+        let mut groups: Vec<Vec<Object>> = Vec::new();
+        if total <= target / 2 {
+            groups.push(trees);
+        } else {
+            let mut by_height: std::collections::BTreeMap<u32, Vec<Object>> = Default::default();
+            for t in trees {
+                let h = heights.get(&t.id).copied().unwrap_or(0);
+                by_height.entry(h).or_default().push(t);
+            }
+            groups.extend(by_height.into_values());
+        }
         let mut reader = r2.index().reader()?;
         let mut g = saver.generation();
         let mut n = (0u64, 0u64, 0u64);
-        for t in trees {
-            if saver.generation() != g {
-                reader = r2.index().reader()?;
-                g = saver.generation();
+        let count = groups.len();
+        for (i, group) in groups.into_iter().enumerate() {
+            for t in group {
+                if saver.generation() != g {
+                    reader = r2.index().reader()?;
+                    g = saver.generation();
+                }
+                let len = t.data.len() as u64;
+                let raw = u64::from(t.raw_len);
+                if saver.save_stored(&reader, t.id, Kind::Tree, t.flags, t.raw_len, t.data)? {
+                    n.0 += 1;
+                    n.1 += len;
+                    n.2 += raw;
+                }
             }
-            let len = t.data.len() as u64;
-            let raw = u64::from(t.raw_len);
-            if saver.save_stored(&reader, t.id, Kind::Tree, t.flags, t.raw_len, t.data)? {
-                n.0 += 1;
-                n.1 += len;
-                n.2 += raw;
+            if i + 1 < count {
+                saver.flush()?;
             }
         }
         Ok((n, saver))
     })
     .await?;
     let r2 = repo.clone();
+    let roots_to_check: Vec<ObjectId> = records.iter().map(|r| r.0.snapshot.root).collect();
     blocking(move || {
         let (_, session) = saver_back.finish_keep_session()?;
         tracing::debug!("pull: objects durable after {:?}", t0.elapsed());
+        // The walk trusted that a tree in the index comes with its whole subtree. Check it
+        // for the new snapshots before they become visible: a leftover tree whose subtree
+        // was removed (by gc after an interrupted writer) must not yield a broken snapshot.
+        check_complete(&r2, &roots_to_check)?;
+        tracing::debug!("pull: completeness checked after {:?}", t0.elapsed());
         // The records (checked against their ids when received) are written parents first,
         // each durably, then cached in the index in one transaction.
         let ordered = topo(recs);
@@ -775,6 +807,87 @@ fn store_chunks(
     Ok(st)
 }
 
+/// Check that every object reachable from `roots` is indexed (trees read and verified,
+/// chunks looked up), each shared subtree once.
+fn check_complete(repo: &puce_core::Repo, roots: &[ObjectId]) -> Result<()> {
+    let reader = repo.index().reader()?;
+    let mut seen: HashSet<ObjectId> = HashSet::new();
+    let mut stack: Vec<ObjectId> = roots.to_vec();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let tree = repo.read_tree_with(&reader, &id).map_err(|e| {
+            Error::new(
+                ErrorKind::Store,
+                format!(
+                    "tree {id} of the received snapshots cannot be read here ({e:#}): nothing \
+                     was made visible; run `puce check`, and `puce gc --repack-unused 0.001` to \
+                     drop leftovers of interrupted writers, then sync again"
+                ),
+            )
+        })?;
+        for e in &tree.entries {
+            match &e.node {
+                Node::Dir { tree } => stack.push(*tree),
+                Node::File { chunks, .. } => {
+                    for c in chunks {
+                        if seen.insert(*c) && !reader.contains(c)? {
+                            return Err(Error::new(
+                                ErrorKind::Store,
+                                format!(
+                                    "chunk {c} of '{}' under tree {id} is missing here although \
+                                     the tree is present (a leftover of an interrupted writer \
+                                     whose data gc removed): nothing was made visible; run \
+                                     `puce gc --repack-unused 0.001` to drop such leftovers, then \
+                                     sync again",
+                                    String::from_utf8_lossy(&e.name)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Node::Symlink { .. } => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The height of each pending tree: 0 without pending subtrees, else one more than the
+/// highest of them (subtrees already stored do not count).
+fn heights(pending: &HashMap<ObjectId, PendingTree>) -> HashMap<ObjectId, u32> {
+    let mut h: HashMap<ObjectId, u32> = HashMap::new();
+    for root in pending.keys() {
+        let mut stack: Vec<(ObjectId, bool)> = vec![(*root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if h.contains_key(&id) {
+                continue;
+            }
+            let Some(p) = pending.get(&id) else {
+                continue;
+            };
+            if expanded {
+                let v = p
+                    .subdirs
+                    .iter()
+                    .filter_map(|c| h.get(c).map(|x| x + 1))
+                    .max()
+                    .unwrap_or(0);
+                h.insert(id, v);
+            } else {
+                stack.push((id, true));
+                for c in &p.subdirs {
+                    if pending.contains_key(c) && !h.contains_key(c) {
+                        stack.push((*c, false));
+                    }
+                }
+            }
+        }
+    }
+    h
+}
+
 /// Trees in post-order (children before parents) from `roots`, over `pending` only.
 fn post_order(roots: &[ObjectId], pending: &HashMap<ObjectId, PendingTree>) -> Vec<ObjectId> {
     let mut out = Vec::with_capacity(pending.len());
@@ -862,6 +975,8 @@ mod tests {
         p.insert(o(4), pt(o(4), vec![]));
         let order = post_order(&[o(1)], &p);
         assert_eq!(order, vec![o(4), o(2), o(3), o(1)]);
+        let h = heights(&p);
+        assert_eq!((h[&o(4)], h[&o(2)], h[&o(3)], h[&o(1)]), (0, 1, 1, 2));
     }
 
     #[test]

@@ -1,0 +1,147 @@
+use anyhow::{Result, bail};
+use comfy_table::Cell;
+use puce_core::gc::{GcOptions, forget};
+use puce_core::retention::{Decision, GroupBy, Policy, decide};
+use puce_core::{Repo, SnapshotEntry};
+use serde_json::json;
+
+use super::Ctx;
+use crate::args::{ForgetArgs, GroupByArg};
+use crate::output;
+
+pub fn group_by(g: GroupByArg) -> GroupBy {
+    match g {
+        GroupByArg::Space => GroupBy::Space,
+        GroupByArg::Host => GroupBy::SpaceHost,
+    }
+}
+
+/// Decide with `policy`, or, when it is empty, with each space's stored policy.
+pub fn decisions(
+    repo: &Repo,
+    snaps: &[SnapshotEntry],
+    policy: &Policy,
+    g: GroupByArg,
+) -> Result<Vec<Decision>> {
+    let stored = if policy.is_empty() {
+        let all = repo.all_space_settings()?;
+        if all.iter().all(|(_, s)| s.policy.is_empty()) {
+            bail!(puce_core::Error::invalid(
+                "no policy given and no space has a stored policy: give --keep-* flags, or \
+                 store one with `puce policy set SPACE --keep-...`"
+            ));
+        }
+        Some(all)
+    } else {
+        None
+    };
+    let lookup = |space: &str| -> Option<Policy> {
+        match &stored {
+            None => Some(policy.clone()),
+            Some(all) => all
+                .iter()
+                .find(|(n, _)| n == space)
+                .map(|(_, s)| s.policy.clone()),
+        }
+    };
+    Ok(decide(
+        snaps,
+        group_by(g),
+        &jiff::tz::TimeZone::system(),
+        &lookup,
+    )?)
+}
+
+pub fn print_decisions(decisions: &[Decision]) {
+    let mut t = output::table(&["ID", "Time", "Space", "Host", "Decision", "Reasons"], &[]);
+    for d in decisions {
+        t.add_row(vec![
+            Cell::new(d.id.short(8)),
+            Cell::new(output::time(d.time_ns)),
+            Cell::new(&d.space),
+            Cell::new(&d.host),
+            Cell::new(if d.keep { "keep" } else { "remove" }),
+            Cell::new(d.reasons.join(", ")),
+        ]);
+    }
+    output::print_table(&t);
+}
+
+pub fn decisions_json(decisions: &[Decision]) -> serde_json::Value {
+    json!(
+        decisions
+            .iter()
+            .map(|d| json!({
+                "id": d.id.to_hex(),
+                "time": output::time_utc(d.time_ns),
+                "space": d.space,
+                "host": d.host,
+                "keep": d.keep,
+                "reasons": d.reasons,
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let all = repo.snapshots()?;
+    let in_scope: Vec<SnapshotEntry> = all
+        .iter()
+        .filter(|s| a.spaces.is_empty() || a.spaces.contains(&s.snapshot.space))
+        .cloned()
+        .collect();
+    let (remove, decisions): (Vec<_>, Vec<Decision>) = if !a.snapshots.is_empty() {
+        if !a.policy.is_empty() {
+            bail!(puce_core::Error::invalid(
+                "give either snapshot ids or --keep-* flags, not both"
+            ));
+        }
+        let mut ids = Vec::new();
+        for spec in &a.snapshots {
+            ids.push(puce_core::repo::resolve_in(&all, spec)?.id);
+        }
+        (ids, Vec::new())
+    } else {
+        let d = decisions(&repo, &in_scope, &a.policy, a.group_by)?;
+        (d.iter().filter(|d| !d.keep).map(|d| d.id).collect(), d)
+    };
+    if !a.dry_run {
+        forget(&repo, &remove)?;
+    }
+    let gc_report = if a.prune && !a.dry_run {
+        Some(puce_core::gc::gc(
+            &repo,
+            &GcOptions::default(),
+            &puce_core::progress::NoProgress,
+        )?)
+    } else {
+        None
+    };
+    if ctx.json {
+        output::json(&json!({
+            "dry_run": a.dry_run,
+            "removed": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+            "decisions": decisions_json(&decisions),
+            "gc": gc_report,
+        }))?;
+    } else {
+        if !decisions.is_empty() && (a.dry_run || !ctx.quiet) {
+            print_decisions(&decisions);
+        }
+        if !ctx.quiet {
+            let verb = if a.dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} of {} snapshots",
+                remove.len(),
+                in_scope.len().max(remove.len())
+            );
+            if let Some(g) = &gc_report {
+                super::gc::print_report(g);
+            } else if !a.dry_run && !remove.is_empty() {
+                println!("run `puce gc` to free the space they held (or use --prune)");
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,78 @@
+//! Per-space settings: `spaces/<space name>`, holding the retention policy the node daemon
+//! applies on its own.
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope;
+use crate::error::Result;
+use crate::retention::Policy;
+
+/// Magic of a space settings file.
+pub const MAGIC: &[u8; 8] = b"PUCESPAC";
+/// Current version of the record.
+pub const VERSION: u8 = 1;
+
+/// Settings of one space.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceSettings {
+    /// The retention policy (empty: keep everything).
+    pub policy: Policy,
+    /// When the settings were last changed, nanoseconds since the epoch.
+    pub updated_ns: i64,
+}
+
+impl SpaceSettings {
+    /// Encode as the bytes of the file.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        envelope::encode(MAGIC, VERSION, self)
+    }
+
+    /// Decode the file.
+    pub fn decode(bytes: &[u8]) -> Result<SpaceSettings> {
+        envelope::decode("space settings", MAGIC, VERSION, bytes).map(|(_, s)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::hexdump;
+    use crate::retention::Within;
+
+    /// Golden: a space settings file body, annotated.
+    #[test]
+    fn golden_space_settings() {
+        let s = SpaceSettings {
+            policy: Policy {
+                keep_last: Some(3),
+                keep_daily: Some(7),
+                keep_yearly: Some(-1),
+                keep_within: Some(Within {
+                    years: 0,
+                    months: 1,
+                    days: 0,
+                    hours: 0,
+                }),
+                keep_tags: vec!["k".into()],
+                ..Policy::default()
+            },
+            updated_ns: 2,
+        };
+        let bytes = s.encode().unwrap();
+        let body = [
+            "0106",       // keep_last Some(3) (zigzag)
+            "00",         // keep_hourly None
+            "010e",       // keep_daily Some(7)
+            "00",         // keep_weekly None
+            "00",         // keep_monthly None
+            "0101",       // keep_yearly Some(-1)
+            "0100020000", // keep_within Some(0y 1m 0d 0h)
+            "01016b",     // keep_tags ["k"]
+            "04",         // updated_ns 2
+        ]
+        .concat();
+        assert_eq!(&hexdump(&bytes)[..18], "505543455350414301"); // "PUCESPAC", version 1
+        assert_eq!(&hexdump(&bytes)[26..26 + body.len()], body);
+        assert_eq!(SpaceSettings::decode(&bytes).unwrap(), s);
+    }
+}

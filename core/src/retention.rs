@@ -1,0 +1,622 @@
+//! Retention: which snapshots a policy keeps. A pure function of the snapshots, the policy and
+//! the time zone, tested as a table of policies with golden results.
+//!
+//! The semantics are restic's `forget`, which users know:
+//! - snapshots are grouped (by space by default, optionally by space and host) and each group is
+//!   decided on its own, newest first;
+//! - `keep_last N` keeps the N newest;
+//! - `keep_hourly/daily/weekly/monthly/yearly N` keep, for the N most recent hours (days, ISO
+//!   weeks, months, years) that have snapshots, the newest snapshot of each; -1 means no limit;
+//! - `keep_within D` keeps every snapshot taken within D before the newest snapshot of the group
+//!   (not before "now": a space that stopped receiving snapshots keeps its last ones);
+//! - `keep_tags` keeps every snapshot carrying one of the tags;
+//! - a snapshot is kept if any rule keeps it; the reasons are recorded.
+//!
+//! Differences from restic, on purpose: an empty policy keeps everything (restic refuses to run);
+//! buckets use the given time zone (the CLI passes the system's, as restic does); durations use
+//! restic's syntax (`1y2m3d4h`, where `m` is months) and also accept `w` for weeks.
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan, ZonedDateTime as Zoned};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::SnapshotId;
+use crate::repo::SnapshotEntry;
+
+/// A calendar duration as in restic: years, months, days, hours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Within {
+    /// Years.
+    pub years: i32,
+    /// Months.
+    pub months: i32,
+    /// Days.
+    pub days: i32,
+    /// Hours.
+    pub hours: i32,
+}
+
+impl Within {
+    /// Parse `1y2m3d4h` (any subset, in any order; `w` = 7 days).
+    pub fn parse(s: &str) -> Result<Within> {
+        let mut w = Within::default();
+        let mut num = String::new();
+        let bad = || {
+            Error::invalid(format!(
+                "bad duration '{s}': use numbers with units y, m (months), w, d, h, e.g. 1y6m or 30d"
+            ))
+        };
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: i32 = num.parse().map_err(|_| bad())?;
+            num.clear();
+            match c {
+                'y' => w.years += n,
+                'm' => w.months += n,
+                'w' => w.days += 7 * n,
+                'd' => w.days += n,
+                'h' => w.hours += n,
+                _ => return Err(bad()),
+            }
+        }
+        if !num.is_empty() || s.is_empty() {
+            return Err(bad());
+        }
+        Ok(w)
+    }
+}
+
+impl std::fmt::Display for Within {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut any = false;
+        for (n, u) in [
+            (self.years, 'y'),
+            (self.months, 'm'),
+            (self.days, 'd'),
+            (self.hours, 'h'),
+        ] {
+            if n != 0 {
+                write!(f, "{n}{u}")?;
+                any = true;
+            }
+        }
+        if !any {
+            f.write_str("0h")?;
+        }
+        Ok(())
+    }
+}
+
+/// A retention policy. Counts: `None` = rule off, `Some(-1)` = no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct Policy {
+    /// Keep the N newest snapshots
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", allow_negative_numbers = true)
+    )]
+    pub keep_last: Option<i32>,
+    /// Keep the newest snapshot of each of the last N hours with snapshots
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", allow_negative_numbers = true)
+    )]
+    pub keep_hourly: Option<i32>,
+    /// Keep the newest snapshot of each of the last N days with snapshots
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", allow_negative_numbers = true)
+    )]
+    pub keep_daily: Option<i32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks with snapshots
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", allow_negative_numbers = true)
+    )]
+    pub keep_weekly: Option<i32>,
+    /// Keep the newest snapshot of each of the last N months with snapshots
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", allow_negative_numbers = true)
+    )]
+    pub keep_monthly: Option<i32>,
+    /// Keep the newest snapshot of each of the last N years with snapshots
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", allow_negative_numbers = true)
+    )]
+    pub keep_yearly: Option<i32>,
+    /// Keep every snapshot within DURATION (e.g. 1y6m, 30d) of the group's newest
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DURATION", value_parser = parse_within))]
+    pub keep_within: Option<Within>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[cfg_attr(feature = "clap", arg(long = "keep-tag", value_name = "TAG"))]
+    pub keep_tags: Vec<String>,
+}
+
+#[cfg(feature = "clap")]
+fn parse_within(s: &str) -> std::result::Result<Within, String> {
+    Within::parse(s).map_err(|e| e.to_string())
+}
+
+impl Policy {
+    /// Whether no rule is set (such a policy keeps everything).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none()
+            && self.keep_hourly.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+            && self.keep_monthly.is_none()
+            && self.keep_yearly.is_none()
+            && self.keep_within.is_none()
+            && self.keep_tags.is_empty()
+    }
+
+    /// A short description, e.g. `last 3, daily 7, within 30d, tag keep`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, v) in [
+            ("last", self.keep_last),
+            ("hourly", self.keep_hourly),
+            ("daily", self.keep_daily),
+            ("weekly", self.keep_weekly),
+            ("monthly", self.keep_monthly),
+            ("yearly", self.keep_yearly),
+        ] {
+            if let Some(n) = v {
+                if n < 0 {
+                    parts.push(format!("{name} all"));
+                } else {
+                    parts.push(format!("{name} {n}"));
+                }
+            }
+        }
+        if let Some(w) = self.keep_within {
+            parts.push(format!("within {w}"));
+        }
+        for t in &self.keep_tags {
+            parts.push(format!("tag {t}"));
+        }
+        if parts.is_empty() {
+            "keep everything".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// How snapshots are grouped before a policy applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupBy {
+    /// One group per space (the default).
+    #[default]
+    Space,
+    /// One group per space and host.
+    SpaceHost,
+}
+
+/// The fate of one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Its space.
+    pub space: String,
+    /// Its host.
+    pub host: String,
+    /// When it was taken.
+    pub time_ns: i64,
+    /// Kept or removed.
+    pub keep: bool,
+    /// The rules that keep it (empty when removed).
+    pub reasons: Vec<String>,
+}
+
+fn zoned(ns: i64, tz: &TimeZone) -> Result<Zoned> {
+    Timestamp::from_nanosecond(i128::from(ns))
+        .map(|t| t.to_zoned_datetime(tz.clone()))
+        .map_err(|e| Error::invalid(format!("snapshot time out of range: {e}")))
+}
+
+#[derive(Clone, Copy)]
+enum Bucket {
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+fn bucket(z: &Zoned, b: Bucket) -> (i32, i32, i32, i32) {
+    let (y, m, d, h) = (
+        i32::from(z.year()),
+        i32::from(z.month()),
+        i32::from(z.day()),
+        i32::from(z.hour()),
+    );
+    match b {
+        Bucket::Hour => (y, m, d, h),
+        Bucket::Day => (y, m, d, 0),
+        Bucket::Week => {
+            let w = z.date().iso_week_date();
+            (i32::from(w.year()), i32::from(w.week()), 0, 0)
+        }
+        Bucket::Month => (y, m, 0, 0),
+        Bucket::Year => (y, 0, 0, 0),
+    }
+}
+
+/// Decide one group (any order in; decisions come out newest first).
+fn decide_group(group: &[&SnapshotEntry], policy: &Policy, tz: &TimeZone) -> Result<Vec<Decision>> {
+    let mut snaps: Vec<&SnapshotEntry> = group.to_vec();
+    snaps.sort_by_key(|s| std::cmp::Reverse((s.snapshot.time_ns, s.id)));
+    let zs: Vec<Zoned> = snaps
+        .iter()
+        .map(|s| zoned(s.snapshot.time_ns, tz))
+        .collect::<Result<_>>()?;
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
+    if policy.is_empty() {
+        for r in reasons.iter_mut() {
+            r.push("no policy".into());
+        }
+    }
+    if let Some(n) = policy.keep_last {
+        for (i, r) in reasons.iter_mut().enumerate() {
+            if n < 0 || (i as i64) < i64::from(n) {
+                r.push("last".into());
+            }
+        }
+    }
+    for (count, b, name) in [
+        (policy.keep_hourly, Bucket::Hour, "hourly"),
+        (policy.keep_daily, Bucket::Day, "daily"),
+        (policy.keep_weekly, Bucket::Week, "weekly"),
+        (policy.keep_monthly, Bucket::Month, "monthly"),
+        (policy.keep_yearly, Bucket::Year, "yearly"),
+    ] {
+        let Some(mut left) = count else { continue };
+        let mut last = None;
+        for (i, z) in zs.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let k = bucket(z, b);
+            if last != Some(k) {
+                reasons[i].push(name.into());
+                last = Some(k);
+                if left > 0 {
+                    left -= 1;
+                }
+            }
+        }
+    }
+    if let (Some(w), Some(newest)) = (policy.keep_within, zs.first()) {
+        let span = w.years.years().months(w.months).days(w.days).hours(w.hours);
+        let limit = newest
+            .checked_sub(span)
+            .map_err(|e| Error::invalid(format!("keep-within {w} is out of range: {e}")))?;
+        for (i, z) in zs.iter().enumerate() {
+            if z >= limit {
+                reasons[i].push(format!("within {w}"));
+            }
+        }
+    }
+    for (i, s) in snaps.iter().enumerate() {
+        for t in &policy.keep_tags {
+            if s.snapshot.tags.contains(t) {
+                reasons[i].push(format!("tag {t}"));
+            }
+        }
+    }
+    Ok(snaps
+        .iter()
+        .zip(reasons)
+        .map(|(s, reasons)| Decision {
+            id: s.id,
+            space: s.snapshot.space.clone(),
+            host: s.snapshot.host.clone(),
+            time_ns: s.snapshot.time_ns,
+            keep: !reasons.is_empty(),
+            reasons,
+        })
+        .collect())
+}
+
+/// Apply `policy_for(space)` to every group of `snapshots`. Returns decisions grouped by
+/// (space, host) key order, newest first within a group.
+pub fn decide(
+    snapshots: &[SnapshotEntry],
+    group_by: GroupBy,
+    tz: &TimeZone,
+    policy_for: &dyn Fn(&str) -> Option<Policy>,
+) -> Result<Vec<Decision>> {
+    let mut groups: BTreeMap<(String, String), Vec<&SnapshotEntry>> = BTreeMap::new();
+    for s in snapshots {
+        let host = match group_by {
+            GroupBy::Space => String::new(),
+            GroupBy::SpaceHost => s.snapshot.host.clone(),
+        };
+        groups
+            .entry((s.snapshot.space.clone(), host))
+            .or_default()
+            .push(s);
+    }
+    let mut out = Vec::new();
+    for ((space, _), group) in groups {
+        match policy_for(&space) {
+            Some(p) => out.extend(decide_group(&group, &p, tz)?),
+            None => out.extend(decide_group(&group, &Policy::default(), tz)?),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::snapshot::{Snapshot, Summary};
+    use crate::hash::{Hash, ObjectId};
+
+    /// Snapshots of one space at the given UTC times ("YYYY-MM-DDTHH:MM"), with optional tags.
+    fn snaps(times: &[(&str, &[&str])]) -> Vec<SnapshotEntry> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, (t, tags))| {
+                let ts: Timestamp = format!("{t}:00Z").parse().unwrap();
+                SnapshotEntry {
+                    id: SnapshotId(Hash::of(&[i as u8])),
+                    snapshot: Snapshot {
+                        time_ns: ts.as_nanosecond() as i64,
+                        space: "s".into(),
+                        host: if i % 2 == 0 { "a".into() } else { "b".into() },
+                        user: String::new(),
+                        source: String::new(),
+                        tags: tags.iter().map(|t| t.to_string()).collect(),
+                        parents: vec![],
+                        root: ObjectId::default(),
+                        summary: Summary::default(),
+                        origin: String::new(),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The corpus of the table tests: 20 snapshots over two years.
+    fn history() -> Vec<SnapshotEntry> {
+        snaps(&[
+            ("2023-01-15T10:00", &[]),
+            ("2023-06-30T23:30", &["keep"]),
+            ("2023-12-31T12:00", &[]),
+            ("2024-01-01T00:30", &[]),
+            ("2024-01-28T09:00", &[]),
+            ("2024-02-10T09:00", &[]),
+            ("2024-02-29T09:00", &[]),
+            ("2024-03-01T02:00", &[]),
+            ("2024-03-01T14:00", &[]),
+            ("2024-03-02T02:00", &[]),
+            ("2024-03-03T02:00", &[]),
+            ("2024-03-04T02:00", &["keep"]),
+            ("2024-03-05T02:00", &[]),
+            ("2024-03-06T02:00", &[]),
+            ("2024-03-07T02:00", &[]),
+            ("2024-03-08T02:00", &[]),
+            ("2024-03-09T02:00", &[]),
+            ("2024-03-10T02:00", &[]),
+            ("2024-03-10T02:30", &[]),
+            ("2024-03-10T03:15", &[]),
+        ])
+    }
+
+    /// Render decisions as "time K reasons" / "time -" lines, oldest first, for golden tables.
+    fn render(policy: &Policy) -> Vec<String> {
+        let h = history();
+        let mut d = decide(&h, GroupBy::Space, &TimeZone::UTC, &|_| {
+            Some(policy.clone())
+        })
+        .unwrap();
+        d.reverse();
+        d.iter()
+            .map(|d| {
+                let t = Timestamp::from_nanosecond(i128::from(d.time_ns)).unwrap();
+                let t = t.strftime("%Y-%m-%dT%H:%M").to_string();
+                if d.keep {
+                    format!("{t} keep {}", d.reasons.join("+"))
+                } else {
+                    format!("{t} -")
+                }
+            })
+            .collect()
+    }
+
+    fn kept(policy: &Policy) -> Vec<String> {
+        render(policy)
+            .into_iter()
+            .filter(|l| !l.ends_with(" -"))
+            .collect()
+    }
+
+    #[test]
+    fn golden_keep_last() {
+        let p = Policy {
+            keep_last: Some(3),
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&p),
+            [
+                "2024-03-10T02:00 keep last",
+                "2024-03-10T02:30 keep last",
+                "2024-03-10T03:15 keep last"
+            ]
+        );
+    }
+
+    #[test]
+    fn golden_keep_daily() {
+        let p = Policy {
+            keep_daily: Some(4),
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&p),
+            [
+                "2024-03-07T02:00 keep daily",
+                "2024-03-08T02:00 keep daily",
+                "2024-03-09T02:00 keep daily",
+                "2024-03-10T03:15 keep daily"
+            ]
+        );
+    }
+
+    #[test]
+    fn golden_keep_hourly_counts_hours_with_snapshots() {
+        let p = Policy {
+            keep_hourly: Some(3),
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&p),
+            [
+                "2024-03-09T02:00 keep hourly",
+                "2024-03-10T02:30 keep hourly",
+                "2024-03-10T03:15 keep hourly"
+            ]
+        );
+    }
+
+    #[test]
+    fn golden_keep_weekly_uses_iso_weeks() {
+        // 2024-03-04 is a Monday: week 10 holds 04..10 March, week 9 holds 26 Feb..03 Mar
+        // (so 29 Feb and 3 March share a week), and week 6 holds 10 Feb.
+        let p = Policy {
+            keep_weekly: Some(3),
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&p),
+            [
+                "2024-02-10T09:00 keep weekly",
+                "2024-03-03T02:00 keep weekly",
+                "2024-03-10T03:15 keep weekly"
+            ]
+        );
+    }
+
+    #[test]
+    fn golden_keep_monthly_and_yearly() {
+        let p = Policy {
+            keep_monthly: Some(4),
+            keep_yearly: Some(-1),
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&p),
+            [
+                "2023-12-31T12:00 keep monthly+yearly",
+                "2024-01-28T09:00 keep monthly",
+                "2024-02-29T09:00 keep monthly",
+                "2024-03-10T03:15 keep monthly+yearly"
+            ]
+        );
+        // With 5 months the rule reaches back to June 2023.
+        let p = Policy {
+            keep_monthly: Some(5),
+            ..Policy::default()
+        };
+        assert_eq!(kept(&p).len(), 5);
+        assert_eq!(kept(&p)[0], "2023-06-30T23:30 keep monthly");
+    }
+
+    #[test]
+    fn golden_keep_within_is_relative_to_newest() {
+        let p = Policy {
+            keep_within: Some(Within::parse("2d").unwrap()),
+            ..Policy::default()
+        };
+        // Newest is 10 March 03:15, so the limit is 8 March 03:15: 8 March 02:00 is out.
+        assert_eq!(
+            kept(&p),
+            [
+                "2024-03-09T02:00 keep within 2d",
+                "2024-03-10T02:00 keep within 2d",
+                "2024-03-10T02:30 keep within 2d",
+                "2024-03-10T03:15 keep within 2d"
+            ]
+        );
+    }
+
+    #[test]
+    fn golden_tags_and_combination() {
+        let p = Policy {
+            keep_last: Some(1),
+            keep_daily: Some(2),
+            keep_tags: vec!["keep".into()],
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&p),
+            [
+                "2023-06-30T23:30 keep tag keep",
+                "2024-03-04T02:00 keep tag keep",
+                "2024-03-09T02:00 keep daily",
+                "2024-03-10T03:15 keep last+daily"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_policy_keeps_everything() {
+        assert!(
+            render(&Policy::default())
+                .iter()
+                .all(|l| l.contains("keep no policy"))
+        );
+    }
+
+    #[test]
+    fn groups_by_host_when_asked() {
+        let h = history();
+        let p = Policy {
+            keep_last: Some(1),
+            ..Policy::default()
+        };
+        let d = decide(&h, GroupBy::SpaceHost, &TimeZone::UTC, &|_| Some(p.clone())).unwrap();
+        assert_eq!(d.iter().filter(|d| d.keep).count(), 2);
+        let d = decide(&h, GroupBy::Space, &TimeZone::UTC, &|_| Some(p.clone())).unwrap();
+        assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
+    }
+
+    #[test]
+    fn time_zone_moves_day_boundaries() {
+        // 21:00Z is 23:00 on 30 June in Paris (UTC+2), 23:30Z is already 1 July there.
+        let h = snaps(&[("2023-06-30T21:00", &[]), ("2023-06-30T23:30", &[])]);
+        let p = Policy {
+            keep_daily: Some(-1),
+            ..Policy::default()
+        };
+        let utc = decide(&h, GroupBy::Space, &TimeZone::UTC, &|_| Some(p.clone())).unwrap();
+        assert_eq!(utc.iter().filter(|d| d.keep).count(), 1);
+        let paris = TimeZone::get("Europe/Paris").unwrap();
+        let local = decide(&h, GroupBy::Space, &paris, &|_| Some(p.clone())).unwrap();
+        assert_eq!(local.iter().filter(|d| d.keep).count(), 2);
+    }
+
+    #[test]
+    fn within_parses_restic_syntax() {
+        let w = Within::parse("1y6m2w3d4h").unwrap();
+        assert_eq!((w.years, w.months, w.days, w.hours), (1, 6, 17, 4));
+        assert_eq!(w.to_string(), "1y6m17d4h");
+        for bad in ["", "5", "3x", "d", "-1d"] {
+            assert!(Within::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

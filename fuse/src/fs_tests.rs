@@ -1,0 +1,322 @@
+//! The file system driven directly, without a kernel: reads, writes, commits, recovery after
+//! a crash, merging with a snapshot made elsewhere, bounded memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use puce_core::format::tree::Node;
+use puce_core::progress::NoProgress;
+use puce_core::snapshot::{SnapshotOptions, snapshot};
+use puce_core::{InitOptions, Repo};
+
+use crate::error::FsError;
+use crate::fs::{Caller, MountConfig, PuceFs, SetAttr};
+use crate::inode::{SNAPSHOTS, SPACES};
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    repo: Arc<Repo>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Arc::new(Repo::init(&dir.path().join("repo"), &InitOptions::default()).unwrap());
+        Env { dir, repo }
+    }
+
+    fn snap(&self, src: &Path, space: &str) {
+        let opts = SnapshotOptions {
+            space: Some(space.into()),
+            threads: 1,
+            ..SnapshotOptions::default()
+        };
+        snapshot(&self.repo, src, &opts, &NoProgress).unwrap();
+    }
+
+    fn fs(&self, read_only: bool) -> Arc<PuceFs> {
+        let cfg = MountConfig {
+            mountpoint: self.dir.path().join("mnt"),
+            read_only,
+            cache_bytes: 4 << 20,
+            node: "testnode".into(),
+            commit_delay: Duration::from_secs(3600),
+            ..MountConfig::default()
+        };
+        let fs = Arc::new(PuceFs::new(self.repo.clone(), cfg).unwrap());
+        fs.start().unwrap();
+        fs
+    }
+
+    /// The content of `path` in the latest snapshot of `space`.
+    fn latest_file(&self, space: &str, path: &str) -> Option<Vec<u8>> {
+        let l = self.repo.latest(space).unwrap()?;
+        let r = self.repo.index().reader().unwrap();
+        let e = puce_core::vfs::resolve(&self.repo, &r, l.snapshot.root, path.as_bytes()).ok()?;
+        match e {
+            puce_core::vfs::Resolved::Entry(e) => match e.node {
+                Node::File { chunks, .. } => {
+                    let mut v = Vec::new();
+                    for c in chunks {
+                        v.extend(self.repo.read_object_with(&r, &c).unwrap());
+                    }
+                    Some(v)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+fn walk(fs: &PuceFs, path: &str) -> u64 {
+    let mut ino = crate::inode::ROOT;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        ino = fs.lookup(ino, c.as_bytes()).unwrap().ino;
+    }
+    ino
+}
+
+fn read_all(fs: &PuceFs, ino: u64) -> Vec<u8> {
+    let (fh, _) = fs.open(ino, libc::O_RDONLY).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let d = fs.read(fh, out.len() as u64, 128 << 10).unwrap();
+        if d.is_empty() {
+            break;
+        }
+        out.extend(d);
+    }
+    fs.release(fh);
+    out
+}
+
+fn write_file(fs: &PuceFs, parent: u64, name: &str, content: &[u8]) -> u64 {
+    let (a, fh) = fs
+        .create(ME, parent, name.as_bytes(), 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    for (i, c) in content.chunks(100_000).enumerate() {
+        fs.write(fh, (i * 100_000) as u64, c).unwrap();
+    }
+    fs.release(fh);
+    a.ino
+}
+
+#[test]
+fn reads_random_offsets_with_bounded_memory() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let big = data(12 << 20, 3);
+    std::fs::write(src.join("sub/big.bin"), &big).unwrap();
+    std::fs::write(src.join("small"), b"abc").unwrap();
+    e.snap(&src, "docs");
+    let fs = e.fs(true);
+    let ino = walk(&fs, "spaces/docs/sub/big.bin");
+    let (fh, keep) = fs.open(ino, libc::O_RDONLY).unwrap();
+    assert!(!keep);
+    let mut s = 7u64;
+    for _ in 0..200 {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (s >> 20) % (big.len() as u64 + 1000);
+        let len = ((s >> 8) % 300_000) as u32;
+        let got = fs.read(fh, off, len).unwrap();
+        let a = (off as usize).min(big.len());
+        let b = (a + len as usize).min(big.len());
+        assert_eq!(got, &big[a..b], "offset {off} len {len}");
+    }
+    fs.release(fh);
+    assert_eq!(read_all(&fs, ino), big);
+    // 12 MiB read through a 4 MiB cache: memory stays within the budget.
+    assert!(fs.chunk_cache_stats().bytes <= 4 << 20);
+    // The snapshot view has the same file, immutable.
+    let snaps = fs.opendir(SNAPSHOTS).unwrap();
+    let names: Vec<_> = fs
+        .readdir(snaps, 0)
+        .unwrap()
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    assert_eq!(names, vec![b".".to_vec(), b"..".to_vec(), b"docs".to_vec()]);
+    let d = walk(&fs, "snapshots/docs");
+    let h = fs.opendir(d).unwrap();
+    let snap_name = String::from_utf8(fs.readdir(h, 0).unwrap()[2].name.clone()).unwrap();
+    let f = walk(&fs, &format!("snapshots/docs/{snap_name}/sub/big.bin"));
+    let a = fs.getattr(f).unwrap();
+    assert!(a.immutable);
+    assert_eq!(a.size, big.len() as u64);
+    assert_eq!(read_all(&fs, f), big);
+    // Read-only: every change is EROFS.
+    let docs = walk(&fs, "spaces/docs");
+    assert_eq!(
+        fs.mkdir(ME, docs, b"x", 0o755, 0).unwrap_err(),
+        FsError::ROFS
+    );
+    assert_eq!(fs.open(ino, libc::O_RDWR).unwrap_err(), FsError::ROFS);
+    assert_eq!(
+        fs.unlink(walk(&fs, &format!("snapshots/docs/{snap_name}")), b"small")
+            .unwrap_err(),
+        FsError::ROFS
+    );
+}
+
+#[test]
+fn writes_commit_and_survive_a_crash() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"hello\n").unwrap();
+    std::fs::write(src.join("old"), b"old content").unwrap();
+    e.snap(&src, "docs");
+    {
+        let fs = e.fs(false);
+        let docs = walk(&fs, "spaces/docs");
+        // Append to a stored file.
+        let a = walk(&fs, "spaces/docs/a.txt");
+        let (fh, _) = fs.open(a, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        fs.write(fh, 6, b"world\n").unwrap();
+        fs.release(fh);
+        assert_eq!(read_all(&fs, a), b"hello\nworld\n");
+        // New file, directory, rename over an existing file.
+        fs.mkdir(ME, docs, b"dir", 0o755, 0).unwrap();
+        let dir = walk(&fs, "spaces/docs/dir");
+        write_file(&fs, dir, "new.bin", &data(1 << 20, 9));
+        write_file(&fs, docs, "tmp", b"replacement");
+        fs.rename(docs, b"tmp", docs, b"old", false).unwrap();
+        assert_eq!(read_all(&fs, walk(&fs, "spaces/docs/old")), b"replacement");
+        // Unsupported things say so.
+        assert_eq!(fs.link().unwrap_err(), FsError::PERM);
+        assert_eq!(
+            fs.mknod(ME, docs, b"fifo", libc::S_IFIFO | 0o644, 0)
+                .unwrap_err(),
+            FsError::PERM
+        );
+        assert_eq!(fs.rmdir(SPACES, b"docs").unwrap_err(), FsError::PERM);
+        let out = fs.commit_all().unwrap();
+        assert!(out.iter().any(|o| o.snapshot.is_some()));
+        assert_eq!(e.latest_file("docs", "a.txt").unwrap(), b"hello\nworld\n");
+        assert_eq!(
+            e.latest_file("docs", "dir/new.bin").unwrap(),
+            data(1 << 20, 9)
+        );
+        assert_eq!(e.latest_file("docs", "old").unwrap(), b"replacement");
+        assert!(e.latest_file("docs", "tmp").is_none());
+        // Committed: nothing waits in the write-back area.
+        assert!(!fs.has_pending());
+        // Now change things and "crash" (drop without committing).
+        let dir = walk(&fs, "spaces/docs/dir");
+        write_file(&fs, dir, "after-crash.txt", b"kept");
+        fs.setattr(
+            walk(&fs, "spaces/docs/a.txt"),
+            None,
+            &SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+        fs.unlink(docs, b"old").unwrap();
+        fs.shutdown();
+    }
+    let before = e.repo.snapshots().unwrap().len();
+    let fs = e.fs(false);
+    // The recovered changes are visible at once, and committed.
+    assert_eq!(
+        read_all(&fs, walk(&fs, "spaces/docs/dir/after-crash.txt")),
+        b"kept"
+    );
+    fs.commit_all().unwrap();
+    assert_eq!(e.repo.snapshots().unwrap().len(), before + 1);
+    assert_eq!(
+        e.latest_file("docs", "dir/after-crash.txt").unwrap(),
+        b"kept"
+    );
+    assert!(e.latest_file("docs", "old").is_none());
+    let l = e.repo.latest("docs").unwrap().unwrap();
+    let r = e.repo.index().reader().unwrap();
+    let Ok(puce_core::vfs::Resolved::Entry(a)) =
+        puce_core::vfs::resolve(&e.repo, &r, l.snapshot.root, b"a.txt")
+    else {
+        panic!("a.txt missing")
+    };
+    assert_eq!(a.mode, 0o600);
+}
+
+#[test]
+fn new_space_by_mkdir() {
+    let e = Env::new();
+    let fs = e.fs(false);
+    assert_eq!(
+        fs.mkdir(ME, SPACES, b"bad@name", 0o755, 0).unwrap_err(),
+        FsError::INVAL
+    );
+    fs.mkdir(ME, SPACES, b"team", 0o755, 0).unwrap();
+    let team = walk(&fs, "spaces/team");
+    write_file(&fs, team, "hello.txt", b"hi");
+    fs.commit_all().unwrap();
+    assert_eq!(e.latest_file("team", "hello.txt").unwrap(), b"hi");
+    assert_eq!(
+        fs.mkdir(ME, SPACES, b"team", 0o755, 0).unwrap_err(),
+        FsError::EXIST
+    );
+}
+
+#[test]
+fn incoming_snapshot_and_local_change_keep_both() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("report.txt"), b"v0").unwrap();
+    std::fs::write(src.join("other.txt"), b"o0").unwrap();
+    e.snap(&src, "docs");
+    let fs = e.fs(false);
+    let r = walk(&fs, "spaces/docs/report.txt");
+    let (fh, _) = fs.open(r, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    fs.write(fh, 0, b"local edit").unwrap();
+    fs.release(fh);
+    // Meanwhile a snapshot made elsewhere changes the same file and another one.
+    std::fs::write(src.join("report.txt"), b"remote edit").unwrap();
+    std::fs::write(src.join("other.txt"), b"o1").unwrap();
+    e.snap(&src, "docs");
+    let out = fs.commit_all().unwrap();
+    let conflicts: Vec<_> = out.iter().flat_map(|o| o.conflicts.clone()).collect();
+    assert_eq!(conflicts.len(), 1);
+    let copy = String::from_utf8(conflicts[0].copy.clone()).unwrap();
+    assert!(copy.starts_with("report.conflict-testnode-") && copy.ends_with(".txt"));
+    assert_eq!(e.latest_file("docs", "report.txt").unwrap(), b"remote edit");
+    assert_eq!(e.latest_file("docs", &copy).unwrap(), b"local edit");
+    assert_eq!(e.latest_file("docs", "other.txt").unwrap(), b"o1");
+    // The mount shows the merged state.
+    assert_eq!(
+        read_all(&fs, walk(&fs, "spaces/docs/report.txt")),
+        b"remote edit"
+    );
+    assert_eq!(
+        read_all(&fs, walk(&fs, &format!("spaces/docs/{copy}"))),
+        b"local edit"
+    );
+    // Without local changes, a new snapshot is simply shown.
+    std::fs::write(src.join("other.txt"), b"o2").unwrap();
+    e.snap(&src, "docs");
+    fs.refresh_snapshots().unwrap();
+    assert_eq!(read_all(&fs, walk(&fs, "spaces/docs/other.txt")), b"o2");
+}

@@ -1,0 +1,291 @@
+//! The inode table: inode numbers the kernel holds, each with its parent and name.
+//!
+//! Numbers are handed out on lookup and never reused within a mount (so the generation is
+//! always 0). An inode lives while the kernel holds a lookup count on it: memory follows the
+//! kernel's dentry cache, not the size of the repository. Space inodes are resolved by path
+//! (their parent chain), so renames move whole subtrees by updating one link.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use puce_core::format::tree::Entry;
+use puce_core::snapshot::edit::NodeKind;
+use puce_core::{ObjectId, SnapshotId};
+
+/// The root of the mount.
+pub const ROOT: u64 = 1;
+/// `spaces/`.
+pub const SPACES: u64 = 2;
+/// `snapshots/`.
+pub const SNAPSHOTS: u64 = 3;
+
+/// What an inode stands for.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// The mount root, `spaces/` or `snapshots/`.
+    Fixed,
+    /// `spaces/SPACE`.
+    SpaceRoot(Arc<str>),
+    /// An entry below `spaces/SPACE`, found by its path.
+    SpaceNode(Arc<str>, NodeKind),
+    /// `snapshots/SPACE`.
+    SnapSpace(Arc<str>),
+    /// `snapshots/SPACE/<time>_<id>`.
+    SnapRoot {
+        /// The snapshot.
+        id: SnapshotId,
+        /// Its root tree.
+        root: ObjectId,
+        /// When it was taken.
+        time_ns: i64,
+    },
+    /// An entry inside a snapshot (immutable). Files keep no chunk list here: `open` reads it
+    /// from the parent tree.
+    SnapNode {
+        /// The tree that lists this entry.
+        parent_tree: ObjectId,
+        /// The entry, without chunks.
+        entry: Arc<Entry>,
+    },
+}
+
+/// One inode.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    /// Parent inode (the root is its own parent).
+    pub parent: u64,
+    /// Name in the parent.
+    pub name: Vec<u8>,
+    /// What it is.
+    pub kind: Kind,
+    /// The kernel's lookup count.
+    pub nlookup: u64,
+    /// Whether `(parent, name)` still leads here (false after unlink or replacement).
+    pub linked: bool,
+}
+
+/// The table. Not thread-safe by itself: the file system wraps it in a mutex.
+#[derive(Debug)]
+pub struct InodeTable {
+    map: HashMap<u64, Inode>,
+    by_name: HashMap<(u64, Vec<u8>), u64>,
+    next: u64,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        InodeTable::new()
+    }
+}
+
+impl InodeTable {
+    /// A table with the three fixed directories.
+    pub fn new() -> InodeTable {
+        let mut t = InodeTable {
+            map: HashMap::new(),
+            by_name: HashMap::new(),
+            next: 16,
+        };
+        for (ino, parent, name) in [
+            (ROOT, ROOT, &b""[..]),
+            (SPACES, ROOT, b"spaces"),
+            (SNAPSHOTS, ROOT, b"snapshots"),
+        ] {
+            t.map.insert(
+                ino,
+                Inode {
+                    parent,
+                    name: name.to_vec(),
+                    kind: Kind::Fixed,
+                    nlookup: 1,
+                    linked: true,
+                },
+            );
+            if ino != ROOT {
+                t.by_name.insert((parent, name.to_vec()), ino);
+            }
+        }
+        t
+    }
+
+    /// The inode `ino`.
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.map.get(&ino)
+    }
+
+    /// The inode at `(parent, name)`, if the kernel knows it.
+    pub fn child(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.by_name.get(&(parent, name.to_vec())).copied()
+    }
+
+    /// Count a lookup of `(parent, name)`: the existing inode if its kind still matches
+    /// (`same` says so), else a new one (the old one is unlinked). Returns the number.
+    pub fn lookup(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        same: impl Fn(&Kind) -> bool,
+    ) -> u64 {
+        let key = (parent, name.to_vec());
+        if let Some(&ino) = self.by_name.get(&key)
+            && let Some(i) = self.map.get_mut(&ino)
+        {
+            if same(&i.kind) {
+                i.nlookup += 1;
+                i.kind = kind;
+                return ino;
+            }
+            i.linked = false;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.map.insert(
+            ino,
+            Inode {
+                parent,
+                name: name.to_vec(),
+                kind,
+                nlookup: 1,
+                linked: true,
+            },
+        );
+        self.by_name.insert(key, ino);
+        ino
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino < 16 {
+            return;
+        }
+        let gone = match self.map.get_mut(&ino) {
+            Some(i) => {
+                i.nlookup = i.nlookup.saturating_sub(n);
+                i.nlookup == 0
+            }
+            None => false,
+        };
+        if gone && let Some(i) = self.map.remove(&ino) {
+            let key = (i.parent, i.name);
+            if self.by_name.get(&key) == Some(&ino) {
+                self.by_name.remove(&key);
+            }
+        }
+    }
+
+    /// `(parent, name)` no longer exists.
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) {
+        if let Some(ino) = self.by_name.remove(&(parent, name.to_vec()))
+            && let Some(i) = self.map.get_mut(&ino)
+        {
+            i.linked = false;
+        }
+    }
+
+    /// Move `(parent, name)` to `(new_parent, new_name)`, unlinking what was there.
+    pub fn rename(&mut self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8]) {
+        self.unlink(new_parent, new_name);
+        if let Some(ino) = self.by_name.remove(&(parent, name.to_vec())) {
+            if let Some(i) = self.map.get_mut(&ino) {
+                i.parent = new_parent;
+                i.name = new_name.to_vec();
+            }
+            self.by_name.insert((new_parent, new_name.to_vec()), ino);
+        }
+    }
+
+    /// The path of a space inode below its space root: the space and the `/`-joined names.
+    /// `None` if the inode is unknown, unlinked, or not in a space.
+    pub fn space_path(&self, ino: u64) -> Option<(Arc<str>, Vec<u8>)> {
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut cur = ino;
+        loop {
+            let i = self.map.get(&cur)?;
+            if !i.linked {
+                return None;
+            }
+            match &i.kind {
+                Kind::SpaceRoot(s) => {
+                    names.reverse();
+                    return Some((s.clone(), names.join(&b'/')));
+                }
+                Kind::SpaceNode(..) => {
+                    names.push(&i.name);
+                    cur = i.parent;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Every linked inode of `space` (its root excluded), as `(ino, parent, name)`.
+    pub fn space_inodes(&self, space: &str) -> Vec<(u64, u64, Vec<u8>)> {
+        self.map
+            .iter()
+            .filter(|(_, i)| i.linked && matches!(&i.kind, Kind::SpaceNode(s, _) if &**s == space))
+            .map(|(&ino, i)| (ino, i.parent, i.name.clone()))
+            .collect()
+    }
+
+    /// The inode at `path` below the root inode of `space`, following known inodes only.
+    pub fn find_path(&self, space_root: u64, path: &[u8]) -> Option<u64> {
+        let mut cur = space_root;
+        for c in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            cur = self.child(cur, c)?;
+        }
+        Some(cur)
+    }
+
+    /// Number of inodes held (for tests and statistics).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether only the fixed inodes are left.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() <= 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(s: &str) -> Kind {
+        Kind::SpaceNode(Arc::from(s), NodeKind::File)
+    }
+
+    #[test]
+    fn lookup_forget_rename() {
+        let mut t = InodeTable::new();
+        let sp = t.lookup(SPACES, b"docs", Kind::SpaceRoot(Arc::from("docs")), |_| {
+            true
+        });
+        let a = t.lookup(sp, b"a", node("docs"), |_| true);
+        let f = t.lookup(a, b"f", node("docs"), |_| true);
+        assert_eq!(t.lookup(a, b"f", node("docs"), |_| true), f);
+        assert_eq!(t.space_path(f).unwrap().1, b"a/f");
+        // Renaming the directory moves its children.
+        t.rename(sp, b"a", sp, b"b");
+        assert_eq!(t.space_path(f).unwrap().1, b"b/f");
+        // Renaming over an existing name unlinks the old inode.
+        let g = t.lookup(sp, b"g", node("docs"), |_| true);
+        t.rename(a, b"f", sp, b"g");
+        assert!(t.space_path(g).is_none());
+        assert_eq!(t.space_path(f).unwrap().1, b"g");
+        // Forget releases memory once the count reaches zero.
+        let before = t.len();
+        t.forget(g, 1);
+        assert_eq!(t.len(), before - 1);
+        t.forget(f, 1);
+        assert_eq!(t.len(), before - 1);
+        t.forget(f, 1);
+        assert_eq!(t.len(), before - 2);
+        // A kind change gives a new inode.
+        let x = t.lookup(sp, b"x", node("docs"), |_| true);
+        let y = t.lookup(sp, b"x", node("docs"), |_| false);
+        assert_ne!(x, y);
+        assert!(t.space_path(x).is_none());
+    }
+}

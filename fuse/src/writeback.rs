@@ -1,0 +1,424 @@
+//! The write-back area: where changes made through the mount wait to be committed.
+//!
+//! Layout, under `REPO/writeback/` (see `docs/fuse-semantics.md`):
+//! - `lock`: held with `flock` by the one read-write mount of the repository;
+//!   `owner` says which process and mount point hold it.
+//! - `data/<16 hex digits>`: the content of a changed file (a *local* file of the space's
+//!   edit tree), written in place by `write(2)` through the mount.
+//! - `journals/<hex of the space name>`: the edits of one space since its last commit.
+//!
+//! Journal format (little-endian): a header `"PUCEJRNL"`, version `1`, the base snapshot id
+//! (32 bytes, all zero for a space with no snapshot yet), the space name (`u16` length, UTF-8
+//! bytes); then records, each `len: u32`, `check: u32` (the first four bytes of the BLAKE3
+//! hash of the payload, little-endian), and `len` bytes of payload: one
+//! [`puce_core::snapshot::edit::Edit`] in postcard. A torn or damaged tail (a crash during an
+//! append) ends the journal: the records before it are kept.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use puce_core::hash::Hash;
+use puce_core::snapshot::edit::Edit;
+use puce_core::{Error, Result, SnapshotId};
+use rustix::fs::FlockOperation;
+
+/// Magic at the start of a journal.
+pub const MAGIC: &[u8; 8] = b"PUCEJRNL";
+/// Journal format version.
+pub const VERSION: u8 = 1;
+/// Largest record accepted when reading (an edit is small; this bounds memory on garbage).
+const MAX_RECORD: u32 = 1 << 20;
+
+fn io(action: &str, p: &Path, e: std::io::Error) -> Error {
+    Error::io(action, p, e)
+}
+
+/// The write-back area of a repository, locked for this process.
+#[derive(Debug)]
+pub struct Writeback {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Writeback {
+    /// Open (creating) `REPO/writeback` and lock it. Fails with a clear message if another
+    /// read-write mount holds it.
+    pub fn open(repo_root: &Path, mountpoint: &Path) -> Result<Writeback> {
+        let dir = repo_root.join("writeback");
+        for d in [dir.clone(), dir.join("data"), dir.join("journals")] {
+            puce_core::fsutil::create_dir_durable(&d)?;
+        }
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("cannot create", &lock_path, e))?;
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            let owner = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+            return Err(Error::new(
+                puce_core::ErrorKind::Busy,
+                format!(
+                    "another read-write puce mount of this repository is running ({}): stop it \
+                     first, or mount with --read-only",
+                    owner.trim()
+                ),
+            ));
+        }
+        let owner = format!("pid {} at {}\n", std::process::id(), mountpoint.display());
+        let _ = fs::write(dir.join("owner"), owner);
+        Ok(Writeback { dir, _lock: lock })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the content of local file `id` is.
+    pub fn data_path(&self, id: u64) -> PathBuf {
+        self.dir.join("data").join(format!("{id:016x}"))
+    }
+
+    /// Create a new, empty local file; returns its number and the open file.
+    pub fn new_local(&self) -> Result<(u64, File)> {
+        loop {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| Error::other(format!("no random source: {e}")))?;
+            let id = u64::from_le_bytes(b) >> 1;
+            let p = self.data_path(id);
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
+                Ok(f) => return Ok((id, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("cannot create", &p, e)),
+            }
+        }
+    }
+
+    /// Open local file `id` for reading and writing.
+    pub fn open_local(&self, id: u64) -> Result<File> {
+        let p = self.data_path(id);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .map_err(|e| io("cannot open", &p, e))
+    }
+
+    /// The journal file of `space`.
+    pub fn journal_path(&self, space: &str) -> PathBuf {
+        let hex: String = space.bytes().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("journals").join(hex)
+    }
+
+    /// Every journal left in the area: `(path, contents)`.
+    pub fn journals(&self) -> Result<Vec<(PathBuf, JournalContents)>> {
+        let d = self.dir.join("journals");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&d).map_err(|e| io("cannot list", &d, e))? {
+            let e = e.map_err(|e| io("cannot list", &d, e))?;
+            let p = e.path();
+            if p.extension().is_some() {
+                continue; // temporary files
+            }
+            match read_journal(&p) {
+                Ok(c) => out.push((p, c)),
+                Err(err) => tracing::error!("{err:#}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete the local files not in `keep`.
+    pub fn sweep(&self, keep: &HashSet<u64>) {
+        let d = self.dir.join("data");
+        let Ok(rd) = fs::read_dir(&d) else { return };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+                continue;
+            };
+            if !keep.contains(&id) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// What a journal holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalContents {
+    /// The space.
+    pub space: String,
+    /// The snapshot the edits apply to (`None`: a new space).
+    pub base: Option<SnapshotId>,
+    /// The edits, in order.
+    pub edits: Vec<Edit>,
+    /// Whether a damaged tail was dropped.
+    pub torn: bool,
+}
+
+/// The header bytes of a journal.
+pub fn encode_header(space: &str, base: Option<&SnapshotId>) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.push(VERSION);
+    out.extend_from_slice(base.map(|b| b.0.0).unwrap_or([0u8; 32]).as_slice());
+    let name = space.as_bytes();
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    out
+}
+
+/// One record's bytes.
+pub fn encode_record(edit: &Edit) -> Result<Vec<u8>> {
+    let payload = postcard::to_stdvec(edit)
+        .map_err(|e| Error::other("cannot encode a journal record").with_source(e))?;
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&Hash::of(&payload).0[..4]);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Parse a journal's bytes.
+pub fn decode_journal(bytes: &[u8], what: &Path) -> Result<JournalContents> {
+    let bad = |m: &str| Error::corrupt(format!("journal {}: {m}", what.display()));
+    if bytes.len() < 43 || &bytes[..8] != MAGIC {
+        return Err(bad("not a puce journal (bad magic)"));
+    }
+    if bytes[8] != VERSION {
+        return Err(if bytes[8] > VERSION {
+            Error::new(
+                puce_core::ErrorKind::UnsupportedVersion,
+                format!(
+                    "journal {} has version {}, this puce reads {VERSION}: upgrade puce",
+                    what.display(),
+                    bytes[8]
+                ),
+            )
+        } else {
+            bad("invalid version")
+        });
+    }
+    let mut base = [0u8; 32];
+    base.copy_from_slice(&bytes[9..41]);
+    let base = (base != [0u8; 32]).then_some(SnapshotId(Hash(base)));
+    let nlen = u16::from_le_bytes([bytes[41], bytes[42]]) as usize;
+    let Some(name) = bytes.get(43..43 + nlen) else {
+        return Err(bad("truncated header"));
+    };
+    let space = String::from_utf8(name.to_vec()).map_err(|_| bad("space name is not UTF-8"))?;
+    let mut pos = 43 + nlen;
+    let mut edits = Vec::new();
+    let mut torn = false;
+    while pos < bytes.len() {
+        let Some(h) = bytes.get(pos..pos + 8) else {
+            torn = true;
+            break;
+        };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let Some(payload) = bytes.get(pos + 8..pos + 8 + len as usize) else {
+            torn = true;
+            break;
+        };
+        if len > MAX_RECORD || Hash::of(payload).0[..4] != h[4..8] {
+            torn = true;
+            break;
+        }
+        match postcard::from_bytes::<Edit>(payload) {
+            Ok(e) => edits.push(e),
+            Err(_) => {
+                torn = true;
+                break;
+            }
+        }
+        pos += 8 + len as usize;
+    }
+    Ok(JournalContents {
+        space,
+        base,
+        edits,
+        torn,
+    })
+}
+
+/// Read a journal file.
+pub fn read_journal(path: &Path) -> Result<JournalContents> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io("cannot read", path, e))?;
+    decode_journal(&bytes, path)
+}
+
+/// An open journal, appended to as edits happen.
+#[derive(Debug)]
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Write a new journal durably (temporary file, fsync, rename, fsync the directory),
+    /// replacing any previous one.
+    pub fn create(
+        path: &Path,
+        space: &str,
+        base: Option<&SnapshotId>,
+        edits: &[Edit],
+    ) -> Result<Journal> {
+        let tmp = path.with_extension("tmp");
+        let mut bytes = encode_header(space, base);
+        for e in edits {
+            bytes.extend(encode_record(e)?);
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io("cannot create", &tmp, e))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io("cannot write", &tmp, e))?;
+        drop(f);
+        puce_core::fsutil::publish(&tmp, path)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| io("cannot open", path, e))?;
+        Ok(Journal {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Append one edit (one `write(2)`; durable against a crash of this process at once, and
+    /// against power loss after [`Journal::sync`]).
+    pub fn append(&mut self, edit: &Edit) -> Result<()> {
+        let rec = encode_record(edit)?;
+        self.file
+            .write_all(&rec)
+            .map_err(|e| io("cannot append to", &self.path, e))
+    }
+
+    /// fsync.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| io("cannot fsync", &self.path, e))
+    }
+
+    /// Delete the journal (everything in it is committed).
+    pub fn remove(self) -> Result<()> {
+        let dir = self.path.parent().map(Path::to_path_buf);
+        fs::remove_file(&self.path).map_err(|e| io("cannot remove", &self.path, e))?;
+        if let Some(d) = dir {
+            puce_core::fsutil::sync_dir(&d)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use puce_core::format::hexdump;
+    use puce_core::snapshot::edit::Meta;
+
+    fn sample() -> Edit {
+        Edit::Remove {
+            path: b"a".to_vec(),
+            dir: false,
+            time_ns: 2,
+        }
+    }
+
+    /// Golden: a journal with a base, one space name and one record, annotated.
+    #[test]
+    fn golden_journal() {
+        let base = SnapshotId(Hash([0xab; 32]));
+        let mut bytes = encode_header("d", Some(&base));
+        bytes.extend(encode_record(&sample()).unwrap());
+        let expect = [
+            "505543454a524e",                                            // "PUCEJRN"
+            "4c",                                                        // "L"
+            "01",                                                        // version 1
+            &"ab".repeat(32),                                            // base snapshot id
+            "0100",                                                      // space name length 1
+            "64",                                                        // "d"
+            "05000000",                                                  // record: payload length 5
+            &hexdump(&Hash::of(&[0x04, 0x01, 0x61, 0x00, 0x04]).0[..4]), // check
+            "04",                                                        // Edit::Remove
+            "0161",                                                      // path "a"
+            "00",                                                        // dir: false
+            "04",                                                        // time 2 (zigzag)
+        ]
+        .concat();
+        assert_eq!(hexdump(&bytes), expect);
+        let c = decode_journal(&bytes, Path::new("j")).unwrap();
+        assert_eq!(c.space, "d");
+        assert_eq!(c.base, Some(base));
+        assert_eq!(c.edits, vec![sample()]);
+        assert!(!c.torn);
+    }
+
+    #[test]
+    fn torn_tail_keeps_the_good_records() {
+        let mut bytes = encode_header("s", None);
+        let m = Meta {
+            mode: 0o755,
+            mtime_ns: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let e1 = Edit::Mkdir {
+            path: b"x".to_vec(),
+            meta: m,
+            time_ns: 1,
+        };
+        bytes.extend(encode_record(&e1).unwrap());
+        let good = bytes.len();
+        bytes.extend(encode_record(&sample()).unwrap());
+        for cut in good..bytes.len() {
+            let c = decode_journal(&bytes[..cut], Path::new("j")).unwrap();
+            assert_eq!(c.edits, vec![e1.clone()]);
+            assert_eq!(c.torn, cut > good);
+            assert_eq!(c.base, None);
+        }
+        // A flipped byte in the last record drops that record only.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        assert_eq!(
+            decode_journal(&bad, Path::new("j")).unwrap().edits,
+            vec![e1]
+        );
+        // Garbage and newer versions are errors, not panics.
+        assert!(decode_journal(b"junk", Path::new("j")).is_err());
+        let mut newer = bytes.clone();
+        newer[8] = 9;
+        assert_eq!(
+            decode_journal(&newer, Path::new("j")).unwrap_err().kind(),
+            puce_core::ErrorKind::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Writeback::open(d.path(), Path::new("/mnt/a")).unwrap();
+        let err = Writeback::open(d.path(), Path::new("/mnt/b")).unwrap_err();
+        assert!(format!("{err}").contains("/mnt/a"), "{err}");
+        drop(a);
+        Writeback::open(d.path(), Path::new("/mnt/b")).unwrap();
+    }
+}

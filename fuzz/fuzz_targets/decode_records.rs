@@ -1,0 +1,14 @@
+//! The small record files (config, snapshot, space settings): any bytes, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use puce_core::format::{config::Config, snapshot::Snapshot, space::SpaceSettings};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = Config::decode(data);
+    let _ = Snapshot::decode(data, None);
+    let _ = SpaceSettings::decode(data);
+    // A valid record must re-encode to the same bytes.
+    if let Ok(s) = Snapshot::decode(data, None) {
+        assert_eq!(s.encode().unwrap(), data);
+    }
+});

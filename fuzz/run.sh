@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run every fuzz target for SECONDS each (default 30). Needs cargo-fuzz (cargo install cargo-fuzz).
+# The machine has one stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz use its -Z flags.
+set -euo pipefail
+cd "$(dirname "$0")"
+SECONDS_EACH=${1:-30}
+export RUSTC_BOOTSTRAP=1
+# Replay the cases that once crashed.
+for f in regressions/*; do
+  [ -e "$f" ] || continue
+  t=$(basename "$f" | sed 's/^\(decode_[a-z]*\)-.*/\1/')
+  cargo fuzz run "$t" "$f" >/dev/null 2>&1 || { echo "regression $f fails again" >&2; exit 1; }
+done
+for t in $(cargo fuzz list); do
+  mkdir -p corpus/$t
+  echo "fuzzing $t for ${SECONDS_EACH}s"
+  cargo fuzz run "$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len=65536 2>&1 | tail -3
+done

@@ -1,0 +1,579 @@
+//! puce-s3: keep a repository's packs and records in an S3-compatible object store (Garage,
+//! MinIO, Ceph RGW, AWS S3), with the index staying in a local directory.
+//!
+//! Built on the `object_store` crate's S3 client. The core's storage trait is synchronous; this
+//! backend owns a small tokio runtime and blocks on it, so `puce-core` stays free of async code
+//! and network dependencies.
+//!
+//! - Writes of packs go to a local temporary file, then are uploaded whole (multipart above
+//!   [`MULTIPART_ABOVE`], several parts in flight) when the pack is sealed; the upload has
+//!   completed when [`ObjectWriter::finish`] returns. An S3 PUT is atomic: a reader never sees a
+//!   partial object.
+//! - Reads are ranged GETs of single entries, with a bounded in-memory cache of recent ranges.
+//! - Transient errors (connection refused, timeouts, 5xx) are retried with exponential backoff
+//!   up to [`S3Config::retry_timeout`]; then a clear error names the operation and the endpoint.
+//! - Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   optionally `AWS_SESSION_TOKEN`) or a credentials file; they are never written into the
+//!   repository.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
+};
+use puce_core::backend::{Backend, FileKind, ObjectWriter};
+use puce_core::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+
+/// Packs larger than this are uploaded in parts.
+pub const MULTIPART_ABOVE: u64 = 16 << 20;
+/// Part size of multipart uploads.
+pub const PART_SIZE: usize = 8 << 20;
+/// Parts uploaded at once.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// Name of the file, in the local repository directory, that says where the data lives.
+pub const LOCAL_MARKER: &str = "backend.toml";
+
+/// Where a repository's files are: written to `REPO/backend.toml` (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Location {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900` for a local Garage.
+    pub endpoint: Option<String>,
+    /// Region name (Garage's default is `garage`).
+    pub region: String,
+}
+
+impl S3Location {
+    /// Split the URL into bucket and prefix.
+    pub fn bucket_prefix(&self) -> Result<(String, String)> {
+        let rest = self.url.strip_prefix("s3://").ok_or_else(|| {
+            Error::invalid(format!(
+                "'{}' is not an s3:// URL (use s3://BUCKET/PREFIX)",
+                self.url
+            ))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::invalid(format!("'{}' names no bucket", self.url)));
+        }
+        Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    }
+
+    /// Read `REPO/backend.toml`, if the repository keeps its data in S3.
+    pub fn load(repo_dir: &Path) -> Result<Option<S3Location>> {
+        let p = repo_dir.join(LOCAL_MARKER);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => toml::from_str(&s)
+                .map(Some)
+                .map_err(|e| Error::corrupt(format!("{} is not valid: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", &p, e)),
+        }
+    }
+
+    /// Write `REPO/backend.toml`.
+    pub fn save(&self, repo_dir: &Path) -> Result<()> {
+        let body = toml::to_string(self)
+            .map_err(|e| Error::other(format!("cannot encode the backend settings: {e}")))?;
+        let text = format!(
+            "# Where this repository's packs and records live. Credentials are not stored here:\n\
+             # they come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a credentials file.\n{body}"
+        );
+        puce_core::fsutil::create_dir_durable(repo_dir)?;
+        puce_core::fsutil::write_atomic(&repo_dir.join(LOCAL_MARKER), repo_dir, text.as_bytes())
+    }
+}
+
+/// Access keys.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Optional session token.
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+impl Credentials {
+    /// From `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else from the TOML file named by
+    /// `PUCE_S3_CREDENTIALS`, else from `$XDG_CONFIG_HOME/puce/s3-credentials.toml`.
+    pub fn discover(config_dir: Option<&Path>) -> Result<Credentials> {
+        if let (Ok(id), Ok(secret)) = (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            return Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+            });
+        }
+        let file = std::env::var_os("PUCE_S3_CREDENTIALS")
+            .map(PathBuf::from)
+            .or_else(|| config_dir.map(|d| d.join("s3-credentials.toml")));
+        if let Some(f) = file
+            && let Ok(text) = std::fs::read_to_string(&f)
+        {
+            {
+                return toml::from_str(&text).map_err(|e| {
+                    Error::invalid(format!(
+                        "{} is not a valid credentials file ({e}): it holds access_key_id and \
+                         secret_access_key",
+                        f.display()
+                    ))
+                });
+            }
+        }
+        Err(Error::invalid(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write \
+             access_key_id and secret_access_key into the file named by PUCE_S3_CREDENTIALS \
+             (default ~/.config/puce/s3-credentials.toml)",
+        ))
+    }
+}
+
+/// Settings of the S3 backend.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Where.
+    pub location: S3Location,
+    /// With what keys.
+    pub credentials: Credentials,
+    /// Give up on a request after retrying this long.
+    pub retry_timeout: Duration,
+    /// Bytes of recently read ranges kept in memory.
+    pub cache_bytes: usize,
+    /// Local directory for packs being written.
+    pub tmp_dir: PathBuf,
+}
+
+/// A repository's files in an S3 bucket.
+pub struct S3Backend {
+    inner: Arc<Inner>,
+    cache: Mutex<RangeCache>,
+    tmp_dir: PathBuf,
+}
+
+/// What writers share with their backend.
+struct Inner {
+    store: AmazonS3,
+    rt: tokio::runtime::Runtime,
+    prefix: String,
+    describe: String,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Backend({})", self.inner.describe)
+    }
+}
+
+/// Recently read ranges, least recently used evicted first, bounded in bytes.
+struct RangeCache {
+    max: usize,
+    used: usize,
+    map: lru::LruCache<(String, u64, usize), Bytes>,
+}
+
+impl RangeCache {
+    fn new(max: usize) -> RangeCache {
+        RangeCache {
+            max,
+            used: 0,
+            map: lru::LruCache::unbounded(),
+        }
+    }
+    fn get(&mut self, k: &(String, u64, usize)) -> Option<Bytes> {
+        self.map.get(k).cloned()
+    }
+    fn put(&mut self, k: (String, u64, usize), v: Bytes) {
+        if v.len() > self.max / 4 {
+            return;
+        }
+        self.used += v.len();
+        if let Some(old) = self.map.put(k, v) {
+            self.used -= old.len();
+        }
+        while self.used > self.max {
+            let Some((_, b)) = self.map.pop_lru() else {
+                break;
+            };
+            self.used -= b.len();
+        }
+    }
+    fn forget(&mut self, name: &str) {
+        let keys: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(k, _)| k.0 == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(b) = self.map.pop(&k) {
+                self.used -= b.len();
+            }
+        }
+    }
+}
+
+fn map_err(op: &str, what: &str, describe: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            Error::not_found(format!("{what} does not exist in {describe}"))
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut cur: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(&other);
+            while let Some(e) = cur {
+                text.push_str(&e.to_string());
+                cur = e.source();
+            }
+            let hint = if text.contains("onnect")
+                || text.contains("timed out")
+                || text.contains("error sending request")
+            {
+                " (the object store did not answer: is it running and reachable? puce retried \
+                 with backoff before giving up)"
+            } else if text.contains("403")
+                || text.contains("AccessDenied")
+                || text.contains("Forbidden")
+            {
+                " (access denied: check the credentials and the bucket's permissions)"
+            } else {
+                ""
+            };
+            Error::new(
+                ErrorKind::Io,
+                format!("{op} {what} in {describe} failed{hint}"),
+            )
+            .with_source(other)
+        }
+    }
+}
+
+impl S3Backend {
+    /// Connect to the bucket (no request is made until the first operation).
+    pub fn open(cfg: S3Config) -> Result<S3Backend> {
+        // One TLS provider in the whole build: ring. Install it as the process default if
+        // nothing did yet (rustls would pick it anyway, being the only one compiled in).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (bucket, prefix) = cfg.location.bucket_prefix()?;
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(&cfg.location.region)
+            .with_access_key_id(&cfg.credentials.access_key_id)
+            .with_secret_access_key(&cfg.credentials.secret_access_key)
+            .with_virtual_hosted_style_request(false)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 8,
+                retry_timeout: cfg.retry_timeout,
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(120)),
+            );
+        if let Some(t) = &cfg.credentials.session_token {
+            b = b.with_token(t);
+        }
+        if let Some(ep) = &cfg.location.endpoint {
+            b = b
+                .with_endpoint(ep)
+                .with_allow_http(ep.starts_with("http://"));
+        }
+        let store = b
+            .build()
+            .map_err(|e| Error::invalid(format!("bad S3 settings: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("puce-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::other(format!("cannot start the S3 client runtime: {e}")))?;
+        std::fs::create_dir_all(&cfg.tmp_dir)
+            .map_err(|e| Error::io("cannot create", &cfg.tmp_dir, e))?;
+        let describe = format!(
+            "{}{}",
+            cfg.location.url,
+            cfg.location
+                .endpoint
+                .as_ref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        );
+        Ok(S3Backend {
+            inner: Arc::new(Inner {
+                store,
+                rt,
+                prefix,
+                describe,
+            }),
+            cache: Mutex::new(RangeCache::new(cfg.cache_bytes)),
+            tmp_dir: cfg.tmp_dir,
+        })
+    }
+}
+
+impl Inner {
+    fn key(&self, kind: FileKind, name: &str) -> Result<ObjPath> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::invalid(format!("invalid file name {name:?}")));
+        }
+        let rel = match kind {
+            FileKind::Config => "config".to_string(),
+            FileKind::Pack => format!("packs/{}/{name}", name.get(..2).unwrap_or("00")),
+            k => format!("{}/{name}", k.dir()),
+        };
+        Ok(if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        })
+    }
+
+    fn dir_prefix(&self, kind: FileKind) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(kind.dir())
+        } else {
+            ObjPath::from(format!("{}/{}", self.prefix, kind.dir()))
+        }
+    }
+
+    fn put_file(&self, key: &ObjPath, file: &mut File, len: u64) -> Result<()> {
+        let what = key.to_string();
+        if len <= MULTIPART_ABOVE {
+            let mut data = Vec::with_capacity(len as usize);
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut data))
+                .map_err(|e| Error::io_op("cannot read the pack being uploaded", e))?;
+            return self
+                .rt
+                .block_on(self.store.put(key, PutPayload::from(data)))
+                .map(|_| ())
+                .map_err(|e| map_err("upload of", &what, &self.describe, e));
+        }
+        self.rt.block_on(async {
+            let upload = self
+                .store
+                .put_multipart(key)
+                .await
+                .map_err(|e| map_err("upload of", &what, &self.describe, e))?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io_op("cannot read the pack being uploaded", e))?;
+            let mut buf = vec![0u8; PART_SIZE];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| Error::io_op("cannot read the pack being uploaded", e))?;
+                if n == 0 {
+                    break;
+                }
+                w.wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| map_err("upload of", &what, &self.describe, e))?;
+                w.write(&buf[..n]);
+            }
+            w.finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err("upload of", &what, &self.describe, e))
+        })
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.inner.describe.clone()
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let key = self.inner.key(kind, name)?;
+        self.inner
+            .rt
+            .block_on(async {
+                let r = self.inner.store.get(&key).await?;
+                r.bytes().await
+            })
+            .map(|b| b.to_vec())
+            .map_err(|e| map_err("read of", key.as_ref(), &self.inner.describe, e))
+    }
+
+    fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let ck = (name.to_string(), offset, buf.len());
+        if kind == FileKind::Pack
+            && let Some(b) = self.cache.lock().ok().and_then(|mut c| c.get(&ck))
+        {
+            buf.copy_from_slice(&b);
+            return Ok(());
+        }
+        let key = self.inner.key(kind, name)?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| Error::invalid("read range overflows"))?;
+        let data = self
+            .inner
+            .rt
+            .block_on(self.inner.store.get_range(&key, offset..end))
+            .map_err(|e| map_err("read of", key.as_ref(), &self.inner.describe, e))?;
+        if data.len() != buf.len() {
+            return Err(Error::corrupt(format!(
+                "{key} in {} is shorter than expected: got {} bytes at offset {offset}, wanted {} \
+                 (truncated object)",
+                self.inner.describe,
+                data.len(),
+                buf.len()
+            )));
+        }
+        buf.copy_from_slice(&data);
+        if kind == FileKind::Pack
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.put(ck, data);
+        }
+        Ok(())
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        let key = self.inner.key(kind, name)?;
+        self.inner
+            .rt
+            .block_on(self.inner.store.head(&key))
+            .map(|m| m.size)
+            .map_err(|e| map_err("stat of", key.as_ref(), &self.inner.describe, e))
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let key = self.inner.key(kind, name)?;
+        self.inner
+            .rt
+            .block_on(self.inner.store.put(&key, PutPayload::from(data.to_vec())))
+            .map(|_| ())
+            .map_err(|e| map_err("write of", key.as_ref(), &self.inner.describe, e))
+    }
+
+    fn create(&self, kind: FileKind) -> Result<Box<dyn ObjectWriter>> {
+        let path = self
+            .tmp_dir
+            .join(puce_core::fsutil::temp_name("s3-upload-"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot create", &path, e))?;
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            file: Some(file),
+            path,
+            kind,
+            len: 0,
+        }))
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        if kind == FileKind::Config {
+            return match self.size(kind, "config") {
+                Ok(n) => Ok(vec![("config".into(), n)]),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+        }
+        let prefix = self.inner.dir_prefix(kind);
+        let what = prefix.to_string();
+        self.inner.rt.block_on(async {
+            let mut out = Vec::new();
+            let mut s = self.inner.store.list(Some(&prefix));
+            while let Some(item) = s.next().await {
+                let meta =
+                    item.map_err(|e| map_err("listing of", &what, &self.inner.describe, e))?;
+                if let Some(name) = meta.location.filename() {
+                    out.push((name.to_string(), meta.size));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        let key = self.inner.key(kind, name)?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.forget(name);
+        }
+        match self.inner.rt.block_on(self.inner.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err("delete of", key.as_ref(), &self.inner.describe, e)),
+        }
+    }
+}
+
+/// A pack being written: a local temporary file uploaded on `finish`.
+struct S3Writer {
+    inner: Arc<Inner>,
+    file: Option<File>,
+    path: PathBuf,
+    kind: FileKind,
+    len: u64,
+}
+
+impl Write for S3Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("writer finished"))?;
+        let n = f.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for S3Writer {
+    fn finish(mut self: Box<Self>, name: &str) -> Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::other("writer already finished"))?;
+        let key = self.inner.key(self.kind, name)?;
+        let r = self.inner.put_file(&key, &mut file, self.len);
+        drop(file);
+        let _ = std::fs::remove_file(&self.path);
+        r
+    }
+    fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! `puce mount` with real FUSE mounts: the real `puce` binary, real files, real signals.
+//!
+//! These tests need /dev/fuse and fusermount3 (CI installs fuse3). Without them they say so
+//! loudly and pass only outside CI; with `CI` set they fail instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use puce_tests::{TestRepo, make_tree, manifest, puce_bin, random_bytes};
+
+/// Whether FUSE mounts can run here; if not, say so (and fail under CI).
+fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg =
+            "SKIPPED: FUSE mount tests need /dev/fuse and fusermount3 (apt-get install fuse3)";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("\n*** {msg} ***\n");
+    }
+    ok
+}
+
+/// Poll `f` until it is true; panics after a generous deadline (not a timing assertion: the
+/// condition is what is tested, the deadline only stops a hung test).
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !f() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.display().to_string())
+        })
+}
+
+/// A running `puce mount`.
+struct Mount {
+    child: Option<Child>,
+    dir: PathBuf,
+    stderr: PathBuf,
+    /// Leave a stale mount in place on drop (after `kill9`).
+    leave_stale: bool,
+}
+
+impl Mount {
+    fn start(repo: &TestRepo, dir: &Path, extra: &[&str]) -> Mount {
+        Mount::start_cmd(repo.cmd(), dir, extra)
+    }
+
+    fn start_cmd(mut cmd: Command, dir: &Path, extra: &[&str]) -> Mount {
+        fs::create_dir_all(dir).unwrap();
+        let stderr = dir.with_extension("log");
+        cmd.args(["mount", dir.to_str().unwrap(), "--poll", "0.2"]);
+        if !extra.contains(&"--commit-delay") {
+            cmd.args(["--commit-delay", "0.2"]);
+        }
+        let child = cmd
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            stderr,
+            leave_stale: false,
+        };
+        wait_for("the mount to appear", || {
+            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
+                panic!("puce mount exited early ({st}): {}", m.log());
+            }
+            is_mounted(&m.dir)
+        });
+        m
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn space(&self, s: &str) -> PathBuf {
+        self.dir.join("spaces").join(s)
+    }
+
+    /// SIGTERM: commit and unmount; wait for the process.
+    fn stop(mut self) -> String {
+        let mut c = self.child.take().unwrap();
+        unsafe_free_kill(c.id(), "TERM");
+        let st = c.wait().unwrap();
+        assert!(st.success(), "puce mount exited with {st}: {}", self.log());
+        assert!(!is_mounted(&self.dir));
+        self.log()
+    }
+
+    /// SIGKILL: the process dies at once, leaving a stale mount.
+    fn kill9(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        self.leave_stale = true;
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !self.leave_stale && is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+fn unsafe_free_kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn snapshot_count(repo: &TestRepo, space: &str) -> usize {
+    repo.json(&["snapshots", "--space", space])
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0)
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn write_read_append_truncate_rename_and_errors() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 1);
+    repo.snapshot(&src, "docs");
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &[]);
+    let d = m.space("docs");
+    // The space shows the snapshot.
+    assert_eq!(manifest(&d), manifest(&src));
+    // Write and read back, append, truncate.
+    fs::write(d.join("new.txt"), b"first\n").unwrap();
+    assert_eq!(fs::read(d.join("new.txt")).unwrap(), b"first\n");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("readme.txt"))
+        .unwrap()
+        .write_all(b"appended\n")
+        .unwrap();
+    let mut expect = fs::read(src.join("readme.txt")).unwrap();
+    expect.extend_from_slice(b"appended\n");
+    assert_eq!(fs::read(d.join("readme.txt")).unwrap(), expect);
+    let big = d.join("docs/deep/er/big.bin");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    assert_eq!(fs::read(&big).unwrap(), &random_bytes(3_000_000, 2)[..1000]);
+    // Overwrite in the middle of a stored file.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.join("docs/a.bin"))
+        .unwrap();
+    f.seek(SeekFrom::Start(100_000)).unwrap();
+    f.write_all(b"XYZ").unwrap();
+    drop(f);
+    let mut a = random_bytes(300_000, 1);
+    a[100_000..100_003].copy_from_slice(b"XYZ");
+    assert_eq!(fs::read(d.join("docs/a.bin")).unwrap(), a);
+    // Rename over an existing file, and of a directory.
+    fs::write(d.join("tmp"), b"replacement").unwrap();
+    fs::rename(d.join("tmp"), d.join("new.txt")).unwrap();
+    assert_eq!(fs::read(d.join("new.txt")).unwrap(), b"replacement");
+    assert!(!d.join("tmp").exists());
+    fs::rename(d.join("docs/deep"), d.join("moved")).unwrap();
+    assert_eq!(fs::read(d.join("moved/er/big.bin")).unwrap().len(), 1000);
+    // Non-UTF-8 names.
+    let odd = d.join(OsStr::from_bytes(b"r\xe9sum\xe9.txt"));
+    fs::write(&odd, b"latin-1 name").unwrap();
+    assert_eq!(fs::read(&odd).unwrap(), b"latin-1 name");
+    // chmod, utimens, symlinks, mkdir/rmdir.
+    fs::set_permissions(d.join("new.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let t = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    fs::File::open(d.join("new.txt"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let md = fs::metadata(d.join("new.txt")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.mtime()), (0o600, 1_500_000_000));
+    std::os::unix::fs::symlink("new.txt", d.join("ln")).unwrap();
+    assert_eq!(fs::read(d.join("ln")).unwrap(), b"replacement");
+    fs::create_dir(d.join("empty2")).unwrap();
+    fs::remove_dir(d.join("empty2")).unwrap();
+    assert_eq!(errno_of(fs::remove_dir(d.join("docs"))), libc::ENOTEMPTY);
+    fs::remove_file(d.join("link")).unwrap();
+    // Unsupported operations fail with a proper errno.
+    assert_eq!(
+        errno_of(fs::hard_link(d.join("new.txt"), d.join("hard"))),
+        libc::EPERM
+    );
+    let fifo = Command::new("mkfifo").arg(d.join("fifo")).output().unwrap();
+    assert!(!fifo.status.success());
+    assert!(!d.join("fifo").exists());
+    assert_eq!(
+        errno_of(fs::write(m.dir.join("snapshots/x"), b"")),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(fs::remove_dir(m.dir.join("spaces/docs"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(fs::rename(d.join("new.txt"), m.dir.join("spaces/other"))),
+        libc::EPERM
+    );
+    let view = manifest(&d);
+    // Unmounting commits; a new mount shows the same, and so does a restore.
+    m.stop();
+    let out = repo.dir.path().join("restored");
+    repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
+    assert_eq!(manifest(&out), view);
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &["--read-only"]);
+    assert_eq!(manifest(&m.space("docs")), view);
+    assert_eq!(
+        errno_of(fs::write(m.space("docs").join("x"), b"")),
+        libc::EROFS
+    );
+    m.stop();
+}
+
+#[test]
+fn snapshot_view_matches_restore_byte_for_byte() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 5);
+    let id1 = repo.snapshot(&src, "s");
+    fs::write(src.join("readme.txt"), b"second version").unwrap();
+    fs::remove_file(src.join("link")).unwrap();
+    let id2 = repo.snapshot(&src, "s");
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &["--read-only"]);
+    let snaps = m.dir.join("snapshots/s");
+    let names: Vec<_> = fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    for id in [&id1, &id2] {
+        let name = names
+            .iter()
+            .find(|n| n.ends_with(&id[..12]))
+            .unwrap_or_else(|| panic!("no directory for snapshot {id} in {names:?}"));
+        let out = repo.dir.path().join(format!("r-{}", &id[..8]));
+        repo.ok(&["restore", id, out.to_str().unwrap()]);
+        assert_eq!(manifest(&snaps.join(name)), manifest(&out), "snapshot {id}");
+    }
+    // The snapshot view is read-only.
+    let f = snaps.join(&names[0]).join("readme.txt");
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().write(true).open(&f)),
+        libc::EROFS
+    );
+    m.stop();
+}
+
+#[test]
+fn large_files_concurrent_readers_and_writers() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let big = random_bytes(48 << 20, 77);
+    fs::write(src.join("big.bin"), &big).unwrap();
+    repo.snapshot(&src, "big");
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &["--cache", "8"]);
+    let d = m.space("big");
+    std::thread::scope(|s| {
+        // Sequential readers.
+        for _ in 0..3 {
+            s.spawn(|| assert!(fs::read(d.join("big.bin")).unwrap() == big));
+        }
+        // Random readers: seeks anywhere.
+        for seed in 0..3u64 {
+            let (d, big) = (&d, &big);
+            s.spawn(move || {
+                let mut f = fs::File::open(d.join("big.bin")).unwrap();
+                let mut x = seed + 1;
+                for _ in 0..60 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    let off = (x >> 16) % big.len() as u64;
+                    let len = ((x >> 40) % 200_000) as usize;
+                    let mut buf = vec![0u8; len];
+                    f.seek(SeekFrom::Start(off)).unwrap();
+                    let n = read_full(&mut f, &mut buf);
+                    let end = (off as usize + len).min(big.len());
+                    assert!(buf[..n] == big[off as usize..end], "offset {off}");
+                }
+            });
+        }
+        // Writers, each to its own file, while readers read.
+        for w in 0..3u64 {
+            let d = &d;
+            s.spawn(move || {
+                let data = random_bytes(5 << 20, 100 + w);
+                let p = d.join(format!("w{w}.bin"));
+                let mut f = fs::File::create(&p).unwrap();
+                for c in data.chunks(64 << 10) {
+                    f.write_all(c).unwrap();
+                }
+                drop(f);
+                assert!(fs::read(&p).unwrap() == data);
+            });
+        }
+    });
+    m.stop();
+    let out = repo.dir.path().join("restored");
+    repo.ok(&["restore", "big@latest", out.to_str().unwrap()]);
+    for w in 0..3u64 {
+        assert!(fs::read(out.join(format!("w{w}.bin"))).unwrap() == random_bytes(5 << 20, 100 + w));
+    }
+    assert!(fs::read(out.join("big.bin")).unwrap() == big);
+}
+
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+#[test]
+fn commits_while_mounted_and_follows_snapshots_made_elsewhere() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("shared.txt"), b"v1").unwrap();
+    repo.snapshot(&src, "team");
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &[]);
+    let d = m.space("team");
+    // A change is committed after the quiet period, while still mounted.
+    fs::write(d.join("note.txt"), b"written through the mount").unwrap();
+    wait_for("the mount to commit note.txt", || {
+        repo.run(&["cat", "team@latest:note.txt"]).stdout == b"written through the mount"
+    });
+    // A snapshot made elsewhere (replication, the CLI) shows up without remounting.
+    let other = repo.dir.path().join("other");
+    repo.ok(&["restore", "team@latest", other.to_str().unwrap()]);
+    fs::write(other.join("shared.txt"), b"v2 from elsewhere").unwrap();
+    repo.snapshot(&other, "team");
+    wait_for("the mount to show the new snapshot", || {
+        fs::read(d.join("shared.txt")).unwrap_or_default() == b"v2 from elsewhere"
+    });
+    // New spaces with mkdir.
+    fs::create_dir(m.dir.join("spaces/newspace")).unwrap();
+    fs::write(m.dir.join("spaces/newspace/f"), b"in a new space").unwrap();
+    assert_eq!(
+        errno_of(fs::create_dir(m.dir.join("spaces/bad@name"))),
+        libc::EINVAL
+    );
+    m.stop();
+    assert_eq!(
+        repo.run(&["cat", "newspace@latest:f"]).stdout,
+        b"in a new space"
+    );
+    assert!(snapshot_count(&repo, "team") >= 3);
+}
+
+#[test]
+fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 3);
+    repo.snapshot(&src, "docs");
+    let mnt = repo.dir.path().join("mnt");
+    // A long quiet period: nothing is committed before the kill.
+    let m = Mount::start(&repo, &mnt, &["--commit-delay", "3600"]);
+    let d = m.space("docs");
+    let mut expected = BTreeMap::new();
+    for i in 0..20u64 {
+        let data = random_bytes(10_000 + (i as usize) * 7_000, i);
+        fs::write(d.join(format!("closed-{i}.bin")), &data).unwrap();
+        expected.insert(format!("closed-{i}.bin"), data);
+    }
+    let mut f = fs::File::create(d.join("synced.bin")).unwrap();
+    f.write_all(b"fsynced").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    expected.insert("synced.bin".into(), b"fsynced".to_vec());
+    fs::rename(d.join("readme.txt"), d.join("renamed.txt")).unwrap();
+    fs::remove_file(d.join("docs/a.bin")).unwrap();
+    let before = snapshot_count(&repo, "docs");
+    m.kill9();
+    assert_eq!(
+        snapshot_count(&repo, "docs"),
+        before,
+        "nothing committed yet"
+    );
+    // The dead mount is detected and explained.
+    // Without auto_unmount the kernel keeps the dead mount: it must be explained.
+    assert!(is_mounted(&mnt));
+    {
+        let out = repo.run(&["mount", mnt.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("stale") && err.contains("fusermount3 -u"),
+            "unexpected message: {err}"
+        );
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .status()
+            .unwrap();
+    }
+    // The next mount recovers and commits everything closed before the kill.
+    let m = Mount::start(&repo, &mnt, &[]);
+    let d = m.space("docs");
+    for (name, data) in &expected {
+        assert!(fs::read(d.join(name)).unwrap() == *data, "{name}");
+    }
+    assert!(d.join("renamed.txt").exists() && !d.join("readme.txt").exists());
+    assert!(!d.join("docs/a.bin").exists());
+    m.stop();
+    let out = repo.dir.path().join("restored");
+    repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
+    for (name, data) in &expected {
+        assert!(fs::read(out.join(name)).unwrap() == *data, "{name}");
+    }
+    assert!(!out.join("docs/a.bin").exists());
+}
+
+#[test]
+fn second_read_write_mount_is_refused_clearly() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &[]);
+    let other = repo.dir.path().join("mnt2");
+    fs::create_dir_all(&other).unwrap();
+    let out = repo.run(&["mount", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--read-only"), "{err}");
+    // Read-only mounts can be added.
+    let ro = Mount::start(&repo, &other, &["--read-only"]);
+    ro.stop();
+    m.stop();
+}
+
+#[test]
+fn background_mount_and_non_root_user() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 9);
+    repo.snapshot(&src, "docs");
+    // --background returns once mounted.
+    let mnt = repo.dir.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let log = repo.dir.path().join("bg.log");
+    let out = repo.run(&[
+        "mount",
+        mnt.to_str().unwrap(),
+        "--background",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mnt));
+    fs::write(mnt.join("spaces/docs/bg.txt"), b"bg").unwrap();
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_for("the background mount to commit and exit", || {
+        repo.run(&["cat", "docs@latest:bg.txt"]).stdout == b"bg"
+    });
+
+    // A non-root user mounts through fusermount3.
+    if !puce_tests::is_root() || Command::new("setpriv").arg("--help").output().is_err() {
+        eprintln!("*** non-root mount not tested: needs root to switch user with setpriv ***");
+        return;
+    }
+    let home = tempfile::Builder::new()
+        .prefix("puce-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(home.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let user_repo = home.path().join("repo");
+    let user_mnt = home.path().join("mnt");
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(puce_bin())
+            .env("PUCE_REPO", &user_repo)
+            .env("HOME", home.path())
+            .env("XDG_CACHE_HOME", home.path().join("cache"))
+            .env("XDG_DATA_HOME", home.path().join("data"));
+        c
+    };
+    let out = as_nobody().args(["init", "-q"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "mkdir",
+            "-p",
+        ])
+        .arg(&user_mnt)
+        .status()
+        .unwrap();
+    let m = Mount::start_cmd(as_nobody(), &user_mnt, &[]);
+    let sp = user_mnt.join("spaces/mine");
+    let mk = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "mkdir {0} && echo secret > {0}/f && chmod 000 {0}/f && cat {0}/f",
+            sp.display()
+        ))
+        .output()
+        .unwrap();
+    // The owner itself is refused by mode 000 (default_permissions).
+    assert!(!mk.status.success());
+    assert!(
+        String::from_utf8_lossy(&mk.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&mk.stderr)
+    );
+    let md = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "stat",
+            "-c",
+            "%a %u",
+        ])
+        .arg(sp.join("f"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&md.stdout).trim(), "0 65534");
+    m.stop();
+    assert!(!is_mounted(&user_mnt));
+}

@@ -1,0 +1,263 @@
+//! The S3 backend against a real Garage server started by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use puce_tests::garage::{Garage, garage_bin};
+use puce_tests::{Manifest, make_tree, manifest, random_bytes};
+
+fn garage_or_skip(name: &str) -> Option<std::path::PathBuf> {
+    let g = garage_bin();
+    if g.is_none() {
+        eprintln!(
+            "SKIP {name}: no garage binary (cargo install garage --locked, or set GARAGE_BIN); \
+             CI installs it"
+        );
+    }
+    g
+}
+
+struct S3Repo {
+    env: Vec<(&'static str, String)>,
+    local: std::path::PathBuf,
+    cache: std::path::PathBuf,
+}
+
+impl S3Repo {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(puce_tests::puce_bin());
+        c.env("PUCE_REPO", &self.local)
+            .env("XDG_CACHE_HOME", &self.cache)
+            .env("PUCE_S3_RETRY_SECS", "4")
+            .env_remove("PUCE_S3_CREDENTIALS");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "puce {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+fn init(garage: &Garage, dir: &Path, name: &str, extra: &[&str]) -> S3Repo {
+    let r = S3Repo {
+        env: garage.env(),
+        local: dir.join(name),
+        cache: dir.join(format!("cache-{name}")),
+    };
+    let url = format!("s3://{}/repo", garage.bucket);
+    let mut args = vec![
+        "init",
+        "-q",
+        "--backend",
+        &url,
+        "--endpoint",
+        &garage.endpoint,
+        "--region",
+        "garage",
+    ];
+    args.extend_from_slice(extra);
+    r.ok(&args);
+    r
+}
+
+#[test]
+fn snapshot_restore_check_gc_and_repair_on_garage() {
+    let Some(bin) = garage_or_skip("snapshot_restore_check_gc_and_repair_on_garage") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::start(bin, &dir.path().join("garage"), "puce");
+    let repo = init(&garage, dir.path(), "local", &["--pack-size", "1"]);
+    assert!(repo.local.join("backend.toml").is_file());
+    let marker = fs::read_to_string(repo.local.join("backend.toml")).unwrap();
+    assert!(
+        !marker.contains(&garage.secret),
+        "credentials must not be stored"
+    );
+    // No pack and no config on local disk: they live in the bucket.
+    assert!(!repo.local.join("config").exists());
+
+    let src = dir.path().join("src");
+    make_tree(&src, 21);
+    let mut expect: HashMap<String, Manifest> = HashMap::new();
+    for day in 0..4u64 {
+        fs::write(src.join("day.bin"), random_bytes(1_500_000, 300 + day)).unwrap();
+        let v = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "s"]);
+        expect.insert(v["id"].as_str().unwrap().to_string(), manifest(&src));
+    }
+    repo.ok(&["check", "--read-data"]);
+    for (id, m) in &expect {
+        let out = dir.path().join(format!("out-{id}"));
+        repo.ok(&["restore", id, out.to_str().unwrap()]);
+        assert_eq!(&manifest(&out), m);
+    }
+    // gc on S3: forget two, collect, everything left still checks and restores.
+    repo.ok(&["forget", "--keep-last", "2"]);
+    let g = repo.json(&["gc", "--repack-unused", "0"]);
+    assert!(g["bytes_freed"].as_u64().unwrap() > 1_000_000, "{g}");
+    repo.ok(&["check", "--read-data"]);
+    let kept: Vec<String> = repo
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept.len(), 2);
+
+    // A fresh machine: a second, empty local index attached to the same bucket.
+    let other = S3Repo {
+        env: garage.env(),
+        local: dir.path().join("second"),
+        cache: dir.path().join("cache-second"),
+    };
+    let url = format!("s3://{}/repo", garage.bucket);
+    // Without --attach, init refuses to overwrite the existing repository.
+    let refused = other.run(&["init", "--backend", &url, "--endpoint", &garage.endpoint]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--attach"));
+    other.ok(&[
+        "init",
+        "-q",
+        "--backend",
+        &url,
+        "--endpoint",
+        &garage.endpoint,
+        "--attach",
+    ]);
+    let r = other.json(&["repair", "index"]);
+    assert_eq!(r["snapshots"], 2);
+    other.ok(&["check", "--read-data"]);
+    for id in &kept {
+        let out = dir.path().join(format!("second-{id}"));
+        other.ok(&["restore", id, out.to_str().unwrap()]);
+        assert_eq!(&manifest(&out), &expect[id]);
+    }
+}
+
+#[test]
+fn garage_killed_during_a_snapshot() {
+    let Some(bin) = garage_or_skip("garage_killed_during_a_snapshot") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut garage = Garage::start(bin, &dir.path().join("garage"), "puce");
+    let repo = init(&garage, dir.path(), "local", &["--pack-size", "1"]);
+    let src = dir.path().join("src");
+    make_tree(&src, 22);
+    let first = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "s"]);
+    let first_id = first["id"].as_str().unwrap().to_string();
+    let first_manifest = manifest(&src);
+    // A big change, then kill the server once the upload is under way (its data directory
+    // has grown by a few packs).
+    for i in 0..60 {
+        fs::write(
+            src.join(format!("big{i}.bin")),
+            random_bytes(2_000_000, 500 + i),
+        )
+        .unwrap();
+    }
+    let data_size = || dir_size(&garage.dir.join("data"));
+    let before = data_size();
+    let mut child = repo
+        .cmd()
+        .args(["snapshot", src.to_str().unwrap(), "--space", "s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while data_size() < before + 3_000_000 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the snapshot ended before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    garage.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the snapshot must fail when the server is gone"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    eprintln!("what the user saw: {}", err.trim());
+    assert!(
+        err.contains("did not answer") || err.contains("failed"),
+        "unclear error: {err}"
+    );
+    assert!(
+        err.contains("s3://puce/repo"),
+        "the error names the store: {err}"
+    );
+    // Back up: nothing committed is lost, and the next snapshot succeeds.
+    garage.restart();
+    repo.ok(&["check"]);
+    let out_dir = dir.path().join("out-first");
+    repo.ok(&["restore", &first_id, out_dir.to_str().unwrap()]);
+    assert_eq!(manifest(&out_dir), first_manifest);
+    let second = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "s"]);
+    let out2 = dir.path().join("out-second");
+    repo.ok(&[
+        "restore",
+        second["id"].as_str().unwrap(),
+        out2.to_str().unwrap(),
+    ]);
+    assert_eq!(manifest(&out2), manifest(&src));
+    repo.ok(&["check", "--read-data"]);
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => n += dir_size(&e.path()),
+                Ok(_) => n += e.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn missing_credentials_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(puce_tests::puce_bin())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("PUCE_S3_CREDENTIALS", dir.path().join("none.toml"))
+        .env("PUCE_REPO", dir.path().join("r"))
+        .args([
+            "init",
+            "--backend",
+            "s3://b/p",
+            "--endpoint",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ACCESS_KEY_ID"));
+}
