@@ -61,6 +61,11 @@ pub enum Command {
     Report(ReportCommand),
     /// Mount the spaces (read-write) and every snapshot (read-only) as a folder
     Mount(MountArgs),
+    /// This node: identity, daemon, status (replication between sites)
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Sync spaces with a peer node now: PEER [--space S] [--pull | --push]
+    Sync(SyncArgs),
 }
 
 #[derive(Debug, Args)]
@@ -336,4 +341,53 @@ pub struct MountArgs {
     /// Internal: print one line on stdout once mounted (used by --background)
     #[arg(long, hide = true)]
     pub notify_ready: bool,
+}
+
+/// Where the node's files are.
+#[derive(Debug, Args)]
+pub struct NodeDirArg {
+    /// Node directory: key, certificate, node.toml, state [default: REPO/node]
+    #[arg(long, env = "PUCE_NODE_DIR", value_name = "PATH")]
+    pub node_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Create this node's key pair, certificate and node.toml
+    Init(NodeInitArgs),
+    /// Print this node's id (give it to the admins of peer nodes)
+    Id(NodeDirArg),
+    /// Run the daemon: serve peers, sync on schedule (stop with SIGTERM or Ctrl-C)
+    Run(NodeDirArg),
+    /// Show peers, last successful syncs and what is pending
+    Status(NodeDirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeInitArgs {
+    #[command(flatten)]
+    pub dir: NodeDirArg,
+    /// Node name, shown to peers and used in conflict copies [default: the host name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// UDP address to listen on
+    #[arg(long, default_value = "0.0.0.0:7878", value_name = "IP:PORT")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub dir: NodeDirArg,
+    /// The peer: its name in node.toml, or its id
+    pub peer: String,
+    /// Only this space (repeatable) [default: every space node.toml shares with the peer]
+    #[arg(long = "space", value_name = "SPACE")]
+    pub spaces: Vec<String>,
+    /// Only receive the peer's snapshots
+    #[arg(long, conflicts_with = "push")]
+    pub pull: bool,
+    /// Only send this node's snapshots
+    #[arg(long)]
+    pub push: bool,
 }

@@ -10,7 +10,10 @@ use clap::Parser;
 
 fn main() {
     let cli = args::Cli::parse();
+    // The daemon logs what it does by default; other commands only warnings.
+    let daemon = matches!(cli.command, args::Command::Node(args::NodeCommand::Run(_)));
     let filter = match cli.verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",

@@ -393,12 +393,12 @@ impl Repo {
         Ok(out)
     }
 
-    /// The latest snapshot of a space.
+    /// The latest snapshot of a space: the newest of its heads (see [`crate::history`]). With
+    /// a linear history this is the newest snapshot; it differs when a snapshot was taken on a
+    /// node whose clock is behind the one that took its parent.
     pub fn latest(&self, space: &str) -> Result<Option<SnapshotEntry>> {
-        Ok(self
-            .snapshots()?
-            .into_iter()
-            .rfind(|s| s.snapshot.space == space))
+        let all = self.snapshots()?;
+        Ok(crate::history::latest(&all, space).cloned())
     }
 
     /// Find a snapshot by `SPACE@latest`, `SPACE@latest~N` or a unique id prefix.
@@ -516,6 +516,74 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Check that stored object bytes decode to plaintext hashing to `id`, without returning the
+/// plaintext: raw objects are hashed in place, compressed ones decompressed into a reused
+/// per-thread buffer. The same checks as [`decode_object`], for receivers that only verify.
+pub fn verify_object(id: &ObjectId, flags: u8, raw_len: u32, stored: &[u8]) -> Result<()> {
+    if flags & FLAG_ZSTD == 0 {
+        if stored.len() != raw_len as usize {
+            return Err(Error::corrupt(format!(
+                "object {id} has {} bytes, expected {raw_len}: damaged",
+                stored.len()
+            )));
+        }
+        let got = Hash::of(stored);
+        if got != id.0 {
+            return Err(Error::corrupt(format!(
+                "object {id} does not match its hash (got {}): damaged data",
+                got.short(16)
+            )));
+        }
+        return Ok(());
+    }
+    if raw_len > MAX_OBJECT {
+        return Err(Error::corrupt(format!(
+            "object {id} declares an oversized length"
+        )));
+    }
+    SCRATCH.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.reserve(raw_len as usize);
+        let n = DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| {
+                    Error::other("cannot create a zstd decompressor").with_source(e)
+                })?);
+            }
+            match d.as_mut() {
+                Some(d) => d.decompress_to_buffer(stored, &mut *buf).map_err(|e| {
+                    Error::corrupt(format!("object {id} does not decompress: damaged"))
+                        .with_source(e)
+                }),
+                None => Err(Error::other("no decompressor")),
+            }
+        })?;
+        if n != raw_len as usize {
+            return Err(Error::corrupt(format!(
+                "object {id} decompresses to {n} bytes, expected {raw_len}: damaged"
+            )));
+        }
+        let got = Hash::of(&buf[..n]);
+        if got != id.0 {
+            return Err(Error::corrupt(format!(
+                "object {id} does not match its hash (got {}): damaged data",
+                got.short(16)
+            )));
+        }
+        // Do not keep a huge buffer for the life of the thread.
+        if buf.capacity() > 32 << 20 {
+            *buf = Vec::new();
+        }
+        Ok(())
+    })
+}
+
 /// Decode stored object bytes and check they hash to `id`.
 pub fn decode_object(id: &ObjectId, flags: u8, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>> {
     if raw_len > MAX_OBJECT {
@@ -563,4 +631,42 @@ pub fn decode_object(id: &ObjectId, flags: u8, raw_len: u32, stored: &[u8]) -> R
         )));
     }
     Ok(plain)
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+
+    #[test]
+    fn verify_object_agrees_with_decode_object() {
+        let plain = b"some plaintext ".repeat(1000);
+        let id = ObjectId::of(&plain);
+        let packed = zstd::bulk::compress(&plain, 3).unwrap();
+        let n = plain.len() as u32;
+        verify_object(&id, 0, n, &plain).unwrap();
+        verify_object(&id, FLAG_ZSTD, n, &packed).unwrap();
+        let cases: Vec<(u8, u32, Vec<u8>)> = vec![
+            (0, n, {
+                let mut p = plain.clone();
+                p[7] ^= 1;
+                p
+            }),
+            (0, n - 1, plain.clone()),
+            (FLAG_ZSTD, n, {
+                let mut p = packed.clone();
+                let last = p.len() - 1;
+                p[last] ^= 0x55;
+                p
+            }),
+            (FLAG_ZSTD, n + 1, packed.clone()),
+            (FLAG_ZSTD, MAX_OBJECT + 1, packed.clone()),
+            (FLAG_ZSTD, n, b"not zstd at all".to_vec()),
+        ];
+        for (flags, raw, data) in cases {
+            let a = verify_object(&id, flags, raw, &data).unwrap_err();
+            let b = decode_object(&id, flags, raw, &data).unwrap_err();
+            assert_eq!(a.kind(), ErrorKind::Corrupt, "{a}");
+            assert_eq!(b.kind(), ErrorKind::Corrupt, "{b}");
+        }
+    }
 }

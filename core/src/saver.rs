@@ -49,7 +49,6 @@ enum Job {
         kind: Kind,
         data: Vec<u8>,
     },
-    Stored(Blob),
 }
 
 struct Blob {
@@ -60,10 +59,26 @@ struct Blob {
     data: Vec<u8>,
 }
 
+/// What the pack writer thread receives.
+enum ToWriter {
+    Blob(Blob),
+    /// Seal the current pack once `after` blobs have been received; with `wait`, answer once
+    /// every pack sealed so far is indexed.
+    Flush {
+        after: u64,
+        wait: bool,
+        done: Sender<Result<()>>,
+    },
+}
+
 struct Shared {
     pending: Mutex<HashSet<ObjectId>>,
     error: Mutex<Option<Error>>,
     counters: Counters,
+    /// Jobs handed to the compression threads so far (see [`Saver::flush`]).
+    submitted: AtomicU64,
+    /// Set by [`Saver::abort`]: the writer discards the pack in progress instead of sealing it.
+    aborted: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -93,7 +108,7 @@ pub struct Saver {
     session: Option<Session>,
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
-    blobs: Option<Sender<Blob>>,
+    blobs: Option<Sender<ToWriter>>,
     compressors: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -113,10 +128,12 @@ impl Saver {
             pending: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
             counters: Counters::default(),
+            submitted: AtomicU64::new(0),
+            aborted: std::sync::atomic::AtomicBool::new(false),
         });
         let threads = threads.max(1);
         let (job_tx, job_rx) = bounded::<Job>(threads * 4);
-        let (blob_tx, blob_rx) = bounded::<Blob>(threads * 4);
+        let (blob_tx, blob_rx) = bounded::<ToWriter>(threads * 4);
         let level = repo.config().compression.zstd_level;
         let mut compressors = Vec::new();
         for i in 0..threads {
@@ -199,6 +216,11 @@ impl Saver {
     }
 
     /// Store an object received in stored form (already verified by the caller), unless present.
+    ///
+    /// Stored objects need no compression: they go straight to the pack writer, in the order
+    /// of the calls. Full packs are sealed by several threads at once, so packs may be indexed
+    /// out of order: a caller that needs some objects indexed before others are written (a
+    /// tree after everything it reaches) puts a [`Saver::flush`] between them.
     pub fn save_stored(
         &self,
         reader: &IndexReader,
@@ -212,13 +234,22 @@ impl Saver {
         if !self.reserve(reader, &id)? {
             return Ok(false);
         }
-        self.send_job(Job::Stored(Blob {
+        let tx = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| Error::other("saver already finished"))?;
+        self.shared.submitted.fetch_add(1, Ordering::AcqRel);
+        let blob = Blob {
             id,
             kind,
             flags,
             raw_len,
             data,
-        }))?;
+        };
+        if tx.send(ToWriter::Blob(blob)).is_err() {
+            self.shared.check()?;
+            return Err(Error::other("saver stopped"));
+        }
         Ok(true)
     }
 
@@ -227,11 +258,81 @@ impl Saver {
             .jobs
             .as_ref()
             .ok_or_else(|| Error::other("saver already finished"))?;
+        self.shared.submitted.fetch_add(1, Ordering::AcqRel);
         if tx.send(job).is_err() {
             self.shared.check()?;
             return Err(Error::other("saver stopped"));
         }
         Ok(())
+    }
+
+    /// Seal the pack in progress now (even if smaller than the target size) and return once
+    /// every object saved before this call is durable and indexed. Long transfers call it
+    /// periodically so that an interruption loses little; the saver stays usable.
+    pub fn flush(&self) -> Result<()> {
+        self.shared.check()?;
+        let after = self.shared.submitted.load(Ordering::Acquire);
+        let tx = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| Error::other("saver already finished"))?;
+        let (done_tx, done_rx) = bounded(1);
+        if tx
+            .send(ToWriter::Flush {
+                after,
+                wait: true,
+                done: done_tx,
+            })
+            .is_err()
+        {
+            self.shared.check()?;
+            return Err(Error::other("saver stopped"));
+        }
+        loop {
+            match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(r) => return r,
+                // A failed compression thread never delivers its blobs: report its error.
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.shared.check()?,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.shared.check()?;
+                    return Err(Error::other("the pack writer stopped during a flush"));
+                }
+            }
+        }
+    }
+
+    /// Ask for the pack in progress to be sealed once everything saved so far has reached the
+    /// writer, without waiting for it (a checkpoint that does not stall the caller).
+    pub fn seal_soon(&self) -> Result<()> {
+        self.shared.check()?;
+        let after = self.shared.submitted.load(Ordering::Acquire);
+        let tx = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| Error::other("saver already finished"))?;
+        // Nobody waits for the answer.
+        let (done_tx, _) = bounded(1);
+        if tx
+            .send(ToWriter::Flush {
+                after,
+                wait: false,
+                done: done_tx,
+            })
+            .is_err()
+        {
+            self.shared.check()?;
+            return Err(Error::other("saver stopped"));
+        }
+        Ok(())
+    }
+
+    /// Stop without sealing the pack in progress: objects queued since the last sealed pack
+    /// are thrown away (packs already sealed stay, they are complete and indexed). Used when
+    /// what was being received turns out to be bad (a misbehaving peer).
+    pub fn abort(mut self) -> SaverStats {
+        self.shared.aborted.store(true, Ordering::Release);
+        self.stop();
+        self.stats()
     }
 
     /// Number of packs sealed and indexed so far: an index view older than this generation may
@@ -299,7 +400,7 @@ impl Drop for Saver {
     }
 }
 
-fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared>) {
+fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<ToWriter>, sh: Arc<Shared>) {
     let mut compressor = if level > 0 {
         match zstd::bulk::Compressor::new(level) {
             Ok(c) => Some(c),
@@ -314,7 +415,6 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared
     let mut out = Vec::new();
     for job in rx {
         let blob = match job {
-            Job::Stored(b) => b,
             Job::Plain { id, kind, data } => {
                 let raw_len = data.len() as u32;
                 let mut blob = Blob {
@@ -343,7 +443,7 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared
                 blob
             }
         };
-        if tx.send(blob).is_err() {
+        if tx.send(ToWriter::Blob(blob)).is_err() {
             return;
         }
     }
@@ -352,60 +452,159 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<Blob>, sh: Arc<Shared
 /// Packs being sealed (fsync and publish, or upload, then indexing) at once.
 const SEALERS: usize = 3;
 
-fn write_loop(repo: &Repo, rx: Receiver<Blob>, sh: &Shared) -> Result<()> {
+/// Packs handed to the sealing threads and not sealed yet: a flush waits for none to be left.
+#[derive(Default)]
+struct InFlight {
+    n: Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        if let Ok(mut n) = self.n.lock() {
+            *n += 1;
+        }
+    }
+
+    fn end(&self) {
+        if let Ok(mut n) = self.n.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.idle.notify_all();
+            }
+        }
+    }
+
+    fn wait_idle(&self) {
+        let Ok(mut n) = self.n.lock() else {
+            return;
+        };
+        while *n > 0 {
+            match self.idle.wait(n) {
+                Ok(g) => n = g,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn send_seal(tx: &Sender<PackWriter>, in_flight: &InFlight, w: PackWriter) -> Result<()> {
+    in_flight.start();
+    tx.send(w).map_err(|_| {
+        in_flight.end();
+        Error::other("pack sealing threads stopped")
+    })
+}
+
+fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
     let target = repo.config().pack_target_size;
     // Full packs are sealed by a few threads while the next pack fills: with a remote backend
-    // several uploads are in flight; locally, fsyncs overlap with writing.
+    // several uploads are in flight; locally, fsyncs overlap with writing. Packs may therefore
+    // be indexed out of order; a flush that waits is the barrier callers use when order
+    // matters.
     let (seal_tx, seal_rx) = bounded::<PackWriter>(SEALERS);
+    let in_flight = InFlight::default();
     std::thread::scope(|scope| {
         for _ in 0..SEALERS {
             let rx = seal_rx.clone();
+            let in_flight = &in_flight;
             scope.spawn(move || {
                 for w in rx {
                     if let Err(e) = seal(repo, w, sh) {
                         sh.fail(e);
                     }
+                    in_flight.end();
                 }
             });
         }
         drop(seal_rx);
         let mut pack: Option<PackWriter> = None;
         let mut result: Result<()> = Ok(());
-        for blob in rx.iter() {
-            if result.is_err() {
-                continue; // drain so senders do not block
+        let mut received = 0u64;
+        let mut flushes: Vec<(u64, bool, Sender<Result<()>>)> = Vec::new();
+        let aborted = || sh.aborted.load(Ordering::Acquire);
+        for msg in rx.iter() {
+            let blob = match msg {
+                ToWriter::Blob(b) => {
+                    received += 1;
+                    Some(b)
+                }
+                ToWriter::Flush { after, wait, done } => {
+                    flushes.push((after, wait, done));
+                    None
+                }
+            };
+            if result.is_ok()
+                && !aborted()
+                && let Some(blob) = blob
+            {
+                result = (|| {
+                    let w = match pack.as_mut() {
+                        Some(w) => w,
+                        None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
+                    };
+                    w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
+                    let c = &sh.counters;
+                    c.objects.fetch_add(1, Ordering::Relaxed);
+                    c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
+                    c.stored
+                        .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
+                    if w.len() >= target
+                        && let Some(w) = pack.take()
+                    {
+                        send_seal(&seal_tx, &in_flight, w)?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = &result {
+                    sh.fail(Error::new(e.kind(), format!("{e:#}")));
+                }
             }
-            result = (|| {
-                let w = match pack.as_mut() {
-                    Some(w) => w,
-                    None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
-                };
-                w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
-                let c = &sh.counters;
-                c.objects.fetch_add(1, Ordering::Relaxed);
-                c.raw.fetch_add(u64::from(blob.raw_len), Ordering::Relaxed);
-                c.stored
-                    .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
-                if w.len() >= target
+            // Flushes whose objects have all arrived: seal the pack in progress; those that
+            // wait get their answer once every pack handed to the sealers is indexed.
+            if flushes.iter().any(|(after, _, _)| *after <= received) {
+                if result.is_ok()
+                    && !aborted()
                     && let Some(w) = pack.take()
                 {
-                    seal_tx
-                        .send(w)
-                        .map_err(|_| Error::other("pack sealing threads stopped"))?;
+                    if w.is_empty() {
+                        w.abort();
+                    } else if let Err(e) = send_seal(&seal_tx, &in_flight, w) {
+                        sh.fail(Error::new(e.kind(), format!("{e:#}")));
+                        result = Err(e);
+                    }
                 }
-                Ok(())
-            })();
-            if let Err(e) = &result {
-                sh.fail(Error::new(e.kind(), format!("{e:#}")));
+                if flushes
+                    .iter()
+                    .any(|(after, wait, _)| *after <= received && *wait)
+                {
+                    in_flight.wait_idle();
+                }
+                let sealed = sh.check();
+                flushes.retain(|(after, _, done)| {
+                    if *after > received {
+                        return true;
+                    }
+                    let answer = match (&result, &sealed) {
+                        (Ok(()), Ok(())) if aborted() => Err(Error::other("the saver was aborted")),
+                        (Ok(()), Ok(())) => Ok(()),
+                        (Err(e), _) | (_, Err(e)) => Err(Error::new(e.kind(), format!("{e:#}"))),
+                    };
+                    let _ = done.send(answer);
+                    false
+                });
             }
         }
-        if result.is_ok()
-            && let Some(w) = pack.take()
-        {
-            if w.is_empty() {
+        for (_, _, done) in flushes {
+            let _ = done.send(Err(Error::other(
+                "the saver stopped before the flush completed",
+            )));
+        }
+        if let Some(w) = pack.take() {
+            if w.is_empty() || aborted() || result.is_err() {
                 w.abort();
-            } else if seal_tx.send(w).is_err() {
-                result = Err(Error::other("pack sealing threads stopped"));
+            } else if let Err(e) = send_seal(&seal_tx, &in_flight, w) {
+                result = Err(e);
             }
         }
         drop(seal_tx);
@@ -425,4 +624,104 @@ fn seal(repo: &Repo, w: PackWriter, sh: &Shared) -> Result<()> {
     }
     sh.counters.packs.fetch_add(1, Ordering::Release);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FileKind;
+    use crate::repo::InitOptions;
+
+    fn repo() -> (tempfile::TempDir, Arc<Repo>) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
+        (dir, Arc::new(repo))
+    }
+
+    fn obj(i: u32) -> (ObjectId, Vec<u8>) {
+        let data = format!("object number {i} ").repeat(100).into_bytes();
+        (ObjectId::of(&data), data)
+    }
+
+    #[test]
+    fn flush_seals_a_small_pack_and_the_saver_goes_on() {
+        let (_d, repo) = repo();
+        let saver = Saver::new(repo.clone(), 2).unwrap();
+        let reader = repo.index().reader().unwrap();
+        for i in 0..50 {
+            let (id, data) = obj(i);
+            assert!(saver.save(&reader, id, Kind::Data, data).unwrap());
+        }
+        saver.flush().unwrap();
+        let fresh = repo.index().reader().unwrap();
+        for i in 0..50 {
+            assert!(fresh.contains(&obj(i).0).unwrap(), "object {i} after flush");
+        }
+        assert_eq!(saver.stats().packs, 1);
+        // A flush with nothing new does not write an empty pack.
+        saver.flush().unwrap();
+        assert_eq!(saver.stats().packs, 1);
+        for i in 50..60 {
+            let (id, data) = obj(i);
+            saver.save(&fresh, id, Kind::Data, data).unwrap();
+        }
+        let st = saver.finish().unwrap();
+        assert_eq!((st.objects, st.packs), (60, 2));
+        assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn flush_is_a_barrier_over_packs_sealed_in_parallel() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            pack_target_size: 1 << 20,
+            ..InitOptions::default()
+        };
+        let repo = Arc::new(Repo::init(&dir.path().join("r"), &opts).unwrap());
+        let saver = Saver::new(repo.clone(), 4).unwrap();
+        let reader = repo.index().reader().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..120u32 {
+            let data = format!("{i}-").repeat(15_000).into_bytes();
+            let id = ObjectId::of(&data);
+            let n = data.len() as u32;
+            saver
+                .save_stored(&reader, id, Kind::Data, 0, n, data)
+                .unwrap();
+            ids.push(id);
+            if i == 20 {
+                saver.seal_soon().unwrap();
+            }
+        }
+        // Several full packs are being sealed at once: after the flush, all are indexed.
+        saver.flush().unwrap();
+        let r = repo.index().reader().unwrap();
+        for id in &ids {
+            assert!(r.contains(id).unwrap(), "{id:?} not indexed after flush");
+        }
+        let st = saver.finish().unwrap();
+        assert!(st.packs >= 4, "{st:?}");
+    }
+
+    #[test]
+    fn abort_discards_the_pack_in_progress_only() {
+        let (_d, repo) = repo();
+        let saver = Saver::new(repo.clone(), 2).unwrap();
+        let reader = repo.index().reader().unwrap();
+        for i in 0..10 {
+            let (id, data) = obj(i);
+            saver.save(&reader, id, Kind::Data, data).unwrap();
+        }
+        saver.flush().unwrap();
+        for i in 10..20 {
+            let (id, data) = obj(i);
+            saver.save(&reader, id, Kind::Data, data).unwrap();
+        }
+        saver.abort();
+        let fresh = repo.index().reader().unwrap();
+        assert!(fresh.contains(&obj(3).0).unwrap());
+        assert!(!fresh.contains(&obj(13).0).unwrap());
+        assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 1);
+        assert!(crate::session::live_sessions(&repo).unwrap().is_empty());
+    }
 }

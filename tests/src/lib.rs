@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod garage;
+pub mod node;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

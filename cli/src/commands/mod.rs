@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use puce_core::{ErrorKind, InitOptions, OpenOptions, Repo};
 
-use crate::args::{Cli, Command, RepairCommand};
+use crate::args::{Cli, Command, NodeCommand, RepairCommand};
 
 mod check;
 mod diff;
@@ -15,12 +15,14 @@ mod gc;
 mod init;
 mod ls;
 mod mount;
+mod node;
 mod policy;
 mod repair;
 mod report;
 mod restore;
 mod snapshot;
 mod snapshots;
+mod sync;
 
 /// Global options every command sees.
 pub struct Ctx {
@@ -127,6 +129,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Policy(c) => policy::run(&ctx, c),
         Command::Report(c) => report::run(&ctx, c),
         Command::Mount(a) => mount::run(&ctx, a),
+        Command::Node(NodeCommand::Init(a)) => node::run_init(&ctx, a),
+        Command::Node(NodeCommand::Id(a)) => node::run_id(&ctx, a),
+        Command::Node(NodeCommand::Run(a)) => node::run_daemon(&ctx, a),
+        Command::Node(NodeCommand::Status(a)) => node::run_status(&ctx, a),
+        Command::Sync(a) => sync::run(&ctx, a),
     }
 }
 

@@ -1,0 +1,307 @@
+//! `puce node init|id|run|status`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use puce_node::config::{CONFIG_FILE, NodeConfig, check_node_name, initial_config};
+use puce_node::identity::{CERT_FILE, Identity, KEY_FILE};
+use puce_node::state::{NodeState, running_daemon};
+use serde_json::json;
+
+use super::Ctx;
+use crate::args::{NodeDirArg, NodeInitArgs};
+use crate::output;
+
+/// The node directory: `--node-dir`, `PUCE_NODE_DIR`, or `REPO/node`.
+pub fn node_dir(ctx: &Ctx, a: &NodeDirArg) -> Result<PathBuf> {
+    match &a.node_dir {
+        Some(d) => Ok(d.clone()),
+        None => Ok(ctx.repo_path()?.0.join("node")),
+    }
+}
+
+/// The node error as an anyhow error (messages already say what to do).
+pub fn node_err(e: puce_node::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+pub fn run_init(ctx: &Ctx, a: NodeInitArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let dir = node_dir(ctx, &a.dir)?;
+    let name = match a.name {
+        Some(n) => n,
+        None => {
+            let h = gethostname_lossy();
+            let n: String = h
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(64)
+                .collect();
+            if n.is_empty() { "node".into() } else { n }
+        }
+    };
+    check_node_name(&name).map_err(node_err)?;
+    a.listen
+        .parse::<std::net::SocketAddr>()
+        .with_context(|| format!("--listen {}: write IP:PORT, e.g. 0.0.0.0:7878", a.listen))?;
+    if dir.join(KEY_FILE).exists() {
+        bail!(
+            "this node already has an identity in {} (id: {}): to start over, move that \
+             directory away",
+            dir.display(),
+            Identity::load(&dir)
+                .map(|i| i.id().to_string())
+                .unwrap_or_else(|e| format!("unreadable: {e}"))
+        );
+    }
+    let id = Identity::generate().map_err(node_err)?;
+    id.save(&dir).map_err(node_err)?;
+    let cfg = dir.join(CONFIG_FILE);
+    let wrote_config = !cfg.exists();
+    if wrote_config {
+        puce_core::fsutil::write_atomic(&cfg, &dir, initial_config(&name, &a.listen).as_bytes())?;
+    }
+    let config = NodeConfig::load(&dir).map_err(node_err)?;
+    if ctx.json {
+        output::json(&json!({
+            "id": id.id().to_string(),
+            "name": config.name,
+            "node_dir": dir,
+            "repository": repo.root(),
+            "config": cfg,
+        }))?;
+    } else if !ctx.quiet {
+        println!("node '{}' created", config.name);
+        println!("  id:          {}", id.id());
+        println!(
+            "  key:         {} (keep it private)",
+            dir.join(KEY_FILE).display()
+        );
+        println!("  certificate: {}", dir.join(CERT_FILE).display());
+        println!(
+            "  config:      {}{}",
+            cfg.display(),
+            if wrote_config { "" } else { " (kept)" }
+        );
+        println!("  repository:  {}", repo.root().display());
+        println!();
+        println!("Next: give the id above to the admins of the peer nodes, add their ids as");
+        println!("[[peer]] sections in node.toml, then run `puce node run` (see docs/guide.md).");
+    }
+    Ok(0)
+}
+
+fn gethostname_lossy() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+pub fn run_id(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
+    let dir = node_dir(ctx, &a)?;
+    let id = Identity::load(&dir).map_err(node_err)?;
+    if ctx.json {
+        let name = NodeConfig::load(&dir).ok().map(|c| c.name);
+        output::json(&json!({ "id": id.id().to_string(), "name": name }))?;
+    } else {
+        println!("{}", id.id());
+    }
+    Ok(0)
+}
+
+pub fn run_daemon(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
+    let repo = ctx.open()?;
+    let dir = node_dir(ctx, &a)?;
+    puce_node::daemon::run(repo, &dir).map_err(node_err)?;
+    Ok(0)
+}
+
+pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
+    let repo = ctx.open()?;
+    let dir = node_dir(ctx, &a)?;
+    let config = NodeConfig::load(&dir).map_err(node_err)?;
+    let id = Identity::load(&dir).map_err(node_err)?;
+    let state = NodeState::load(&dir).map_err(node_err)?;
+    let daemon = running_daemon(&dir);
+    let snaps = repo.snapshots()?;
+    let mut local_by_space: std::collections::BTreeMap<String, HashSet<String>> =
+        Default::default();
+    for s in &snaps {
+        local_by_space
+            .entry(s.snapshot.space.clone())
+            .or_default()
+            .insert(s.id.to_hex());
+    }
+    let mut peers = Vec::new();
+    for p in &config.peers {
+        let st = state
+            .peers
+            .get(&p.id.to_string())
+            .cloned()
+            .unwrap_or_default();
+        // What is pending, as of the last contact: snapshots here the peer did not have (in
+        // spaces it may read), and snapshots it had that are not here (spaces it may write).
+        let mut pending = Vec::new();
+        let mut spaces: Vec<String> = p.spaces.keys().filter(|s| *s != "*").cloned().collect();
+        if p.has_wildcard() {
+            for s in local_by_space.keys().chain(st.spaces.keys()) {
+                if !spaces.contains(s) {
+                    spaces.push(s.clone());
+                }
+            }
+        }
+        spaces.sort();
+        for space in spaces {
+            let acc = p.access(&space);
+            let local = local_by_space.get(&space).cloned().unwrap_or_default();
+            let known = st.spaces.get(&space);
+            let to_push = if acc.pull {
+                match known {
+                    Some(k) => Some(local.iter().filter(|i| !k.contains(*i)).count()),
+                    None => Some(local.len()),
+                }
+            } else {
+                None
+            };
+            let to_pull = if acc.push {
+                known.map(|k| k.iter().filter(|i| !local.contains(*i)).count())
+            } else {
+                None
+            };
+            pending.push(json!({
+                "space": space,
+                "pull": acc.push,
+                "push": acc.pull,
+                "to_send": to_push,
+                "to_receive": to_pull,
+                "known": known.is_some(),
+            }));
+        }
+        peers.push(json!({
+            "name": p.name,
+            "id": p.id.to_string(),
+            "address": p.address,
+            "last_attempt": st.last_attempt_ns.map(output::time_utc),
+            "last_success": st.last_success_ns.map(output::time_utc),
+            "failures": st.failures,
+            "last_error": st.last_error,
+            "next_sync": st.next_due_ns.map(output::time_utc),
+            "spaces": pending,
+            "last_report": st.last_report,
+        }));
+    }
+    if ctx.json {
+        output::json(&json!({
+            "name": config.name,
+            "id": id.id().to_string(),
+            "listen": config.listen.to_string(),
+            "daemon": daemon.as_ref().map(|d| json!({"pid": d.pid, "listen": d.listen, "since": output::time_utc(d.started_ns)})),
+            "peers": peers,
+        }))?;
+        return Ok(0);
+    }
+    println!("node '{}'  {}", config.name, id.id());
+    match &daemon {
+        Some(d) => println!(
+            "daemon: running (pid {}, listening on {}, since {})",
+            d.pid,
+            d.listen,
+            output::time(d.started_ns)
+        ),
+        None => println!("daemon: not running (start it with `puce node run`)"),
+    }
+    if config.peers.is_empty() {
+        println!(
+            "no peers: add [[peer]] sections to {}",
+            dir.join(CONFIG_FILE).display()
+        );
+        return Ok(0);
+    }
+    let mut t = output::table(
+        &[
+            "PEER",
+            "ADDRESS",
+            "LAST SUCCESS",
+            "LAST ATTEMPT",
+            "NEXT",
+            "STATUS",
+        ],
+        &[],
+    );
+    for (p, v) in config.peers.iter().zip(&peers) {
+        let st = state
+            .peers
+            .get(&p.id.to_string())
+            .cloned()
+            .unwrap_or_default();
+        let status = match (&st.last_error, st.last_attempt_ns) {
+            (_, None) => "never synced".to_string(),
+            (None, Some(_)) => "ok".to_string(),
+            (Some(_), Some(_)) => format!("failing ({} in a row)", st.failures),
+        };
+        let _ = v;
+        t.add_row(vec![
+            p.name.clone(),
+            p.address.clone().unwrap_or_else(|| "(calls us)".into()),
+            st.last_success_ns
+                .map(output::time)
+                .unwrap_or_else(|| "-".into()),
+            st.last_attempt_ns
+                .map(output::time)
+                .unwrap_or_else(|| "-".into()),
+            st.next_due_ns
+                .filter(|_| daemon.is_some())
+                .map(output::time)
+                .unwrap_or_else(|| "-".into()),
+            status,
+        ]);
+    }
+    output::print_table(&t);
+    println!();
+    let mut t = output::table(
+        &["PEER", "SPACE", "ACCESS", "TO SEND", "TO RECEIVE"],
+        &[3, 4],
+    );
+    for v in &peers {
+        let name = v["name"].as_str().unwrap_or_default();
+        if let Some(spaces) = v["spaces"].as_array() {
+            for s in spaces {
+                let access = match (s["pull"].as_bool(), s["push"].as_bool()) {
+                    (Some(true), Some(true)) => "both ways",
+                    (Some(true), _) => "receive",
+                    (_, Some(true)) => "send",
+                    _ => "-",
+                };
+                let n = |k: &str| match s[k].as_u64() {
+                    Some(n) => format!("{n} snapshots"),
+                    None if s[k].is_null() && (k == "to_receive") && s["pull"] == true => {
+                        "unknown".into()
+                    }
+                    None => "-".into(),
+                };
+                t.add_row(vec![
+                    name.to_string(),
+                    s["space"].as_str().unwrap_or_default().to_string(),
+                    access.to_string(),
+                    n("to_send"),
+                    n("to_receive"),
+                ]);
+            }
+        }
+    }
+    output::print_table(&t);
+    for p in &config.peers {
+        if let Some(st) = state.peers.get(&p.id.to_string())
+            && let Some(e) = &st.last_error
+        {
+            println!("\nlast error with '{}': {e}", p.name);
+        }
+    }
+    println!("\n(\"to send\" and \"to receive\" are as of the last contact with each peer.)");
+    Ok(0)
+}

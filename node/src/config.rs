@@ -1,0 +1,602 @@
+//! The node configuration file, `node.toml` in the node directory (`REPO/node/` by default).
+//! [`initial_config`] writes the annotated example that `docs/guide.md` shows.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::NodeId;
+use crate::scheduler::{Retry, Window, parse_duration};
+
+/// File name of the configuration in the node directory.
+pub const CONFIG_FILE: &str = "node.toml";
+/// Default UDP port.
+pub const DEFAULT_PORT: u16 = 7878;
+
+/// What a peer may do with one space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The peer may read the space from this node (data flows from here to the peer).
+    pub pull: bool,
+    /// The peer may write the space into this node (data flows from the peer to here).
+    pub push: bool,
+}
+
+/// A configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Name, for people and logs.
+    pub name: String,
+    /// Its pinned key.
+    pub id: NodeId,
+    /// Where to reach it (`host:port`); none for a peer that only connects to us.
+    pub address: Option<String>,
+    /// Per space, what it may do; the space `*` stands for every space not named.
+    pub spaces: BTreeMap<String, Access>,
+}
+
+impl Peer {
+    /// What this peer may do with `space`.
+    pub fn access(&self, space: &str) -> Access {
+        self.spaces
+            .get(space)
+            .or_else(|| self.spaces.get("*"))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Whether a space is named explicitly (not only through `*`).
+    pub fn names_space(&self, space: &str) -> bool {
+        self.spaces.contains_key(space)
+    }
+
+    /// Whether the peer has `*`.
+    pub fn has_wildcard(&self) -> bool {
+        self.spaces.contains_key("*")
+    }
+}
+
+/// The node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's name (shown to peers, used in conflict copies).
+    pub name: String,
+    /// Where the daemon listens.
+    pub listen: SocketAddr,
+    /// When scheduled syncs may start (local time); empty: any time.
+    pub windows: Vec<Window>,
+    /// Time between two successful scheduled syncs with a peer (see
+    /// [`crate::scheduler::next_due`]).
+    pub interval: Option<Duration>,
+    /// Cap on sync traffic, bytes per second per direction, all peers together.
+    pub bandwidth: Option<u64>,
+    /// Retry settings.
+    pub retry: Retry,
+    /// Object requests in flight at once per transfer.
+    pub streams: usize,
+    /// Received data is made durable at least every this many bytes, so that a cut transfer
+    /// resends at most about this much.
+    pub checkpoint: u64,
+    /// The peers.
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: RawNode,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    transfer: RawTransfer,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    #[serde(default)]
+    windows: Vec<String>,
+    interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    bandwidth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<String>,
+    max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransfer {
+    streams: Option<usize>,
+    checkpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    id: String,
+    address: Option<String>,
+    #[serde(default)]
+    spaces: BTreeMap<String, Vec<String>>,
+}
+
+/// Check a node name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (it ends up in file
+/// names of conflict copies).
+pub fn check_node_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "invalid node name {name:?}: use 1 to 64 ASCII letters, digits, '.', '_' or '-'"
+            ),
+        ))
+    }
+}
+
+/// Parse a byte size such as `10 MiB`, `500 kB` or `0` (none).
+pub fn parse_size(s: &str) -> Result<u64> {
+    bytesize::ByteSize::from_str(s.trim())
+        .map(|b| b.as_u64())
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                format!("bad size '{s}': write e.g. \"10 MiB\", \"500 KiB\" or \"0\""),
+            )
+        })
+}
+
+impl NodeConfig {
+    /// Read and check `node.toml` in `dir`.
+    pub fn load(dir: &Path) -> Result<NodeConfig> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                ": set this node up with `puce node init`"
+            } else {
+                ""
+            };
+            Error::new(
+                ErrorKind::Config,
+                format!("cannot read {}{hint}", path.display()),
+            )
+            .with_source(e)
+        })?;
+        NodeConfig::parse(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parse and check the text of a `node.toml`.
+    pub fn parse(text: &str) -> Result<NodeConfig> {
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| Error::new(ErrorKind::Config, format!("invalid configuration: {e}")))?;
+        check_node_name(&raw.node.name)?;
+        let listen = match &raw.node.listen {
+            None => SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            Some(s) => s.parse().map_err(|_| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "[node] listen = {s:?} is not an address: write IP:PORT, e.g. \
+                         \"0.0.0.0:{DEFAULT_PORT}\" or \"[::]:{DEFAULT_PORT}\""
+                    ),
+                )
+            })?,
+        };
+        let windows = raw
+            .schedule
+            .windows
+            .iter()
+            .map(|w| Window::parse(w))
+            .collect::<Result<Vec<_>>>()?;
+        let interval = raw
+            .schedule
+            .interval
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?;
+        if interval.is_some_and(|i| i.is_zero()) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "[schedule] interval must not be 0",
+            ));
+        }
+        let bandwidth = match raw
+            .limits
+            .bandwidth
+            .as_deref()
+            .map(parse_size)
+            .transpose()?
+        {
+            Some(0) | None => None,
+            Some(b) if b < 16 * 1024 => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("[limits] bandwidth of {b} bytes/s is too small: use at least 16 KiB"),
+                ));
+            }
+            Some(b) => Some(b),
+        };
+        let mut retry = Retry::default();
+        if let Some(s) = &raw.retry.initial {
+            retry.initial = parse_duration(s)?;
+        }
+        if let Some(s) = &raw.retry.max {
+            retry.max = parse_duration(s)?;
+        }
+        if retry.initial.is_zero() || retry.max < retry.initial {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "[retry] needs 0 < initial <= max",
+            ));
+        }
+        let streams = raw.transfer.streams.unwrap_or(4);
+        if !(1..=64).contains(&streams) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "[transfer] streams must be between 1 and 64",
+            ));
+        }
+        let checkpoint = match &raw.transfer.checkpoint {
+            Some(s) => parse_size(s)?,
+            None => 16 << 20,
+        };
+        if !(1 << 20..=1 << 30).contains(&checkpoint) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "[transfer] checkpoint must be between 1 MiB and 1 GiB",
+            ));
+        }
+        let mut peers = Vec::new();
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        for p in raw.peers {
+            let what = format!("[[peer]] {:?}", p.name);
+            check_node_name(&p.name).map_err(|e| e.context(&what))?;
+            let id: NodeId = p.id.parse().map_err(|e: Error| e.context(&what))?;
+            if !names.insert(p.name.clone()) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("two peers are named {:?}", p.name),
+                ));
+            }
+            if !ids.insert(id) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("{what}: another peer has the same id"),
+                ));
+            }
+            if let Some(a) = &p.address
+                && a.rsplit_once(':')
+                    .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{what}: address {a:?} must be HOST:PORT, e.g. \"grenoble.example.org:{DEFAULT_PORT}\""
+                    ),
+                ));
+            }
+            let mut spaces = BTreeMap::new();
+            for (space, caps) in p.spaces {
+                if space != "*" {
+                    puce_core::format::snapshot::check_space_name(&space)
+                        .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: {e}")))?;
+                }
+                let mut a = Access::default();
+                for c in caps {
+                    match c.as_str() {
+                        "pull" => a.pull = true,
+                        "push" => a.push = true,
+                        other => {
+                            return Err(Error::new(
+                                ErrorKind::Config,
+                                format!(
+                                    "{what}: space {space:?}: unknown permission {other:?} (use \"pull\" and/or \"push\")"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                spaces.insert(space, a);
+            }
+            peers.push(Peer {
+                name: p.name,
+                id,
+                address: p.address,
+                spaces,
+            });
+        }
+        Ok(NodeConfig {
+            name: raw.node.name,
+            listen,
+            windows,
+            interval,
+            bandwidth,
+            retry,
+            streams,
+            checkpoint,
+            peers,
+        })
+    }
+
+    /// The peer with this id.
+    pub fn peer_by_id(&self, id: &NodeId) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.id == *id)
+    }
+
+    /// The peer named `name`, or whose id is `name`.
+    pub fn find_peer(&self, name: &str) -> Result<&Peer> {
+        if let Some(p) = self.peers.iter().find(|p| p.name == name) {
+            return Ok(p);
+        }
+        if let Ok(id) = name.parse::<NodeId>()
+            && let Some(p) = self.peer_by_id(&id)
+        {
+            return Ok(p);
+        }
+        let known: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no peer {name:?} in node.toml (peers: {}): add a [[peer]] section",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ))
+    }
+}
+
+/// The annotated `node.toml` written by `puce node init`.
+pub fn initial_config(name: &str, listen: &str) -> String {
+    EXAMPLE
+        .replace("name = \"lyon\"", &format!("name = {name:?}"))
+        .replace("listen = \"0.0.0.0:7878\"", &format!("listen = {listen:?}"))
+}
+
+/// The annotated example configuration (also in `docs/guide.md`).
+pub const EXAMPLE: &str = r#"# puce node configuration (see docs/guide.md, "Nodes").
+# Durations: "30s", "15m", "2h", "1d". Sizes: "500 KiB", "10 MiB".
+
+[node]
+# This node's name: shown to peers, in logs, and in conflict copies
+# (report.conflict-<name>-<date>.odt). Letters, digits, '.', '_', '-'.
+name = "lyon"
+# UDP address the daemon (`puce node run`) listens on for QUIC connections.
+listen = "0.0.0.0:7878"
+
+[schedule]
+# When scheduled syncs may start, in local time. A window may cross midnight
+# ("22:00-02:00"). No window: any time.
+windows = ["01:00-05:00"]
+# Time between two successful syncs with a peer. Without it: once per window
+# (or every hour when no window is set).
+# interval = "6h"
+
+[limits]
+# Cap on sync traffic, per second and per direction, all peers together.
+# "0" or absent: no cap.
+bandwidth = "0"
+
+[retry]
+# After a failed sync, wait `initial`, then twice as long after each further
+# failure, up to `max`; retries happen only inside a window.
+initial = "30s"
+max = "30m"
+
+[transfer]
+# Object requests in flight at once (QUIC streams).
+streams = 4
+# Received data is made durable at least this often, so that an interrupted
+# sync resends at most about this much when it resumes.
+checkpoint = "16 MiB"
+
+# One [[peer]] section per node this one talks to. A connection from a key that
+# is not listed here is refused.
+#
+# [[peer]]
+# name = "grenoble"
+# # The id printed by `puce node id` on that node.
+# id = "XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX"
+# # Where to reach it; leave out for a node that only connects to this one.
+# address = "grenoble.example.org:7878"
+# # What that peer may do, per space:
+# #   "pull": it may read the space from this node (data flows to it);
+# #   "push": it may write the space into this node (data flows from it).
+# # "*" stands for every space not named. Unlisted spaces are not shared.
+# spaces = { documents = ["pull", "push"], compta = ["pull"] }
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_text() -> String {
+        NodeId([9u8; 32]).to_string()
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let c = NodeConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(c.name, "lyon");
+        assert_eq!(c.windows, vec![Window::parse("01:00-05:00").unwrap()]);
+        assert_eq!(c.bandwidth, None);
+        assert_eq!(c.streams, 4);
+        assert!(c.peers.is_empty());
+        // The example's peer section, uncommented, parses too.
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| {
+                let l = l.strip_prefix("# ").filter(|r| {
+                    r.starts_with("[[peer]]")
+                        || r.starts_with("name")
+                        || r.starts_with("id")
+                        || r.starts_with("address")
+                        || r.starts_with("spaces")
+                });
+                l.map(str::to_string)
+            })
+            .map(|l| l.unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace(
+                "XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX",
+                &id_text(),
+            );
+        let text = format!(
+            "[node]\nname = \"x\"\n{}",
+            uncommented.replace("name = \"lyon\"", "")
+        );
+        let c = NodeConfig::parse(&text).unwrap();
+        let p = &c.peers[0];
+        assert_eq!(p.name, "grenoble");
+        assert_eq!(
+            p.access("documents"),
+            Access {
+                pull: true,
+                push: true
+            }
+        );
+        assert_eq!(
+            p.access("compta"),
+            Access {
+                pull: true,
+                push: false
+            }
+        );
+        assert_eq!(p.access("other"), Access::default());
+    }
+
+    /// The guide shows the example as it is.
+    #[test]
+    fn the_guide_shows_the_example() {
+        let guide = include_str!("../../docs/guide.md");
+        assert!(
+            guide.contains(EXAMPLE.trim_end()),
+            "docs/guide.md lacks config::EXAMPLE"
+        );
+    }
+
+    #[test]
+    fn initial_config_fills_name_and_listen() {
+        let c = NodeConfig::parse(&initial_config("grenoble", "127.0.0.1:9000")).unwrap();
+        assert_eq!(c.name, "grenoble");
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn wildcard_and_errors() {
+        let ok = format!(
+            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\n",
+            id_text()
+        );
+        let c = NodeConfig::parse(&ok).unwrap();
+        assert_eq!(c.bandwidth, Some(2 << 20));
+        assert_eq!(
+            c.peers[0].access("x"),
+            Access {
+                pull: true,
+                push: false
+            }
+        );
+        assert_eq!(
+            c.peers[0].access("docs"),
+            Access {
+                pull: false,
+                push: true
+            }
+        );
+        assert_eq!(c.find_peer("b").unwrap().name, "b");
+        assert_eq!(c.find_peer(&id_text()).unwrap().name, "b");
+        assert!(
+            c.find_peer("zz")
+                .unwrap_err()
+                .to_string()
+                .contains("no peer")
+        );
+
+        let cases = [
+            ("[node]\nname = \"a b\"\n", "invalid node name"),
+            (
+                "[node]\nname = \"a\"\nlisten = \"nowhere\"\n",
+                "not an address",
+            ),
+            (
+                "[node]\nname = \"a\"\n[schedule]\nwindows = [\"1-2\"]\n",
+                "bad time window",
+            ),
+            (
+                "[node]\nname = \"a\"\n[limits]\nbandwidth = \"lots\"\n",
+                "bad size",
+            ),
+            ("[node]\nname = \"a\"\nfoo = 1\n", "unknown field"),
+            (
+                "[node]\nname = \"a\"\n[[peer]]\nname = \"b\"\nid = \"nope\"\n",
+                "not a node id",
+            ),
+            (
+                "[node]\nname = \"a\"\n[retry]\ninitial = \"1h\"\nmax = \"1m\"\n",
+                "initial <= max",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = NodeConfig::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let bad_perm = format!(
+            "[node]\nname = \"a\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ docs = [\"read\"] }}\n",
+            id_text()
+        );
+        assert!(
+            NodeConfig::parse(&bad_perm)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown permission")
+        );
+        let dup = format!(
+            "[node]\nname = \"a\"\n[[peer]]\nname = \"b\"\nid = \"{0}\"\n[[peer]]\nname = \"c\"\nid = \"{0}\"\n",
+            id_text()
+        );
+        assert!(
+            NodeConfig::parse(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("same id")
+        );
+    }
+}

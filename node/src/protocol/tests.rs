@@ -1,0 +1,308 @@
+//! Golden encodings of every message (annotated hexdumps), framing limits, hostile input.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use puce_core::Hash;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sid(b: u8) -> SnapshotId {
+    SnapshotId(Hash([b; 32]))
+}
+
+fn oid(b: u8) -> ObjectId {
+    ObjectId(Hash([b; 32]))
+}
+
+const CHUNKING: Chunking = Chunking {
+    min: 65536,
+    avg: 262144,
+    max: 1048576,
+};
+
+/// Check `m` encodes to the annotated `parts` and decodes back.
+fn golden(m: Message, parts: &[&str]) {
+    let want: String = parts.concat().split_whitespace().collect();
+    let got = encode(&m).unwrap();
+    assert_eq!(hex(&got), want, "{}", m.name());
+    let kind = MessageType::from_u8(got[4]).unwrap();
+    assert_eq!(decode(kind, &got[5..]).unwrap(), m);
+}
+
+#[test]
+fn golden_hello_welcome_error() {
+    golden(
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            node: "lyon".into(),
+            software: "puce 0.1.0".into(),
+            chunking: CHUNKING,
+        }),
+        &[
+            "1b000000",                  // body length 27
+            "01",                        // type Hello
+            "01",                        // min_version 1 (varint)
+            "01",                        // max_version 1
+            "04 6c796f6e",               // node "lyon"
+            "0a 70756365 20 302e312e30", // software "puce 0.1.0"
+            "808004 808010 808040",      // chunking 64 KiB, 256 KiB, 1 MiB (varints)
+        ],
+    );
+    golden(
+        Message::Welcome(Welcome {
+            version: 1,
+            node: "grenoble".into(),
+            software: "puce 0.1.0".into(),
+            chunking: CHUNKING,
+        }),
+        &[
+            "1e000000",                 // body length 30
+            "02",                       // type Welcome
+            "01",                       // version 1
+            "08 6772656e6f626c65",      // node "grenoble"
+            "0a 707563652030 2e312e30", // software
+            "808004 808010 808040",     // chunking
+        ],
+    );
+    golden(
+        Message::error(Code::NotAllowed, "no"),
+        &[
+            "04000000", // body length 4
+            "03",       // type Error
+            "04",       // code 4 = NotAllowed
+            "02 6e6f",  // message "no"
+        ],
+    );
+}
+
+#[test]
+fn golden_spaces_and_snapshots() {
+    golden(
+        Message::ListSpaces(ListSpaces {
+            spaces: vec!["docs".into()],
+        }),
+        &[
+            "06000000",    // body length 6
+            "10",          // type ListSpaces
+            "01",          // 1 space
+            "04 646f6373", // "docs"
+        ],
+    );
+    golden(
+        Message::SpaceList(SpaceList {
+            spaces: vec![SpaceState {
+                name: "docs".into(),
+                heads: vec![sid(0x11)],
+                snapshots: vec![sid(0x10), sid(0x11)],
+            }],
+        }),
+        &[
+            "68000000",    // body length 104
+            "11",          // type SpaceList
+            "01",          // 1 space
+            "04 646f6373", // name "docs"
+            "01",          // 1 head
+            &"11".repeat(32),
+            "02", // 2 snapshots
+            &"10".repeat(32),
+            &"11".repeat(32),
+        ],
+    );
+    golden(
+        Message::GetSnapshots(GetSnapshots {
+            ids: vec![sid(0x11)],
+        }),
+        &[
+            "21000000", // body length 33
+            "12",       // type GetSnapshots
+            "01",       // 1 id
+            &"11".repeat(32),
+        ],
+    );
+    golden(
+        Message::Snapshot(SnapshotRecord {
+            id: sid(0x11),
+            bytes: vec![0xaa, 0xbb],
+        }),
+        &[
+            "23000000",       // body length 35
+            "13",             // type Snapshot
+            &"11".repeat(32), // id
+            "02 aabb",        // the record file's bytes
+        ],
+    );
+}
+
+#[test]
+fn golden_objects_push_end() {
+    golden(
+        Message::GetObjects(GetObjects {
+            ids: vec![oid(0x22)],
+        }),
+        &[
+            "21000000", // body length 33
+            "14",       // type GetObjects
+            "01",       // 1 id
+            &"22".repeat(32),
+        ],
+    );
+    golden(
+        Message::Object(Object {
+            id: oid(0x22),
+            kind: 0,
+            flags: 1,
+            raw_len: 300,
+            data: b"abc".to_vec(),
+        }),
+        &[
+            "28000000",       // body length 40
+            "15",             // type Object
+            &"22".repeat(32), // id
+            "00",             // kind: data
+            "01",             // flags: zstd
+            "ac02",           // raw_len 300 (varint)
+            "03 616263",      // stored bytes
+        ],
+    );
+    golden(
+        Message::End(End { count: 3 }),
+        &[
+            "01000000", // body length 1
+            "16",       // type End
+            "03",       // 3 frames before
+        ],
+    );
+    golden(
+        Message::Push(Push {
+            space: "docs".into(),
+        }),
+        &[
+            "05000000",    // body length 5
+            "17",          // type Push
+            "04 646f6373", // space "docs"
+        ],
+    );
+    golden(
+        Message::PushDone(PushDone {
+            snapshots: 2,
+            objects: 300,
+            bytes: 70000,
+            raw_bytes: 100000,
+            logical_bytes: 1 << 20,
+            merges: 1,
+            conflicts: 0,
+        }),
+        &[
+            "0e000000", // body length 14
+            "18",       // type PushDone
+            "02",       // snapshots 2
+            "ac02",     // objects 300
+            "f0a204",   // bytes 70000
+            "a08d06",   // raw_bytes 100000
+            "808040",   // logical_bytes 1 MiB
+            "01",       // merges 1
+            "00",       // conflicts 0
+        ],
+    );
+}
+
+#[test]
+fn codes_round_trip() {
+    for v in 0..=11u16 {
+        assert_eq!(Code::from_u16(v).unwrap() as u16, v);
+    }
+    assert_eq!(Code::from_u16(12), None);
+}
+
+async fn read_bytes(b: &[u8]) -> Result<Option<Message>> {
+    let mut r = b;
+    read(&mut r).await
+}
+
+#[tokio::test]
+async fn framing_limits_and_hostile_input() {
+    // A clean end before any frame.
+    assert!(read_bytes(&[]).await.unwrap().is_none());
+    // Round trip through read/write.
+    let m = Message::End(End { count: 7 });
+    let mut buf = Vec::new();
+    write(&mut buf, &m).await.unwrap();
+    assert_eq!(read_bytes(&buf).await.unwrap(), Some(m));
+    // A frame declaring more than its type allows is refused before its body is read.
+    let mut huge = (MessageType::Hello.max_len() + 1).to_le_bytes().to_vec();
+    huge.push(MessageType::Hello as u8);
+    let e = read_bytes(&huge).await.unwrap_err();
+    assert!(is_too_large(&e), "{e}");
+    let mut huge = u32::MAX.to_le_bytes().to_vec();
+    huge.push(MessageType::Object as u8);
+    assert!(is_too_large(&read_bytes(&huge).await.unwrap_err()));
+    // Unknown type, truncated header, truncated body, trailing bytes, garbage.
+    let e = read_bytes(&[1, 0, 0, 0, 0x7f, 0]).await.unwrap_err();
+    assert!(e.message().contains("unknown message type"), "{e}");
+    assert!(read_bytes(&[1, 0]).await.is_err());
+    assert!(read_bytes(&[5, 0, 0, 0, 0x16, 1]).await.is_err());
+    assert!(read_bytes(&[2, 0, 0, 0, 0x16, 1, 1]).await.is_err());
+    for len in 0..40u8 {
+        let mut f = vec![len, 0, 0, 0, 0x15];
+        f.extend((0..len).map(|i| i.wrapping_mul(37)));
+        let _ = read_bytes(&f).await; // an error, never a panic
+    }
+    // A declared vector length far beyond the body does not allocate it.
+    let f = [6u8, 0, 0, 0, 0x14, 0xff, 0xff, 0xff, 0xff, 0x0f, 0];
+    assert!(read_bytes(&f).await.is_err());
+}
+
+proptest::proptest! {
+    #[test]
+    fn object_round_trip(id in proptest::array::uniform32(0u8..), kind in 0u8..2, flags in 0u8..2,
+                         raw_len: u32, data in proptest::collection::vec(0u8.., 0..2000)) {
+        let m = Message::Object(Object { id: ObjectId(Hash(id)), kind, flags, raw_len, data });
+        let f = encode(&m).unwrap();
+        let k = MessageType::from_u8(f[4]).unwrap();
+        proptest::prop_assert_eq!(decode(k, &f[5..]).unwrap(), m);
+    }
+}
+
+proptest::proptest! {
+    /// The zero-copy paths (sending an Object as head + data, reading its data in place) agree
+    /// with the plain encoding, for every size of the varints.
+    #[test]
+    fn object_fast_paths_match_the_encoding(raw_len: u32, len in 0usize..70_000, k in 0u8..2) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let o = Object { id: oid(9), kind: k, flags: 1, raw_len, data };
+        let whole = encode(&Message::Object(o.clone())).unwrap();
+        let mut split = object_frame_head(&o).unwrap();
+        split.extend_from_slice(&o.data);
+        proptest::prop_assert_eq!(&split, &whole);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let back = rt.block_on(read_bytes(&whole)).unwrap();
+        proptest::prop_assert_eq!(back, Some(Message::Object(o)));
+    }
+}
+
+#[tokio::test]
+async fn malformed_object_frames_are_refused() {
+    // Declared data length larger than the frame.
+    let o = Object {
+        id: oid(1),
+        kind: 0,
+        flags: 0,
+        raw_len: 3,
+        data: b"abc".to_vec(),
+    };
+    let mut f = encode(&Message::Object(o)).unwrap();
+    let at = 5 + 32 + 2 + 1; // the data length varint
+    f[at] = 9;
+    assert!(read_bytes(&f).await.is_err());
+    // Truncated fields.
+    let f = [3u8, 0, 0, 0, 0x15, 1, 2, 3];
+    assert!(read_bytes(&f).await.is_err());
+    // A varint that never ends.
+    let mut f = vec![50u8, 0, 0, 0, 0x15];
+    f.extend([0u8; 34]);
+    f.extend([0xffu8; 16]);
+    assert!(read_bytes(&f).await.is_err());
+}

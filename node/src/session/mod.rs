@@ -1,0 +1,386 @@
+//! A sync session on one QUIC connection.
+//!
+//! After the TLS handshake (keys pinned both ways), the connecting node opens the first stream
+//! with `Hello`; the other answers `Welcome` (same chunking parameters, a common revision) or
+//! refuses. From then on the connection is symmetric: each side may open request streams and
+//! serves the other's requests ([`serve`]), within what `node.toml` lets the other read.
+//! A *pull* ([`pull::pull`]) is driven by the node that receives data; a *push* is a request
+//! that the other node pull over the same connection.
+//!
+//! Misbehaviour (malformed or oversized frames, unexpected messages, objects that do not match
+//! their ids, floods of requests) closes the connection with a code and a reason, logged on
+//! this side and reported on the other.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use puce_core::progress::Progress;
+use puce_core::{ObjectId, Repo};
+use quinn::{RecvStream, SendStream};
+
+use crate::auth::Permissions;
+use crate::bandwidth::Limiter;
+use crate::config::NodeConfig;
+use crate::error::{Error, ErrorKind, Result, connection_error};
+use crate::identity::Identity;
+use crate::protocol::{self, Chunking, Code, Hello, Message, Welcome};
+
+pub mod pull;
+mod serve;
+
+pub use serve::serve;
+
+/// A test-only fault a node can be told to commit (debug builds only, environment variable
+/// `PUCE_TEST_FAULT`), so that end-to-end tests can check how the other node reacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Flip a byte of every file-data object served.
+    CorruptData,
+    /// Answer every `GetObjects` with a frame declaring more than the protocol allows.
+    Oversized,
+}
+
+impl Fault {
+    /// The fault asked for by `PUCE_TEST_FAULT`, in debug builds; always `None` in release
+    /// builds.
+    pub fn from_env() -> Option<Fault> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        match std::env::var("PUCE_TEST_FAULT").ok().as_deref() {
+            Some("corrupt-data") => Some(Fault::CorruptData),
+            Some("oversized") => Some(Fault::Oversized),
+            _ => None,
+        }
+    }
+}
+
+/// What every session of a node shares.
+pub struct NodeCtx {
+    /// The repository.
+    pub repo: Arc<Repo>,
+    /// `node.toml`.
+    pub config: NodeConfig,
+    /// Directory of the node's files (state).
+    pub dir: std::path::PathBuf,
+    /// Key and certificate.
+    pub identity: Identity,
+    /// Cap on bytes sent.
+    pub send_limit: Limiter,
+    /// Cap on bytes received.
+    pub recv_limit: Limiter,
+    /// Test fault, if any.
+    pub fault: Option<Fault>,
+    space_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl NodeCtx {
+    /// Shared context for the sessions of a node.
+    pub fn new(
+        repo: Arc<Repo>,
+        config: NodeConfig,
+        dir: std::path::PathBuf,
+        identity: Identity,
+    ) -> NodeCtx {
+        let bw = config.bandwidth;
+        NodeCtx {
+            repo,
+            config,
+            dir,
+            identity,
+            send_limit: Limiter::new(bw),
+            recv_limit: Limiter::new(bw),
+            fault: Fault::from_env(),
+            space_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The chunking parameters of the repository.
+    pub fn chunking(&self) -> Chunking {
+        let c = self.repo.config().chunker;
+        Chunking {
+            min: c.min_size,
+            avg: c.avg_size,
+            max: c.max_size,
+        }
+    }
+
+    /// The lock serialising pulls into `space` within this process.
+    pub(crate) fn space_lock(&self, space: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.space_locks.lock() {
+            Ok(mut m) => m.entry(space.to_string()).or_default().clone(),
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+/// The software name sent in `Hello`/`Welcome`.
+pub fn software() -> String {
+    format!("puce {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Counters of one connection.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Objects sent.
+    pub sent_objects: AtomicU64,
+    /// Their stored bytes.
+    pub sent_bytes: AtomicU64,
+    /// Requests made.
+    pub requests: AtomicU64,
+    /// Request waves that waited for an answer.
+    pub round_trips: AtomicU64,
+}
+
+/// A request budget: a burst, refilled at a steady rate; exceeding it is a flood.
+#[derive(Debug)]
+struct RequestBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Requests a peer may make in a burst.
+pub const REQUEST_BURST: f64 = 512.0;
+/// Requests per second it may sustain.
+pub const REQUEST_RATE: f64 = 200.0;
+
+/// One connection to a peer.
+pub struct Conn {
+    /// The node.
+    pub ctx: Arc<NodeCtx>,
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// Who is on the other side and what it may do.
+    pub peer: Permissions,
+    /// "peer 'grenoble' (192.0.2.7:7878)", for messages.
+    pub label: String,
+    /// The other side's node name (from `Hello`/`Welcome`).
+    pub remote_name: Mutex<String>,
+    /// Objects this peer may fetch: those reachable from snapshots sent to it in this
+    /// connection.
+    served: Mutex<HashSet<ObjectId>>,
+    negotiated: tokio::sync::watch::Sender<bool>,
+    pulling: AtomicBool,
+    budget: Mutex<RequestBudget>,
+    /// Counters.
+    pub counters: Counters,
+    /// Progress of what this connection sends and receives.
+    pub progress: Arc<dyn Progress>,
+}
+
+impl Conn {
+    /// A connection with `peer`, authenticated by TLS.
+    pub fn new(
+        ctx: Arc<NodeCtx>,
+        conn: quinn::Connection,
+        peer: Permissions,
+        progress: Arc<dyn Progress>,
+    ) -> Arc<Conn> {
+        let label = format!("peer '{}' ({})", peer.name, conn.remote_address());
+        Arc::new(Conn {
+            ctx,
+            conn,
+            label,
+            remote_name: Mutex::new(peer.name.clone()),
+            peer,
+            served: Mutex::new(HashSet::new()),
+            negotiated: tokio::sync::watch::Sender::new(false),
+            pulling: AtomicBool::new(false),
+            budget: Mutex::new(RequestBudget {
+                tokens: REQUEST_BURST,
+                last: Instant::now(),
+            }),
+            counters: Counters::default(),
+            progress,
+        })
+    }
+
+    /// Close the connection because the peer misbehaved: log it here, tell the peer why.
+    pub fn cut_off(&self, code: Code, why: &str) {
+        tracing::warn!("cut off {}: {why}", self.label);
+        let mut reason = why.as_bytes().to_vec();
+        reason.truncate(900);
+        self.conn.close(code.varint(), &reason);
+    }
+
+    /// If the connection is closed, the error that closed it; else `e`.
+    pub fn explain(&self, e: Error) -> Error {
+        match self.conn.close_reason() {
+            Some(quinn::ConnectionError::LocallyClosed) | None => e,
+            Some(reason) => connection_error(&self.label, &reason),
+        }
+    }
+
+    /// Take one request from the budget; false when the peer floods.
+    fn spend_request(&self) -> bool {
+        let Ok(mut b) = self.budget.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let dt = now.duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + dt * REQUEST_RATE).min(REQUEST_BURST);
+        b.last = now;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+
+    fn allow_objects(&self, ids: impl IntoIterator<Item = ObjectId>) {
+        if let Ok(mut s) = self.served.lock() {
+            s.extend(ids);
+        }
+    }
+
+    fn is_served(&self, id: &ObjectId) -> bool {
+        self.served.lock().map(|s| s.contains(id)).unwrap_or(false)
+    }
+
+    /// Open a request stream, send `req`, and return the stream to read the answer from.
+    pub async fn request(&self, req: &Message) -> Result<RecvStream> {
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| connection_error(&self.label, &e))?;
+        protocol::write(&mut send, req)
+            .await
+            .map_err(|e| self.explain(e))?;
+        let _ = send.finish();
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(recv)
+    }
+
+    /// Read the next answer frame; a closed connection or an `Error` frame becomes an error.
+    pub async fn answer(&self, recv: &mut RecvStream) -> Result<Message> {
+        match protocol::read(recv).await {
+            Ok(Some(Message::Error(e))) => {
+                let code = Code::from_u16(e.code).unwrap_or(Code::Internal);
+                Err(Error::from_peer(&self.label, code, &e.message))
+            }
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(self.explain(Error::protocol(format!(
+                "{} ended an answer early",
+                self.label
+            )))),
+            Err(e) if e.kind() == ErrorKind::Protocol => {
+                let code = if protocol::is_too_large(&e) {
+                    Code::TooLarge
+                } else {
+                    Code::Protocol
+                };
+                let e = self.explain(e);
+                if e.kind() == ErrorKind::Protocol {
+                    self.cut_off(code, &format!("it sent {e}"));
+                }
+                Err(e)
+            }
+            Err(e) => Err(self.explain(e)),
+        }
+    }
+
+    /// The client side of the handshake: send `Hello`, expect `Welcome`.
+    pub async fn hello(&self) -> Result<Welcome> {
+        let hello = Hello {
+            min_version: protocol::MIN_VERSION,
+            max_version: protocol::VERSION,
+            node: self.ctx.config.name.clone(),
+            software: software(),
+            chunking: self.ctx.chunking(),
+        };
+        let mut recv = self.request(&Message::Hello(hello)).await?;
+        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+        let w = match self.answer(&mut recv).await? {
+            Message::Welcome(w) => w,
+            other => {
+                let e = Error::protocol(format!(
+                    "{} answered Hello with {}",
+                    self.label,
+                    other.name()
+                ));
+                self.cut_off(Code::Protocol, &e.to_string());
+                return Err(e);
+            }
+        };
+        if !(protocol::MIN_VERSION..=protocol::VERSION).contains(&w.version) {
+            let e = Error::new(
+                ErrorKind::Incompatible,
+                format!(
+                    "{} chose protocol revision {}, this node speaks {}..={}",
+                    self.label,
+                    w.version,
+                    protocol::MIN_VERSION,
+                    protocol::VERSION
+                ),
+            );
+            self.cut_off(Code::Version, &e.to_string());
+            return Err(e);
+        }
+        if let Err(e) = check_chunking(&self.label, self.ctx.chunking(), w.chunking) {
+            self.cut_off(Code::Incompatible, &e.to_string());
+            return Err(e);
+        }
+        if let Ok(mut n) = self.remote_name.lock() {
+            n.clone_from(&w.node);
+        }
+        self.negotiated.send_replace(true);
+        Ok(w)
+    }
+
+    /// Whether `Hello`/`Welcome` completed, waiting a little for a handshake in progress (the
+    /// request that follows `Welcome` may be read before the `Hello` task marks it done).
+    async fn wait_negotiated(&self) -> bool {
+        let mut rx = self.negotiated.subscribe();
+        matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                rx.wait_for(|done| *done)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    fn is_negotiated(&self) -> bool {
+        *self.negotiated.borrow()
+    }
+
+    /// Close cleanly.
+    pub fn done(&self) {
+        self.conn.close(Code::Done.varint(), b"done");
+    }
+}
+
+/// Both repositories must chunk alike, or identical files would not share chunks across nodes.
+pub fn check_chunking(label: &str, ours: Chunking, theirs: Chunking) -> Result<()> {
+    if ours == theirs {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Incompatible,
+        format!(
+            "{label} chunks files with min/avg/max = {}/{}/{} bytes, this node with {}/{}/{}: \
+             nodes must use the same chunking parameters for identical data to be stored and \
+             sent once; recreate one repository with `puce init --chunk-min {} --chunk-avg {} \
+             --chunk-max {}` and sync it from the other",
+            theirs.min,
+            theirs.avg,
+            theirs.max,
+            ours.min,
+            ours.avg,
+            ours.max,
+            theirs.min,
+            theirs.avg,
+            theirs.max
+        ),
+    ))
+}
+
+/// Send an error answer on a request stream and finish it.
+pub(crate) async fn send_error(send: &mut SendStream, code: Code, message: &str) {
+    let _ = protocol::write(send, &Message::error(code, message)).await;
+    let _ = send.finish();
+}

@@ -1,0 +1,529 @@
+//! Serving the other node's requests on a connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use puce_core::backend::FileKind;
+use puce_core::format::pack::Kind;
+use puce_core::format::tree::{Node, Tree};
+use puce_core::repo::decode_object;
+use puce_core::{SnapshotEntry, SnapshotId};
+use quinn::{RecvStream, SendStream};
+
+use super::{Conn, Fault, check_chunking, send_error, software};
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{
+    self, Code, End, GetObjects, GetSnapshots, Hello, ListSpaces, Message, Object, Push,
+    SnapshotRecord, SpaceList, SpaceState, Welcome,
+};
+
+/// Bytes of objects read from packs per hand-off to the sending task.
+const READ_GROUP: usize = 4 << 20;
+
+/// Serve the peer's requests until the connection closes. The node that accepted the
+/// connection expects `Hello` first.
+pub async fn serve(conn: Arc<Conn>) {
+    loop {
+        let (send, recv) = match conn.conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                match &e {
+                    quinn::ConnectionError::ApplicationClosed(c)
+                        if c.error_code != Code::Done.varint() =>
+                    {
+                        tracing::warn!(
+                            "{} closed the connection: {}",
+                            conn.label,
+                            crate::error::connection_error(&conn.label, &e)
+                        );
+                    }
+                    _ => tracing::debug!("{}: connection ended: {e}", conn.label),
+                }
+                return;
+            }
+        };
+        if !conn.spend_request() {
+            conn.cut_off(
+                Code::TooManyRequests,
+                &format!(
+                    "too many requests (more than {} at once or {}/s sustained)",
+                    super::REQUEST_BURST,
+                    super::REQUEST_RATE
+                ),
+            );
+            return;
+        }
+        let c = conn.clone();
+        tokio::spawn(async move {
+            handle(c, send, recv).await;
+        });
+    }
+}
+
+/// The outcome of a request that failed: refuse it (the connection goes on) or cut off the
+/// peer (it broke the protocol).
+enum Failure {
+    Refuse(Code, String),
+    CutOff(Code, String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        match e.kind() {
+            ErrorKind::Protocol if protocol::is_too_large(&e) => {
+                Failure::CutOff(Code::TooLarge, e.to_string())
+            }
+            ErrorKind::Protocol => Failure::CutOff(Code::Protocol, e.to_string()),
+            _ => Failure::Refuse(e.code(), format!("{e:#}")),
+        }
+    }
+}
+
+async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
+    let req = match protocol::read(&mut recv).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            conn.cut_off(Code::Protocol, "it opened a stream and sent no request");
+            return;
+        }
+        Err(e) => {
+            let e = conn.explain(e);
+            match Failure::from(e) {
+                Failure::CutOff(code, why) => conn.cut_off(code, &format!("it sent {why}")),
+                Failure::Refuse(_, why) => tracing::debug!("{}: {why}", conn.label),
+            }
+            return;
+        }
+    };
+    let is_hello = matches!(req, Message::Hello(_));
+    let negotiated = if is_hello {
+        conn.is_negotiated()
+    } else {
+        conn.wait_negotiated().await
+    };
+    let result = match req {
+        Message::Hello(h) if !negotiated && conn.conn.side() == quinn::Side::Server => {
+            hello(&conn, &mut send, h).await
+        }
+        Message::Hello(_) => Err(Failure::CutOff(
+            Code::Protocol,
+            "it sent Hello twice, or as the node that was called".into(),
+        )),
+        m if !negotiated => Err(Failure::CutOff(
+            Code::Protocol,
+            format!("it sent {} before Hello", m.name()),
+        )),
+        Message::ListSpaces(r) => list_spaces(&conn, &mut send, r).await,
+        Message::GetSnapshots(r) => get_snapshots(&conn, &mut send, r).await,
+        Message::GetObjects(r) => get_objects(&conn, &mut send, r).await,
+        Message::Push(r) => push(&conn, &mut send, r).await,
+        m => Err(Failure::CutOff(
+            Code::Protocol,
+            format!("it sent {} as a request", m.name()),
+        )),
+    };
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(Failure::Refuse(code, why)) => {
+            tracing::warn!("refused a request of {}: {why}", conn.label);
+            send_error(&mut send, code, &why).await;
+        }
+        Err(Failure::CutOff(code, why)) => {
+            send_error(&mut send, code, &why).await;
+            conn.cut_off(code, &why);
+        }
+    }
+}
+
+async fn write(conn: &Conn, send: &mut SendStream, m: &Message) -> Result<(), Failure> {
+    protocol::write(send, m)
+        .await
+        .map_err(|e| Failure::from(conn.explain(e)))
+}
+
+async fn hello(conn: &Arc<Conn>, send: &mut SendStream, h: Hello) -> Result<(), Failure> {
+    let version = h.max_version.min(protocol::VERSION);
+    if version < h.min_version.max(protocol::MIN_VERSION) {
+        let why = format!(
+            "no common protocol revision: {} speaks {}..={}, this node {}..={}; upgrade the older node",
+            conn.label,
+            h.min_version,
+            h.max_version,
+            protocol::MIN_VERSION,
+            protocol::VERSION
+        );
+        return Err(Failure::CutOff(Code::Version, why));
+    }
+    if let Err(e) = check_chunking(&conn.label, conn.ctx.chunking(), h.chunking) {
+        tracing::warn!("refused {}: {e}", conn.label);
+        send_error(send, Code::Incompatible, &e.to_string()).await;
+        // Let the answer reach the peer before closing.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
+        conn.conn.close(
+            Code::Incompatible.varint(),
+            b"different chunking parameters",
+        );
+        return Ok(());
+    }
+    if let Ok(mut n) = conn.remote_name.lock() {
+        n.clone_from(&h.node);
+    }
+    let w = Welcome {
+        version,
+        node: conn.ctx.config.name.clone(),
+        software: software(),
+        chunking: conn.ctx.chunking(),
+    };
+    // Marked before answering: the peer's next request may arrive as soon as it reads this.
+    conn.negotiated.send_replace(true);
+    write(conn, send, &Message::Welcome(w)).await?;
+    tracing::info!(
+        "{} connected (node '{}', {})",
+        conn.label,
+        h.node,
+        h.software
+    );
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Failure::from),
+        Err(e) => Err(Failure::Refuse(
+            Code::Internal,
+            format!("internal error: {e}"),
+        )),
+    }
+}
+
+/// Snapshots grouped by space.
+fn by_space(all: &[SnapshotEntry]) -> BTreeMap<&str, Vec<&SnapshotEntry>> {
+    let mut m: BTreeMap<&str, Vec<&SnapshotEntry>> = BTreeMap::new();
+    for s in all {
+        m.entry(s.snapshot.space.as_str()).or_default().push(s);
+    }
+    m
+}
+
+fn not_readable(conn: &Conn, space: &str) -> Failure {
+    tracing::warn!(
+        "refused {}: it asked to read space '{space}', which node.toml does not let it read \
+         (add \"pull\" to spaces.{space} of peer '{}' to allow it)",
+        conn.label,
+        conn.peer.name
+    );
+    Failure::Refuse(
+        Code::NotAllowed,
+        format!(
+            "node '{}' does not let this node read space '{space}' (its node.toml must grant \
+             \"pull\" on it to this node's id)",
+            conn.ctx.config.name
+        ),
+    )
+}
+
+async fn list_spaces(
+    conn: &Arc<Conn>,
+    send: &mut SendStream,
+    r: ListSpaces,
+) -> Result<(), Failure> {
+    if r.spaces.len() > 4096 {
+        return Err(Failure::CutOff(
+            Code::Protocol,
+            "it asked for more than 4096 spaces".into(),
+        ));
+    }
+    for s in &r.spaces {
+        if !conn.peer.may_pull(s) {
+            return Err(not_readable(conn, s));
+        }
+    }
+    let repo = conn.ctx.repo.clone();
+    let all = blocking(move || Ok(repo.snapshots()?)).await?;
+    let groups = by_space(&all);
+    let names: Vec<String> = if r.spaces.is_empty() {
+        let mut n: Vec<String> = groups
+            .keys()
+            .filter(|s| conn.peer.may_pull(s))
+            .map(|s| s.to_string())
+            .collect();
+        // Spaces named in node.toml that have no snapshot yet are listed too.
+        if let Some(p) = conn.ctx.config.peer_by_id(&conn.peer.id) {
+            for (s, a) in &p.spaces {
+                if s != "*" && a.pull && !n.contains(s) {
+                    n.push(s.clone());
+                }
+            }
+        }
+        n.sort();
+        n
+    } else {
+        r.spaces
+    };
+    let mut spaces = Vec::new();
+    for name in names {
+        let snaps = groups.get(name.as_str()).cloned().unwrap_or_default();
+        let heads = puce_core::history::heads(&all, &name)
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        spaces.push(SpaceState {
+            name,
+            heads,
+            snapshots: snaps.iter().map(|s| s.id).collect(),
+        });
+    }
+    write(conn, send, &Message::SpaceList(SpaceList { spaces })).await
+}
+
+async fn get_snapshots(
+    conn: &Arc<Conn>,
+    send: &mut SendStream,
+    r: GetSnapshots,
+) -> Result<(), Failure> {
+    if r.ids.len() > protocol::MAX_SNAPSHOTS_PER_REQUEST {
+        return Err(Failure::CutOff(
+            Code::Protocol,
+            format!(
+                "it asked for {} snapshots in one request (at most {})",
+                r.ids.len(),
+                protocol::MAX_SNAPSHOTS_PER_REQUEST
+            ),
+        ));
+    }
+    let repo = conn.ctx.repo.clone();
+    let all = blocking(move || Ok(repo.snapshots()?)).await?;
+    let by_id: std::collections::HashMap<SnapshotId, &SnapshotEntry> =
+        all.iter().map(|s| (s.id, s)).collect();
+    let mut wanted = Vec::new();
+    for id in &r.ids {
+        let Some(s) = by_id.get(id) else {
+            return Err(Failure::Refuse(
+                Code::NotFound,
+                format!("snapshot {id} is not on node '{}'", conn.ctx.config.name),
+            ));
+        };
+        if !conn.peer.may_pull(&s.snapshot.space) {
+            return Err(not_readable(conn, &s.snapshot.space));
+        }
+        wanted.push((*id, s.snapshot.root));
+    }
+    let repo = conn.ctx.repo.clone();
+    let ids: Vec<SnapshotId> = wanted.iter().map(|w| w.0).collect();
+    let records = blocking(move || {
+        let mut out = Vec::new();
+        for id in ids {
+            out.push((id, repo.backend().read(FileKind::Snapshot, &id.to_hex())?));
+        }
+        Ok(out)
+    })
+    .await?;
+    conn.allow_objects(wanted.iter().map(|w| w.1));
+    let n = records.len() as u32;
+    for (id, bytes) in records {
+        write(conn, send, &Message::Snapshot(SnapshotRecord { id, bytes })).await?;
+    }
+    write(conn, send, &Message::End(End { count: n })).await
+}
+
+async fn get_objects(
+    conn: &Arc<Conn>,
+    send: &mut SendStream,
+    r: GetObjects,
+) -> Result<(), Failure> {
+    if r.ids.len() > protocol::MAX_OBJECTS_PER_REQUEST {
+        return Err(Failure::CutOff(
+            Code::Protocol,
+            format!(
+                "it asked for {} objects in one request (at most {})",
+                r.ids.len(),
+                protocol::MAX_OBJECTS_PER_REQUEST
+            ),
+        ));
+    }
+    if let Some(id) = r.ids.iter().find(|id| !conn.is_served(id)) {
+        // A node following the protocol asks only for objects reachable from snapshots it was
+        // sent: anything else is probing for data it may not read.
+        return Err(Failure::CutOff(
+            Code::NotAllowed,
+            format!("it asked for object {id}, which is not in any snapshot it was sent"),
+        ));
+    }
+    if conn.ctx.fault == Some(Fault::Oversized) {
+        // Test fault: a frame header declaring far more than an Object may carry.
+        let mut head = u32::MAX.to_le_bytes().to_vec();
+        head.push(protocol::MessageType::Object as u8);
+        let _ = send.write_all(&head).await;
+        let _ = send.finish();
+        return Ok(());
+    }
+    // Objects are read off the async threads in groups of up to READ_GROUP bytes (one
+    // hand-off per group, not per object); two groups in flight bound the memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Object>>>(2);
+    let c = conn.clone();
+    let ids = r.ids;
+    let reader_task = tokio::task::spawn_blocking(move || {
+        let repo = &c.ctx.repo;
+        let reader = match repo.index().reader() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.into()));
+                return;
+            }
+        };
+        let mut group: Vec<Object> = Vec::new();
+        let mut group_bytes = 0usize;
+        for id in ids {
+            let r = (|| -> Result<Object> {
+                let loc = reader.get(&id)?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "object {id} is missing on node '{}' (its repository is damaged: \
+                             run `puce check` there)",
+                            c.ctx.config.name
+                        ),
+                    )
+                })?;
+                let mut data = repo.read_stored(&reader, &loc)?;
+                if loc.kind == Kind::Tree {
+                    // Children of a served tree may be asked for next.
+                    let plain = decode_object(&id, loc.flags, loc.raw_len, &data)?;
+                    let tree = Tree::decode(&plain)?;
+                    c.allow_objects(tree.entries.iter().flat_map(|e| match &e.node {
+                        Node::Dir { tree } => vec![*tree],
+                        Node::File { chunks, .. } => chunks.clone(),
+                        Node::Symlink { .. } => vec![],
+                    }));
+                } else if c.ctx.fault == Some(Fault::CorruptData)
+                    && let Some(b) = data.last_mut()
+                {
+                    *b ^= 0x55;
+                }
+                Ok(Object {
+                    id,
+                    kind: loc.kind as u8,
+                    flags: loc.flags,
+                    raw_len: loc.raw_len,
+                    data,
+                })
+            })();
+            match r {
+                Ok(o) => {
+                    group_bytes += o.data.len();
+                    group.push(o);
+                    if group_bytes >= READ_GROUP {
+                        group_bytes = 0;
+                        if tx.blocking_send(Ok(std::mem::take(&mut group))).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Ok(std::mem::take(&mut group)));
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+        if !group.is_empty() {
+            let _ = tx.blocking_send(Ok(group));
+        }
+    });
+    let mut count = 0u32;
+    while let Some(group) = rx.recv().await {
+        for obj in group.map_err(Failure::from)? {
+            let len = obj.data.len() as u64;
+            conn.ctx.send_limit.take(len).await;
+            // The data goes to QUIC without a copy.
+            let head = protocol::object_frame_head(&obj).map_err(Failure::from)?;
+            let mut chunks = [bytes::Bytes::from(head), bytes::Bytes::from(obj.data)];
+            send.write_all_chunks(&mut chunks).await.map_err(|e| {
+                Failure::from(conn.explain(crate::error::Error::new(
+                    crate::error::ErrorKind::Network,
+                    format!("stream failed: {e}"),
+                )))
+            })?;
+            count += 1;
+            conn.counters.sent_objects.fetch_add(1, Ordering::Relaxed);
+            conn.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
+            conn.progress.add(1, len);
+        }
+    }
+    let _ = reader_task.await;
+    write(conn, send, &Message::End(End { count })).await
+}
+
+async fn push(conn: &Arc<Conn>, send: &mut SendStream, r: Push) -> Result<(), Failure> {
+    if !conn.peer.may_push(&r.space) {
+        tracing::warn!(
+            "refused {}: it asked to push space '{}', which node.toml does not let it write \
+             (add \"push\" to spaces.{} of peer '{}' to allow it)",
+            conn.label,
+            r.space,
+            r.space,
+            conn.peer.name
+        );
+        return Err(Failure::Refuse(
+            Code::NotAllowed,
+            format!(
+                "node '{}' does not let this node write space '{}' (its node.toml must grant \
+                 \"push\" on it to this node's id)",
+                conn.ctx.config.name, r.space
+            ),
+        ));
+    }
+    if conn.pulling.swap(true, Ordering::AcqRel) {
+        return Err(Failure::Refuse(
+            Code::Busy,
+            "a push is already in progress on this connection".into(),
+        ));
+    }
+    tracing::info!("{} pushes space '{}'", conn.label, r.space);
+    let res = super::pull::pull(conn, std::slice::from_ref(&r.space)).await;
+    conn.pulling.store(false, Ordering::Release);
+    let rep = match res {
+        Ok(rep) => rep,
+        Err(e) => {
+            tracing::warn!(
+                "push of space '{}' by {} failed: {e:#}",
+                r.space,
+                conn.label
+            );
+            crate::sync::record_incoming(conn, Err(&e), None);
+            // (If the peer misbehaved, the pull has already cut the connection off.)
+            return Err(Failure::Refuse(e.code(), format!("{e:#}")));
+        }
+    };
+    crate::sync::record_incoming(conn, Ok(()), Some(&rep));
+    let Some(rep) = rep.reports.into_iter().next() else {
+        return Err(Failure::Refuse(
+            Code::Internal,
+            "the pull reported nothing".into(),
+        ));
+    };
+    let done = protocol::PushDone {
+        snapshots: rep.snapshots as u32,
+        objects: rep.objects,
+        bytes: rep.bytes,
+        raw_bytes: rep.raw_bytes,
+        logical_bytes: rep.logical_bytes,
+        merges: rep.merges as u32,
+        conflicts: rep.conflicts.len() as u32,
+    };
+    tracing::info!(
+        "push of space '{}' by {}: {} snapshots, {} objects, {} bytes stored, {} merges",
+        r.space,
+        conn.label,
+        done.snapshots,
+        done.objects,
+        done.bytes,
+        done.merges
+    );
+    write(conn, send, &Message::PushDone(done)).await
+}

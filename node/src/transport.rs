@@ -1,0 +1,189 @@
+//! QUIC endpoints: quinn with rustls (TLS 1.3 only, ring), mutual authentication by pinned
+//! keys ([`crate::auth`]), ALPN `puce/sync/1`. There is no plaintext path: a connection exists
+//! only after both keys were checked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::auth::{PinnedPeers, provider};
+use crate::config::NodeConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{Identity, NodeId};
+use crate::protocol::ALPN;
+
+/// The name used in certificates and TLS (not checked: keys are pinned).
+pub const SERVER_NAME: &str = "puce-node";
+
+/// Incoming request streams a peer may have open at once.
+pub const MAX_STREAMS: u32 = 32;
+
+/// The QUIC transport settings of every node connection (stream limits, windows, keep-alive).
+/// With a bandwidth cap, the flow-control windows are a fraction of a second of traffic, so
+/// that a cap applied by the receiver (which reads no faster than the cap) is not overrun by a
+/// burst filling large windows.
+pub fn transport_config(cap: Option<u64>) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    // Large windows: a loopback or LAN link is not held back by flow control.
+    let (stream, conn) = match cap {
+        None => (16 << 20, 64 << 20),
+        Some(c) => (
+            (c / 8).clamp(64 << 10, 16 << 20) as u32,
+            (c / 4).clamp(256 << 10, 64 << 20) as u32,
+        ),
+    };
+    t.stream_receive_window(quinn::VarInt::from_u32(stream));
+    t.receive_window(quinn::VarInt::from_u32(conn));
+    t.send_window(u64::from(conn));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+fn tls_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Internal, "cannot set up TLS").with_source(e)
+}
+
+/// Server side: accept every configured peer.
+pub fn server_config(identity: &Identity, config: &NodeConfig) -> Result<quinn::ServerConfig> {
+    let verifier = Arc::new(PinnedPeers::any_peer(config));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.cert_chain(), identity.private_key())
+        .map_err(tls_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    sc.transport_config(transport_config(config.bandwidth));
+    Ok(sc)
+}
+
+/// Client side: accept only the key of the peer dialled.
+pub fn client_config(
+    identity: &Identity,
+    verifier: Arc<PinnedPeers>,
+    cap: Option<u64>,
+) -> Result<quinn::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.cert_chain(), identity.private_key())
+        .map_err(tls_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(tls_error)?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(transport_config(cap));
+    Ok(cc)
+}
+
+/// An endpoint listening on `addr` that can also dial out.
+pub fn listen(
+    addr: SocketAddr,
+    identity: &Identity,
+    config: &NodeConfig,
+) -> Result<quinn::Endpoint> {
+    quinn::Endpoint::server(server_config(identity, config)?, addr).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "cannot listen on UDP {addr}: {e} (another daemon running? change [node] listen \
+                 in node.toml)"
+            ),
+        )
+        .with_source(e)
+    })
+}
+
+/// An endpoint for outgoing connections only, on an ephemeral port of the right family.
+pub fn dial_only(remote: SocketAddr) -> Result<quinn::Endpoint> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse().unwrap_or(SocketAddr::from(([0; 16], 0)))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
+    quinn::Endpoint::client(bind).map_err(|e| {
+        Error::new(ErrorKind::Network, format!("cannot open a UDP socket: {e}")).with_source(e)
+    })
+}
+
+/// Resolve `host:port` (first address).
+pub async fn resolve(address: &str) -> Result<SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(address).await.map_err(|e| {
+        Error::new(ErrorKind::Network, format!("cannot resolve {address}: {e}")).with_source(e)
+    })?;
+    addrs.next().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Network,
+            format!("{address} resolves to no address"),
+        )
+    })
+}
+
+/// Connect to peer `peer_name` with id `peer` at `address`; `cap`: this node's bandwidth cap.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    peer: NodeId,
+    peer_name: &str,
+    address: &str,
+    cap: Option<u64>,
+) -> Result<quinn::Connection> {
+    let remote = resolve(address).await?;
+    let verifier = Arc::new(PinnedPeers::only(peer, peer_name, address));
+    let cc = client_config(identity, verifier.clone(), cap)?;
+    let connecting = endpoint
+        .connect_with(cc, remote, SERVER_NAME)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Network,
+                format!("cannot connect to {address}: {e}"),
+            )
+            .with_source(e)
+        })?;
+    let label = format!("peer '{peer_name}' ({address})");
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(r) => r.map_err(|e| match verifier.refusal() {
+            // This node refused the key the other side presented.
+            Some(why) => Error::new(ErrorKind::NotAllowed, why),
+            None => crate::error::connection_error(&label, &e),
+        }),
+        Err(_) => Err(Error::new(
+            ErrorKind::Network,
+            format!(
+                "{label} does not answer (no QUIC handshake within {} s): is its daemon running, \
+                 and is UDP port {} open on the way?",
+                CONNECT_TIMEOUT.as_secs(),
+                remote.port()
+            ),
+        )),
+    }
+}
+
+/// How long to wait for a peer to answer a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node id of the other side of an established connection.
+pub fn peer_id(conn: &quinn::Connection) -> Result<NodeId> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| Error::internal("the connection has no peer certificate"))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| Error::internal("the peer presented no certificate"))?;
+    NodeId::from_cert(first)
+}

@@ -1,0 +1,428 @@
+//! Helpers for node tests: real `puce node run` daemons on loopback or in network namespaces,
+//! configured by writing their `node.toml`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{TestRepo, puce_bin};
+
+/// A free UDP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node: a repository, an identity, a `node.toml`, and maybe a running daemon.
+pub struct TestNode {
+    pub repo: TestRepo,
+    pub name: String,
+    /// IP address peers use to reach it.
+    pub ip: String,
+    pub port: u16,
+    pub id: String,
+    /// Network namespace its processes run in, if any.
+    pub netns: Option<String>,
+    /// `[[peer]]` sections.
+    peers: Vec<String>,
+    /// Extra configuration (TOML sections appended as is).
+    pub extra: String,
+    daemon: Option<Child>,
+    log: PathBuf,
+}
+
+impl TestNode {
+    /// A node on loopback.
+    pub fn new(name: &str) -> TestNode {
+        TestNode::with(name, TestRepo::new(), "127.0.0.1", None)
+    }
+
+    /// A node whose processes run in network namespace `netns`, reachable at `ip`.
+    pub fn in_netns(name: &str, ip: &str, netns: &str) -> TestNode {
+        TestNode::with(name, TestRepo::new(), ip, Some(netns.to_string()))
+    }
+
+    /// A node over an existing repository.
+    pub fn with(name: &str, repo: TestRepo, ip: &str, netns: Option<String>) -> TestNode {
+        let port = if netns.is_some() { 7878 } else { free_port() };
+        let log = repo.dir.path().join(format!("{name}.log"));
+        let mut n = TestNode {
+            repo,
+            name: name.to_string(),
+            ip: ip.to_string(),
+            port,
+            id: String::new(),
+            netns,
+            peers: Vec::new(),
+            extra: String::new(),
+            daemon: None,
+            log,
+        };
+        let listen = n.listen();
+        let out = n.run(&["node", "init", "--name", name, "--listen", &listen]);
+        assert!(
+            out.status.success(),
+            "node init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n.id = n.ok(&["node", "id"]).trim().to_string();
+        n.write_config();
+        n
+    }
+
+    pub fn listen(&self) -> String {
+        if self.netns.is_some() {
+            format!("0.0.0.0:{}", self.port)
+        } else {
+            format!("{}:{}", self.ip, self.port)
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    pub fn node_dir(&self) -> PathBuf {
+        self.repo.path().join("node")
+    }
+
+    /// Let `other` be a peer of this node; `spaces` is the TOML inline table of permissions,
+    /// e.g. `{ docs = ["pull", "push"] }`.
+    pub fn add_peer(&mut self, other: &TestNode, spaces: &str) {
+        self.add_peer_raw(&other.name, &other.id, Some(&other.address()), spaces);
+    }
+
+    pub fn add_peer_raw(&mut self, name: &str, id: &str, address: Option<&str>, spaces: &str) {
+        let mut s = format!("[[peer]]\nname = \"{name}\"\nid = \"{id}\"\n");
+        if let Some(a) = address {
+            writeln!(s, "address = \"{a}\"").unwrap();
+        }
+        writeln!(s, "spaces = {spaces}").unwrap();
+        self.peers.push(s);
+        self.write_config();
+    }
+
+    /// Rewrite `node.toml`: no window, quick retries, a daemon that does not sync on its own
+    /// unless `[schedule]` is given in `extra`.
+    pub fn write_config(&self) {
+        let mut s = format!(
+            "[node]\nname = \"{}\"\nlisten = \"{}\"\n[retry]\ninitial = \"1s\"\nmax = \"2s\"\n",
+            self.name,
+            self.listen()
+        );
+        if !self.extra.contains("[schedule]") {
+            // Effectively never on its own: tests call `puce sync`.
+            s.push_str("[schedule]\ninterval = \"1000d\"\n");
+        }
+        s.push_str(&self.extra);
+        s.push('\n');
+        for p in &self.peers {
+            s.push_str(p);
+        }
+        fs::write(self.node_dir().join("node.toml"), s).unwrap();
+    }
+
+    /// A `puce` command for this node (inside its namespace if it has one).
+    pub fn cmd(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(puce_bin());
+                c
+            }
+            None => Command::new(puce_bin()),
+        };
+        c.env("PUCE_REPO", self.repo.path())
+            .env("XDG_CACHE_HOME", self.repo.dir.path().join("cache"))
+            .env("XDG_DATA_HOME", self.repo.dir.path().join("data"))
+            .env_remove("PUCE_TEST_FAULT")
+            .env_remove("PUCE_NODE_DIR");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run and require success; return stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "[{}] puce {args:?} failed ({:?}):\n{}\n{}",
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run with --json and parse.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Take a snapshot of `dir` into `space`, recorded as taken on host `self.name`.
+    pub fn snapshot(&self, dir: &Path, space: &str) -> String {
+        let v = self.json(&[
+            "snapshot",
+            dir.to_str().unwrap(),
+            "--space",
+            space,
+            "--host",
+            &self.name,
+        ]);
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// Snapshot ids, oldest first.
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        let v = self.json(&["snapshots"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// `puce sync PEER args...` with --json; the parsed report.
+    pub fn sync(&self, peer: &str, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json", "sync", peer];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// `puce sync` expected to fail: its stderr.
+    pub fn sync_fails(&self, peer: &str, args: &[&str]) -> String {
+        let mut a = vec!["sync", peer];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        assert!(
+            !out.status.success(),
+            "[{}] sync {peer} {args:?} succeeded, expected a failure:\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Start the daemon (with extra environment) and wait until it listens.
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
+        assert!(
+            self.daemon.is_none(),
+            "daemon of {} already running",
+            self.name
+        );
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut c = self.cmd();
+        c.args(["node", "run"])
+            .env("PUCE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        self.daemon = Some(c.spawn().unwrap());
+        let marker = format!("listening on {}", self.listen());
+        wait_for(&format!("daemon of {} to listen", self.name), || {
+            if let Some(d) = self.daemon.as_mut()
+                && let Ok(Some(st)) = d.try_wait()
+            {
+                panic!("daemon of {} exited ({st}):\n{}", self.name, self.log());
+            }
+            self.log().contains(&marker)
+        });
+    }
+
+    pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Kill the daemon with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// Stop the daemon with SIGTERM and wait for it.
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(d.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = d.wait();
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Number of pack files.
+    pub fn pack_count(&self) -> usize {
+        pack_files(&self.repo.path()).len()
+    }
+
+    /// Total size of the pack files.
+    pub fn pack_bytes(&self) -> u64 {
+        pack_files(&self.repo.path())
+            .iter()
+            .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Pack files under `repo/packs` (any depth).
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.join("packs")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.to_string_lossy().ends_with(".tmp")
+                && p.file_name().is_some_and(|n| n.len() == 64)
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Wait (up to two minutes, polling) until `f` holds. Waiting is not asserting on time: the
+/// limit only stops a test that would otherwise hang.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Network namespaces joined by a bridge: each node gets its own address on 10.77.N.0/24.
+pub struct Lan {
+    pub prefix: String,
+    pub hosts: Vec<(String, String)>,
+    bridge_ns: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lan {
+    /// `n` hosts (namespaces) on one bridge. Needs root and `ip`.
+    pub fn new(n: usize) -> Lan {
+        let id = std::process::id() % 100_000;
+        let prefix = format!("puce{id}");
+        let bridge_ns = format!("{prefix}-br");
+        let net = 1 + (id % 200);
+        ip(&["netns", "add", &bridge_ns]);
+        let mut lan = Lan {
+            prefix: prefix.clone(),
+            hosts: Vec::new(),
+            bridge_ns: bridge_ns.clone(),
+        };
+        ip(&["-n", &bridge_ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge_ns, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let ns = format!("{prefix}-h{i}");
+            ip(&["netns", "add", &ns]);
+            lan.hosts
+                .push((ns.clone(), format!("10.77.{net}.{}", i + 1)));
+            let veth = format!("p{id}v{i}");
+            ip(&[
+                "link",
+                "add",
+                &veth,
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{id}b{i}"),
+                "netns",
+                &bridge_ns,
+            ]);
+            ip(&[
+                "-n",
+                &bridge_ns,
+                "link",
+                "set",
+                &format!("p{id}b{i}"),
+                "master",
+                "br0",
+            ]);
+            ip(&["-n", &bridge_ns, "link", "set", &format!("p{id}b{i}"), "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.77.{net}.{}/24", i + 1),
+                "dev",
+                &veth,
+            ]);
+            ip(&["-n", &ns, "link", "set", &veth, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    /// Whether this machine can make namespaces: root and `ip` present.
+    pub fn available() -> Result<(), String> {
+        if !crate::is_root() {
+            return Err("not running as root".into());
+        }
+        match Command::new("ip").arg("-V").output() {
+            Ok(o) if o.status.success() => Ok(()),
+            _ => Err("the `ip` command (iproute2) is missing".into()),
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for (ns, _) in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.bridge_ns])
+            .status();
+        let _ = &self.prefix;
+    }
+}
