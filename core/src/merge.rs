@@ -265,6 +265,12 @@ pub fn conflict_copy_name(name: &[u8], node: &str, mtime_ns: i64) -> Vec<u8> {
     wanted_with(&conflict_name(name, node, mtime_ns), 1)
 }
 
+/// [`conflict_copy_name`] when that name is taken: `n` (2, 3, ...) is appended to the date,
+/// `stem.conflict-<node>-<YYYYMMDD-HHMMSS>-<n>.ext`.
+pub fn conflict_copy_name_numbered(name: &[u8], node: &str, mtime_ns: i64, n: u32) -> Vec<u8> {
+    wanted_with(&conflict_name(name, node, mtime_ns), n)
+}
+
 fn conflict_name(name: &[u8], node: &str, mtime_ns: i64) -> Vec<u8> {
     let node: String = node
         .chars()

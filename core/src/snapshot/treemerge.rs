@@ -5,14 +5,20 @@
 //! other side's version; both sides changing a directory merge recursively; a content change
 //! wins over a removal and over a metadata-only change. When both sides changed the content of
 //! the same entry differently, *both are kept*: theirs under the name, ours beside it as
-//! `name.conflict-<node>-<YYYYMMDD-HHMMSS>.ext` (the replication conflict rule), where `node`
+//! `name.conflict-<node>-<YYYYMMDD-HHMMSS>.ext` (named as by [`crate::merge`]), where `node`
 //! names the machine that made our change and the time is when it was merged (UTC).
+//!
+//! This differs on purpose from [`crate::merge::merge_trees`], which joins two replicated
+//! heads: there, neither side is "local", so the newer version keeps the name and every node
+//! must reach the same result. Here one side is the user's pending changes on a mount, and the
+//! version others already see keeps its name.
 
 use crate::error::Result;
 use crate::format::pack::Kind;
 use crate::format::tree::{Entry, Node, Tree};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
+use crate::merge::{conflict_copy_name, conflict_copy_name_numbered};
 use crate::repo::Repo;
 use crate::saver::Saver;
 
@@ -32,25 +38,6 @@ pub struct MergeOutcome {
     pub root: ObjectId,
     /// Entries kept twice.
     pub conflicts: Vec<Conflict>,
-}
-
-/// The name a conflicting local version gets: `stem.conflict-<node>-<date>.ext`.
-pub fn conflict_name(name: &[u8], node: &str, time_ns: i64) -> Vec<u8> {
-    let date = jiff::Timestamp::from_nanosecond(i128::from(time_ns))
-        .map(|t| t.strftime("%Y%m%d-%H%M%S").to_string())
-        .unwrap_or_else(|_| "00000000-000000".into());
-    let node: String = node
-        .chars()
-        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
-        .collect();
-    let (stem, ext) = match name.iter().rposition(|b| *b == b'.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, &b""[..]),
-    };
-    let mut out = stem.to_vec();
-    out.extend_from_slice(format!(".conflict-{node}-{date}").as_bytes());
-    out.extend_from_slice(ext);
-    out
 }
 
 fn content(e: &Entry) -> &Node {
@@ -145,7 +132,7 @@ impl Merger<'_> {
                                 Some(o.clone())
                             } else {
                                 let mut copy = o.clone();
-                                copy.name = conflict_name(name, self.node, self.time_ns);
+                                copy.name = conflict_copy_name(name, self.node, self.time_ns);
                                 copies.push((name.to_vec(), copy));
                                 Some(t.clone())
                             }
@@ -158,12 +145,10 @@ impl Merger<'_> {
             }
         }
         for (orig, mut c) in copies {
-            let stem = c.name.clone();
             let mut n = 1;
             while out.iter().any(|e| e.name == c.name) {
                 n += 1;
-                c.name = stem.clone();
-                c.name.extend_from_slice(format!("-{n}").as_bytes());
+                c.name = conflict_copy_name_numbered(&orig, self.node, self.time_ns, n);
             }
             self.conflicts.push(Conflict {
                 path: child_path(path, &orig),
@@ -228,15 +213,15 @@ mod tests {
     fn conflict_names() {
         let t = 1_709_258_400_000_000_000; // 2024-03-01 02:00:00 UTC
         assert_eq!(
-            conflict_name(b"report.odt", "nodeA", t),
+            conflict_copy_name(b"report.odt", "nodeA", t),
             b"report.conflict-nodeA-20240301-020000.odt"
         );
         assert_eq!(
-            conflict_name(b".bashrc", "n", t),
+            conflict_copy_name(b".bashrc", "n", t),
             b".bashrc.conflict-n-20240301-020000"
         );
         assert_eq!(
-            conflict_name(b"a.tar.gz", "n", t),
+            conflict_copy_name(b"a.tar.gz", "n", t),
             b"a.tar.conflict-n-20240301-020000.gz"
         );
     }
