@@ -908,6 +908,46 @@ impl PuceFs {
         lock(&self.dirs)?.get(&fh).cloned().ok_or(FsError::BADF)
     }
 
+    /// `readdirplus`: the entries of open directory `fh` (inode `ino`) from position `offset`
+    /// on, each with its attributes, passed to `add(entry, attr, next_offset)` until it returns
+    /// `true` (the reply is full; that entry was not sent). Every entry sent other than `.` and
+    /// `..` counts as a lookup (the kernel forgets it later); the one that did not fit is
+    /// forgotten at once. Entries that vanished since `opendir` are skipped.
+    pub fn readdir_plus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Attr, u64) -> bool,
+    ) -> FsResult<()> {
+        let list = self.readdir(fh, offset)?;
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            if e.name == b"." || e.name == b".." {
+                // Not counted by the kernel, which ignores these attributes.
+                let a = self.fixed_attr(e.ino, 0o755, self.started_ns);
+                if add(e, &a, next) {
+                    break;
+                }
+                continue;
+            }
+            let a = match self.lookup(ino, &e.name) {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let sent = DirEntry {
+                ino: a.ino,
+                kind: a.kind,
+                name: e.name.clone(),
+            };
+            if add(&sent, &a, next) {
+                self.forget(a.ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Close a directory handle.
     pub fn releasedir(&self, fh: u64) {
         if let Ok(mut d) = self.dirs.lock() {

@@ -320,3 +320,58 @@ fn incoming_snapshot_and_local_change_keep_both() {
     fs.refresh_snapshots().unwrap();
     assert_eq!(read_all(&fs, walk(&fs, "spaces/docs/other.txt")), b"o2");
 }
+
+/// `readdirplus` counts a lookup for each entry it sends and none for the one that did not fit,
+/// in snapshots and in spaces; its attributes are those of a lookup.
+#[test]
+fn readdir_plus_counts_only_the_entries_sent() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for n in ["a", "b", "c", "d/x"] {
+        std::fs::write(src.join(n), n.as_bytes()).unwrap();
+    }
+    e.snap(&src, "docs");
+    let fs = e.fs(false);
+    let snap_dir = {
+        let s = walk(&fs, "snapshots/docs");
+        let fh = fs.opendir(s).unwrap();
+        let name = fs.readdir(fh, 0).unwrap()[2].name.clone();
+        fs.releasedir(fh);
+        fs.lookup(s, &name).unwrap().ino
+    };
+    let space_dir = walk(&fs, "spaces/docs");
+    for dir in [snap_dir, space_dir] {
+        let before = fs.inode_count();
+        let fh = fs.opendir(dir).unwrap();
+        let mut sent = Vec::new();
+        fs.readdir_plus(dir, fh, 0, |e, a, next| {
+            if sent.len() == 4 {
+                return true; // full: ".", "..", "a", "b" fit
+            }
+            sent.push((e.name.clone(), a.clone(), next));
+            false
+        })
+        .unwrap();
+        let names: Vec<&[u8]> = sent.iter().map(|(n, _, _)| n.as_slice()).collect();
+        assert_eq!(names, [&b"."[..], b"..", b"a", b"b"]);
+        assert_eq!(fs.inode_count(), before + 2, "a and b counted, c forgotten");
+        for (name, a, _) in &sent[2..] {
+            assert_eq!(a.size, 1);
+            // A lookup now finds the same inode, with the same attributes.
+            let again = fs.lookup(dir, name).unwrap();
+            assert_eq!(&again, a);
+            fs.forget(a.ino, 2);
+        }
+        assert_eq!(fs.inode_count(), before);
+        // The rest, from the position after "b".
+        let mut rest = Vec::new();
+        fs.readdir_plus(dir, fh, sent[3].2, |e, _, _| {
+            rest.push(e.name.clone());
+            false
+        })
+        .unwrap();
+        assert_eq!(rest, [b"c".to_vec(), b"d".to_vec()]);
+        fs.releasedir(fh);
+    }
+}
