@@ -1002,10 +1002,15 @@ impl PuceFs {
             }),
         };
         st.edits.push(edit);
+        let pending = st.dirty && st.want_commit;
         st.dirty = true;
         st.want_commit = true;
         space.touch();
-        self.wake();
+        if !pending {
+            // The commit thread sleeps until the quiet period of a pending commit is over:
+            // wake it only when a commit becomes pending (not on every edit).
+            self.wake();
+        }
         r.map_err(FsError::from)
     }
 
@@ -1633,11 +1638,15 @@ impl PuceFs {
         if h.wrote.load(Ordering::Relaxed)
             && let Some(space) = &h.file.space
         {
+            let mut pending = false;
             if let Ok(mut st) = space.lock() {
+                pending = st.want_commit && st.dirty;
                 st.want_commit = true;
                 st.dirty = true;
             }
-            self.wake();
+            if !pending {
+                self.wake();
+            }
         }
     }
 
