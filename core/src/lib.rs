@@ -20,6 +20,7 @@ pub mod hash;
 pub mod index;
 pub mod pack;
 pub mod progress;
+pub mod read;
 pub mod repair;
 pub mod repo;
 pub mod report;
