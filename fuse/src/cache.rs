@@ -61,6 +61,11 @@ impl<V: Clone> Cache<V> {
             .map_err(|_| Error::other("cache lock poisoned"))
     }
 
+    /// The byte budget.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Whether `id` is held (without touching its recency).
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.lock()
