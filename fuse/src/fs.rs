@@ -122,6 +122,19 @@ pub struct SetAttr {
     pub size: Option<u64>,
     /// New modification time (`Some(None)`: now).
     pub mtime: Option<Option<i64>>,
+    /// Clear set-user-ID, and set-group-ID if group-executable, of a regular file unless
+    /// `mode` is given (chown, truncate or write by an unprivileged caller). The kernel leaves
+    /// this to the file system (`FUSE_HANDLE_KILLPRIV_V2`), which spares it a GETATTR per chown.
+    pub kill_suidgid: bool,
+}
+
+/// `mode` without the bits that a chown, truncate or write removes.
+pub fn killed_suidgid(mode: u32) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if m & libc::S_IXGRP != 0 {
+        m &= !libc::S_ISGID;
+    }
+    m
 }
 
 /// Who asks.
@@ -156,6 +169,10 @@ pub trait Invalidator: Send + Sync {
     fn inval_inode(&self, ino: u64);
     /// `(parent, name)` may now lead elsewhere.
     fn inval_entry(&self, parent: u64, name: &[u8]);
+    /// Only the attributes of `ino` changed (its cached pages stay valid).
+    fn inval_attr(&self, ino: u64) {
+        self.inval_inode(ino);
+    }
 }
 
 /// Sequential reads load windows of consecutive chunks of at least this many bytes.
@@ -1344,10 +1361,18 @@ impl PuceFs {
                 let f = self.wb()?.open_local(id)?;
                 f.set_modified(system_time(t))?;
             }
-            if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || mtime.is_some() {
+            let mut mode = a.mode.map(|m| m & 0o7777);
+            if a.kill_suidgid
+                && mode.is_none()
+                && info.kind == NodeKind::File
+                && killed_suidgid(info.meta.mode) != info.meta.mode
+            {
+                mode = Some(killed_suidgid(info.meta.mode) & 0o7777);
+            }
+            if mode.is_some() || a.uid.is_some() || a.gid.is_some() || mtime.is_some() {
                 let edit = Edit::SetMeta {
                     path,
-                    mode: a.mode.map(|m| m & 0o7777),
+                    mode,
                     uid: a.uid,
                     gid: a.gid,
                     mtime_ns: mtime,
@@ -1777,6 +1802,27 @@ impl PuceFs {
             space.mark_dirty();
         }
         Ok(data.len() as u32)
+    }
+
+    /// Clear set-user-ID and set-group-ID of the file open as `fh` (a write by an unprivileged
+    /// caller: the kernel asks with `FUSE_WRITE_KILL_SUIDGID`).
+    pub fn kill_suidgid(&self, fh: u64) -> FsResult<()> {
+        let ino = self.handle(fh)?.ino;
+        let before = self.getattr(ino)?.perm;
+        let a = SetAttr {
+            kill_suidgid: true,
+            ..SetAttr::default()
+        };
+        let after = self.setattr(ino, Some(fh), &a)?.perm;
+        if after != before {
+            // No attributes go back with a write or an open: the kernel must ask again.
+            if let Ok(n) = self.notifier.read()
+                && let Some(n) = n.as_ref()
+            {
+                n.inval_attr(ino);
+            }
+        }
+        Ok(())
     }
 
     fn ask_commit(&self, h: &Handle) {

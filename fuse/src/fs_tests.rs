@@ -375,3 +375,62 @@ fn readdir_plus_counts_only_the_entries_sent() {
         fs.releasedir(fh);
     }
 }
+
+/// With `FUSE_HANDLE_KILLPRIV_V2` the file system clears set-user-ID and set-group-ID itself:
+/// on chown (always), on a write the kernel flags, not when a mode is given.
+#[test]
+fn chown_and_flagged_writes_clear_suid_and_sgid() {
+    let e = Env::new();
+    let fs = e.fs(false);
+    fs.mkdir(ME, SPACES, b"s", 0o755, 0).unwrap();
+    let s = walk(&fs, "spaces/s");
+    let mode = |ino| fs.getattr(ino).unwrap().perm;
+    let set = |ino, a: SetAttr| fs.setattr(ino, None, &a).unwrap().perm;
+    let f = write_file(&fs, s, "f", b"x");
+    assert_eq!(
+        set(
+            f,
+            SetAttr {
+                mode: Some(0o6755),
+                ..SetAttr::default()
+            }
+        ),
+        0o6755
+    );
+    let chown = SetAttr {
+        uid: Some(7),
+        kill_suidgid: true,
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        set(f, chown.clone()),
+        0o755,
+        "suid and sgid (group-executable) cleared"
+    );
+    // sgid without group execute is mandatory locking, not privilege: kept.
+    set(
+        f,
+        SetAttr {
+            mode: Some(0o6745),
+            ..SetAttr::default()
+        },
+    );
+    assert_eq!(set(f, chown.clone()), 0o2745);
+    // An explicit mode wins.
+    let both = SetAttr {
+        mode: Some(0o4700),
+        ..chown.clone()
+    };
+    assert_eq!(set(f, both), 0o4700);
+    // A write flagged by the kernel.
+    let (fh, _) = fs.open(f, libc::O_WRONLY).unwrap();
+    fs.kill_suidgid(fh).unwrap();
+    fs.write(fh, 0, b"y").unwrap();
+    fs.release(fh);
+    assert_eq!(mode(f), 0o700);
+    // Directories keep theirs.
+    fs.mkdir(ME, s, b"d", 0o2775, 0).unwrap();
+    let d = walk(&fs, "spaces/s/d");
+    assert_eq!(set(d, chown), 0o2775);
+    fs.commit_all().unwrap();
+}

@@ -104,7 +104,8 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(want & config.capabilities());
         let _ = config.set_max_write(1 << 20);
         let mut ra = 1 << 20;
@@ -138,7 +139,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -160,6 +161,8 @@ impl Filesystem for Adapter {
             gid,
             size,
             mtime: mtime.map(nanos),
+            // chown always clears them (as Linux does); a truncate only for unprivileged callers.
+            kill_suidgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
         match self.0.setattr(ino.0, fh.map(|f| f.0), &a) {
             Ok(a) => reply.attr(&ttl(&a), &attr(&a)),
@@ -285,9 +288,17 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.0.open(ino.0, flags.0) {
             Ok((fh, keep)) => {
+                if flags.0 & libc::O_TRUNC != 0
+                    && req.uid() != 0
+                    && let Err(e) = self.0.kill_suidgid(fh)
+                {
+                    self.0.release(fh);
+                    reply.error(errno(e));
+                    return;
+                }
                 let mut f = OPEN_FLAGS;
                 if keep {
                     f |= FopenFlags::FOPEN_KEEP_CACHE;
@@ -328,11 +339,17 @@ impl Filesystem for Adapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.0.kill_suidgid(fh.0)
+        {
+            reply.error(errno(e));
+            return;
+        }
         match self.0.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
@@ -555,6 +572,10 @@ pub struct KernelNotifier(pub Notifier);
 impl Invalidator for KernelNotifier {
     fn inval_inode(&self, ino: u64) {
         let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+    fn inval_attr(&self, ino: u64) {
+        // A negative offset: attributes only, the page cache is left alone.
+        let _ = self.0.inval_inode(INodeNo(ino), -1, 0);
     }
     fn inval_entry(&self, parent: u64, name: &[u8]) {
         let _ = self.0.inval_entry(INodeNo(parent), OsStr::from_bytes(name));
