@@ -183,8 +183,19 @@ const READ_AHEAD: u64 = 8 << 20;
 /// (the kernel's read-ahead requests may be served out of order by several threads).
 const SEQUENTIAL_SLACK: u64 = 4 << 20;
 
-/// A read-ahead job: window `.1` of a file.
-type Prefetch = (Arc<StoredFile>, usize);
+/// A read-ahead job.
+enum Prefetch {
+    /// Window `.1` of a file being read.
+    Window(Arc<StoredFile>, usize),
+    /// The first chunks of files likely to be opened next.
+    Chunks(Vec<ObjectId>),
+}
+
+/// When a snapshot file is opened, the first chunks of the files after it in its directory
+/// (`find | xargs cat`, `cp -r`, `tar` read in that order) are loaded, up to this many bytes...
+const NEXT_FILES_BYTES: u64 = 2 << 20;
+/// ...and this many files.
+const NEXT_FILES: usize = 16;
 
 /// Content of a stored file: chunk ids and where each ends, and its read windows.
 pub(crate) struct StoredFile {
@@ -581,7 +592,40 @@ impl PuceFs {
         })
     }
 
+    /// Queue the first chunks of the files after `name` in `tree` (see [`NEXT_FILES_BYTES`]).
+    fn read_next_files(&self, tree: &Tree, name: &[u8]) {
+        let from = tree.entries.partition_point(|e| e.name.as_slice() <= name);
+        let mut ids = Vec::new();
+        let mut bytes = 0u64;
+        for e in tree.entries[from..].iter().take(NEXT_FILES) {
+            let Node::File { size, chunks } = &e.node else {
+                continue;
+            };
+            let Some(first) = chunks.first() else {
+                continue;
+            };
+            if bytes > 0 && bytes + size.min(&WINDOW) > NEXT_FILES_BYTES {
+                break;
+            }
+            bytes += size.min(&WINDOW);
+            if !self.chunks.contains(first) {
+                ids.push(*first);
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(g) = self.prefetch.lock()
+            && let Some(tx) = g.as_ref()
+        {
+            let _ = tx.try_send(Prefetch::Chunks(ids));
+        }
+    }
+
     fn chunk_len(&self, id: &ObjectId) -> Result<u64> {
+        if let Some(v) = self.chunks.peek(id) {
+            return Ok(v.len() as u64);
+        }
         let r = self.index_reader()?;
         let loc = match r.get(id)? {
             Some(l) => Some(l),
@@ -1528,6 +1572,7 @@ impl PuceFs {
                     return Err(FsError::ISDIR);
                 };
                 let sf = self.stored_file(chunks.clone())?;
+                self.read_next_files(&tree, &entry.name);
                 let of = Arc::new(OpenFile {
                     space: None,
                     state: RwLock::new(FileState::Stored(Arc::new(sf))),
@@ -1781,7 +1826,9 @@ impl PuceFs {
             if a - from >= ahead {
                 break;
             }
-            if !self.chunks.contains(&sf.keys[n]) && tx.try_send((sf.clone(), n)).is_err() {
+            if !self.chunks.contains(&sf.keys[n])
+                && tx.try_send(Prefetch::Window(sf.clone(), n)).is_err()
+            {
                 break;
             }
         }
@@ -2002,10 +2049,21 @@ impl PuceFs {
 }
 
 fn prefetch_loop(fs: Weak<PuceFs>, rx: Receiver<Prefetch>) {
-    for (sf, w) in rx {
+    for job in rx {
         let Some(fs) = fs.upgrade() else { return };
-        if let Err(e) = fs.window(&sf, w) {
-            tracing::debug!("read-ahead of window {w}: {e:#}");
+        match job {
+            Prefetch::Window(sf, w) => {
+                if let Err(e) = fs.window(&sf, w) {
+                    tracing::debug!("read-ahead of window {w}: {e:#}");
+                }
+            }
+            Prefetch::Chunks(ids) => {
+                for id in ids {
+                    if let Err(e) = fs.chunk(&id) {
+                        tracing::debug!("read-ahead of chunk {id}: {e:#}");
+                    }
+                }
+            }
         }
     }
 }

@@ -434,3 +434,48 @@ fn chown_and_flagged_writes_clear_suid_and_sgid() {
     assert_eq!(set(d, chown), 0o2775);
     fs.commit_all().unwrap();
 }
+
+/// Opening a snapshot file loads the first chunks of the files after it in its directory, so
+/// that reading them next (`find | xargs cat`) finds them in the cache.
+#[test]
+fn opening_a_snapshot_file_reads_the_next_files_ahead() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (n, len) in [("a", 10), ("b", 30_000), ("c", 40_000)] {
+        std::fs::write(src.join(n), data(len, len as u64)).unwrap();
+    }
+    e.snap(&src, "docs");
+    let fs = e.fs(true);
+    let dir = {
+        let s = walk(&fs, "snapshots/docs");
+        let fh = fs.opendir(s).unwrap();
+        let name = fs.readdir(fh, 0).unwrap()[2].name.clone();
+        fs.releasedir(fh);
+        fs.lookup(s, &name).unwrap().ino
+    };
+    let a = fs.lookup(dir, b"a").unwrap().ino;
+    let before = fs.chunk_cache_stats();
+    let (fh, _) = fs.open(a, libc::O_RDONLY).unwrap();
+    fs.release(fh);
+    // The read-ahead threads load b and c (70 000 bytes); wait for them, boundedly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fs.chunk_cache_stats().bytes < before.bytes + 70_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b and c never read ahead"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let loaded = fs.chunk_cache_stats();
+    for (n, len) in [("b", 30_000), ("c", 40_000)] {
+        let ino = fs.lookup(dir, n.as_bytes()).unwrap().ino;
+        assert_eq!(read_all(&fs, ino), data(len, len as u64));
+    }
+    let after = fs.chunk_cache_stats();
+    assert_eq!(
+        after.misses, loaded.misses,
+        "b and c were read from the cache"
+    );
+    assert!(after.hits >= loaded.hits + 2);
+}
