@@ -23,6 +23,7 @@
 #   COLD=0 skips the cold-cache figures; PUCE_MOUNT_ARGS extra `puce mount` arguments;
 #   PUCE_BIN a puce binary to use instead of building this tree's.
 #   COMMIT_DELAY the mount's --commit-delay (default 1).
+#   OUT where the table is written (default benches/results/mount-latest.md).
 #   Needs restic and fusermount3.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
@@ -193,7 +194,7 @@ row() {
 }
 caches="warm"
 [ "$COLD" = 1 ] && caches="warm cold"
-out=$HERE/results/mount-latest.md
+out=${OUT:-$HERE/results/mount-latest.md}
 mkdir -p "$HERE/results"
 {
   echo "# benches/mount.sh, $(date -u +%Y-%m-%d) ($(nproc) cores, best of $REPEAT, one run)"
