@@ -3,29 +3,45 @@
 #
 # Cases (each the best of $REPEAT runs, wall time):
 #   seqread   sequential read of large files (cat of $BIG_MB MiB of incompressible files)
-#   cp-a      `cp -a` of one corpus version into the mount (spaces/), and until it is committed
-#   ls-lR     `ls -lR` of a snapshot of that version
+#   ls-lR     `ls -lR` of a snapshot of the corpus version
 #   readall   reading every file of that snapshot
-# puce reads through snapshots/ (and spaces/ for seqread); restic through its snapshots/latest.
+#   cp-a      `cp -a` of the corpus version into the mount (spaces/), then until it is committed
+# puce reads through snapshots/ (and spaces/ for seqread); restic through its snapshots/ID/.
 # Targets (issue 5): seqread >= 0.5x plain; readall >= 3x faster than restic; cp-a <= 3x plain.
 #
+# Method. Before every timed run the page cache is dropped (when /proc/sys/vm/drop_caches is
+# writable), then, for the "warm" figures, what the tool reads underneath is read once: the plain
+# directory itself, the puce repository, the restic repository (and the source of `cp -a`).
+# Warm figures therefore measure the software, not this VM's disk; the mount's own page cache
+# is always empty when a run starts, so every byte really goes through the file system.
+# "cold" figures (COLD=1, the default) drop the cache and read nothing first.
+# The plain directory, the repositories and the write-back area of the mount are all on the
+# disk of $WORK; `cp -a` writes to that disk for both (plain target and write-back area).
+#
 # Usage: benches/mount.sh [CORPUS_VERSION_DIR]   (default ~/.cache/puce-corpus/versions/day01)
-#   WORK=/path scratch directory (default under /tmp, same disk as the plain copies);
-#   BIG_MB (default 512), REPEAT (default 3). Needs restic, fusermount3, GNU time.
-# Page caches are dropped before each run when /proc/sys/vm/drop_caches is writable; otherwise
-# every tool reads warm (the table says which).
+#   WORK=/path scratch directory (default under /tmp); BIG_MB (default 512); REPEAT (default 3);
+#   COLD=0 skips the cold-cache figures; PUCE_MOUNT_ARGS extra `puce mount` arguments;
+#   PUCE_BIN a puce binary to use instead of building this tree's.
+#   COMMIT_DELAY the mount's --commit-delay (default 1).
+#   OUT where the table is written (default benches/results/mount-latest.md).
+#   Needs restic and fusermount3.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
 HERE=$(cd "$(dirname "$0")" && pwd)
 V=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/puce-corpus/versions/day01}
 BIG_MB=${BIG_MB:-512}
 REPEAT=${REPEAT:-3}
+COLD=${COLD:-1}
 [ -d "$V" ] || { echo "no corpus version at $V: run ../shared/corpus/make_corpus.sh" >&2; exit 1; }
-for t in restic fusermount3; do
+for t in restic fusermount3 bc; do
   command -v "$t" >/dev/null || { echo "mount.sh needs $t" >&2; exit 1; }
 done
-(cd "$HERE/.." && cargo build --release -q -p puce-cli)
-PUCE=$HERE/../target/release/puce
+if [ -n "${PUCE_BIN:-}" ]; then
+  PUCE=$PUCE_BIN
+else
+  (cd "$HERE/.." && cargo build --release -q -p puce-cli)
+  PUCE=$HERE/../target/release/puce
+fi
 W=${WORK:-$(mktemp -d /tmp/puce-mountbench.XXXXXX)}
 mkdir -p "$W"
 export PUCE_REPO=$W/puce-repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data
@@ -40,14 +56,23 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-CACHE=warm
-drop() { sync; if echo 3 2>/dev/null >/proc/sys/vm/drop_caches; then CACHE=cold; fi; }
-# best TIME-COMMAND...: best wall time in seconds of $REPEAT runs.
-best() {
+CAN_DROP=0
+if sync && echo 3 2>/dev/null >/proc/sys/vm/drop_caches; then CAN_DROP=1; fi
+[ "$CAN_DROP" = 1 ] || COLD=0
+drop() { sync; [ "$CAN_DROP" = 0 ] || echo 3 >/proc/sys/vm/drop_caches; }
+warm() { for d in "$@"; do find "$d" -type f -print0 | xargs -0 -r cat >/dev/null; done; }
+
+# measure WARM-DIRS -- CMD...: best wall time in seconds of $REPEAT runs of CMD, each after
+# dropping the page cache and reading WARM-DIRS (a space-separated list; "" for a cold run).
+measure() {
+  local dirs=$1; shift; shift
   local b=""
   for _ in $(seq "$REPEAT"); do
     drop
+    # shellcheck disable=SC2086
+    [ -z "$dirs" ] || warm $dirs
     local s e t
     s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N)
     t=$(echo "$e - $s" | bc -l)
@@ -78,7 +103,8 @@ restic -q -r "$W/restic-repo" backup "$V" >/dev/null
 
 echo "== mounts" >&2
 mkdir -p "$PM" "$RM"
-"$PUCE" mount "$PM" --commit-delay 1 2>"$W/puce-mount.log" &
+# shellcheck disable=SC2086
+"$PUCE" mount "$PM" --commit-delay "${COMMIT_DELAY:-1}" ${PUCE_MOUNT_ARGS:-} 2>"$W/puce-mount.log" &
 PUCE_PID=$!
 restic -r "$W/restic-repo" mount "$RM" >"$W/restic-mount.log" 2>&1 &
 RESTIC_PID=$!
@@ -89,28 +115,60 @@ RSNAP_BIG=$RM/snapshots/$(ls "$RM/snapshots" | grep -v latest | head -1)$W/big
 RSNAP=$RM/snapshots/$(ls "$RM/snapshots" | grep -v latest | tail -1)$V
 [ -f "$RSNAP_BIG/big1.bin" ] || { echo "restic mount layout unexpected: $RSNAP_BIG" >&2; exit 1; }
 
+PR=$W/puce-repo RR=$W/restic-repo
 readall() { find "$1" -type f -print0 | xargs -0 cat; }
-seq_plain=$(best cat "$W"/big/big*.bin)
-seq_puce=$(best cat "$PSNAP_BIG"/big*.bin)
-seq_space=$(best cat "$PM"/spaces/big/big*.bin)
-seq_restic=$(best cat "$RSNAP_BIG"/big*.bin)
-ls_plain=$(best ls -lR "$W/plain-version")
-ls_puce=$(best ls -lR "$PSNAP")
-ls_restic=$(best ls -lR "$RSNAP")
-all_plain=$(best readall "$W/plain-version")
-all_puce=$(best readall "$PSNAP")
-all_restic=$(best readall "$RSNAP")
+declare -A T
+# case NAME CMD...: the plain directory, puce and restic forms are given by the caller.
+run() { # KEY UNDERLYING -- CMD...
+  local key=$1 under=$2; shift 2
+  T[$key.warm]=$(measure "$under" "$@")
+  echo "   $key warm ${T[$key.warm]}" >&2
+  if [ "$COLD" = 1 ]; then
+    T[$key.cold]=$(measure "" "$@")
+    echo "   $key cold ${T[$key.cold]}" >&2
+  fi
+}
+echo "== seqread" >&2
+run seq.plain "$W/big" -- cat "$W"/big/big1.bin "$W"/big/big2.bin
+run seq.puce "$PR" -- cat "$PSNAP_BIG"big1.bin "$PSNAP_BIG"big2.bin
+run seq.space "$PR" -- cat "$PM"/spaces/big/big1.bin "$PM"/spaces/big/big2.bin
+run seq.restic "$RR" -- cat "$RSNAP_BIG"/big1.bin "$RSNAP_BIG"/big2.bin
+echo "== ls -lR" >&2
+run ls.plain "$W/plain-version" -- ls -lR "$W/plain-version"
+run ls.puce "$PR" -- ls -lR "$PSNAP"
+run ls.restic "$RR" -- ls -lR "$RSNAP"
+echo "== read all" >&2
+run all.plain "$W/plain-version" -- readall "$W/plain-version"
+run all.puce "$PR" -- readall "$PSNAP"
+run all.restic "$RR" -- readall "$RSNAP"
 
 echo "== cp -a" >&2
-cp_plain=$(best sh -c "rm -rf '$W/cp-plain' && cp -a '$V' '$W/cp-plain'")
-cp_puce=""
-for i in $(seq "$REPEAT"); do
-  drop
-  s=$(date +%s.%N); cp -a "$V" "$PM/spaces/corpus/copy$i"; e=$(date +%s.%N)
-  t=$(echo "$e - $s" | bc -l)
-  if [ -z "$cp_puce" ] || [ "$(echo "$t < $cp_puce" | bc -l)" = 1 ]; then cp_puce=$t; fi
-done
-cp_puce=$(printf '%.3f' "$cp_puce")
+nsnaps() { "$PUCE" snapshots --space corpus --json | grep -c '"id"' || true; }
+# best_cp PREPARE TARGET-PREFIX: best time of `cp -a $V TARGET-PREFIX$i`, source warm.
+best_cp() {
+  local prep=$1 dst=$2 b="" s e t
+  for i in $(seq "$REPEAT"); do
+    $prep "$i"
+    drop; warm "$V"
+    s=$(date +%s.%N); cp -a "$V" "$dst$i"; e=$(date +%s.%N)
+    t=$(echo "$e - $s" | bc -l)
+    if [ -z "$b" ] || [ "$(echo "$t < $b" | bc -l)" = 1 ]; then b=$t; fi
+  done
+  printf '%.3f' "$b"
+}
+prep_plain() { rm -rf "$W/cp-plain"; mkdir -p "$W/cp-plain"; }
+# The commit of the previous copy must be over before the next copy is timed.
+prep_puce() {
+  local want=$(( $1 ))
+  for _ in $(seq 600); do [ "$(nsnaps)" -ge "$want" ] && return 0; sleep 0.5; done
+  echo "the mount did not commit copy $(( $1 - 1 ))" >&2; exit 1
+}
+T[cp.plain.warm]=$(best_cp prep_plain "$W/cp-plain/copy")
+echo "   cp.plain warm ${T[cp.plain.warm]}" >&2
+T[cp.puce.warm]=$(best_cp prep_puce "$PM/spaces/corpus/copy")
+echo "   cp.puce warm ${T[cp.puce.warm]}" >&2
+prep_puce $((REPEAT + 1))
+cp -a "$V" "$PM/spaces/corpus/copy-last"
 # Until committed: SIGTERM commits what is pending, then unmounts.
 s=$(date +%s.%N); kill -TERM "$PUCE_PID"; wait "$PUCE_PID" || true; e=$(date +%s.%N)
 commit_tail=$(printf '%.3f' "$(echo "$e - $s" | bc -l)")
@@ -121,20 +179,42 @@ files=$(find "$V" -type f | wc -l)
 size=$(du -sh "$V" | cut -f1)
 ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 mbps() { printf '%.0f' "$(echo "$BIG_MB / $1" | bc -l)"; }
-out=$HERE/results/mount-latest.md
+# row LABEL KEY-PREFIX KIND CACHE: one table row; KIND speed (seqread), time (others).
+row() {
+  local label=$1 k=$2 kind=$3 c=$4
+  local p=${T[$k.plain.$c]} u=${T[$k.puce.$c]} r=${T[$k.restic.$c]:-}
+  local vs_plain vs_restic=""
+  if [ "$kind" = speed ]; then
+    vs_plain="$(ratio "$p" "$u")x speed ($(mbps "$u") MiB/s)"
+  else
+    vs_plain="$(ratio "$u" "$p")x time"
+  fi
+  [ -z "$r" ] || vs_restic="$(ratio "$r" "$u")x faster"
+  echo "| $label, $c | $p | $u | $r | $vs_plain | $vs_restic |"
+}
+caches="warm"
+[ "$COLD" = 1 ] && caches="warm cold"
+out=${OUT:-$HERE/results/mount-latest.md}
 mkdir -p "$HERE/results"
 {
-  echo "# benches/mount.sh, $(date -u +%Y-%m-%d) ($(nproc) cores, page cache $CACHE, best of $REPEAT)"
+  echo "# benches/mount.sh, $(date -u +%Y-%m-%d) ($(nproc) cores, best of $REPEAT, one run)"
   echo
   echo "Version: $(basename "$V") ($files files, $size); large files: $BIG_MB MiB incompressible."
+  echo "warm: page cache dropped, then the plain directory / the puce repository / the restic"
+  echo "repository (and the cp -a source) read once before each timed run, so the figures measure"
+  echo "the software; the mount's own page cache is empty at the start of each run. cold: page"
+  echo "cache dropped, nothing read first (this VM's disk dominates). All on one disk ($(df --output=source "$W" | tail -1))."
   echo
   echo "| case | plain dir | puce mount | restic mount | puce vs plain | puce vs restic |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-  echo "| seqread snapshots/ (s) | $seq_plain | $seq_puce | $seq_restic | $(ratio "$seq_plain" "$seq_puce")x speed ($(mbps "$seq_puce") MiB/s) | $(ratio "$seq_restic" "$seq_puce")x faster |"
-  echo "| seqread spaces/ (s) | $seq_plain | $seq_space | | $(ratio "$seq_plain" "$seq_space")x speed | |"
-  echo "| ls -lR snapshot (s) | $ls_plain | $ls_puce | $ls_restic | $(ratio "$ls_puce" "$ls_plain")x time | $(ratio "$ls_restic" "$ls_puce")x faster |"
-  echo "| read whole snapshot (s) | $all_plain | $all_puce | $all_restic | $(ratio "$all_puce" "$all_plain")x time | $(ratio "$all_restic" "$all_puce")x faster |"
-  echo "| cp -a into spaces/ (s) | $cp_plain | $cp_puce | | $(ratio "$cp_puce" "$cp_plain")x time | |"
+  for c in $caches; do
+    row "seqread snapshots/ (s)" seq speed "$c"
+    T[seqs.plain.$c]=${T[seq.plain.$c]}; T[seqs.puce.$c]=${T[seq.space.$c]}
+    row "seqread spaces/ (s)" seqs speed "$c"
+    row "ls -lR snapshot (s)" ls time "$c"
+    row "read whole snapshot (s)" all time "$c"
+  done
+  row "cp -a into spaces/ (s)" cp time warm
   echo "| then commit + unmount (s) | | $commit_tail | | | |"
   echo
   echo "Targets: seqread >= 0.5x plain speed; whole snapshot >= 3x faster than restic; cp -a <= 3x plain time."

@@ -22,6 +22,7 @@ pub mod index;
 pub mod merge;
 pub mod pack;
 pub mod progress;
+pub mod read;
 pub mod recover;
 pub mod repair;
 pub mod repo;

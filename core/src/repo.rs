@@ -266,14 +266,12 @@ impl Repo {
     /// Read the stored bytes of an object (compressed as in the pack) without decoding them.
     pub fn read_stored(&self, reader: &IndexReader, loc: &Location) -> Result<Vec<u8>> {
         let pack = self.pack_id(reader, loc.pack)?;
-        let mut buf = vec![0u8; loc.stored_len as usize];
-        self.backend.read_at(
+        self.backend.read_vec(
             FileKind::Pack,
             &pack.to_hex(),
             u64::from(loc.offset),
-            &mut buf,
-        )?;
-        Ok(buf)
+            loc.stored_len as usize,
+        )
     }
 
     /// Read and verify the object at `loc`.
@@ -285,7 +283,7 @@ impl Repo {
     ) -> Result<Vec<u8>> {
         let stored = self.read_stored(reader, loc)?;
         let pack = self.pack_id(reader, loc.pack)?;
-        decode_object(id, loc.flags, loc.raw_len, &stored)
+        decode_object_vec(id, loc.flags, loc.raw_len, stored)
             .map_err(|e| e.context(format!("pack {}", pack.short(16))))
     }
 
@@ -531,57 +529,99 @@ pub fn verify_object(id: &ObjectId, flags: u8, raw_len: u32, stored: &[u8]) -> R
                 stored.len()
             )));
         }
-        let got = Hash::of(stored);
-        if got != id.0 {
-            return Err(Error::corrupt(format!(
-                "object {id} does not match its hash (got {}): damaged data",
-                got.short(16)
-            )));
-        }
-        return Ok(());
+        return verify(id, stored);
     }
+    SCRATCH.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        decompress_append(id, raw_len, stored, &mut buf)?;
+        let r = verify(id, &buf);
+        // Do not keep a huge buffer for the life of the thread.
+        if buf.capacity() > 32 << 20 {
+            *buf = Vec::new();
+        }
+        r
+    })
+}
+
+/// [`decode_object`] taking the stored bytes by value: an uncompressed object is verified and
+/// returned without a copy.
+pub fn decode_object_vec(
+    id: &ObjectId,
+    flags: u8,
+    raw_len: u32,
+    stored: Vec<u8>,
+) -> Result<Vec<u8>> {
+    if flags & FLAG_ZSTD != 0 || raw_len > MAX_OBJECT {
+        return decode_object(id, flags, raw_len, &stored);
+    }
+    if stored.len() != raw_len as usize {
+        return Err(Error::corrupt(format!(
+            "object {id} has {} bytes, expected {raw_len}: damaged",
+            stored.len()
+        )));
+    }
+    verify(id, &stored)?;
+    Ok(stored)
+}
+
+/// Check that `plain` hashes to `id`.
+pub fn verify(id: &ObjectId, plain: &[u8]) -> Result<()> {
+    let got = Hash::of(plain);
+    if got != id.0 {
+        return Err(Error::corrupt(format!(
+            "object {id} does not match its hash (got {}): damaged data",
+            got.short(16)
+        )));
+    }
+    Ok(())
+}
+
+/// Decompress the zstd-stored object `id` and append its `raw_len` bytes to `out` (not
+/// verified; on error `out` is as it was).
+pub(crate) fn decompress_append(
+    id: &ObjectId,
+    raw_len: u32,
+    stored: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
     if raw_len > MAX_OBJECT {
         return Err(Error::corrupt(format!(
             "object {id} declares an oversized length"
         )));
     }
-    SCRATCH.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.clear();
-        buf.reserve(raw_len as usize);
-        let n = DECOMPRESSOR.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| {
+    let start = out.len();
+    out.reserve(raw_len as usize);
+    let r = DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d =
+                Some(zstd::bulk::Decompressor::new().map_err(|e| {
                     Error::other("cannot create a zstd decompressor").with_source(e)
                 })?);
-            }
-            match d.as_mut() {
-                Some(d) => d.decompress_to_buffer(stored, &mut *buf).map_err(|e| {
-                    Error::corrupt(format!("object {id} does not decompress: damaged"))
-                        .with_source(e)
-                }),
-                None => Err(Error::other("no decompressor")),
-            }
-        })?;
-        if n != raw_len as usize {
-            return Err(Error::corrupt(format!(
+        }
+        let Some(d) = d.as_mut() else {
+            return Err(Error::other("no decompressor"));
+        };
+        let mut cur = std::io::Cursor::new(&mut *out);
+        cur.set_position(start as u64);
+        d.decompress_to_buffer(stored, &mut cur).map_err(|e| {
+            Error::corrupt(format!("object {id} does not decompress: damaged")).with_source(e)
+        })
+    });
+    match r {
+        Ok(n) if n == raw_len as usize && out.len() == start + n => Ok(()),
+        Ok(n) => {
+            out.truncate(start);
+            Err(Error::corrupt(format!(
                 "object {id} decompresses to {n} bytes, expected {raw_len}: damaged"
-            )));
+            )))
         }
-        let got = Hash::of(&buf[..n]);
-        if got != id.0 {
-            return Err(Error::corrupt(format!(
-                "object {id} does not match its hash (got {}): damaged data",
-                got.short(16)
-            )));
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
         }
-        // Do not keep a huge buffer for the life of the thread.
-        if buf.capacity() > 32 << 20 {
-            *buf = Vec::new();
-        }
-        Ok(())
-    })
+    }
 }
 
 /// Decode stored object bytes and check they hash to `id`.
@@ -623,13 +663,7 @@ pub fn decode_object(id: &ObjectId, flags: u8, raw_len: u32, stored: &[u8]) -> R
         }
         stored.to_vec()
     };
-    let got = Hash::of(&plain);
-    if got != id.0 {
-        return Err(Error::corrupt(format!(
-            "object {id} does not match its hash (got {}): damaged data",
-            got.short(16)
-        )));
-    }
+    verify(id, &plain)?;
     Ok(plain)
 }
 

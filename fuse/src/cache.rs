@@ -61,6 +61,16 @@ impl<V: Clone> Cache<V> {
             .map_err(|_| Error::other("cache lock poisoned"))
     }
 
+    /// The byte budget.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The value for `id` if it is held (recency and counters untouched).
+    pub fn peek(&self, id: &ObjectId) -> Option<V> {
+        self.lock().ok()?.map.get(id).map(|(v, _, _)| v.clone())
+    }
+
     /// Whether `id` is held (without touching its recency).
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.lock()

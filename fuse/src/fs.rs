@@ -122,6 +122,19 @@ pub struct SetAttr {
     pub size: Option<u64>,
     /// New modification time (`Some(None)`: now).
     pub mtime: Option<Option<i64>>,
+    /// Clear set-user-ID, and set-group-ID if group-executable, of a regular file unless
+    /// `mode` is given (chown, truncate or write by an unprivileged caller). The kernel leaves
+    /// this to the file system (`FUSE_HANDLE_KILLPRIV_V2`), which spares it a GETATTR per chown.
+    pub kill_suidgid: bool,
+}
+
+/// `mode` without the bits that a chown, truncate or write removes.
+pub fn killed_suidgid(mode: u32) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if m & libc::S_IXGRP != 0 {
+        m &= !libc::S_ISGID;
+    }
+    m
 }
 
 /// Who asks.
@@ -156,17 +169,97 @@ pub trait Invalidator: Send + Sync {
     fn inval_inode(&self, ino: u64);
     /// `(parent, name)` may now lead elsewhere.
     fn inval_entry(&self, parent: u64, name: &[u8]);
+    /// Only the attributes of `ino` changed (its cached pages stay valid).
+    fn inval_attr(&self, ino: u64) {
+        self.inval_inode(ino);
+    }
 }
 
-/// Content of a stored file: chunk ids and where each ends.
+/// Sequential reads load windows of consecutive chunks of at least this many bytes.
+const WINDOW: u64 = 2 << 20;
+/// How far sequential readers are read ahead.
+const READ_AHEAD: u64 = 8 << 20;
+/// A read starting this close to where the previous one of its handle ended is sequential
+/// (the kernel's read-ahead requests may be served out of order by several threads).
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
+
+/// A read-ahead job.
+enum Prefetch {
+    /// Window `.1` of a file being read.
+    Window(Arc<StoredFile>, usize),
+    /// The first chunks of files likely to be opened next.
+    Chunks(Vec<ObjectId>),
+}
+
+/// When a snapshot file is opened, the first chunks of the files after it in its directory
+/// (`find | xargs cat`, `cp -r`, `tar` read in that order) are loaded, up to this many bytes...
+const NEXT_FILES_BYTES: u64 = 2 << 20;
+/// ...and this many files.
+const NEXT_FILES: usize = 16;
+
+/// Content of a stored file: chunk ids and where each ends, and its read windows.
 pub(crate) struct StoredFile {
     chunks: Vec<ObjectId>,
     ends: Vec<u64>,
+    /// First chunk of each window (runs of whole chunks of at least [`WINDOW`] bytes).
+    wins: Vec<usize>,
+    /// Cache key of each window: the chunk id for a one-chunk window (shared with
+    /// chunk-by-chunk reads), else a hash of the chunk ids.
+    keys: Vec<ObjectId>,
 }
 
 impl StoredFile {
+    fn new(chunks: Vec<ObjectId>, ends: Vec<u64>) -> StoredFile {
+        let mut wins = Vec::new();
+        let mut start = 0u64;
+        for i in 0..chunks.len() {
+            // Chunk `i` starts a window if it is the first, or the window so far is full.
+            if i == 0 || ends[i - 1] - start >= WINDOW {
+                wins.push(i);
+                start = if i == 0 { 0 } else { ends[i - 1] };
+            }
+        }
+        let mut keys = Vec::with_capacity(wins.len());
+        for w in 0..wins.len() {
+            let (a, b) = (wins[w], wins.get(w + 1).copied().unwrap_or(chunks.len()));
+            keys.push(if b - a == 1 {
+                chunks[a]
+            } else {
+                let mut h = b"puce-fuse-window".to_vec();
+                for c in &chunks[a..b] {
+                    h.extend_from_slice(c.as_bytes());
+                }
+                ObjectId::of(&h)
+            });
+        }
+        StoredFile {
+            chunks,
+            ends,
+            wins,
+            keys,
+        }
+    }
+
     fn size(&self) -> u64 {
         self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// Byte offset where chunk `i` starts.
+    fn start(&self, i: usize) -> u64 {
+        if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+
+    /// Chunk range and byte range of window `w`.
+    fn window(&self, w: usize) -> (std::ops::Range<usize>, u64, u64) {
+        let a = self.wins[w];
+        let b = self.wins.get(w + 1).copied().unwrap_or(self.chunks.len());
+        (a..b, self.start(a), self.ends[b - 1])
+    }
+
+    /// The window holding byte `offset` (< size).
+    fn window_of(&self, offset: u64) -> usize {
+        let chunk = self.ends.partition_point(|e| *e <= offset);
+        self.wins.partition_point(|s| *s <= chunk) - 1
     }
 }
 
@@ -257,7 +350,7 @@ pub struct PuceFs {
     pub(crate) notifier: RwLock<Option<Arc<dyn Invalidator>>>,
     pub(crate) wake: (Mutex<bool>, Condvar),
     pub(crate) stop: AtomicBool,
-    prefetch: Mutex<Option<Sender<ObjectId>>>,
+    prefetch: Mutex<Option<Sender<Prefetch>>>,
     pub(crate) counts: Mutex<HashMap<ObjectId, Counts>>,
     _session: Option<Session>,
 }
@@ -402,10 +495,10 @@ impl PuceFs {
 
     /// Start the read-ahead threads.
     pub fn start(self: &Arc<Self>) -> Result<()> {
-        let (tx, rx) = bounded::<ObjectId>(64);
+        let (tx, rx) = bounded::<Prefetch>(16);
         for i in 0..2 {
             let weak = Arc::downgrade(self);
-            let rx: Receiver<ObjectId> = rx.clone();
+            let rx: Receiver<Prefetch> = rx.clone();
             std::thread::Builder::new()
                 .name(format!("puce-readahead-{i}"))
                 .spawn(move || prefetch_loop(weak, rx))
@@ -499,7 +592,40 @@ impl PuceFs {
         })
     }
 
+    /// Queue the first chunks of the files after `name` in `tree` (see [`NEXT_FILES_BYTES`]).
+    fn read_next_files(&self, tree: &Tree, name: &[u8]) {
+        let from = tree.entries.partition_point(|e| e.name.as_slice() <= name);
+        let mut ids = Vec::new();
+        let mut bytes = 0u64;
+        for e in tree.entries[from..].iter().take(NEXT_FILES) {
+            let Node::File { size, chunks } = &e.node else {
+                continue;
+            };
+            let Some(first) = chunks.first() else {
+                continue;
+            };
+            if bytes > 0 && bytes + size.min(&WINDOW) > NEXT_FILES_BYTES {
+                break;
+            }
+            bytes += size.min(&WINDOW);
+            if !self.chunks.contains(first) {
+                ids.push(*first);
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(g) = self.prefetch.lock()
+            && let Some(tx) = g.as_ref()
+        {
+            let _ = tx.try_send(Prefetch::Chunks(ids));
+        }
+    }
+
     fn chunk_len(&self, id: &ObjectId) -> Result<u64> {
+        if let Some(v) = self.chunks.peek(id) {
+            return Ok(v.len() as u64);
+        }
         let r = self.index_reader()?;
         let loc = match r.get(id)? {
             Some(l) => Some(l),
@@ -908,6 +1034,46 @@ impl PuceFs {
         lock(&self.dirs)?.get(&fh).cloned().ok_or(FsError::BADF)
     }
 
+    /// `readdirplus`: the entries of open directory `fh` (inode `ino`) from position `offset`
+    /// on, each with its attributes, passed to `add(entry, attr, next_offset)` until it returns
+    /// `true` (the reply is full; that entry was not sent). Every entry sent other than `.` and
+    /// `..` counts as a lookup (the kernel forgets it later); the one that did not fit is
+    /// forgotten at once. Entries that vanished since `opendir` are skipped.
+    pub fn readdir_plus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Attr, u64) -> bool,
+    ) -> FsResult<()> {
+        let list = self.readdir(fh, offset)?;
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            if e.name == b"." || e.name == b".." {
+                // Not counted by the kernel, which ignores these attributes.
+                let a = self.fixed_attr(e.ino, 0o755, self.started_ns);
+                if add(e, &a, next) {
+                    break;
+                }
+                continue;
+            }
+            let a = match self.lookup(ino, &e.name) {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let sent = DirEntry {
+                ino: a.ino,
+                kind: a.kind,
+                name: e.name.clone(),
+            };
+            if add(&sent, &a, next) {
+                self.forget(a.ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Close a directory handle.
     pub fn releasedir(&self, fh: u64) {
         if let Ok(mut d) = self.dirs.lock() {
@@ -962,10 +1128,15 @@ impl PuceFs {
             }),
         };
         st.edits.push(edit);
+        let pending = st.dirty && st.want_commit;
         st.dirty = true;
         st.want_commit = true;
         space.touch();
-        self.wake();
+        if !pending {
+            // The commit thread sleeps until the quiet period of a pending commit is over:
+            // wake it only when a commit becomes pending (not on every edit).
+            self.wake();
+        }
         r.map_err(FsError::from)
     }
 
@@ -1234,10 +1405,18 @@ impl PuceFs {
                 let f = self.wb()?.open_local(id)?;
                 f.set_modified(system_time(t))?;
             }
-            if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || mtime.is_some() {
+            let mut mode = a.mode.map(|m| m & 0o7777);
+            if a.kill_suidgid
+                && mode.is_none()
+                && info.kind == NodeKind::File
+                && killed_suidgid(info.meta.mode) != info.meta.mode
+            {
+                mode = Some(killed_suidgid(info.meta.mode) & 0o7777);
+            }
+            if mode.is_some() || a.uid.is_some() || a.gid.is_some() || mtime.is_some() {
                 let edit = Edit::SetMeta {
                     path,
-                    mode: a.mode.map(|m| m & 0o7777),
+                    mode,
                     uid: a.uid,
                     gid: a.gid,
                     mtime_ns: mtime,
@@ -1370,7 +1549,7 @@ impl PuceFs {
             end += self.chunk_len(c)?;
             ends.push(end);
         }
-        Ok(StoredFile { chunks, ends })
+        Ok(StoredFile::new(chunks, ends))
     }
 
     /// `open`. Returns a handle and whether the kernel may keep cached pages.
@@ -1393,6 +1572,7 @@ impl PuceFs {
                     return Err(FsError::ISDIR);
                 };
                 let sf = self.stored_file(chunks.clone())?;
+                self.read_next_files(&tree, &entry.name);
                 let of = Arc::new(OpenFile {
                     space: None,
                     state: RwLock::new(FileState::Stored(Arc::new(sf))),
@@ -1488,14 +1668,34 @@ impl PuceFs {
 
     /// `read`: up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_with(fh, offset, size, |d| d.to_vec())
+    }
+
+    /// `read`, handing the bytes to `reply` (without copying them when they lie in one
+    /// cached window).
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
         let h = self.handle(fh)?;
         let st = h.file.state.read().map_err(|_| FsError::IO)?;
         let out = match &*st {
             FileState::Stored(sf) => {
                 let sf = sf.clone();
                 drop(st);
-                let sequential = h.next.load(Ordering::Relaxed) == offset;
-                self.read_stored(&sf, offset, size as u64, sequential)?
+                let sequential =
+                    h.next.load(Ordering::Relaxed).abs_diff(offset) <= SEQUENTIAL_SLACK;
+                let end = offset.saturating_add(u64::from(size)).min(sf.size());
+                h.next.store(end.max(offset), Ordering::Relaxed);
+                return if sequential {
+                    self.read_windows(&sf, offset, size as u64, reply)
+                } else {
+                    self.read_stored(&sf, offset, size as u64)
+                        .map(|d| reply(&d))
+                };
             }
             FileState::Staged { file, .. } => {
                 let mut buf = vec![0u8; size as usize];
@@ -1513,16 +1713,78 @@ impl PuceFs {
             }
         };
         h.next.store(offset + out.len() as u64, Ordering::Relaxed);
-        Ok(out)
+        Ok(reply(&out))
     }
 
-    fn read_stored(
+    /// The content of window `w` of `sf`, from the cache or loaded with one read per run of
+    /// chunks stored one after the other.
+    fn window(&self, sf: &StoredFile, w: usize) -> Result<Arc<Vec<u8>>> {
+        let (range, _, _) = sf.window(w);
+        if range.len() == 1 {
+            return self.chunk(&sf.chunks[range.start]);
+        }
+        self.chunks.get_or_load(&sf.keys[w], || {
+            let ids = &sf.chunks[range];
+            let r = self.index_reader()?;
+            let v = match puce_core::read::read_objects(&self.repo, &r, ids) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    // A stale index view (a commit or gc since): look again once.
+                    self.refresh_reader()?;
+                    puce_core::read::read_objects(&self.repo, &*self.index_reader()?, ids)?
+                }
+                x => x?,
+            };
+            let w = v.len() + 64;
+            Ok((Arc::new(v), w))
+        })
+    }
+
+    /// A sequential read: served from whole windows, the next ones read ahead.
+    fn read_windows<R>(
         &self,
-        sf: &StoredFile,
+        sf: &Arc<StoredFile>,
         offset: u64,
         size: u64,
-        sequential: bool,
-    ) -> FsResult<Vec<u8>> {
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
+        let total = sf.size();
+        if offset >= total || size == 0 {
+            return Ok(reply(&[]));
+        }
+        let end = (offset + size).min(total);
+        let first = sf.window_of(offset);
+        self.read_ahead(sf, first);
+        let load = |w: usize| -> FsResult<(Arc<Vec<u8>>, u64, u64)> {
+            let (_, a, b) = sf.window(w);
+            let data = self.window(sf, w)?;
+            if data.len() as u64 != b - a {
+                tracing::error!(
+                    "window {w} has {} bytes, the index says {}",
+                    data.len(),
+                    b - a
+                );
+                return Err(FsError::IO);
+            }
+            Ok((data, a, b))
+        };
+        let (data, a, b) = load(first)?;
+        if end <= b {
+            // The common case: no copy.
+            return Ok(reply(&data[(offset - a) as usize..(end - a) as usize]));
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        out.extend_from_slice(&data[(offset - a) as usize..]);
+        let mut w = first + 1;
+        while (offset + out.len() as u64) < end && w < sf.wins.len() {
+            let (data, a, b) = load(w)?;
+            out.extend_from_slice(&data[..(end.min(b) - a) as usize]);
+            w += 1;
+        }
+        Ok(reply(&out))
+    }
+
+    /// A random read: only the chunks it touches are loaded.
+    fn read_stored(&self, sf: &StoredFile, offset: u64, size: u64) -> FsResult<Vec<u8>> {
         let total = sf.size();
         if offset >= total || size == 0 {
             return Ok(Vec::new());
@@ -1530,7 +1792,6 @@ impl PuceFs {
         let end = (offset + size).min(total);
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut i = sf.ends.partition_point(|e| *e <= offset);
-        let first = i;
         let mut pos = offset;
         while pos < end && i < sf.chunks.len() {
             let start = if i == 0 { 0 } else { sf.ends[i - 1] };
@@ -1550,23 +1811,24 @@ impl PuceFs {
             pos = start + b as u64;
             i += 1;
         }
-        if sequential {
-            self.read_ahead(sf, first + 1);
-        }
         Ok(out)
     }
 
-    /// Queue the chunks after `from` (about 8 MiB) for loading into the cache.
-    fn read_ahead(&self, sf: &StoredFile, from: usize) {
+    /// Queue the windows after `w` (about [`READ_AHEAD`] bytes) for loading into the cache.
+    fn read_ahead(&self, sf: &Arc<StoredFile>, w: usize) {
         let Ok(g) = self.prefetch.lock() else { return };
         let Some(tx) = g.as_ref() else { return };
-        let base = if from == 0 { 0 } else { sf.ends[from - 1] };
-        for j in from..sf.chunks.len() {
-            if sf.ends[j] - base > 8 << 20 && j > from {
+        let (_, _, from) = sf.window(w);
+        // Never more than a quarter of the cache, so that read-ahead does not evict itself.
+        let ahead = READ_AHEAD.min(self.chunks.capacity() as u64 / 4);
+        for n in w + 1..sf.wins.len() {
+            let (_, a, _) = sf.window(n);
+            if a - from >= ahead {
                 break;
             }
-            let id = sf.chunks[j];
-            if !self.chunks.contains(&id) && tx.try_send(id).is_err() {
+            if !self.chunks.contains(&sf.keys[n])
+                && tx.try_send(Prefetch::Window(sf.clone(), n)).is_err()
+            {
                 break;
             }
         }
@@ -1589,15 +1851,40 @@ impl PuceFs {
         Ok(data.len() as u32)
     }
 
+    /// Clear set-user-ID and set-group-ID of the file open as `fh` (a write by an unprivileged
+    /// caller: the kernel asks with `FUSE_WRITE_KILL_SUIDGID`).
+    pub fn kill_suidgid(&self, fh: u64) -> FsResult<()> {
+        let ino = self.handle(fh)?.ino;
+        let before = self.getattr(ino)?.perm;
+        let a = SetAttr {
+            kill_suidgid: true,
+            ..SetAttr::default()
+        };
+        let after = self.setattr(ino, Some(fh), &a)?.perm;
+        if after != before {
+            // No attributes go back with a write or an open: the kernel must ask again.
+            if let Ok(n) = self.notifier.read()
+                && let Some(n) = n.as_ref()
+            {
+                n.inval_attr(ino);
+            }
+        }
+        Ok(())
+    }
+
     fn ask_commit(&self, h: &Handle) {
         if h.wrote.load(Ordering::Relaxed)
             && let Some(space) = &h.file.space
         {
+            let mut pending = false;
             if let Ok(mut st) = space.lock() {
+                pending = st.want_commit && st.dirty;
                 st.want_commit = true;
                 st.dirty = true;
             }
-            self.wake();
+            if !pending {
+                self.wake();
+            }
         }
     }
 
@@ -1761,11 +2048,22 @@ impl PuceFs {
     }
 }
 
-fn prefetch_loop(fs: Weak<PuceFs>, rx: Receiver<ObjectId>) {
-    for id in rx {
+fn prefetch_loop(fs: Weak<PuceFs>, rx: Receiver<Prefetch>) {
+    for job in rx {
         let Some(fs) = fs.upgrade() else { return };
-        if let Err(e) = fs.chunk(&id) {
-            tracing::debug!("read-ahead of chunk {id}: {e:#}");
+        match job {
+            Prefetch::Window(sf, w) => {
+                if let Err(e) = fs.window(&sf, w) {
+                    tracing::debug!("read-ahead of window {w}: {e:#}");
+                }
+            }
+            Prefetch::Chunks(ids) => {
+                for id in ids {
+                    if let Err(e) = fs.chunk(&id) {
+                        tracing::debug!("read-ahead of chunk {id}: {e:#}");
+                    }
+                }
+            }
         }
     }
 }
@@ -1774,4 +2072,46 @@ fn prefetch_loop(fs: Weak<PuceFs>, rx: Receiver<ObjectId>) {
 fn assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<PuceFs>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Windows cover every chunk once, hold at least WINDOW bytes (but the last), and
+    /// `window_of` finds the window of every byte.
+    #[test]
+    fn windows_partition_the_chunks() {
+        for sizes in [
+            vec![],
+            vec![5u64],
+            vec![300_000; 40],
+            vec![3 << 20, 10, 10, 3 << 20],
+        ] {
+            let chunks: Vec<ObjectId> = (0..sizes.len())
+                .map(|i| ObjectId::of(&i.to_le_bytes()))
+                .collect();
+            let ends: Vec<u64> = sizes
+                .iter()
+                .scan(0, |e, s| {
+                    *e += s;
+                    Some(*e)
+                })
+                .collect();
+            let sf = StoredFile::new(chunks.clone(), ends.clone());
+            assert_eq!(sf.wins.len(), sf.keys.len());
+            let mut next = 0;
+            for w in 0..sf.wins.len() {
+                let (r, a, b) = sf.window(w);
+                assert_eq!(r.start, next);
+                assert!(b - a >= WINDOW || w + 1 == sf.wins.len());
+                assert_eq!(r.len() == 1, sf.keys[w] == chunks[r.start]);
+                for off in [a, (a + b) / 2, b - 1] {
+                    assert_eq!(sf.window_of(off), w);
+                }
+                next = r.end;
+            }
+            assert_eq!(next, chunks.len());
+        }
+    }
 }

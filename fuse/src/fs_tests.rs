@@ -320,3 +320,162 @@ fn incoming_snapshot_and_local_change_keep_both() {
     fs.refresh_snapshots().unwrap();
     assert_eq!(read_all(&fs, walk(&fs, "spaces/docs/other.txt")), b"o2");
 }
+
+/// `readdirplus` counts a lookup for each entry it sends and none for the one that did not fit,
+/// in snapshots and in spaces; its attributes are those of a lookup.
+#[test]
+fn readdir_plus_counts_only_the_entries_sent() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for n in ["a", "b", "c", "d/x"] {
+        std::fs::write(src.join(n), n.as_bytes()).unwrap();
+    }
+    e.snap(&src, "docs");
+    let fs = e.fs(false);
+    let snap_dir = {
+        let s = walk(&fs, "snapshots/docs");
+        let fh = fs.opendir(s).unwrap();
+        let name = fs.readdir(fh, 0).unwrap()[2].name.clone();
+        fs.releasedir(fh);
+        fs.lookup(s, &name).unwrap().ino
+    };
+    let space_dir = walk(&fs, "spaces/docs");
+    for dir in [snap_dir, space_dir] {
+        let before = fs.inode_count();
+        let fh = fs.opendir(dir).unwrap();
+        let mut sent = Vec::new();
+        fs.readdir_plus(dir, fh, 0, |e, a, next| {
+            if sent.len() == 4 {
+                return true; // full: ".", "..", "a", "b" fit
+            }
+            sent.push((e.name.clone(), a.clone(), next));
+            false
+        })
+        .unwrap();
+        let names: Vec<&[u8]> = sent.iter().map(|(n, _, _)| n.as_slice()).collect();
+        assert_eq!(names, [&b"."[..], b"..", b"a", b"b"]);
+        assert_eq!(fs.inode_count(), before + 2, "a and b counted, c forgotten");
+        for (name, a, _) in &sent[2..] {
+            assert_eq!(a.size, 1);
+            // A lookup now finds the same inode, with the same attributes.
+            let again = fs.lookup(dir, name).unwrap();
+            assert_eq!(&again, a);
+            fs.forget(a.ino, 2);
+        }
+        assert_eq!(fs.inode_count(), before);
+        // The rest, from the position after "b".
+        let mut rest = Vec::new();
+        fs.readdir_plus(dir, fh, sent[3].2, |e, _, _| {
+            rest.push(e.name.clone());
+            false
+        })
+        .unwrap();
+        assert_eq!(rest, [b"c".to_vec(), b"d".to_vec()]);
+        fs.releasedir(fh);
+    }
+}
+
+/// With `FUSE_HANDLE_KILLPRIV_V2` the file system clears set-user-ID and set-group-ID itself:
+/// on chown (always), on a write the kernel flags, not when a mode is given.
+#[test]
+fn chown_and_flagged_writes_clear_suid_and_sgid() {
+    let e = Env::new();
+    let fs = e.fs(false);
+    fs.mkdir(ME, SPACES, b"s", 0o755, 0).unwrap();
+    let s = walk(&fs, "spaces/s");
+    let mode = |ino| fs.getattr(ino).unwrap().perm;
+    let set = |ino, a: SetAttr| fs.setattr(ino, None, &a).unwrap().perm;
+    let f = write_file(&fs, s, "f", b"x");
+    assert_eq!(
+        set(
+            f,
+            SetAttr {
+                mode: Some(0o6755),
+                ..SetAttr::default()
+            }
+        ),
+        0o6755
+    );
+    let chown = SetAttr {
+        uid: Some(7),
+        kill_suidgid: true,
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        set(f, chown.clone()),
+        0o755,
+        "suid and sgid (group-executable) cleared"
+    );
+    // sgid without group execute is mandatory locking, not privilege: kept.
+    set(
+        f,
+        SetAttr {
+            mode: Some(0o6745),
+            ..SetAttr::default()
+        },
+    );
+    assert_eq!(set(f, chown.clone()), 0o2745);
+    // An explicit mode wins.
+    let both = SetAttr {
+        mode: Some(0o4700),
+        ..chown.clone()
+    };
+    assert_eq!(set(f, both), 0o4700);
+    // A write flagged by the kernel.
+    let (fh, _) = fs.open(f, libc::O_WRONLY).unwrap();
+    fs.kill_suidgid(fh).unwrap();
+    fs.write(fh, 0, b"y").unwrap();
+    fs.release(fh);
+    assert_eq!(mode(f), 0o700);
+    // Directories keep theirs.
+    fs.mkdir(ME, s, b"d", 0o2775, 0).unwrap();
+    let d = walk(&fs, "spaces/s/d");
+    assert_eq!(set(d, chown), 0o2775);
+    fs.commit_all().unwrap();
+}
+
+/// Opening a snapshot file loads the first chunks of the files after it in its directory, so
+/// that reading them next (`find | xargs cat`) finds them in the cache.
+#[test]
+fn opening_a_snapshot_file_reads_the_next_files_ahead() {
+    let e = Env::new();
+    let src = e.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (n, len) in [("a", 10), ("b", 30_000), ("c", 40_000)] {
+        std::fs::write(src.join(n), data(len, len as u64)).unwrap();
+    }
+    e.snap(&src, "docs");
+    let fs = e.fs(true);
+    let dir = {
+        let s = walk(&fs, "snapshots/docs");
+        let fh = fs.opendir(s).unwrap();
+        let name = fs.readdir(fh, 0).unwrap()[2].name.clone();
+        fs.releasedir(fh);
+        fs.lookup(s, &name).unwrap().ino
+    };
+    let a = fs.lookup(dir, b"a").unwrap().ino;
+    let before = fs.chunk_cache_stats();
+    let (fh, _) = fs.open(a, libc::O_RDONLY).unwrap();
+    fs.release(fh);
+    // The read-ahead threads load b and c (70 000 bytes); wait for them, boundedly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fs.chunk_cache_stats().bytes < before.bytes + 70_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b and c never read ahead"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let loaded = fs.chunk_cache_stats();
+    for (n, len) in [("b", 30_000), ("c", 40_000)] {
+        let ino = fs.lookup(dir, n.as_bytes()).unwrap().ino;
+        assert_eq!(read_all(&fs, ino), data(len, len as u64));
+    }
+    let after = fs.chunk_cache_stats();
+    assert_eq!(
+        after.misses, loaded.misses,
+        "b and c were read from the cache"
+    );
+    assert!(after.hits >= loaded.hits + 2);
+}

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use puce_core::snapshot::edit::NodeKind;
 
@@ -22,6 +22,11 @@ use crate::fs::{Attr, Caller, Invalidator, PuceFs, SetAttr};
 const TTL_LIVE: Duration = Duration::from_secs(1);
 /// How long it may cache snapshot content, which never changes.
 const TTL_FROZEN: Duration = Duration::from_secs(3600);
+/// Flags of every opened file. `FOPEN_NOFLUSH`: `close(2)` does not wait for a FLUSH request.
+/// Writes reach the write-back area synchronously and edits are journaled as they happen, so
+/// a flush has nothing to make safe; the commit is asked for at release instead (which the
+/// kernel sends right after the last close, without making `close` wait).
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 /// Reported block size: large, so that `cp` and friends use large writes.
 const BLKSIZE: u32 = 1 << 20;
 
@@ -97,7 +102,10 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_AUTO_INVAL_DATA
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(want & config.capabilities());
         let _ = config.set_max_write(1 << 20);
         let mut ra = 1 << 20;
@@ -131,7 +139,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -153,6 +161,8 @@ impl Filesystem for Adapter {
             gid,
             size,
             mtime: mtime.map(nanos),
+            // chown always clears them (as Linux does); a truncate only for unprivileged callers.
+            kill_suidgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
         match self.0.setattr(ino.0, fh.map(|f| f.0), &a) {
             Ok(a) => reply.attr(&ttl(&a), &attr(&a)),
@@ -278,16 +288,23 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.0.open(ino.0, flags.0) {
-            Ok((fh, keep)) => reply.opened(
-                FileHandle(fh),
+            Ok((fh, keep)) => {
+                if flags.0 & libc::O_TRUNC != 0
+                    && req.uid() != 0
+                    && let Err(e) = self.0.kill_suidgid(fh)
+                {
+                    self.0.release(fh);
+                    reply.error(errno(e));
+                    return;
+                }
+                let mut f = OPEN_FLAGS;
                 if keep {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                },
-            ),
+                    f |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), f)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -303,9 +320,15 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.0.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
+        // The reply is sent from inside: a read within one cached window is not copied.
+        let mut reply = Some(reply);
+        let r = self.0.read_with(fh.0, offset, size, |d| {
+            if let Some(r) = reply.take() {
+                r.data(d);
+            }
+        });
+        if let (Err(e), Some(r)) = (r, reply.take()) {
+            r.error(errno(e));
         }
     }
 
@@ -316,11 +339,17 @@ impl Filesystem for Adapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.0.kill_suidgid(fh.0)
+        {
+            reply.error(errno(e));
+            return;
+        }
         match self.0.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
@@ -398,6 +427,30 @@ impl Filesystem for Adapter {
                 }
                 reply.ok();
             }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = self.0.readdir_plus(ino.0, fh.0, offset, |e, a, next| {
+            reply.add(
+                INodeNo(e.ino),
+                next,
+                OsStr::from_bytes(&e.name),
+                &ttl(a),
+                &attr(a),
+                Generation(0),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -493,7 +546,7 @@ impl Filesystem for Adapter {
                 &attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                OPEN_FLAGS,
             ),
             Err(e) => reply.error(errno(e)),
         }
@@ -519,6 +572,10 @@ pub struct KernelNotifier(pub Notifier);
 impl Invalidator for KernelNotifier {
     fn inval_inode(&self, ino: u64) {
         let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+    fn inval_attr(&self, ino: u64) {
+        // A negative offset: attributes only, the page cache is left alone.
+        let _ = self.0.inval_inode(INodeNo(ino), -1, 0);
     }
     fn inval_entry(&self, parent: u64, name: &[u8]) {
         let _ = self.0.inval_entry(INodeNo(parent), OsStr::from_bytes(name));

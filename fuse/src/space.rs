@@ -378,6 +378,8 @@ impl PuceFs {
     /// Delete local files no space refers to and no handle holds.
     fn sweep(&self) {
         let Some(wb) = &self.wb else { return };
+        // Before looking at the spaces: a file created after this point is not deleted.
+        wb.begin_sweep();
         let mut keep = self.open_ids();
         if let Ok(m) = self.spaces.read() {
             for s in m.values() {

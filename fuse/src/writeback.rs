@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use puce_core::hash::Hash;
 use puce_core::snapshot::edit::Edit;
@@ -40,6 +41,9 @@ fn io(action: &str, p: &Path, e: std::io::Error) -> Error {
 pub struct Writeback {
     dir: PathBuf,
     _lock: File,
+    /// Local files created since the last [`Writeback::begin_sweep`]: a sweep never deletes
+    /// them (they may belong to an operation that ran after the sweep looked at the spaces).
+    created: Mutex<HashSet<u64>>,
 }
 
 impl Writeback {
@@ -70,7 +74,11 @@ impl Writeback {
         }
         let owner = format!("pid {} at {}\n", std::process::id(), mountpoint.display());
         let _ = fs::write(dir.join("owner"), owner);
-        Ok(Writeback { dir, _lock: lock })
+        Ok(Writeback {
+            dir,
+            _lock: lock,
+            created: Mutex::new(HashSet::new()),
+        })
     }
 
     /// The directory.
@@ -89,6 +97,10 @@ impl Writeback {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|e| Error::other(format!("no random source: {e}")))?;
             let id = u64::from_le_bytes(b) >> 1;
+            // Noted before the file exists, so that a sweep listing the directory now keeps it.
+            if let Ok(mut c) = self.created.lock() {
+                c.insert(id);
+            }
             let p = self.data_path(id);
             match OpenOptions::new()
                 .read(true)
@@ -137,7 +149,15 @@ impl Writeback {
         Ok(out)
     }
 
-    /// Delete the local files not in `keep`.
+    /// Start a sweep: call this before collecting the ids to keep, then [`Writeback::sweep`].
+    /// Files created from now on are kept by that sweep whatever `keep` says.
+    pub fn begin_sweep(&self) {
+        if let Ok(mut c) = self.created.lock() {
+            c.clear();
+        }
+    }
+
+    /// Delete the local files neither in `keep` nor created since [`Writeback::begin_sweep`].
     pub fn sweep(&self, keep: &HashSet<u64>) {
         let d = self.dir.join("data");
         let Ok(rd) = fs::read_dir(&d) else { return };
@@ -146,7 +166,8 @@ impl Writeback {
             let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
                 continue;
             };
-            if !keep.contains(&id) {
+            let young = self.created.lock().map(|c| c.contains(&id)).unwrap_or(true);
+            if !keep.contains(&id) && !young {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -420,5 +441,27 @@ mod tests {
         assert!(format!("{err}").contains("/mnt/a"), "{err}");
         drop(a);
         Writeback::open(d.path(), Path::new("/mnt/b")).unwrap();
+    }
+
+    /// Regression: a commit's sweep collected the ids to keep, then `cp -a` created a file,
+    /// then the sweep listed `data/` and deleted that new file (its commit then failed with
+    /// "cannot read writeback/data/...: No such file" until the mount was restarted).
+    #[test]
+    fn sweep_keeps_files_created_after_it_began() {
+        let d = tempfile::tempdir().unwrap();
+        let wb = Writeback::open(d.path(), Path::new("/mnt/a")).unwrap();
+        let (old, _) = wb.new_local().unwrap();
+        wb.begin_sweep();
+        let (young, _) = wb.new_local().unwrap();
+        wb.sweep(&HashSet::new());
+        assert!(!wb.data_path(old).exists(), "unreferenced file kept");
+        assert!(
+            wb.data_path(young).exists(),
+            "file created during the sweep deleted"
+        );
+        // The next sweep no longer protects it.
+        wb.begin_sweep();
+        wb.sweep(&HashSet::new());
+        assert!(!wb.data_path(young).exists());
     }
 }

@@ -64,6 +64,18 @@ impl<B: Backend> Backend for FaultBackend<B> {
     fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.inner.read_at(kind, name, offset, buf)
     }
+    fn read_vec(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.inner.read_vec(kind, name, offset, len)
+    }
+    fn read_ranges_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        ranges: &[(u64, usize)],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.inner.read_ranges_into(kind, name, ranges, out)
+    }
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.inner.size(kind, name)
     }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -135,6 +135,66 @@ impl Backend for LocalBackend {
                 Err(e)
             }
         }
+    }
+
+    fn read_vec(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        check_name(name)?;
+        let p = self.path(kind, name);
+        let f = self.handle(&p)?;
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            // Fills the spare capacity (exactly `len - buf.len()` bytes for a fresh buffer).
+            match rustix::io::pread(&*f, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => {
+                    self.forget_handle(&p);
+                    return Err(Error::corrupt(format!(
+                        "{} is shorter than expected: cannot read {len} bytes at offset {offset} \
+                         (truncated file)",
+                        p.display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    self.forget_handle(&p);
+                    return Err(Error::io("cannot read", &p, io::Error::from(e)));
+                }
+            }
+        }
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn read_ranges_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        ranges: &[(u64, usize)],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        check_name(name)?;
+        let p = self.path(kind, name);
+        // A file of its own: its position is this call's (the cached handles are shared).
+        let mut f = File::open(&p).io_ctx("cannot open", &p)?;
+        out.reserve(ranges.iter().map(|r| r.1).sum());
+        for &(offset, len) in ranges {
+            f.seek(io::SeekFrom::Start(offset))
+                .io_ctx("cannot read", &p)?;
+            // `read_to_end` fills the spare capacity directly; `take` stops it at `len`.
+            let n = (&mut f)
+                .take(len as u64)
+                .read_to_end(out)
+                .io_ctx("cannot read", &p)?;
+            if n != len {
+                return Err(Error::corrupt(format!(
+                    "{} is shorter than expected: cannot read {len} bytes at offset {offset} \
+                     (truncated file)",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {

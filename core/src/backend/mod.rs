@@ -58,6 +58,30 @@ pub trait Backend: Send + Sync + Debug {
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// Fill `buf` from `offset` of a file.
     fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// `len` bytes from `offset` of a file, in a new buffer. The local backend reads straight
+    /// into the buffer's capacity instead of zeroing it first (large reads of the mount).
+    fn read_vec(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_at(kind, name, offset, &mut buf)?;
+        Ok(buf)
+    }
+    /// Append the bytes of each `(offset, len)` range of a file to `out`, in order (on error
+    /// `out` may hold part of them). The local backend reads straight into `out`'s spare
+    /// capacity: several pieces of a pack land side by side in one buffer, without a copy.
+    fn read_ranges_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        ranges: &[(u64, usize)],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        for &(offset, len) in ranges {
+            let start = out.len();
+            out.resize(start + len, 0);
+            self.read_at(kind, name, offset, &mut out[start..])?;
+        }
+        Ok(())
+    }
     /// Size of a file in bytes.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
     /// Write a whole (small) file atomically and durably, replacing any previous one.
