@@ -40,7 +40,7 @@ pub fn transport_config(cap: Option<u64>) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(conn));
     t.send_window(u64::from(conn));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)
