@@ -577,8 +577,12 @@ impl PuceFs {
     pub(crate) fn tree(&self, id: &ObjectId) -> Result<Arc<Tree>> {
         self.trees.get_or_load(id, || {
             let bytes = self.read_object(id)?;
-            let t =
-                Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short(16))))?;
+            // A stored tree that does not decode (an unsafe name included) is damaged or
+            // hostile data: the caller sees EIO and the log says why, as for any damage.
+            let t = Tree::decode(&bytes).map_err(|e| {
+                e.with_kind(ErrorKind::Corrupt)
+                    .context(format!("tree {}", id.short(16)))
+            })?;
             let w = bytes.len() * 2 + 64;
             Ok((Arc::new(t), w))
         })

@@ -150,3 +150,119 @@ fn restore_refuses_entries_that_escape_the_target() {
         assert_eq!(check.status.code(), Some(1), "{what}");
     }
 }
+
+/// Whether `p` is a mount point (from /proc/self/mountinfo).
+fn is_mounted(p: &std::path::Path) -> bool {
+    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
+}
+
+/// Every file and directory under `p`, following nothing, ignoring what cannot be listed.
+fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = fs::read_dir(p) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        out.push(path.clone());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&path, out);
+        }
+    }
+}
+
+#[test]
+fn a_mount_shows_no_entry_that_escapes() {
+    let fuse = std::path::Path::new("/dev/fuse").exists()
+        && std::process::Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !fuse {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FUSE is needed (apt-get install fuse3)"
+        );
+        eprintln!("SKIPPED a_mount_shows_no_entry_that_escapes: no FUSE here");
+        return;
+    }
+    let cases: Vec<(&str, Vec<Entry>, Option<Vec<Entry>>)> = vec![
+        (
+            "dotdot dir",
+            vec![dir(b"..")],
+            Some(vec![file(b"escaped", ObjectId::default())]),
+        ),
+        (
+            "slash",
+            vec![file(b"a/../../escaped", ObjectId::default())],
+            None,
+        ),
+        (
+            "absolute",
+            vec![file(b"/tmp/escaped", ObjectId::default())],
+            None,
+        ),
+        ("nul", vec![file(b"a\0b", ObjectId::default())], None),
+    ];
+    for (what, entries, sub) in cases {
+        let repo = TestRepo::new();
+        plant(&repo, entries, sub);
+        let mnt = repo.dir.path().join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mut child = repo
+            .cmd()
+            .args(["mount", mnt.to_str().unwrap(), "--read-only"])
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(repo.dir.path().join("mount.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !is_mounted(&mnt) {
+            assert!(child.try_wait().unwrap().is_none(), "{what}: mount exited");
+            assert!(start.elapsed().as_secs() < 60, "{what}: no mount");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Walk everything the mount shows: the hostile snapshot fails to list (EIO), and no
+        // path leads outside the mount.
+        let mut seen = Vec::new();
+        walk(&mnt.join("snapshots"), &mut seen);
+        let canon_mnt = fs::canonicalize(&mnt).unwrap();
+        for p in &seen {
+            assert!(p.starts_with(&mnt), "{what}: {p:?}");
+            let name = p.file_name().unwrap().as_encoded_bytes();
+            assert!(name != b".." && name != b"." && !name.is_empty(), "{what}");
+            if let Ok(c) = fs::canonicalize(p) {
+                assert!(c.starts_with(&canon_mnt), "{what}: {p:?} leads to {c:?}");
+            }
+        }
+        let evil = mnt.join("snapshots/evil");
+        // Paths, not `DirEntry`s: an entry keeps its directory open (and the mount busy).
+        let snaps: Vec<_> = fs::read_dir(&evil)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(snaps.len(), 1, "{what}: the snapshot is listed");
+        let err = fs::read_dir(&snaps[0])
+            .and_then(|mut d| d.next().transpose())
+            .err();
+        assert_eq!(
+            err.and_then(|e| e.raw_os_error()),
+            Some(libc::EIO),
+            "{what}: listing a hostile tree must fail with EIO"
+        );
+        assert!(!std::path::Path::new("/tmp/escaped").exists());
+        assert!(!repo.dir.path().join("escaped").exists());
+        // The mount is still alive after the refusal.
+        assert!(fs::read_dir(mnt.join("spaces")).is_ok(), "{what}");
+        let o = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{what}: unmount: {o:?}");
+        let st = child.wait().unwrap();
+        assert!(st.success(), "{what}: mount exited with {st}");
+    }
+}
