@@ -187,7 +187,8 @@ fn a_mount_shows_no_entry_that_escapes() {
         eprintln!("SKIPPED a_mount_shows_no_entry_that_escapes: no FUSE here");
         return;
     }
-    let cases: Vec<(&str, Vec<Entry>, Option<Vec<Entry>>)> = vec![
+    type Case = (&'static str, Vec<Entry>, Option<Vec<Entry>>);
+    let cases: Vec<Case> = vec![
         (
             "dotdot dir",
             vec![dir(b"..")],
