@@ -353,6 +353,33 @@ fn a_space_the_peer_may_not_read_or_write_is_refused() {
     c.add_peer(&b, r#"{ docs = ["pull"] }"#);
     let err = c.sync_fails("grenoble", &["--space", "docs", "--pull"]);
     assert!(err.contains("add \"push\" to spaces.docs"), "{err}");
+    // A peer that asks for every space it may read learns nothing of the others, not even
+    // their names.
+    b.stop();
+    let mut d = TestNode::new("d");
+    // d lets b write every space into it: it pulls whatever b offers.
+    d.add_peer(&b, r#"{ "*" = ["push"] }"#);
+    b.add_peer(&d, r#"{ docs = ["pull"] }"#);
+    b.start();
+    let r = d.sync("grenoble", &["--pull"]);
+    assert!(!r.to_string().contains("secret"), "{r}");
+    let spaces: Vec<String> = d
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["space"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !spaces.is_empty() && spaces.iter().all(|s| s == "docs"),
+        "{spaces:?}"
+    );
+    assert!(
+        !d.run(&["snapshots"])
+            .stdout
+            .windows(6)
+            .any(|w| w == b"secret")
+    );
 }
 
 #[test]
