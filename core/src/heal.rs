@@ -682,3 +682,169 @@ pub fn find_reachable(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+    use crate::snapshot::{SnapshotOptions, snapshot};
+
+    /// Another repository as a source; with `tamper`, every object it sends is damaged.
+    struct RepoSource {
+        name: String,
+        repo: Arc<Repo>,
+        tamper: bool,
+    }
+
+    impl ObjectSource for RepoSource {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn fetch_objects(&mut self, ids: &[ObjectId]) -> Result<Vec<FetchedObject>> {
+            let reader = self.repo.index().reader()?;
+            let mut out = Vec::new();
+            for id in ids {
+                let Some(loc) = reader.get(id)? else { continue };
+                let mut data = self.repo.read_stored(&reader, &loc)?;
+                if self.tamper
+                    && let Some(b) = data.last_mut()
+                {
+                    *b ^= 1;
+                }
+                out.push(FetchedObject {
+                    id: *id,
+                    kind: loc.kind,
+                    flags: loc.flags,
+                    raw_len: loc.raw_len,
+                    data,
+                });
+            }
+            Ok(out)
+        }
+        fn fetch_snapshot(&mut self, id: &SnapshotId) -> Result<Option<Vec<u8>>> {
+            Ok(self
+                .repo
+                .backend()
+                .read(FileKind::Snapshot, &id.to_hex())
+                .ok())
+        }
+    }
+
+    fn noise(len: usize, mut s: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    fn check_data(repo: &Repo) -> CheckReport {
+        let opts = CheckOptions {
+            read_data: true,
+            threads: 1,
+            sample: None,
+        };
+        check(repo, &opts, &NoProgress).unwrap()
+    }
+
+    #[test]
+    fn deleted_packs_heal_from_another_repository_and_a_lying_source_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+        std::fs::write(src.join("a.bin"), noise(400_000, 1)).unwrap();
+        std::fs::write(src.join("sub/b.txt"), b"hello").unwrap();
+        std::fs::write(src.join("sub/deeper/c.bin"), noise(90_000, 2)).unwrap();
+        let opts = SnapshotOptions {
+            space: Some("docs".into()),
+            host: Some("h".into()),
+            time_ns: Some(1),
+            threads: 1,
+            ..SnapshotOptions::default()
+        };
+        let a = Arc::new(Repo::init(&dir.path().join("a"), &InitOptions::default()).unwrap());
+        let b = Arc::new(Repo::init(&dir.path().join("b"), &InitOptions::default()).unwrap());
+        snapshot(&a, &src, &opts, &NoProgress).unwrap();
+        snapshot(&b, &src, &opts, &NoProgress).unwrap();
+        // b loses every pack: chunks and trees.
+        for (_, p) in b.index().packs().unwrap() {
+            b.backend().remove(FileKind::Pack, &p.id.to_hex()).unwrap();
+        }
+        let damage = check_data(&b);
+        assert!(!damage.is_ok());
+        let mut liar = RepoSource {
+            name: "liar".into(),
+            repo: a.clone(),
+            tamper: true,
+        };
+        let mut good = RepoSource {
+            name: "good".into(),
+            repo: a.clone(),
+            tamper: false,
+        };
+        let r = heal(&b, &damage, &mut [&mut liar, &mut good], &NoProgress).unwrap();
+        assert!(r.is_complete(), "{r:?}");
+        assert_eq!(r.sources[0].rejected, 1, "{r:?}");
+        assert!(r.sources[0].error.is_some());
+        // Root tree, two subtrees, and every chunk: found level by level.
+        assert!(
+            r.healed.iter().filter(|h| h.kind == "tree").count() >= 3,
+            "{r:?}"
+        );
+        assert_eq!(r.sources[1].objects as usize, r.healed.len());
+        assert!(r.healed.iter().all(|h| h.from == "good"));
+        assert!(check_data(&b).is_ok());
+        // Nothing left to heal.
+        let again = heal(&b, &check_data(&b), &mut [&mut good], &NoProgress).unwrap();
+        assert!(again.healed.is_empty() && again.is_complete());
+    }
+
+    #[test]
+    fn what_no_source_has_is_reported_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("shared.bin"), noise(100_000, 3)).unwrap();
+        let opts = SnapshotOptions {
+            space: Some("docs".into()),
+            threads: 1,
+            ..SnapshotOptions::default()
+        };
+        let a = Arc::new(Repo::init(&dir.path().join("a"), &InitOptions::default()).unwrap());
+        let b = Arc::new(Repo::init(&dir.path().join("b"), &InitOptions::default()).unwrap());
+        snapshot(&a, &src, &opts, &NoProgress).unwrap();
+        std::fs::write(src.join("mine.bin"), noise(50_000, 4)).unwrap();
+        snapshot(&b, &src, &opts, &NoProgress).unwrap();
+        for (_, p) in b.index().packs().unwrap() {
+            b.backend().remove(FileKind::Pack, &p.id.to_hex()).unwrap();
+        }
+        let damage = check_data(&b);
+        let mut good = RepoSource {
+            name: "a".into(),
+            repo: a.clone(),
+            tamper: false,
+        };
+        let r = heal(&b, &damage, &mut [&mut good], &NoProgress).unwrap();
+        assert!(!r.is_complete());
+        // The root tree differs (b has mine.bin): lost, so nothing below it can be looked at.
+        assert_eq!(r.lost.len(), 1, "{r:?}");
+        assert_eq!(
+            (r.lost[0].kind.as_str(), r.lost[0].path.as_str()),
+            ("tree", "/")
+        );
+        assert_eq!(r.affected.len(), 1);
+        // The damaged pack is gone from the index and the disk: check reports only missing data.
+        let after = check_data(&b);
+        assert!(
+            after.problems.iter().all(|p| p.kind == "missing_object"),
+            "{:?}",
+            after.problems
+        );
+    }
+}
