@@ -194,7 +194,7 @@ pub async fn heal_from(
         match connect(ctx, endpoint, p).await {
             Ok(c) => conns.push((p.name.clone(), c)),
             Err(e) => {
-                tracing::warn!("cannot heal from peer '{}': {e:#}", p.name);
+                tracing::info!("cannot heal from peer '{}': {e:#}", p.name);
                 unreachable.push(SourceReport {
                     name: p.name.clone(),
                     error: Some(format!("{e:#}")),

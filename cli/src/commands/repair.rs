@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use puce_core::check::{CheckOptions, check};
 use puce_core::repair::rebuild_index;
 use puce_node::heal::repair_now;
@@ -46,10 +46,11 @@ pub fn run_index(ctx: &Ctx) -> Result<i32> {
 /// `puce repair --from PEER...`: check every byte, then heal what is damaged from the peers.
 pub fn run_heal(ctx: &Ctx, a: RepairArgs) -> Result<i32> {
     if a.from.is_empty() {
-        bail!(
+        return Err(puce_core::Error::invalid(
             "say what to repair: `puce repair --from PEER` heals damaged data from a peer node, \
-             `puce repair index` rebuilds the index"
-        );
+             `puce repair index` rebuilds the index",
+        )
+        .into());
     }
     let repo = ctx.open()?;
     let dir = node_dir(ctx, &a.dir)?;
