@@ -333,3 +333,55 @@ fn a_peer_cannot_obtain_objects_of_a_space_it_may_not_read_through_a_repair() {
         a.log().contains(&format!("asked for snapshot {a_secret}"))
     });
 }
+
+#[test]
+fn a_refusing_or_unreachable_peer_is_a_clear_error() {
+    let (mut a, mut b) = pair();
+    a.start();
+    let src = a.repo.dir.path().join("src");
+    make_tree(&src, 60);
+    a.snapshot(&src, "docs");
+    b.sync("lyon", &["--pull"]);
+    fs::remove_file(&packs_by_size(&b)[0]).unwrap();
+    // c does not know b: it refuses the connection.
+    let mut c = TestNode::new("c");
+    c.start();
+    b.add_peer(&c, r#"{ docs = ["push"] }"#);
+    let out = b.run(&["repair", "--from", "c"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("peer 'c'"), "{err}");
+    eprintln!("refused at {:?}: {err}", std::time::SystemTime::now());
+    // With a refusing peer and a good one, the good one heals.
+    let (code, r, err) = repair_from(&b, &["c", "lyon"]);
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert_eq!(r["heal"]["sources"][1]["name"], "c", "{r}");
+    assert!(r["heal"]["sources"][1]["error"].is_string(), "{r}");
+    // Unreachable: nobody listens any more.
+    fs::remove_file(&packs_by_size(&b)[0]).unwrap();
+    a.stop();
+    let out = b.run(&["repair", "--from", "lyon"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("peer 'lyon'"), "{err}");
+    eprintln!("unreachable at {:?}: {err}", std::time::SystemTime::now());
+    // Usage errors.
+    let out = b.run(&["repair"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = b.run(&["repair", "--from", "nobody"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no peer \"nobody\""));
+}
+
+fn repair_from(node: &TestNode, peers: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a = vec!["--json", "repair"];
+    for p in peers {
+        a.push("--from");
+        a.push(p);
+    }
+    let out = node.run(&a);
+    (
+        out.status.code().unwrap(),
+        json_of(&out),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
