@@ -187,6 +187,12 @@ fn an_object_no_peer_has_is_reported_with_its_file_and_nothing_else_is_lost() {
     assert_eq!(code, 1, "{r}\n{err}");
     let h = &r["heal"];
     let lost = h["lost"].as_array().unwrap();
+    eprintln!(
+        "healed {} objects, lost {}, rewrote {}",
+        h["healed"].as_array().unwrap().len(),
+        lost.len(),
+        h["objects_rewritten"]
+    );
     assert_eq!(lost.len(), 1, "{r}");
     assert_eq!(lost[0]["id"], only.to_hex());
     assert_eq!(lost[0]["path"], "only-here.txt");
@@ -239,6 +245,7 @@ fn the_daemon_heals_on_its_own_after_a_scheduled_check() {
     b.stop();
     let st: serde_json::Value =
         serde_json::from_slice(&fs::read(b.node_dir().join("state.json")).unwrap()).unwrap();
+    eprintln!("daemon check: {}", st["check"]);
     assert!(st["check"]["healed"].as_u64().unwrap() > 0, "{st}");
     assert_eq!(st["check"]["lost"], 0, "{st}");
     let (code, c) = check(&b);
@@ -288,6 +295,13 @@ fn a_peer_cannot_obtain_objects_of_a_space_it_may_not_read_through_a_repair() {
         .iter()
         .map(|o| o["id"].as_str().unwrap())
         .collect();
+    eprintln!(
+        "asked {}, healed {}, lost {} (secret chunks: {})",
+        h["sources"][0]["asked"],
+        healed.len(),
+        h["lost"].as_array().unwrap().len(),
+        secret_chunks.len()
+    );
     assert_eq!(healed, vec![docs_chunk.to_hex().as_str()], "{r}");
     let lost: Vec<&str> = h["lost"]
         .as_array()
