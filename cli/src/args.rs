@@ -46,9 +46,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Verify the repository
     Check(CheckArgs),
-    /// Repair the repository
-    #[command(subcommand)]
-    Repair(RepairCommand),
+    /// Repair the repository: heal damaged data from peers (--from PEER), or rebuild the index
+    Repair(RepairArgs),
     /// Remove snapshots, by id or by a retention policy
     Forget(ForgetArgs),
     /// Delete data no snapshot needs any more, and compact packs
@@ -299,6 +298,20 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("'{s}': give a percentage above 0 and at most 100"))
     }
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    pub command: Option<RepairCommand>,
+    /// Heal from this peer (its name in node.toml, or its id; repeatable, asked in order):
+    /// check every byte, fetch what is damaged or missing from the peers that have it, verify
+    /// it, and rewrite the damaged packs
+    #[arg(long = "from", value_name = "PEER")]
+    pub from: Vec<String>,
+    #[command(flatten)]
+    pub dir: NodeDirArg,
 }
 
 #[derive(Debug, Subcommand)]

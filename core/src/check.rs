@@ -47,6 +47,9 @@ pub struct Problem {
     /// The pack concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pack: Option<String>,
+    /// The snapshot record concerned, if any (`bad_snapshot`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// A snapshot damaged by the problems found.
@@ -115,6 +118,7 @@ impl CheckReport {
             detail,
             object: object.map(|o| o.to_hex()),
             pack: pack.map(|p| p.to_hex()),
+            snapshot: None,
         });
     }
 }
@@ -148,7 +152,12 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
             .and_then(|b| Snapshot::decode(&b, Some(&id)))
         {
             Ok(s) => snaps.push((id, s)),
-            Err(e) => report.problem("bad_snapshot", format!("snapshot {id}: {e:#}"), None, None),
+            Err(e) => {
+                report.problem("bad_snapshot", format!("snapshot {id}: {e:#}"), None, None);
+                if let Some(p) = report.problems.last_mut() {
+                    p.snapshot = Some(id.to_hex());
+                }
+            }
         }
     }
     report.snapshots = snaps.len() as u64;
@@ -526,6 +535,7 @@ fn verify_pack(repo: &Repo, id: &PackId) -> (Vec<(ObjectId, u32)>, Vec<Problem>,
                 detail: format!("pack {name}: {e:#}"),
                 object: None,
                 pack: Some(name),
+                snapshot: None,
             });
             return (corrupt, problems, 0);
         }
@@ -537,6 +547,7 @@ fn verify_pack(repo: &Repo, id: &PackId) -> (Vec<(ObjectId, u32)>, Vec<Problem>,
             detail: format!("pack {name} does not hash to its name: some bytes are damaged"),
             object: None,
             pack: Some(name.clone()),
+            snapshot: None,
         });
     }
     let records = pack_records_from_bytes(&data)
@@ -554,6 +565,7 @@ fn verify_pack(repo: &Repo, id: &PackId) -> (Vec<(ObjectId, u32)>, Vec<Problem>,
                 detail: format!("object {} in pack {} is damaged", r.id, id.short(16)),
                 object: Some(r.id.to_hex()),
                 pack: Some(name.clone()),
+                snapshot: None,
             });
             corrupt.push((r.id, i as u32));
         }

@@ -187,9 +187,10 @@ impl Marker<'_> {
 }
 
 /// Held while gc runs: one gc at a time per repository.
-struct GcLock(#[allow(dead_code)] File);
+pub(crate) struct GcLock(#[allow(dead_code)] File);
 
-fn gc_lock(repo: &Repo) -> Result<GcLock> {
+/// Take the repository's gc lock: one gc (or heal, which also retires packs) at a time.
+pub(crate) fn gc_lock(repo: &Repo) -> Result<GcLock> {
     let dir = repo.root().join("locks");
     crate::fsutil::create_dir_durable(&dir)?;
     let path = dir.join("gc");
@@ -538,7 +539,8 @@ impl Batch {
             .iter()
             .map(|(no, _, _, members)| (*no, members.clone()))
             .collect();
-        repo.index().retire_packs(&self.new_packs, &now, &retired)?;
+        repo.index()
+            .retire_packs(&self.new_packs, &now, &[], &retired)?;
         let mut freed = 0;
         for (_, id, size, _) in self.sources.drain(..) {
             repo.backend().remove(FileKind::Pack, &id.to_hex())?;

@@ -17,6 +17,7 @@ pub mod format;
 pub mod fsutil;
 pub mod gc;
 pub mod hash;
+pub mod heal;
 pub mod history;
 pub mod index;
 pub mod merge;

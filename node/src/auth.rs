@@ -247,4 +247,9 @@ impl Permissions {
     pub fn may_push(&self, space: &str) -> bool {
         self.access(space).push
     }
+
+    /// Whether the peer may read any space at all from this node.
+    pub fn may_pull_any(&self) -> bool {
+        self.spaces.values().any(|a| a.pull)
+    }
 }

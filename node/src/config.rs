@@ -82,9 +82,25 @@ pub struct NodeConfig {
     /// Received data is made durable at least every this many bytes, so that a cut transfer
     /// resends at most about this much.
     pub checkpoint: u64,
+    /// The daemon's scheduled check of the data, if any.
+    pub check: Option<CheckSchedule>,
     /// The peers.
     pub peers: Vec<Peer>,
 }
+
+/// The daemon's regular check: `[check]` in `node.toml`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckSchedule {
+    /// Time between two checks.
+    pub interval: Duration,
+    /// Share of the packs read by each check (0 < x <= 1), rotating so that successive checks
+    /// cover everything.
+    pub sample: f64,
+    /// Whether damage found is healed from the peers.
+    pub repair: bool,
+}
+
+impl Eq for CheckSchedule {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +114,7 @@ struct Raw {
     retry: RawRetry,
     #[serde(default)]
     transfer: RawTransfer,
+    check: Option<RawCheck>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -137,6 +154,14 @@ struct RawTransfer {
     checkpoint: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    interval: Option<String>,
+    sample: Option<String>,
+    repair: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
@@ -164,6 +189,28 @@ pub fn check_node_name(name: &str) -> Result<()> {
                 "invalid node name {name:?}: use 1 to 64 ASCII letters, digits, '.', '_' or '-'"
             ),
         ))
+    }
+}
+
+/// Parse a share such as `5%` or `100%` into 0 < x <= 1.
+pub fn parse_share(s: &str) -> Result<f64> {
+    let bad = || {
+        Error::new(
+            ErrorKind::Config,
+            format!("bad share '{s}': write a percentage above 0 and at most 100, e.g. \"5%\""),
+        )
+    };
+    let v: f64 = s
+        .trim()
+        .strip_suffix('%')
+        .ok_or_else(bad)?
+        .trim()
+        .parse()
+        .map_err(|_| bad())?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v / 100.0)
+    } else {
+        Err(bad())
     }
 }
 
@@ -279,6 +326,23 @@ impl NodeConfig {
                 "[transfer] checkpoint must be between 1 MiB and 1 GiB",
             ));
         }
+        let check = match raw.check {
+            None => None,
+            Some(c) => {
+                let interval = parse_duration(c.interval.as_deref().unwrap_or("1d"))?;
+                if interval.is_zero() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "[check] interval must not be 0",
+                    ));
+                }
+                Some(CheckSchedule {
+                    interval,
+                    sample: parse_share(c.sample.as_deref().unwrap_or("5%"))?,
+                    repair: c.repair.unwrap_or(true),
+                })
+            }
+        };
         let mut peers = Vec::new();
         let mut names = HashSet::new();
         let mut ids = HashSet::new();
@@ -348,6 +412,7 @@ impl NodeConfig {
             retry,
             streams,
             checkpoint,
+            check,
             peers,
         })
     }
@@ -426,6 +491,18 @@ streams = 4
 # sync resends at most about this much when it resumes.
 checkpoint = "16 MiB"
 
+[check]
+# The daemon verifies the stored data: every `interval` (inside the windows of
+# [schedule]), it reads `sample` of the packs and checks every byte, going on
+# where the last check stopped, so that successive checks cover everything
+# (5% a day: all of it every 20 days). Remove this section to turn it off.
+interval = "1d"
+sample = "5%"
+# When a check finds damage, fetch the damaged objects from the peers that
+# have them (those with an address, in the order of this file), verify them
+# and rewrite the damaged packs; what no peer has is logged with its files.
+repair = true
+
 # One [[peer]] section per node this one talks to. A connection from a key that
 # is not listed here is refused.
 #
@@ -457,6 +534,14 @@ mod tests {
         assert_eq!(c.windows, vec![Window::parse("01:00-05:00").unwrap()]);
         assert_eq!(c.bandwidth, None);
         assert_eq!(c.streams, 4);
+        assert_eq!(
+            c.check,
+            Some(CheckSchedule {
+                interval: Duration::from_secs(86400),
+                sample: 0.05,
+                repair: true,
+            })
+        );
         assert!(c.peers.is_empty());
         // The example's peer section, uncommented, parses too.
         let uncommented: String = EXAMPLE
@@ -572,6 +657,18 @@ mod tests {
             (
                 "[node]\nname = \"a\"\n[retry]\ninitial = \"1h\"\nmax = \"1m\"\n",
                 "initial <= max",
+            ),
+            (
+                "[node]\nname = \"a\"\n[check]\nsample = \"120%\"\n",
+                "bad share",
+            ),
+            (
+                "[node]\nname = \"a\"\n[check]\nsample = \"5\"\n",
+                "bad share",
+            ),
+            (
+                "[node]\nname = \"a\"\n[check]\ninterval = \"0s\"\n",
+                "must not be 0",
             ),
         ];
         for (text, want) in cases {

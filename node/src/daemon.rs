@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jiff::ZonedDateTime;
 use puce_core::Repo;
+use puce_core::check::{CheckOptions, check};
 use puce_core::index::now_ns;
 use puce_core::progress::NoProgress;
 
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::protocol::Code;
 use crate::scheduler::{self, History};
 use crate::session::{Conn, NodeCtx, serve};
-use crate::state::{DaemonInfo, DaemonLock, NodeState};
+use crate::state::{CheckState, DaemonInfo, DaemonLock, NodeState};
 use crate::sync::{SyncRequest, load_node, runtime, sync_with};
 use crate::transport;
 
@@ -73,6 +74,9 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
                 endpoint.clone(),
                 p.clone(),
             )));
+        }
+        if ctx.config.check.is_some() {
+            schedules.push(tokio::spawn(check_schedule(ctx.clone(), endpoint.clone())));
         }
         wait_for_signal().await;
         tracing::info!("stopping: closing connections");
@@ -218,4 +222,143 @@ async fn schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint, peer: Peer) {
             }
         }
     }
+}
+
+/// The scheduled data check (`[check]` in node.toml): a sampled `check --read-data`, and when
+/// it finds damage, a heal from the peers. Everything it does and could not do is logged.
+async fn check_schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
+    let Some(cs) = ctx.config.check else {
+        return;
+    };
+    loop {
+        let now = ZonedDateTime::now();
+        let last = NodeState::load(&ctx.dir)
+            .ok()
+            .and_then(|s| s.check)
+            .and_then(|c| c.last_ns)
+            .and_then(|n| jiff::Timestamp::from_nanosecond(i128::from(n)).ok());
+        let due = scheduler::next_check(&now, last, &ctx.config.windows, cs.interval);
+        let wait: Duration = now
+            .duration_until(&due)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        if !wait.is_zero() {
+            tracing::info!(
+                "next check of the data at {}",
+                due.strftime("%Y-%m-%d %H:%M:%S %Z")
+            );
+            tokio::time::sleep(wait).await;
+        }
+        let started_ns = now_ns();
+        let st = run_check(&ctx, &endpoint, cs).await;
+        let st = CheckState {
+            last_ns: Some(started_ns),
+            ..st
+        };
+        if let Err(e) = NodeState::update(&ctx.dir, |s| s.check = Some(st)) {
+            tracing::warn!("cannot record the check in the node state: {e:#}");
+        }
+    }
+}
+
+async fn run_check(
+    ctx: &Arc<NodeCtx>,
+    endpoint: &quinn::Endpoint,
+    cs: crate::config::CheckSchedule,
+) -> CheckState {
+    let repo = ctx.repo.clone();
+    let opts = CheckOptions {
+        read_data: true,
+        // One thread: the daemon shares the machine.
+        threads: 1,
+        sample: Some(cs.sample),
+    };
+    let r = tokio::task::spawn_blocking(move || check(&repo, &opts, &NoProgress)).await;
+    let report = match r {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!("the scheduled check failed: {e:#}");
+            return CheckState {
+                error: Some(format!("{e:#}")),
+                ..CheckState::default()
+            };
+        }
+        Err(e) => {
+            return CheckState {
+                error: Some(format!("the check thread failed: {e}")),
+                ..CheckState::default()
+            };
+        }
+    };
+    let problems: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind != "unindexed_pack")
+        .collect();
+    let mut st = CheckState {
+        ok: report.is_ok(),
+        problems: problems.len() as u64,
+        ..CheckState::default()
+    };
+    tracing::info!(
+        "checked {} packs ({:.0}% sample, the rotation is {:.0}% through): {}",
+        report.packs_read,
+        cs.sample * 100.0,
+        report.sample_position.unwrap_or(0.0) * 100.0,
+        if report.is_ok() {
+            "no errors".to_string()
+        } else {
+            format!("{} problems found", problems.len())
+        }
+    );
+    if report.is_ok() {
+        return st;
+    }
+    for p in problems.iter().take(50) {
+        tracing::warn!("check: {}", p.detail);
+    }
+    for a in &report.affected {
+        tracing::warn!(
+            "check: snapshot {} of space '{}' is damaged ({} paths, e.g. {})",
+            a.id.get(..12).unwrap_or(&a.id),
+            a.space,
+            a.damaged_paths,
+            a.paths.first().map(String::as_str).unwrap_or("/")
+        );
+    }
+    if !cs.repair {
+        tracing::warn!(
+            "[check] repair = false: not healing; run `puce repair --from PEER` to heal from a peer"
+        );
+        return st;
+    }
+    let peers: Vec<Peer> = ctx
+        .config
+        .peers
+        .iter()
+        .filter(|p| p.address.is_some())
+        .cloned()
+        .collect();
+    if peers.is_empty() {
+        tracing::warn!("no peer with an address in node.toml to heal from");
+        st.error = Some("no peer to heal from".into());
+        return st;
+    }
+    tracing::info!(
+        "healing {} damaged or missing objects from {} peers",
+        report.bad_objects.len(),
+        peers.len()
+    );
+    match crate::heal::heal_from(ctx, endpoint, &peers, report, Arc::new(NoProgress)).await {
+        Ok(h) => {
+            crate::heal::log_report(&h);
+            st.healed = h.healed.len() as u64;
+            st.lost = h.lost.len() as u64;
+        }
+        Err(e) => {
+            tracing::warn!("cannot heal the damage: {e:#}");
+            st.error = Some(format!("{e:#}"));
+        }
+    }
+    st
 }

@@ -191,6 +191,28 @@ pub fn next_due(
     next_open(windows, &due)
 }
 
+/// When the daemon's next data check is due: now if it never ran, else `interval` after the
+/// last one; moved into a window (checks read the disks, like syncs use the network, at the
+/// quiet hours).
+pub fn next_check(
+    now: &ZonedDateTime,
+    last: Option<Timestamp>,
+    windows: &[Window],
+    interval: Duration,
+) -> ZonedDateTime {
+    let due = match last {
+        None => now.clone(),
+        Some(t) => {
+            let d = jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX);
+            t.checked_add(d)
+                .unwrap_or(Timestamp::MAX)
+                .to_zoned_datetime(now.time_zone().clone())
+        }
+    };
+    let due = if due < *now { now.clone() } else { due };
+    next_open(windows, &due)
+}
+
 /// When the window occurrence containing `t` closes (`t` itself if no window contains it).
 fn window_close(windows: &[Window], t: &ZonedDateTime) -> ZonedDateTime {
     let m = minute_of(t);
@@ -267,6 +289,34 @@ mod tests {
 
     fn at(s: &str) -> ZonedDateTime {
         format!("{s}[Europe/Paris]").parse().unwrap()
+    }
+
+    #[test]
+    fn checks_are_due_after_the_interval_inside_a_window() {
+        let w = [Window::parse("01:00-05:00").unwrap()];
+        let day = Duration::from_secs(86400);
+        // Never checked: at the next opening.
+        let now = at("2024-03-01T12:00:00+01:00");
+        assert_eq!(
+            next_check(&now, None, &w, day),
+            at("2024-03-02T01:00:00+01:00")
+        );
+        // Checked at 02:00: the next day at 02:00, inside the window.
+        let last = at("2024-03-02T02:00:00+01:00").timestamp();
+        assert_eq!(
+            next_check(&at("2024-03-02T02:30:00+01:00"), Some(last), &w, day),
+            at("2024-03-03T02:00:00+01:00")
+        );
+        // Overdue, outside a window: at the next opening; without windows: now.
+        let early = at("2024-03-01T02:00:00+01:00").timestamp();
+        assert_eq!(
+            next_check(&now, Some(early), &w, Duration::from_secs(60)),
+            at("2024-03-02T01:00:00+01:00")
+        );
+        assert_eq!(
+            next_check(&now, Some(early), &[], Duration::from_secs(60)),
+            now
+        );
     }
 
     #[test]

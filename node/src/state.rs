@@ -45,12 +45,32 @@ pub struct PeerState {
     pub last_report: Option<SyncReport>,
 }
 
+/// The daemon's last data check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CheckState {
+    /// When it started, ns since the epoch.
+    pub last_ns: Option<i64>,
+    /// Whether it found nothing wrong.
+    pub ok: bool,
+    /// Problems found.
+    pub problems: u64,
+    /// Objects healed from peers afterwards.
+    pub healed: u64,
+    /// Objects no peer could supply.
+    pub lost: u64,
+    /// The error that stopped the check or the heal, if any.
+    pub error: Option<String>,
+}
+
 /// The whole state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct NodeState {
     /// Per peer id (readable form).
     pub peers: BTreeMap<String, PeerState>,
+    /// The daemon's last scheduled check of the data.
+    pub check: Option<CheckState>,
 }
 
 /// Written by the daemon at start.

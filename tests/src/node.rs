@@ -426,3 +426,85 @@ impl Drop for Lan {
         let _ = &self.prefix;
     }
 }
+
+/// Where an object of a repository is stored: its pack file, offset and stored length.
+pub struct StoredAt {
+    pub pack: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The files of snapshot `spec` of the repository at `repo` with their chunk ids, by path
+/// (read with puce-core, not through the CLI).
+pub fn files_and_chunks(repo: &Path, spec: &str) -> Vec<(String, Vec<puce_core::ObjectId>)> {
+    use puce_core::format::tree::Node;
+    let r = puce_core::Repo::open(repo).unwrap();
+    let s = r.resolve_snapshot(spec).unwrap();
+    let mut out = Vec::new();
+    let mut stack = vec![(s.snapshot.root, String::new())];
+    while let Some((t, prefix)) = stack.pop() {
+        for e in r.read_tree(&t).unwrap().entries {
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let p = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            match e.node {
+                Node::File { chunks, .. } => out.push((p, chunks)),
+                Node::Dir { tree } => stack.push((tree, p)),
+                Node::Symlink { .. } => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Where the index of the repository at `repo` says object `id` is stored.
+pub fn stored_at(repo: &Path, id: &puce_core::ObjectId) -> StoredAt {
+    let r = puce_core::Repo::open(repo).unwrap();
+    let reader = r.index().reader().unwrap();
+    let loc = reader.get(id).unwrap().expect("object indexed");
+    let pack = r.pack_id(&reader, loc.pack).unwrap().to_hex();
+    StoredAt {
+        pack: repo.join("packs").join(&pack[..2]).join(&pack),
+        offset: u64::from(loc.offset),
+        len: u64::from(loc.stored_len),
+    }
+}
+
+/// Flip one bit in the middle of the stored bytes of object `id`.
+pub fn damage_object(repo: &Path, id: &puce_core::ObjectId) -> PathBuf {
+    let at = stored_at(repo, id);
+    let mut b = fs::read(&at.pack).unwrap();
+    let i = (at.offset + at.len / 2) as usize;
+    b[i] ^= 0x10;
+    fs::write(&at.pack, b).unwrap();
+    at.pack
+}
+
+/// Flip `n` bits at pseudo-random places (from `seed`) of the file at `p`; returns the offsets.
+pub fn flip_random_bits(p: &Path, n: usize, seed: u64) -> Vec<usize> {
+    let mut b = fs::read(p).unwrap();
+    let r = crate::random_bytes(n * 8, seed);
+    let mut at = Vec::new();
+    for i in 0..n {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&r[i * 8..i * 8 + 8]);
+        let v = u64::from_le_bytes(w);
+        let pos = (v % b.len() as u64) as usize;
+        b[pos] ^= 1 << (v >> 61);
+        at.push(pos);
+    }
+    fs::write(p, b).unwrap();
+    at
+}
+
+/// Cut the file at `p` to `keep` of its length (0 < keep < 1).
+pub fn truncate_file(p: &Path, keep: f64) {
+    let len = fs::metadata(p).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.set_len((len as f64 * keep) as u64).unwrap();
+    f.sync_all().unwrap();
+}

@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         if !report.is_ok() {
             eprintln!(
                 "error: the repository is damaged; `puce repair index` fixes index problems, \
-                 lost data must come from another copy"
+                 `puce repair --from PEER` heals damaged data from a peer node that has it"
             );
         }
     }

@@ -123,7 +123,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore::run(&ctx, a),
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Check(a) => check::run(&ctx, a),
-        Command::Repair(RepairCommand::Index) => repair::run_index(&ctx),
+        Command::Repair(a) => match a.command {
+            Some(RepairCommand::Index) => repair::run_index(&ctx),
+            None => repair::run_heal(&ctx, a),
+        },
         Command::Forget(a) => forget::run(&ctx, a),
         Command::Gc(a) => gc::run(&ctx, a),
         Command::Policy(c) => policy::run(&ctx, c),

@@ -448,13 +448,16 @@ impl Index {
         Ok(out)
     }
 
-    /// The end of a gc pass, in one transaction: index the new packs and move the objects that
-    /// were copied into them (only those still pointing at their old location), then forget the
-    /// retired packs and every condemned object that lived in them.
+    /// The end of a gc pass or a heal, in one transaction: index the new packs and move the
+    /// objects that were copied into them (only those still pointing at their old location);
+    /// index the objects of the new packs that the index lacks (a heal fetches missing ones);
+    /// remove the `dropped` objects (damaged beyond repair) still at the given location; then
+    /// forget the retired packs and every condemned object that lived in them.
     pub fn retire_packs(
         &self,
         new_packs: &[(PackId, u64, Vec<Record>)],
         moved: &[(ObjectId, Location)],
+        dropped: &[(ObjectId, Location)],
         retired: &[(u32, Vec<ObjectId>)],
     ) -> Result<()> {
         let retired_set: std::collections::HashSet<u32> = retired.iter().map(|r| r.0).collect();
@@ -506,6 +509,18 @@ impl Index {
                 let cur = objects.get(id.as_bytes())?.map(|g| g.value());
                 if cur == Some(old.encode()) {
                     objects.insert(id.as_bytes(), nl.encode())?;
+                }
+            }
+            for (id, nl) in &new_loc {
+                if objects.get(id.as_bytes())?.is_none() && condemned.get(id.as_bytes())?.is_none()
+                {
+                    objects.insert(id.as_bytes(), nl.encode())?;
+                }
+            }
+            for (id, old) in dropped {
+                let cur = objects.get(id.as_bytes())?.map(|g| g.value());
+                if cur == Some(old.encode()) {
+                    objects.remove(id.as_bytes())?;
                 }
             }
             // Condemned objects of retired packs go with them.

@@ -23,7 +23,10 @@ use crate::error::{Error, ErrorKind, Result};
 /// The ALPN protocol name; a future incompatible protocol gets a new name.
 pub const ALPN: &[u8] = b"puce/sync/1";
 /// The revision of `puce/sync/1` this node implements (negotiated in `Hello`/`Welcome`).
-pub const VERSION: u16 = 1;
+/// Revision 2 adds `FindObjects` (healing from a peer).
+pub const VERSION: u16 = 2;
+/// The first revision with `FindObjects`.
+pub const FIND_OBJECTS_VERSION: u16 = 2;
 /// The oldest revision this node still speaks.
 pub const MIN_VERSION: u16 = 1;
 
@@ -209,6 +212,17 @@ pub struct Object {
     pub data: Vec<u8>,
 }
 
+/// Ask for objects by id alone, to heal a damaged repository (revision 2). Answered by one
+/// `Object` frame for each id that is reachable from a snapshot of a space the requester may
+/// read and that the responder holds undamaged, in request order, the others left out, then
+/// `End`. Leaving an object out says nothing about why (absent, damaged, or in a space the
+/// requester may not read), so the answer reveals no space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindObjects {
+    /// At most [`MAX_OBJECTS_PER_REQUEST`] ids.
+    pub ids: Vec<ObjectId>,
+}
+
 /// End of a multi-frame answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct End {
@@ -269,6 +283,8 @@ pub enum Message {
     Push(Push),
     /// 0x18
     PushDone(PushDone),
+    /// 0x19
+    FindObjects(FindObjects),
 }
 
 /// The frame type byte of each message.
@@ -299,6 +315,8 @@ pub enum MessageType {
     Push = 0x17,
     /// [`PushDone`]
     PushDone = 0x18,
+    /// [`FindObjects`]
+    FindObjects = 0x19,
 }
 
 impl MessageType {
@@ -318,6 +336,7 @@ impl MessageType {
             0x16 => End,
             0x17 => Push,
             0x18 => PushDone,
+            0x19 => FindObjects,
             _ => return None,
         })
     }
@@ -328,7 +347,7 @@ impl MessageType {
         match self {
             Hello | Welcome | Error | Push | PushDone | End => 64 * KIB,
             ListSpaces | GetSnapshots => MIB,
-            GetObjects => 256 * KIB,
+            GetObjects | FindObjects => 256 * KIB,
             SpaceList => 32 * MIB,
             Snapshot => 16 * MIB + 64,
             Object => MAX_OBJECT_LEN as u32 + 64,
@@ -352,6 +371,7 @@ impl Message {
             Message::End(_) => MessageType::End,
             Message::Push(_) => MessageType::Push,
             Message::PushDone(_) => MessageType::PushDone,
+            Message::FindObjects(_) => MessageType::FindObjects,
         }
     }
 
@@ -370,6 +390,7 @@ impl Message {
             MessageType::End => "End",
             MessageType::Push => "Push",
             MessageType::PushDone => "PushDone",
+            MessageType::FindObjects => "FindObjects",
         }
     }
 
@@ -401,6 +422,7 @@ pub fn encode(m: &Message) -> Result<Vec<u8>> {
         Message::End(x) => body(x)?,
         Message::Push(x) => body(x)?,
         Message::PushDone(x) => body(x)?,
+        Message::FindObjects(x) => body(x)?,
     };
     let kind = m.kind();
     if b.len() > kind.max_len() as usize {
@@ -446,6 +468,7 @@ pub fn decode(kind: MessageType, b: &[u8]) -> Result<Message> {
         T::End => Message::End(take("End", b)?),
         T::Push => Message::Push(take("Push", b)?),
         T::PushDone => Message::PushDone(take("PushDone", b)?),
+        T::FindObjects => Message::FindObjects(take("FindObjects", b)?),
     })
 }
 

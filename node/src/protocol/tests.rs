@@ -210,6 +210,43 @@ fn golden_objects_push_end() {
 }
 
 #[test]
+fn golden_find_objects() {
+    // Revision 2: objects by id alone (healing). Answered with `Object` frames and `End`.
+    golden(
+        Message::FindObjects(FindObjects {
+            ids: vec![oid(0x22), oid(0x33)],
+        }),
+        &[
+            "41000000", // body length 65
+            "19",       // type FindObjects
+            "02",       // 2 ids
+            &"22".repeat(32),
+            &"33".repeat(32),
+        ],
+    );
+    assert_eq!(MessageType::FindObjects.max_len(), 256 * 1024);
+    // An old revision-1 Hello still decodes, and a revision-2 one too.
+    golden(
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version: 2,
+            node: "lyon".into(),
+            software: "puce 0.1.0".into(),
+            chunking: CHUNKING,
+        }),
+        &[
+            "1b000000",                  // body length 27
+            "01",                        // type Hello
+            "01",                        // min_version 1 (varint)
+            "02",                        // max_version 2
+            "04 6c796f6e",               // node "lyon"
+            "0a 70756365 20 302e312e30", // software "puce 0.1.0"
+            "808004 808010 808040",      // chunking 64 KiB, 256 KiB, 1 MiB (varints)
+        ],
+    );
+}
+
+#[test]
 fn codes_round_trip() {
     for v in 0..=11u16 {
         assert_eq!(Code::from_u16(v).unwrap() as u16, v);

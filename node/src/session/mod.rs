@@ -161,6 +161,8 @@ pub struct Conn {
     /// Objects this peer may fetch: those reachable from snapshots sent to it in this
     /// connection.
     served: Mutex<HashSet<ObjectId>>,
+    /// Held while objects asked for by id alone are looked for (one tree walk at a time).
+    finding: tokio::sync::Mutex<()>,
     negotiated: tokio::sync::watch::Sender<bool>,
     pulling: AtomicBool,
     budget: Mutex<RequestBudget>,
@@ -186,6 +188,7 @@ impl Conn {
             remote_name: Mutex::new(peer.name.clone()),
             peer,
             served: Mutex::new(HashSet::new()),
+            finding: tokio::sync::Mutex::new(()),
             negotiated: tokio::sync::watch::Sender::new(false),
             pulling: AtomicBool::new(false),
             budget: Mutex::new(RequestBudget {

@@ -117,6 +117,7 @@ async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
         Message::ListSpaces(r) => list_spaces(&conn, &mut send, r).await,
         Message::GetSnapshots(r) => get_snapshots(&conn, &mut send, r).await,
         Message::GetObjects(r) => get_objects(&conn, &mut send, r).await,
+        Message::FindObjects(r) => find_objects(&conn, &mut send, r).await,
         Message::Push(r) => push(&conn, &mut send, r).await,
         m => Err(Failure::CutOff(
             Code::Protocol,
@@ -302,15 +303,27 @@ async fn get_snapshots(
         all.iter().map(|s| (s.id, s)).collect();
     let mut wanted = Vec::new();
     for id in &r.ids {
-        let Some(s) = by_id.get(id) else {
+        // A snapshot of a space the peer may not read is answered as if absent: naming its
+        // space (or confirming it exists) would tell the peer what it may not see.
+        let readable = by_id
+            .get(id)
+            .filter(|s| conn.peer.may_pull(&s.snapshot.space));
+        let Some(s) = readable else {
+            if let Some(s) = by_id.get(id) {
+                tracing::warn!(
+                    "refused {}: it asked for snapshot {id} of space '{}', which node.toml does                      not let it read",
+                    conn.label,
+                    s.snapshot.space
+                );
+            }
             return Err(Failure::Refuse(
                 Code::NotFound,
-                format!("snapshot {id} is not on node '{}'", conn.ctx.config.name),
+                format!(
+                    "snapshot {id} is not on node '{}', or not in a space it lets this node read",
+                    conn.ctx.config.name
+                ),
             ));
         };
-        if !conn.peer.may_pull(&s.snapshot.space) {
-            return Err(not_readable(conn, &s.snapshot.space));
-        }
         wanted.push((*id, s.snapshot.root));
     }
     let repo = conn.ctx.repo.clone();
@@ -354,6 +367,76 @@ async fn get_objects(
             format!("it asked for object {id}, which is not in any snapshot it was sent"),
         ));
     }
+    send_objects(conn, send, r.ids, false).await
+}
+
+/// Objects asked for by id alone (a peer healing its repository). Served are only those
+/// reachable from a snapshot of a space the peer may read (checked by walking those snapshots'
+/// trees, once per id per connection) and held here undamaged; the others are left out
+/// without saying why, so the answer reveals nothing of the spaces the peer may not read.
+async fn find_objects(
+    conn: &Arc<Conn>,
+    send: &mut SendStream,
+    r: protocol::FindObjects,
+) -> Result<(), Failure> {
+    if r.ids.len() > protocol::MAX_OBJECTS_PER_REQUEST {
+        return Err(Failure::CutOff(
+            Code::Protocol,
+            format!(
+                "it asked for {} objects in one request (at most {})",
+                r.ids.len(),
+                protocol::MAX_OBJECTS_PER_REQUEST
+            ),
+        ));
+    }
+    if !conn.peer.may_pull_any() {
+        return Err(Failure::Refuse(
+            Code::NotAllowed,
+            format!(
+                "node '{}' lets this node read no space, so it cannot heal from it (its                  node.toml must grant \"pull\" on a space to this node's id)",
+                conn.ctx.config.name
+            ),
+        ));
+    }
+    // One walk at a time per connection: a walk reads every tree of the readable spaces.
+    let _walking = conn.finding.lock().await;
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<puce_core::ObjectId> = r.ids.into_iter().filter(|id| seen.insert(*id)).collect();
+    let unknown: Vec<puce_core::ObjectId> = ids
+        .iter()
+        .filter(|id| !conn.is_served(id))
+        .copied()
+        .collect();
+    if !unknown.is_empty() {
+        let c = conn.clone();
+        let found = blocking(move || {
+            let may = |space: &str| c.peer.may_pull(space);
+            Ok(puce_core::heal::find_reachable(
+                &c.ctx.repo,
+                &may,
+                &unknown,
+            )?)
+        })
+        .await?;
+        conn.allow_objects(found);
+    }
+    let ids: Vec<puce_core::ObjectId> = ids.into_iter().filter(|id| conn.is_served(id)).collect();
+    tracing::info!(
+        "{} asks for {} objects to heal its repository",
+        conn.label,
+        ids.len()
+    );
+    send_objects(conn, send, ids, true).await
+}
+
+/// Send `ids` (each already allowed) as `Object` frames, then `End`. With `skip_bad`, an
+/// object missing or damaged here is left out (and logged) instead of failing the answer.
+async fn send_objects(
+    conn: &Arc<Conn>,
+    send: &mut SendStream,
+    ids: Vec<puce_core::ObjectId>,
+    skip_bad: bool,
+) -> Result<(), Failure> {
     if conn.ctx.fault == Some(Fault::Oversized) {
         // Test fault: a frame header declaring far more than an Object may carry.
         let mut head = u32::MAX.to_le_bytes().to_vec();
@@ -366,7 +449,6 @@ async fn get_objects(
     // hand-off per group, not per object); two groups in flight bound the memory.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Object>>>(2);
     let c = conn.clone();
-    let ids = r.ids;
     let reader_task = tokio::task::spawn_blocking(move || {
         let repo = &c.ctx.repo;
         let reader = match repo.index().reader() {
@@ -391,6 +473,10 @@ async fn get_objects(
                     )
                 })?;
                 let mut data = repo.read_stored(&reader, &loc)?;
+                if skip_bad {
+                    // Never hand out damaged bytes to a node that is healing.
+                    puce_core::repo::verify_object(&id, loc.flags, loc.raw_len, &data)?;
+                }
                 if loc.kind == Kind::Tree {
                     // Children of a served tree may be asked for next.
                     let plain = decode_object(&id, loc.flags, loc.raw_len, &data)?;
@@ -423,6 +509,19 @@ async fn get_objects(
                             return;
                         }
                     }
+                }
+                Err(e)
+                    if skip_bad
+                        && matches!(
+                            e.kind(),
+                            ErrorKind::NotFound | ErrorKind::Store | ErrorKind::BadObject
+                        ) =>
+                {
+                    tracing::warn!(
+                        "object {id} asked for by {} is missing or damaged here, left out: {e:#} \
+                         (run `puce check --read-data` on this node)",
+                        c.label
+                    );
                 }
                 Err(e) => {
                     let _ = tx.blocking_send(Ok(std::mem::take(&mut group)));
