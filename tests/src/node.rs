@@ -32,6 +32,8 @@ pub struct TestNode {
     peers: Vec<String>,
     /// Extra configuration (TOML sections appended as is).
     pub extra: String,
+    /// Extra environment of every `puce` process of this node (S3 credentials, ...).
+    pub env: Vec<(String, String)>,
     daemon: Option<Child>,
     log: PathBuf,
 }
@@ -49,6 +51,17 @@ impl TestNode {
 
     /// A node over an existing repository.
     pub fn with(name: &str, repo: TestRepo, ip: &str, netns: Option<String>) -> TestNode {
+        TestNode::with_env(name, repo, ip, netns, Vec::new())
+    }
+
+    /// A node over an existing repository whose processes get `env` too.
+    pub fn with_env(
+        name: &str,
+        repo: TestRepo,
+        ip: &str,
+        netns: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> TestNode {
         let port = if netns.is_some() { 7878 } else { free_port() };
         let log = repo.dir.path().join(format!("{name}.log"));
         let mut n = TestNode {
@@ -60,6 +73,7 @@ impl TestNode {
             netns,
             peers: Vec::new(),
             extra: String::new(),
+            env,
             daemon: None,
             log,
         };
@@ -142,6 +156,9 @@ impl TestNode {
             .env("XDG_DATA_HOME", self.repo.dir.path().join("data"))
             .env_remove("PUCE_TEST_FAULT")
             .env_remove("PUCE_NODE_DIR");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

@@ -261,3 +261,75 @@ fn missing_credentials_are_explained() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ACCESS_KEY_ID"));
 }
+
+/// Replication works the same with packs on S3: a node whose repository lives on Garage serves
+/// a pull (objects read from the bucket) and receives a push (packs written to the bucket).
+#[test]
+fn a_node_on_garage_replicates_both_ways() {
+    use puce_tests::node::TestNode;
+    let Some(bin) = garage_or_skip("a_node_on_garage_replicates_both_ways") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::start(bin, &dir.path().join("garage"), "puce");
+    let env: Vec<(String, String)> = garage
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain([("PUCE_S3_RETRY_SECS".to_string(), "4".to_string())])
+        .collect();
+    // The repository of `paris` is on Garage (its index and node files stay local).
+    let repo = puce_tests::TestRepo {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let url = format!("s3://{}/paris", garage.bucket);
+    let out = repo
+        .cmd()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args([
+            "init",
+            "-q",
+            "--backend",
+            &url,
+            "--endpoint",
+            &garage.endpoint,
+        ])
+        .args(["--region", "garage"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut paris = TestNode::with_env("paris", repo, "127.0.0.1", None, env);
+    let mut lyon = TestNode::new("lyon");
+    let both = r#"{ docs = ["pull", "push"] }"#;
+    paris.add_peer(&lyon, both);
+    lyon.add_peer(&paris, both);
+    paris.start();
+
+    // Pull from the node on S3.
+    let src = dir.path().join("src");
+    make_tree(&src, 21);
+    fs::write(src.join("big.bin"), random_bytes(3_000_000, 21)).unwrap();
+    paris.snapshot(&src, "docs");
+    lyon.sync("paris", &["--pull"]);
+    let out = lyon.repo.dir.path().join("from-paris");
+    lyon.ok(&["-q", "restore", "docs@latest", out.to_str().unwrap()]);
+    assert_eq!(manifest(&out), manifest(&src));
+
+    // Push into the node on S3.
+    let lsrc = lyon.repo.dir.path().join("lsrc");
+    fs::rename(&out, &lsrc).unwrap();
+    fs::write(lsrc.join("new.bin"), random_bytes(2_000_000, 22)).unwrap();
+    lyon.snapshot(&lsrc, "docs");
+    lyon.sync("paris", &["--push"]);
+    paris.stop();
+    let back = dir.path().join("back");
+    paris.ok(&["-q", "restore", "docs@latest", back.to_str().unwrap()]);
+    assert_eq!(manifest(&back), manifest(&lsrc));
+    paris.ok(&["check", "--read-data"]);
+    // Nothing of the repository's data is on the local disk of `paris`.
+    assert!(puce_tests::node::pack_files(&paris.repo.path()).is_empty());
+}
