@@ -270,24 +270,7 @@ impl Saver {
     /// every object saved before this call is durable and indexed. Long transfers call it
     /// periodically so that an interruption loses little; the saver stays usable.
     pub fn flush(&self) -> Result<()> {
-        self.shared.check()?;
-        let after = self.shared.submitted.load(Ordering::Acquire);
-        let tx = self
-            .blobs
-            .as_ref()
-            .ok_or_else(|| Error::other("saver already finished"))?;
-        let (done_tx, done_rx) = bounded(1);
-        if tx
-            .send(ToWriter::Flush {
-                after,
-                wait: true,
-                done: done_tx,
-            })
-            .is_err()
-        {
-            self.shared.check()?;
-            return Err(Error::other("saver stopped"));
-        }
+        let done_rx = self.send_flush(true)?;
         loop {
             match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
                 Ok(r) => return r,
@@ -304,18 +287,24 @@ impl Saver {
     /// Ask for the pack in progress to be sealed once everything saved so far has reached the
     /// writer, without waiting for it (a checkpoint that does not stall the caller).
     pub fn seal_soon(&self) -> Result<()> {
+        // Nobody waits for the answer.
+        self.send_flush(false).map(drop)
+    }
+
+    /// Ask the pack writer to seal the pack in progress once everything saved so far has
+    /// reached it; with `wait`, it answers once every pack sealed so far is indexed.
+    fn send_flush(&self, wait: bool) -> Result<crossbeam_channel::Receiver<Result<()>>> {
         self.shared.check()?;
         let after = self.shared.submitted.load(Ordering::Acquire);
         let tx = self
             .blobs
             .as_ref()
             .ok_or_else(|| Error::other("saver already finished"))?;
-        // Nobody waits for the answer.
-        let (done_tx, _) = bounded(1);
+        let (done_tx, done_rx) = bounded(1);
         if tx
             .send(ToWriter::Flush {
                 after,
-                wait: false,
+                wait,
                 done: done_tx,
             })
             .is_err()
@@ -323,7 +312,7 @@ impl Saver {
             self.shared.check()?;
             return Err(Error::other("saver stopped"));
         }
-        Ok(())
+        Ok(done_rx)
     }
 
     /// Stop without sealing the pack in progress: objects queued since the last sealed pack

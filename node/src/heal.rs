@@ -18,12 +18,11 @@ use puce_core::heal::{FetchedObject, HealReport, ObjectSource, SourceReport, hea
 use puce_core::progress::{NoProgress, Progress};
 use puce_core::{ObjectId, Repo, SnapshotId};
 
-use crate::auth::Permissions;
 use crate::config::Peer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Code, FindObjects, GetSnapshots, Message};
 use crate::session::{Conn, NodeCtx};
-use crate::sync::{load_node, runtime};
+use crate::sync::{dial, load_node, runtime};
 use crate::transport;
 
 /// A connected peer, as a source of healthy copies. Used from a blocking thread.
@@ -149,18 +148,7 @@ async fn connect(ctx: &Arc<NodeCtx>, endpoint: &quinn::Endpoint, peer: &Peer) ->
             ),
         )
     })?;
-    let qconn = transport::connect(
-        endpoint,
-        &ctx.identity,
-        peer.id,
-        &peer.name,
-        &address,
-        ctx.config.bandwidth,
-    )
-    .await?;
-    let perms = Permissions::of(&ctx.config, &peer.id)
-        .ok_or_else(|| Error::internal("the dialled peer is not in the configuration"))?;
-    let conn = Conn::new(ctx.clone(), qconn, perms, Arc::new(NoProgress));
+    let conn = dial(ctx, endpoint, peer, &address, Arc::new(NoProgress)).await?;
     let w = conn.hello().await?;
     if w.version < protocol::FIND_OBJECTS_VERSION {
         conn.done();

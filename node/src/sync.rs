@@ -124,6 +124,28 @@ pub async fn sync_with(
     r.map(|_| report)
 }
 
+/// Connect to `peer` at `address` (mutual TLS, its key pinned) and wrap the connection.
+pub(crate) async fn dial(
+    ctx: &Arc<NodeCtx>,
+    endpoint: &quinn::Endpoint,
+    peer: &Peer,
+    address: &str,
+    progress: Arc<dyn Progress>,
+) -> Result<Arc<Conn>> {
+    let qconn = transport::connect(
+        endpoint,
+        &ctx.identity,
+        peer.id,
+        &peer.name,
+        address,
+        ctx.config.bandwidth,
+    )
+    .await?;
+    let perms = Permissions::of(&ctx.config, &peer.id)
+        .ok_or_else(|| Error::internal("the dialled peer is not in the configuration"))?;
+    Ok(Conn::new(ctx.clone(), qconn, perms, progress))
+}
+
 async fn run(
     ctx: &Arc<NodeCtx>,
     endpoint: &quinn::Endpoint,
@@ -184,18 +206,7 @@ async fn run(
             }
         }
     }
-    let qconn = transport::connect(
-        endpoint,
-        &ctx.identity,
-        peer.id,
-        &peer.name,
-        &address,
-        ctx.config.bandwidth,
-    )
-    .await?;
-    let perms = Permissions::of(&ctx.config, &peer.id)
-        .ok_or_else(|| Error::internal("the dialled peer is not in the configuration"))?;
-    let conn = Conn::new(ctx.clone(), qconn, perms, progress);
+    let conn = dial(ctx, endpoint, peer, &address, progress).await?;
     let served = tokio::spawn(serve(conn.clone()));
     let r = async {
         conn.hello().await?;

@@ -205,3 +205,35 @@ pub fn make_tree(root: &Path, seed: u64) {
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// A small deterministic generator (xorshift64) for randomised tests: a seed replays a run.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    #[allow(clippy::should_implement_trait)] // Not an iterator: it never ends.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform-ish below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A number from the environment variable `k` (trial counts, seeds), else `default`.
+pub fn env_u64(k: &str, default: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

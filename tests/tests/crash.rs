@@ -9,17 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use puce_tests::{Manifest, TestRepo, make_tree, manifest, random_bytes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use puce_tests::{Manifest, Rng, TestRepo, make_tree, manifest, random_bytes};
 
 #[test]
 fn kill_snapshot_at_random_moments() {
@@ -31,7 +21,7 @@ fn kill_snapshot_at_random_moments() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     // Small packs: a run seals several, so kills land between pack commits too.
     let repo = TestRepo::with_init(&["--pack-size", "1"]);
     let src = repo.dir.path().join("src");

@@ -15,24 +15,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use puce_tests::node::TestNode;
-use puce_tests::{Manifest, manifest, random_bytes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn env_u64(k: &str, default: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use puce_tests::{Manifest, Rng, env_u64, manifest, random_bytes};
 
 /// Change a few files of `src` (new random content) so the next snapshot has data to send.
 fn churn(src: &Path, rng: &mut Rng) {
@@ -124,7 +107,7 @@ fn spawn_sync(node: &TestNode, peer: &str, args: &[&str]) -> Child {
 #[test]
 fn kill_syncs_at_random_moments_on_both_sides() {
     let iters = env_u64("PUCE_CRASH_ITERS", 6);
-    let mut rng = Rng(env_u64("PUCE_CRASH_SEED", 0x5eed) | 1);
+    let mut rng = Rng::new(env_u64("PUCE_CRASH_SEED", 0x5eed));
     let perms = r#"{ pulled = ["pull", "push"], pushed = ["pull", "push"] }"#;
     let mut a = TestNode::new("lyon");
     let mut b = TestNode::new("grenoble");

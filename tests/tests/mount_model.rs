@@ -13,20 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use puce_tests::{TestRepo, random_bytes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use puce_tests::{Rng, TestRepo, random_bytes};
 
 fn fuse_available() -> bool {
     let ok = Path::new("/dev/fuse").exists()
@@ -250,7 +237,7 @@ fn random_operations_agree_with_a_plain_directory() {
     let child = mount(&repo, &mnt);
     let space = mnt.join("spaces/m");
     assert_eq!(tree(&space), tree(&model), "initial state");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut log = Vec::new();
     for step in 0..ops {
         let op = random_op(&mut rng);

@@ -10,20 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use puce_tests::{Manifest, TestRepo, make_tree, manifest, random_bytes};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use puce_tests::{Manifest, Rng, TestRepo, make_tree, manifest, random_bytes};
 
 fn files_under(p: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -87,7 +74,7 @@ fn random_corruption_is_detected_never_returned() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    let mut rng = Rng(0xc0ff_ee11);
+    let mut rng = Rng::new(0xc0ff_ee11);
     let repo = TestRepo::with_init(&["--pack-size", "1"]);
     let expect = sample_repo(&repo);
     let pristine = repo.dir.path().join("pristine");
