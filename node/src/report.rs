@@ -78,6 +78,8 @@ pub struct SyncReport {
     pub round_trips: u64,
     /// Smoothed round-trip time of the connection at the end, microseconds.
     pub rtt_us: u64,
+    /// Largest UDP payload the path carried at the end (found by MTU discovery), bytes.
+    pub path_mtu: u16,
     /// Warnings (spaces skipped).
     pub warnings: Vec<String>,
 }

@@ -281,6 +281,7 @@ async fn run(
     report.wire_sent_bytes = stats.udp_tx.bytes;
     report.wire_received_bytes = stats.udp_rx.bytes;
     report.rtt_us = stats.path.rtt.as_micros() as u64;
+    report.path_mtu = stats.path.current_mtu;
     report.sent_objects = conn.counters.sent_objects.load(Ordering::Relaxed);
     report.sent_bytes = conn.counters.sent_bytes.load(Ordering::Relaxed);
     report.requests = conn.counters.requests.load(Ordering::Relaxed);
