@@ -19,7 +19,7 @@ run() { # name env... -- test args...
   local t0=$SECONDS
   env "${envs[@]}" cargo test -q -p puce-tests "$@" -- --nocapture --test-threads 1 > "$OUT/$name.log" 2>&1 \
     || { echo "FAILED: $name (see $OUT/$name.log)"; tail -30 "$OUT/$name.log"; exit 1; }
-  grep -E "crash test|kill test|concurrent gc|corruption|random heal|healed|verified" "$OUT/$name.log" | sed 's/^/   /' || true
+  grep -E "crash test|kill test|concurrent gc|corruption|random heal|repair kill|healed|verified" "$OUT/$name.log" | sed 's/^/   /' || true
   echo "   ok in $((SECONDS - t0)) s"
 }
 run snapshot-kills PUCE_CRASH_ITERS=${SNAPSHOT_KILLS:-200} -- --test crash
@@ -29,7 +29,7 @@ run sync-kills PUCE_CRASH_ITERS=${SYNC_KILLS:-60} -- --test crash_sync
 run mount-kills PUCE_CRASH_ITERS=${MOUNT_KILLS:-100} -- --test mount kill_9_during_commits
 run mount-model PUCE_MODEL_OPS=${MODEL_OPS:-3000} -- --test mount_model
 run corruption PUCE_CORRUPT_TRIALS=${CORRUPT_TRIALS:-400} -- --test reliability
-run heal PUCE_HEAL_TRIALS=${HEAL_TRIALS:-50} -- --test heal
+run heal PUCE_HEAL_TRIALS=${HEAL_TRIALS:-50} PUCE_HEAL_KILLS=${HEAL_KILLS:-40} -- --test heal
 run hostile X=1 -- --test hostile
 run access X=1 -- --test node refused
 if [ "${FUZZ_SECONDS:-60}" -gt 0 ]; then

@@ -473,3 +473,67 @@ fn random_damage_always_heals_from_a_peer() {
          check, {healed_objects} objects healed, 0 lost"
     );
 }
+
+/// `puce repair --from` killed with SIGKILL at random moments: afterwards `check` (without
+/// reading data) passes or names only the damage, a second repair heals everything, and every
+/// version restores byte-identical. `PUCE_HEAL_KILLS` sets the number of kills (default 4; the
+/// full run uses 40).
+#[test]
+fn repair_killed_at_random_moments_then_completed() {
+    let kills: u64 = std::env::var("PUCE_HEAL_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let (mut a, b) = pair();
+    a.start();
+    let versions = three_versions(&a, &b);
+    let expected: Vec<_> = versions.iter().map(|(_, src)| manifest(src)).collect();
+    let mut rng = puce_tests::Rng::new(0x4ea1);
+    let mut window = 300u64;
+    let mut killed = 0;
+    for t in 0..kills {
+        // Damage two packs.
+        let packs = pack_files(&b.repo.path());
+        for _ in 0..2 {
+            let p = &packs[rng.below(packs.len() as u64) as usize];
+            if p.exists() {
+                if rng.below(2) == 0 {
+                    flip_random_bits(p, 4, rng.next());
+                } else {
+                    truncate_file(p, 0.5);
+                }
+            }
+        }
+        let mut child = b
+            .cmd()
+            .args(["-q", "repair", "--from", "lyon"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = rng.below(window + 1);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        if st.success() {
+            window = window * 9 / 10;
+        } else {
+            killed += 1;
+            window = window * 11 / 10 + 1;
+        }
+        // Whatever the kill left, a complete repair heals it.
+        let (code, r, err) = repair(&b, "lyon");
+        assert_eq!(code, 0, "kill {t} after {delay} ms: {r}\n{err}");
+        let (code, after) = check(&b);
+        assert_eq!(code, 0, "kill {t} after {delay} ms: still damaged: {after}");
+        for (i, (id, _)) in versions.iter().enumerate() {
+            assert_eq!(
+                manifest(&restored(&b, id)),
+                expected[i],
+                "kill {t}: version {i} differs"
+            );
+        }
+    }
+    eprintln!("repair kill test: {kills} runs, {killed} repairs killed, 0 lost");
+    assert!(kills == 0 || killed > 0, "no repair was interrupted");
+}
