@@ -286,6 +286,18 @@ impl TestNode {
         }
     }
 
+    /// Restore `spec` into a fresh folder of this node's temporary directory; return it.
+    pub fn restored(&self, spec: &str) -> PathBuf {
+        let out = self
+            .repo
+            .dir
+            .path()
+            .join(format!("restore-{}", spec.replace(['@', '~'], "_")));
+        let _ = fs::remove_dir_all(&out);
+        self.ok(&["-q", "restore", spec, out.to_str().unwrap_or_default()]);
+        out
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()

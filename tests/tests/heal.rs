@@ -23,17 +23,6 @@ fn pair() -> (TestNode, TestNode) {
     (a, b)
 }
 
-fn restored(node: &TestNode, spec: &str) -> PathBuf {
-    let out = node
-        .repo
-        .dir
-        .path()
-        .join(format!("restore-{}", spec.replace(['@', '~'], "_")));
-    let _ = fs::remove_dir_all(&out);
-    node.ok(&["-q", "restore", spec, out.to_str().unwrap()]);
-    out
-}
-
 fn json_of(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -155,7 +144,7 @@ fn flipped_truncated_and_deleted_packs_heal_from_a_peer() {
     let (code, c) = check(&b);
     assert_eq!(code, 0, "{c}");
     for (id, src) in &versions {
-        assert_eq!(manifest(&restored(&b, &id[..12])), manifest(src), "{id}");
+        assert_eq!(manifest(&b.restored(&id[..12])), manifest(src), "{id}");
     }
     // Nothing left to do.
     let out = b.run(&["repair", "--from", "lyon"]);
@@ -216,7 +205,7 @@ fn an_object_no_peer_has_is_reported_with_its_file_and_nothing_else_is_lost() {
         c["affected"][0]["paths"],
         serde_json::json!(["only-here.txt"])
     );
-    assert_eq!(manifest(&restored(&b, &from_a[..12])), manifest(&src));
+    assert_eq!(manifest(&b.restored(&from_a[..12])), manifest(&src));
     // (b's snapshot holds the same files plus only-here.txt: check, which reads every byte,
     // finds nothing else damaged.)
 }
@@ -250,7 +239,7 @@ fn the_daemon_heals_on_its_own_after_a_scheduled_check() {
     assert_eq!(st["check"]["lost"], 0, "{st}");
     let (code, c) = check(&b);
     assert_eq!(code, 0, "{c}");
-    assert_eq!(manifest(&restored(&b, &id[..12])), manifest(&src));
+    assert_eq!(manifest(&b.restored(&id[..12])), manifest(&src));
 }
 
 #[test]
@@ -400,6 +389,22 @@ fn repair_from(node: &TestNode, peers: &[&str]) -> (i32, serde_json::Value, Stri
     )
 }
 
+/// Every version restores on `node` to what was snapshotted.
+fn same_versions(
+    node: &TestNode,
+    versions: &[(String, PathBuf)],
+    expected: &[puce_tests::Manifest],
+    when: &str,
+) {
+    for (i, (id, _)) in versions.iter().enumerate() {
+        assert_eq!(
+            manifest(&node.restored(id)),
+            expected[i],
+            "{when}: version {i} differs after healing"
+        );
+    }
+}
+
 /// Random damage, healed: in every trial one to three random packs of `b` get random bit
 /// flips, are cut short at a random length or deleted; `check --read-data` must see it (or the
 /// damage hit no byte that matters), `repair --from lyon` must heal all of it, and afterwards
@@ -407,21 +412,13 @@ fn repair_from(node: &TestNode, peers: &[&str]) -> (i32, serde_json::Value, Stri
 /// `PUCE_HEAL_TRIALS` sets the number of trials (default 4; the full run uses 50).
 #[test]
 fn random_damage_always_heals_from_a_peer() {
-    let trials: u64 = std::env::var("PUCE_HEAL_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let trials = puce_tests::env_u64("PUCE_HEAL_TRIALS", 4);
     let (mut a, b) = pair();
     a.start();
     let versions = three_versions(&a, &b);
     let expected: Vec<_> = versions.iter().map(|(_, src)| manifest(src)).collect();
-    let mut seed = 0x7e57_u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = puce_tests::Rng::new(0x7e57);
+    let mut rnd = move || rng.next();
     let (mut detected, mut healed_objects, mut faults) = (0, 0u64, 0);
     for t in 0..trials {
         let packs = pack_files(&b.repo.path());
@@ -460,13 +457,7 @@ fn random_damage_always_heals_from_a_peer() {
             code, 0,
             "trial {t} ({what:?}): still damaged: {after}\nbefore: {c}"
         );
-        for (i, (id, _)) in versions.iter().enumerate() {
-            assert_eq!(
-                manifest(&restored(&b, id)),
-                expected[i],
-                "trial {t} ({what:?}): version {i} differs after healing"
-            );
-        }
+        same_versions(&b, &versions, &expected, &format!("trial {t} ({what:?})"));
     }
     eprintln!(
         "random heal: {trials} trials, {faults} faults injected, {detected} trials detected by \
@@ -480,10 +471,7 @@ fn random_damage_always_heals_from_a_peer() {
 /// full run uses 40).
 #[test]
 fn repair_killed_at_random_moments_then_completed() {
-    let kills: u64 = std::env::var("PUCE_HEAL_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let kills = puce_tests::env_u64("PUCE_HEAL_KILLS", 4);
     let (mut a, b) = pair();
     a.start();
     let versions = three_versions(&a, &b);
@@ -526,13 +514,7 @@ fn repair_killed_at_random_moments_then_completed() {
         assert_eq!(code, 0, "kill {t} after {delay} ms: {r}\n{err}");
         let (code, after) = check(&b);
         assert_eq!(code, 0, "kill {t} after {delay} ms: still damaged: {after}");
-        for (i, (id, _)) in versions.iter().enumerate() {
-            assert_eq!(
-                manifest(&restored(&b, id)),
-                expected[i],
-                "kill {t}: version {i} differs"
-            );
-        }
+        same_versions(&b, &versions, &expected, &format!("kill {t}"));
     }
     eprintln!("repair kill test: {kills} runs, {killed} repairs killed, 0 lost");
     assert!(kills == 0 || killed > 0, "no repair was interrupted");

@@ -21,18 +21,6 @@ fn pair() -> (TestNode, TestNode) {
     (a, b)
 }
 
-/// Restore `spec` on `node` into a fresh folder and return the folder.
-fn restored(node: &TestNode, spec: &str) -> std::path::PathBuf {
-    let out = node
-        .repo
-        .dir
-        .path()
-        .join(format!("restore-{}", spec.replace(['@', '~'], "_")));
-    let _ = fs::remove_dir_all(&out);
-    node.ok(&["-q", "restore", spec, out.to_str().unwrap()]);
-    out
-}
-
 fn u(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
@@ -49,7 +37,7 @@ fn push_and_pull_between_two_nodes_deliver_identical_snapshots() {
     assert_eq!(r["spaces"][0]["direction"], "push");
     assert_eq!(u(&r["spaces"][0], "snapshots"), 1);
     assert!(b.snapshot_ids().contains(&snap));
-    assert_eq!(manifest(&restored(&b, "docs@latest")), manifest(&src));
+    assert_eq!(manifest(&b.restored("docs@latest")), manifest(&src));
     b.ok(&["check", "--read-data"]);
     // Nothing new: the next sync moves no object.
     let r = a.sync("grenoble", &[]);
@@ -64,7 +52,7 @@ fn push_and_pull_between_two_nodes_deliver_identical_snapshots() {
     let r = a.sync("grenoble", &["--pull"]);
     assert_eq!(u(&r["spaces"][0], "snapshots"), 1);
     assert!(a.snapshot_ids().contains(&snap_b));
-    assert_eq!(manifest(&restored(&a, "docs@latest")), manifest(&src));
+    assert_eq!(manifest(&a.restored("docs@latest")), manifest(&src));
     a.ok(&["check", "--read-data"]);
     // The daemon logged the sessions; status shows the peer as synced.
     assert!(b.log().contains("pushes space 'docs'"), "{}", b.log());
@@ -114,7 +102,7 @@ fn an_incremental_sync_sends_only_the_new_data_in_a_few_round_trips() {
     // Round trips: hello, list, records, one per tree level on the changed path (4), data.
     assert!(u(&r, "round_trips") <= 10, "{r}");
     assert!(u(&first, "round_trips") <= 10, "{first}");
-    assert_eq!(manifest(&restored(&b, "docs@latest")), manifest(&src));
+    assert_eq!(manifest(&b.restored("docs@latest")), manifest(&src));
 }
 
 #[test]
@@ -140,7 +128,7 @@ fn a_chain_of_daemons_delivers_a_snapshot_from_a_to_c() {
     wait_for("a's snapshot to reach c", || {
         c.snapshot_ids().contains(&snap)
     });
-    assert_eq!(manifest(&restored(&c, &snap[..12])), manifest(&src));
+    assert_eq!(manifest(&c.restored(&snap[..12])), manifest(&src));
     c.ok(&["check", "--read-data"]);
     // Nothing went from b to a, which may not write to a.
     assert_eq!(a.snapshot_ids(), vec![snap.clone()]);
@@ -171,7 +159,7 @@ fn three_nodes_converge_on_one_merged_head() {
     nodes[0].sync("n2", &[]);
     nodes[0].sync("n3", &[]);
     for (i, n) in nodes.iter().enumerate() {
-        let dir = restored(n, "docs@latest");
+        let dir = n.restored("docs@latest");
         fs::write(dir.join(format!("from-{i}.txt")), format!("node {i}")).unwrap();
         n.snapshot(&dir, "docs");
     }
@@ -192,10 +180,10 @@ fn three_nodes_converge_on_one_merged_head() {
     let ids: Vec<Vec<String>> = nodes.iter().map(|n| n.snapshot_ids()).collect();
     assert_eq!(ids[0].len(), ids[1].len());
     assert_eq!(ids[1].len(), ids[2].len());
-    let m = manifest(&restored(&nodes[0], "docs@latest"));
+    let m = manifest(&nodes[0].restored("docs@latest"));
     for (i, n) in nodes.iter().enumerate() {
         assert!(m.contains_key(format!("from-{i}.txt").as_bytes()), "{m:?}");
-        assert_eq!(manifest(&restored(n, "docs@latest")), m, "node {i}");
+        assert_eq!(manifest(&n.restored("docs@latest")), m, "node {i}");
     }
     assert_eq!(heads[0], heads[1]);
     assert_eq!(heads[1], heads[2]);
@@ -210,8 +198,8 @@ fn concurrent_changes_are_merged_with_conflict_copies() {
     a.snapshot(&src, "docs");
     a.sync("grenoble", &[]);
     // Both change readme.txt; a adds a file, b deletes one.
-    let da = restored(&a, "docs@latest");
-    let db = restored(&b, "docs@latest");
+    let da = a.restored("docs@latest");
+    let db = b.restored("docs@latest");
     fs::write(da.join("readme.txt"), b"lyon's version").unwrap();
     set_mtime(&da.join("readme.txt"), 1_709_287_200); // 2024-03-01 10:00:00 UTC
     fs::write(da.join("added-at-lyon.txt"), b"new").unwrap();
@@ -233,7 +221,7 @@ fn concurrent_changes_are_merged_with_conflict_copies() {
     let head_a = a.json(&["ls", "docs@latest"]);
     let head_b = b.json(&["ls", "docs@latest"]);
     assert_eq!(head_a, head_b);
-    let m = restored(&b, "docs@latest");
+    let m = b.restored("docs@latest");
     assert_eq!(
         fs::read(m.join("readme.txt")).unwrap(),
         b"grenoble's version"
@@ -405,7 +393,7 @@ fn corrupted_chunks_from_a_peer_are_detected_and_nothing_is_stored() {
     b.kill9();
     b.start();
     a.sync("grenoble", &["--pull"]);
-    assert_eq!(manifest(&restored(&a, "docs@latest")), manifest(&src));
+    assert_eq!(manifest(&a.restored("docs@latest")), manifest(&src));
 }
 
 #[test]
@@ -534,7 +522,7 @@ fn a_sync_cut_by_kill_9_resumes_without_resending_what_was_stored() {
         wire <= missing + missing / 20 + 256 * 1024,
         "{wire} bytes on the wire for {missing} missing"
     );
-    assert_eq!(manifest(&restored(&a, "docs@latest")), manifest(&src));
+    assert_eq!(manifest(&a.restored("docs@latest")), manifest(&src));
     a.ok(&["check", "--read-data"]);
 }
 
@@ -600,7 +588,7 @@ fn nodes_in_network_namespaces_sync_as_separate_hosts() {
         nodes[2].snapshot_ids().contains(&snap)
     });
     assert_eq!(
-        manifest(&restored(&nodes[2], "docs@latest")),
+        manifest(&nodes[2].restored("docs@latest")),
         manifest(&src)
     );
     // The middle node saw both others from their own addresses.
