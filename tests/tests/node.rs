@@ -587,10 +587,7 @@ fn nodes_in_network_namespaces_sync_as_separate_hosts() {
     wait_for("the snapshot to cross two hosts", || {
         nodes[2].snapshot_ids().contains(&snap)
     });
-    assert_eq!(
-        manifest(&nodes[2].restored("docs@latest")),
-        manifest(&src)
-    );
+    assert_eq!(manifest(&nodes[2].restored("docs@latest")), manifest(&src));
     // The middle node saw both others from their own addresses.
     let log = nodes[1].log();
     assert!(log.contains(&format!("({}:", lan.hosts[0].1)), "{log}");
