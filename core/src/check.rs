@@ -331,18 +331,23 @@ fn sample_packs(
         u64::from_be_bytes(b)
     };
     let cursor = repo.index().meta(SAMPLE_CURSOR)?.unwrap_or(0);
-    let start = sorted
-        .iter()
-        .position(|(_, id)| key(id) > cursor)
-        .unwrap_or(0);
-    let n = ((sorted.len() as f64 * share).ceil() as usize).clamp(1, sorted.len());
-    let chosen: Vec<(u32, PackId)> = (0..n).map(|i| sorted[(start + i) % sorted.len()]).collect();
-    let end = (start + n - 1) % sorted.len();
-    let last = key(&sorted[end].1);
-    // Wrapped around to the start: begin again from the lowest id next time.
-    let next = if end + 1 == sorted.len() { 0 } else { last };
+    let keys: Vec<u64> = sorted.iter().map(|(_, id)| key(id)).collect();
+    let (range, next, position) = rotation_step(&keys, cursor, share);
     repo.index().set_meta(SAMPLE_CURSOR, next)?;
-    Ok((chosen, (end + 1) as f64 / sorted.len() as f64))
+    Ok((sorted[range].to_vec(), position))
+}
+
+/// One run of the sampled check's rotation over `keys` (sorted, not empty), after `cursor`:
+/// the packs to read, the next cursor and how far through the rotation the run ends (1.0: a
+/// rotation is complete, the next run starts again from the lowest key). A run stops at the
+/// end of the rotation, so one rotation reads every pack exactly once.
+fn rotation_step(keys: &[u64], cursor: u64, share: f64) -> (std::ops::Range<usize>, u64, f64) {
+    let len = keys.len();
+    let start = keys.iter().position(|k| *k > cursor).unwrap_or(0);
+    let n = ((len as f64 * share).ceil() as usize).clamp(1, len);
+    let end = (start + n).min(len);
+    let next = if end == len { 0 } else { keys[end - 1] };
+    (start..end, next, end as f64 / len as f64)
 }
 
 /// Whether the tree `id` and everything below it is present and sound (memoised).
@@ -583,4 +588,34 @@ pub fn pack_records_from_bytes(data: &[u8]) -> Result<Vec<pack::Record>> {
     let start = f.trailer_offset as usize;
     let end = data.len() - pack::FOOTER_LEN;
     pack::parse_trailer(&data[start..end], &f)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rotation_reads_every_pack_once_whatever_the_count() {
+        for len in 1..=13usize {
+            let keys: Vec<u64> = (1..=len as u64).map(|k| k * 10).collect();
+            for share in [0.05, 0.25, 0.3, 0.5, 1.0] {
+                let (mut cursor, mut read, mut runs) = (0, vec![0; len], 0);
+                loop {
+                    let (r, next, pos) = super::rotation_step(&keys, cursor, share);
+                    for i in r {
+                        read[i] += 1;
+                    }
+                    cursor = next;
+                    runs += 1;
+                    if pos >= 1.0 {
+                        break;
+                    }
+                    assert!(runs <= len, "{len} packs, {share}: no end");
+                }
+                assert!(
+                    read.iter().all(|n| *n == 1),
+                    "{len} packs, {share}: {read:?}"
+                );
+                assert_eq!(cursor, 0, "the next rotation starts again");
+            }
+        }
+    }
 }
