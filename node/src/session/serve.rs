@@ -228,6 +228,17 @@ fn not_readable(conn: &Conn, space: &str) -> Failure {
     )
 }
 
+/// A request naming more than `max` items is a protocol violation: the peer is cut off.
+fn at_most(what: &str, n: usize, max: usize) -> Result<(), Failure> {
+    if n > max {
+        return Err(Failure::CutOff(
+            Code::Protocol,
+            format!("it asked for {n} {what} in one request (at most {max})"),
+        ));
+    }
+    Ok(())
+}
+
 async fn list_spaces(
     conn: &Arc<Conn>,
     send: &mut SendStream,
@@ -287,16 +298,11 @@ async fn get_snapshots(
     send: &mut SendStream,
     r: GetSnapshots,
 ) -> Result<(), Failure> {
-    if r.ids.len() > protocol::MAX_SNAPSHOTS_PER_REQUEST {
-        return Err(Failure::CutOff(
-            Code::Protocol,
-            format!(
-                "it asked for {} snapshots in one request (at most {})",
-                r.ids.len(),
-                protocol::MAX_SNAPSHOTS_PER_REQUEST
-            ),
-        ));
-    }
+    at_most(
+        "snapshots",
+        r.ids.len(),
+        protocol::MAX_SNAPSHOTS_PER_REQUEST,
+    )?;
     let repo = conn.ctx.repo.clone();
     let all = blocking(move || Ok(repo.snapshots()?)).await?;
     let by_id: std::collections::HashMap<SnapshotId, &SnapshotEntry> =
@@ -349,16 +355,7 @@ async fn get_objects(
     send: &mut SendStream,
     r: GetObjects,
 ) -> Result<(), Failure> {
-    if r.ids.len() > protocol::MAX_OBJECTS_PER_REQUEST {
-        return Err(Failure::CutOff(
-            Code::Protocol,
-            format!(
-                "it asked for {} objects in one request (at most {})",
-                r.ids.len(),
-                protocol::MAX_OBJECTS_PER_REQUEST
-            ),
-        ));
-    }
+    at_most("objects", r.ids.len(), protocol::MAX_OBJECTS_PER_REQUEST)?;
     if let Some(id) = r.ids.iter().find(|id| !conn.is_served(id)) {
         // A node following the protocol asks only for objects reachable from snapshots it was
         // sent: anything else is probing for data it may not read.
@@ -379,16 +376,7 @@ async fn find_objects(
     send: &mut SendStream,
     r: protocol::FindObjects,
 ) -> Result<(), Failure> {
-    if r.ids.len() > protocol::MAX_OBJECTS_PER_REQUEST {
-        return Err(Failure::CutOff(
-            Code::Protocol,
-            format!(
-                "it asked for {} objects in one request (at most {})",
-                r.ids.len(),
-                protocol::MAX_OBJECTS_PER_REQUEST
-            ),
-        ));
-    }
+    at_most("objects", r.ids.len(), protocol::MAX_OBJECTS_PER_REQUEST)?;
     if !conn.peer.may_pull_any() {
         return Err(Failure::Refuse(
             Code::NotAllowed,
