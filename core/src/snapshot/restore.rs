@@ -126,18 +126,24 @@ fn clear_slot(dir: &OwnedFd, name: &[u8], display: &Path) -> Result<()> {
     }
 }
 
+/// Create the file `name` in `dir` for writing, replacing what was there, never through a
+/// symlink (mode 0600 until its metadata is applied).
+fn create_file(dir: &OwnedFd, name: &[u8], display: &Path) -> Result<OwnedFd> {
+    clear_slot(dir, name, display)?;
+    rustix::fs::openat(
+        dir,
+        name_os(name),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| Error::io("cannot create", display, e.into()))
+}
+
 fn restore_file(repo: &Repo, reader: &IndexReader, job: &Job, sh: &Shared) -> Result<()> {
     let Node::File { size, chunks } = &job.entry.node else {
         return Err(Error::other("internal: not a file"));
     };
-    clear_slot(&job.dir, &job.entry.name, &job.display)?;
-    let fd = rustix::fs::openat(
-        &*job.dir,
-        name_os(&job.entry.name),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| Error::io("cannot create", &job.display, e.into()))?;
+    let fd = create_file(&job.dir, &job.entry.name, &job.display)?;
     let mut f = File::from(fd);
     let mut written = 0u64;
     for id in chunks {
@@ -313,14 +319,7 @@ impl Walk<'_> {
         let Node::File { size, chunks } = &e.node else {
             return Err(Error::other("internal: not a file"));
         };
-        clear_slot(dir, &e.name, display)?;
-        let fd = rustix::fs::openat(
-            dir,
-            name_os(&e.name),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|er| Error::io("cannot create", display, er.into()))?;
+        let fd = create_file(dir, &e.name, display)?;
         rustix::fs::ftruncate(&fd, *size)
             .map_err(|er| Error::io("cannot size", display, er.into()))?;
         let Some(plan) = self.plan.as_mut() else {
