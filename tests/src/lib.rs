@@ -85,15 +85,7 @@ impl TestRepo {
 
     /// Run and require success; return stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "puce {args:?} failed ({:?}):\n{}\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        expect_ok("", args, self.run(args))
     }
 
     /// Run with --json and parse.
@@ -114,6 +106,18 @@ impl Default for TestRepo {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Require that `puce args` (run as `who`, a prefix for the message) succeeded; its stdout.
+pub fn expect_ok(who: &str, args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{who}puce {args:?} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// What a tree looks like on disk: path -> (kind, mode, mtime, content hash or link target).

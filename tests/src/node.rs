@@ -168,16 +168,7 @@ impl TestNode {
 
     /// Run and require success; return stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "[{}] puce {args:?} failed ({:?}):\n{}\n{}",
-            self.name,
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::expect_ok(&format!("[{}] ", self.name), args, self.run(args))
     }
 
     /// Run with --json and parse.

@@ -42,14 +42,7 @@ impl S3Repo {
         self.cmd().args(args).output().unwrap()
     }
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "puce {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        puce_tests::expect_ok("", args, self.run(args))
     }
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = vec!["--json"];
