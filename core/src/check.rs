@@ -36,7 +36,8 @@ pub struct CheckOptions {
 /// One problem found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Problem {
-    /// Machine-readable class: `bad_snapshot`, `missing_pack`, `corrupt_pack`,
+    /// Machine-readable class: `bad_config`, `config_healed` (the config was damaged and has
+    /// been restored from the index's copy), `bad_snapshot`, `missing_pack`, `corrupt_pack`,
     /// `index_mismatch`, `unindexed_pack`, `missing_object`, `corrupt_object`, `bad_tree`.
     pub kind: String,
     /// What is wrong, for people.
@@ -130,6 +131,21 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
         ..CheckReport::default()
     };
     let mut bad: HashSet<ObjectId> = HashSet::new();
+
+    // 0. The config: what opening the repository restored, and the file as it is now.
+    for note in repo.healed() {
+        report.problem("config_healed", note.clone(), None, None);
+    }
+    match repo.heal_config() {
+        Ok(None) => {}
+        Ok(Some(note)) => report.problem("config_healed", note, None, None),
+        Err(e) => report.problem(
+            "bad_config",
+            format!("the repository config is damaged and could not be restored: {e:#}"),
+            None,
+            None,
+        ),
+    }
 
     // 1. Snapshot files.
     let mut snaps: Vec<(SnapshotId, Snapshot)> = Vec::new();

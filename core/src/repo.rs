@@ -77,7 +77,11 @@ pub struct Repo {
     pack_ids: RwLock<HashMap<u32, PackId>>,
     cache_dir: PathBuf,
     statcache: Mutex<Option<Arc<StatCache>>>,
+    healed: Vec<String>,
 }
+
+/// The index file in a repository's local directory.
+const INDEX_FILE: &str = "index.redb";
 
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,6 +96,18 @@ impl Repo {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!("a repository already exists at {}", path.display()),
+            ));
+        }
+        if path.join(INDEX_FILE).exists() {
+            // A repository whose config is lost: a new config would give its data another
+            // identity and maybe other parameters. Opening it restores the config instead.
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "a repository already exists at {} (its config is missing; any command \
+                     that opens it restores the config from the copy in the index)",
+                    path.display()
+                ),
             ));
         }
         crate::fsutil::create_dir_durable(path)?;
@@ -115,7 +131,7 @@ impl Repo {
                 "pack target size must be between 1 MiB and 1 GiB",
             ));
         }
-        if backend.exists(FileKind::Config, "config")? {
+        if backend.exists(FileKind::Config, "config")? || local.join(INDEX_FILE).is_file() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!("a repository already exists at {}", backend.location()),
@@ -143,7 +159,7 @@ impl Repo {
 
     /// Open the repository in the local directory `path` with options.
     pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Repo> {
-        if !path.join("config").is_file() {
+        if !path.join("config").is_file() && !path.join(INDEX_FILE).is_file() {
             return Err(Error::not_found(format!(
                 "no repository at {}: create one with `puce init --repo {}`, or set PUCE_REPO",
                 path.display(),
@@ -160,16 +176,86 @@ impl Repo {
         backend: Arc<dyn Backend>,
         opts: &OpenOptions,
     ) -> Result<Repo> {
-        let bytes = backend.read(FileKind::Config, "config").map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::not_found(format!("no repository at {}", backend.location()))
-            } else {
-                e
+        let index_path = local.join(INDEX_FILE);
+        let read = backend
+            .read(FileKind::Config, "config")
+            .and_then(|bytes| Ok((Config::decode(&bytes)?, bytes)));
+        // A damaged or missing config is restored from the index's copy, when there is an
+        // index: without one, a missing config means there is no repository here.
+        let damaged = match &read {
+            Ok(_) => false,
+            Err(e) if e.kind() == ErrorKind::NotFound && !index_path.is_file() => {
+                return Err(Error::not_found(format!(
+                    "no repository at {}",
+                    backend.location()
+                )));
             }
-        })?;
-        let config = Config::decode(&bytes)?;
+            Err(e) => matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound),
+        };
+        let read = match read {
+            Err(e) if !damaged => return Err(e),
+            r => r,
+        };
+        let index = match Index::open(&index_path, opts.index_cache) {
+            Ok(i) => i,
+            Err(ie) => {
+                return Err(match read {
+                    Err(e) => Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}; the index, which keeps a copy of the config, cannot be opened \
+                             either ({ie}): restore {}/config from a backup of this server",
+                            backend.location()
+                        ),
+                    ),
+                    Ok(_) => ie,
+                });
+            }
+        };
+        let mut healed = Vec::new();
+        let config = match read {
+            Ok((config, bytes)) => {
+                // Keep the copy current. Best effort: a read-only open must still work.
+                if index.config_copy().ok().flatten().as_deref() != Some(bytes.as_slice()) {
+                    let _ = index.set_config_copy(&bytes);
+                }
+                config
+            }
+            Err(e) => {
+                let copy = index
+                    .config_copy()
+                    .ok()
+                    .flatten()
+                    .and_then(|b| Config::decode(&b).ok().map(|c| (c, b)));
+                let Some((config, bytes)) = copy else {
+                    return Err(Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}; the index holds no undamaged copy of it: restore {}/config \
+                             from a backup of this server",
+                            backend.location()
+                        ),
+                    ));
+                };
+                let what = if e.kind() == ErrorKind::NotFound {
+                    "was missing"
+                } else {
+                    "was damaged"
+                };
+                healed.push(match backend.write(FileKind::Config, "config", &bytes) {
+                    Ok(()) => format!(
+                        "the repository config {what} ({e}): restored it from the copy kept \
+                         in the index"
+                    ),
+                    Err(we) => format!(
+                        "the repository config {what} ({e}): using the copy kept in the index, \
+                         but could not write it back ({we})"
+                    ),
+                });
+                config
+            }
+        };
         config.chunker.validate()?;
-        let index = Index::open(&local.join("index.redb"), opts.index_cache)?;
         let cache_dir = opts
             .cache_dir
             .clone()
@@ -183,7 +269,39 @@ impl Repo {
             pack_ids: RwLock::new(HashMap::new()),
             cache_dir,
             statcache: Mutex::new(None),
+            healed,
         })
+    }
+
+    /// What opening the repository repaired (a damaged config restored from the index's
+    /// copy), for people: callers report it, since a damaged file is a sign of a failing disk.
+    pub fn healed(&self) -> &[String] {
+        &self.healed
+    }
+
+    /// Check the config file as it is now and, if it is damaged or missing, write it back from
+    /// the config this repository was opened with (the index's copy, or the same record encoded
+    /// again). Returns what was repaired, for people.
+    pub fn heal_config(&self) -> Result<Option<String>> {
+        let err = match self
+            .backend
+            .read(FileKind::Config, "config")
+            .and_then(|b| Config::decode(&b))
+        {
+            Ok(c) if c == self.config => return Ok(None),
+            Ok(_) => Error::corrupt("it differs from the config this repository was opened with"),
+            Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => e,
+            Err(e) => return Err(e),
+        };
+        let bytes = match self.index.config_copy()? {
+            Some(b) if Config::decode(&b).ok().as_ref() == Some(&self.config) => b,
+            _ => self.config.encode()?,
+        };
+        self.backend.write(FileKind::Config, "config", &bytes)?;
+        let _ = self.index.set_config_copy(&bytes);
+        Ok(Some(format!(
+            "the repository config was damaged ({err}): restored it from the copy kept in the index"
+        )))
     }
 
     /// The local directory (index and locks).
@@ -702,5 +820,97 @@ mod verify_tests {
             assert_eq!(a.kind(), ErrorKind::Corrupt, "{a}");
             assert_eq!(b.kind(), ErrorKind::Corrupt, "{b}");
         }
+    }
+}
+
+#[cfg(test)]
+mod config_copy_tests {
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let repo = Repo::init(&path, &InitOptions::default()).unwrap();
+        let bytes = std::fs::read(path.join("config")).unwrap();
+        assert_eq!(repo.index().config_copy().unwrap(), Some(bytes.clone()));
+        assert!(repo.healed().is_empty());
+        drop(repo);
+        (dir, path, bytes)
+    }
+
+    #[test]
+    fn a_damaged_config_is_restored_from_the_index_copy_on_open() {
+        let (_dir, path, pristine) = fresh();
+        let mut flipped = pristine.clone();
+        flipped[20] ^= 0x10;
+        let faults: Vec<Option<Vec<u8>>> = vec![
+            Some(flipped),
+            Some(pristine[..pristine.len() / 2].to_vec()),
+            Some(Vec::new()),
+            None,
+        ];
+        for fault in faults {
+            match &fault {
+                Some(b) => std::fs::write(path.join("config"), b).unwrap(),
+                None => std::fs::remove_file(path.join("config")).unwrap(),
+            }
+            let repo = Repo::open(&path).unwrap();
+            assert_eq!(repo.healed().len(), 1, "{:?}", repo.healed());
+            let what = if fault.is_some() {
+                "was damaged"
+            } else {
+                "was missing"
+            };
+            assert!(repo.healed()[0].contains(what), "{}", repo.healed()[0]);
+            assert_eq!(std::fs::read(path.join("config")).unwrap(), pristine);
+            drop(repo);
+            assert!(Repo::open(&path).unwrap().healed().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_config_damaged_while_open_is_healed_by_heal_config() {
+        let (_dir, path, pristine) = fresh();
+        let repo = Repo::open(&path).unwrap();
+        assert_eq!(repo.heal_config().unwrap(), None);
+        std::fs::write(path.join("config"), b"PUCECFG\0garbage").unwrap();
+        let note = repo.heal_config().unwrap().unwrap();
+        assert!(note.contains("was damaged"), "{note}");
+        assert_eq!(std::fs::read(path.join("config")).unwrap(), pristine);
+        assert_eq!(repo.heal_config().unwrap(), None);
+    }
+
+    #[test]
+    fn without_a_good_copy_a_damaged_config_is_a_clear_error() {
+        let (_dir, path, pristine) = fresh();
+        // An index without the copy (as written by an older puce), and a damaged config.
+        {
+            let index = Index::open(&path.join(INDEX_FILE), 1 << 20).unwrap();
+            index.set_config_copy(b"not a config").unwrap();
+        }
+        let mut flipped = pristine.clone();
+        flipped[30] ^= 1;
+        std::fs::write(path.join("config"), &flipped).unwrap();
+        let e = Repo::open(&path).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("from a backup"), "{e}");
+        // Nothing was written over the damaged file.
+        assert_eq!(std::fs::read(path.join("config")).unwrap(), flipped);
+        // A good config refreshes the copy on the next open.
+        std::fs::write(path.join("config"), &pristine).unwrap();
+        let repo = Repo::open(&path).unwrap();
+        assert_eq!(repo.index().config_copy().unwrap(), Some(pristine));
+    }
+
+    #[test]
+    fn init_refuses_a_directory_whose_config_is_missing() {
+        let (_dir, path, _) = fresh();
+        std::fs::remove_file(path.join("config")).unwrap();
+        let e = Repo::init(&path, &InitOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+        // And the directory without config or index is no repository.
+        let empty = path.parent().unwrap().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(Repo::open(&empty).unwrap_err().kind(), ErrorKind::NotFound);
     }
 }

@@ -66,6 +66,7 @@ struct Tally {
     harmless: u64,
     restores_refused: u64,
     restores_identical: u64,
+    healed: u64,
 }
 
 #[test]
@@ -123,6 +124,22 @@ fn random_corruption_is_detected_never_returned() {
         // Packs and snapshot records are fully covered: any damage to them must be found.
         if class == "pack" || class == "snapshot" || class == "config" {
             assert!(detected, "trial {t}: check --read-data missed: {what}");
+        }
+        // A damaged config is healed from the index's copy as soon as the repository is
+        // opened: check says so, the file is back byte for byte, and the next check is clean.
+        if class == "config" {
+            assert!(
+                String::from_utf8_lossy(&check.stdout).contains("config_healed"),
+                "trial {t}: check did not report the config it restored ({what}):\n{}",
+                String::from_utf8_lossy(&check.stdout)
+            );
+            assert_eq!(
+                fs::read(file).unwrap(),
+                fs::read(pristine.join("config")).unwrap(),
+                "trial {t}: the config was not restored after {what}"
+            );
+            repo.ok(&["check", "--read-data"]);
+            tl.healed += 1;
         }
         // Whatever the fault, a restore either refuses or gives exactly the right bytes.
         let mut refused = false;

@@ -99,6 +99,34 @@ fn snapshot_restore_check_gc_and_repair_on_garage() {
         expect.insert(v["id"].as_str().unwrap().to_string(), manifest(&src));
     }
     repo.ok(&["check", "--read-data"]);
+
+    // The config in the bucket damaged: the next command writes it back from the local
+    // index's copy, and check reports it once.
+    {
+        use puce_core::backend::{Backend, FileKind};
+        let backend = puce_s3::S3Backend::open(puce_s3::S3Config {
+            location: puce_s3::S3Location::load(&repo.local).unwrap().unwrap(),
+            credentials: puce_s3::Credentials {
+                access_key_id: garage.key_id.clone(),
+                secret_access_key: garage.secret.clone(),
+                session_token: None,
+            },
+            retry_timeout: std::time::Duration::from_secs(10),
+            cache_bytes: 0,
+            tmp_dir: dir.path().join("s3-tmp"),
+        })
+        .unwrap();
+        let pristine = backend.read(FileKind::Config, "config").unwrap();
+        let mut damaged = pristine.clone();
+        damaged[pristine.len() / 2] ^= 0x04;
+        backend.write(FileKind::Config, "config", &damaged).unwrap();
+        let c = repo.run(&["--json", "check"]);
+        assert_eq!(c.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&c.stdout).contains("config_healed"));
+        assert!(String::from_utf8_lossy(&c.stderr).contains("restored it from the copy"));
+        assert_eq!(backend.read(FileKind::Config, "config").unwrap(), pristine);
+        repo.ok(&["check"]);
+    }
     for (id, m) in &expect {
         let out = dir.path().join(format!("out-{id}"));
         repo.ok(&["restore", id, out.to_str().unwrap()]);

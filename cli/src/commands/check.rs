@@ -26,10 +26,10 @@ pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         output::json(&v)?;
     } else {
         for p in &report.problems {
-            let level = if p.kind == "unindexed_pack" {
-                "warning"
-            } else {
-                "error"
+            let level = match p.kind.as_str() {
+                "unindexed_pack" => "warning",
+                "config_healed" => "repaired",
+                _ => "error",
             };
             println!("{level}: {}", p.detail);
         }
@@ -75,7 +75,12 @@ pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
                 }
             );
         }
-        if !report.is_ok() {
+        if report.problems.iter().all(|p| p.kind == "config_healed") && !report.is_ok() {
+            eprintln!(
+                "error: a damaged file was found and repaired; a damaged file is often the \
+                 first sign of a failing disk: check the disk, then run `puce check` again"
+            );
+        } else if !report.is_ok() {
             eprintln!(
                 "error: the repository is damaged; `puce repair index` fixes index problems, \
                  `puce repair --from PEER` heals damaged data from a peer node that has it"

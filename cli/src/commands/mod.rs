@@ -65,6 +65,14 @@ impl Ctx {
 
     /// Open the repository; the default one is created on first use.
     pub fn open(&self) -> Result<Arc<Repo>> {
+        let repo = self.open_quietly()?;
+        for note in repo.healed() {
+            eprintln!("warning: {note}; a damaged file is often the first sign of a failing disk");
+        }
+        Ok(repo)
+    }
+
+    fn open_quietly(&self) -> Result<Arc<Repo>> {
         let (path, is_default) = self.repo_path()?;
         if let Some(backend) = self.s3_backend(&path)? {
             return Ok(Arc::new(Repo::open_with_backend(
@@ -73,7 +81,7 @@ impl Ctx {
                 &self.open_options(),
             )?));
         }
-        if is_default && !path.join("config").exists() {
+        if is_default && !path.join("config").exists() && !path.join("index.redb").exists() {
             let opts = InitOptions {
                 open: self.open_options(),
                 ..InitOptions::default()

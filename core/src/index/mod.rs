@@ -37,6 +37,8 @@ const SNAPSHOTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("snapsh
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const CONDEMNED: TableDefinition<[u8; 32], [u8; 24]> = TableDefinition::new("condemned");
+/// Copies of small files of the repository that nothing else could rebuild (the config).
+const COPIES: TableDefinition<&str, &[u8]> = TableDefinition::new("copies");
 
 /// Version of the table layout above.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -357,6 +359,26 @@ impl Index {
     pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
         let w = self.db.begin_write()?;
         w.open_table(META)?.insert(key, value)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The copy of the repository config kept in the index (the exact bytes of `config`), if
+    /// one was recorded. Indexes written by an older puce have none until the next open.
+    pub fn config_copy(&self) -> Result<Option<Vec<u8>>> {
+        let r = self.db.begin_read()?;
+        let t = match r.open_table(COPIES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get("config")?.map(|g| g.value().to_vec()))
+    }
+
+    /// Record the copy of the repository config (durably, in one transaction).
+    pub fn set_config_copy(&self, bytes: &[u8]) -> Result<()> {
+        let w = self.db.begin_write()?;
+        w.open_table(COPIES)?.insert("config", bytes)?;
         w.commit()?;
         Ok(())
     }
