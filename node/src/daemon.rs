@@ -69,11 +69,7 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
         let accept = tokio::spawn(accept_loop(ctx.clone(), endpoint.clone()));
         let mut schedules = Vec::new();
         for p in ctx.config.peers.iter().filter(|p| p.address.is_some()) {
-            schedules.push(tokio::spawn(schedule(
-                ctx.clone(),
-                endpoint.clone(),
-                p.clone(),
-            )));
+            schedules.push(tokio::spawn(schedule(ctx.clone(), p.clone())));
         }
         if ctx.config.check.is_some() {
             schedules.push(tokio::spawn(check_schedule(ctx.clone(), endpoint.clone())));
@@ -156,7 +152,8 @@ fn history(ctx: &NodeCtx, peer: &Peer) -> History {
     }
 }
 
-async fn schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint, peer: Peer) {
+/// Sync with `peer` on schedule, each time from an endpoint of its own (`transport::DialOne`).
+async fn schedule(ctx: Arc<NodeCtx>, peer: Peer) {
     loop {
         let now = ZonedDateTime::now();
         let h = history(&ctx, &peer);
@@ -191,7 +188,7 @@ async fn schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint, peer: Peer) {
             pull: true,
             push: true,
         };
-        match sync_with(&ctx, &endpoint, &peer, &req, Arc::new(NoProgress)).await {
+        match sync_with(&ctx, &peer, &req, Arc::new(NoProgress)).await {
             Ok(r) => {
                 let (snaps, objects, bytes, merges) = r.totals();
                 tracing::info!(

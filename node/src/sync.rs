@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use puce_core::progress::Progress;
 use puce_core::{Repo, index::now_ns};
@@ -66,29 +66,25 @@ pub fn sync_now(
     let rt = runtime()?;
     rt.block_on(async {
         let peer = ctx.config.find_peer(&req.peer)?.clone();
-        let address = peer.address.clone().ok_or_else(|| {
-            Error::new(
+        if peer.address.is_none() {
+            return Err(Error::new(
                 ErrorKind::Config,
                 format!(
                     "peer '{}' has no address in node.toml: this node cannot call it (it can \
                      call this node)",
                     peer.name
                 ),
-            )
-        })?;
-        let remote = transport::resolve(&address).await?;
-        let endpoint = transport::dial_only(remote)?;
-        let r = sync_with(&ctx, &endpoint, &peer, req, progress).await;
-        endpoint.close(crate::protocol::Code::Done.varint(), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
-        r
+            ));
+        }
+        sync_with(&ctx, &peer, req, progress).await
     })
 }
 
-/// Run one sync with `peer` over `endpoint`, and record the outcome in the node state.
+/// Run one sync with `peer`, and record the outcome in the node state. The connection has an
+/// endpoint of its own ([`transport::DialOne`]: zero-length connection ids, fewer bytes on the
+/// wire), closed once the sync is measured and recorded.
 pub async fn sync_with(
     ctx: &Arc<NodeCtx>,
-    endpoint: &quinn::Endpoint,
     peer: &Peer,
     req: &SyncRequest,
     progress: Arc<dyn Progress>,
@@ -102,9 +98,10 @@ pub async fn sync_with(
         ..SyncReport::default()
     };
     let mut peer_spaces = Vec::new();
+    let mut own = None;
     let r = run(
         ctx,
-        endpoint,
+        &mut own,
         peer,
         req,
         progress,
@@ -121,6 +118,9 @@ pub async fn sync_with(
         &peer_spaces,
         Some(&report),
     );
+    if let Some(own) = own {
+        own.finish().await;
+    }
     r.map(|_| report)
 }
 
@@ -146,9 +146,10 @@ pub(crate) async fn dial(
     Ok(Conn::new(ctx.clone(), qconn, perms, progress))
 }
 
+/// `own`: receives the endpoint dialled from, for the caller to close.
 async fn run(
     ctx: &Arc<NodeCtx>,
-    endpoint: &quinn::Endpoint,
+    own: &mut Option<transport::DialOne>,
     peer: &Peer,
     req: &SyncRequest,
     progress: Arc<dyn Progress>,
@@ -206,6 +207,11 @@ async fn run(
             }
         }
     }
+    let endpoint = own
+        .insert(transport::DialOne::new(
+            transport::resolve(&address).await?,
+        )?)
+        .endpoint();
     let conn = dial(ctx, endpoint, peer, &address, progress).await?;
     let served = tokio::spawn(serve(conn.clone()));
     let r = async {
@@ -278,6 +284,10 @@ async fn run(
     }
     .await;
     let stats = conn.conn.stats();
+    tracing::debug!(
+        "QUIC statistics of the connection to {}: {stats:?}",
+        conn.label
+    );
     report.wire_sent_bytes = stats.udp_tx.bytes;
     report.wire_received_bytes = stats.udp_rx.bytes;
     report.rtt_us = stats.path.rtt.as_micros() as u64;

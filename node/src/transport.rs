@@ -12,7 +12,7 @@ use crate::auth::{PinnedPeers, provider};
 use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, NodeId};
-use crate::protocol::ALPN;
+use crate::protocol::{ALPN, Code};
 
 /// The name used in certificates and TLS (not checked: keys are pinned).
 pub const SERVER_NAME: &str = "puce-node";
@@ -106,15 +106,94 @@ pub fn listen(
 }
 
 /// An endpoint for outgoing connections only, on an ephemeral port of the right family.
+/// Its connections use 8-byte connection ids: it may hold several at once, even to one
+/// address (a heal from several peers).
 pub fn dial_only(remote: SocketAddr) -> Result<quinn::Endpoint> {
+    client_endpoint(remote, quinn::EndpointConfig::default())
+}
+
+/// An endpoint for **one** outgoing connection (`puce sync`, a scheduled sync of the daemon),
+/// on an ephemeral port of the right family. The peer then sends to it with zero-length
+/// connection ids: 8 bytes less in every packet it sends, which is every data packet of a
+/// pull. quinn routes such packets by the peer's address alone, so the endpoint must not hold
+/// two connections to one address at once (the second would take the first's packets); with
+/// one connection per endpoint it never does. This node's own address may still change (NAT
+/// rebinding): the peer routes what it receives by its own connection ids, as usual.
+pub fn dial_one(remote: SocketAddr) -> Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(NoConnectionIds));
+    client_endpoint(remote, config)
+}
+
+/// A [`dial_one`] endpoint owned by one sync. [`DialOne::finish`] closes it with `Done`;
+/// dropped unfinished (its task was cancelled: the node is stopping), it closes with
+/// `ShuttingDown`, so that the peer knows a later attempt may succeed.
+pub struct DialOne {
+    endpoint: quinn::Endpoint,
+    finished: bool,
+}
+
+impl DialOne {
+    /// An endpoint for one connection to `remote`.
+    pub fn new(remote: SocketAddr) -> Result<DialOne> {
+        Ok(DialOne {
+            endpoint: dial_one(remote)?,
+            finished: false,
+        })
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Close with `Done` and wait (3 s at most) for the peer to learn it.
+    pub async fn finish(mut self) {
+        self.finished = true;
+        self.endpoint.close(Code::Done.varint(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for DialOne {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.endpoint
+                .close(Code::ShuttingDown.varint(), b"node is stopping");
+        }
+    }
+}
+
+/// Zero-length connection ids (see [`dial_one`]).
+struct NoConnectionIds;
+
+impl quinn::ConnectionIdGenerator for NoConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+
+    fn cid_len(&self) -> usize {
+        0
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+fn client_endpoint(remote: SocketAddr, config: quinn::EndpointConfig) -> Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv6() {
-        "[::]:0".parse().unwrap_or(SocketAddr::from(([0; 16], 0)))
+        SocketAddr::from(([0u16; 8], 0))
     } else {
         SocketAddr::from(([0, 0, 0, 0], 0))
     };
-    quinn::Endpoint::client(bind).map_err(|e| {
+    let socket_error = |e: std::io::Error| {
         Error::new(ErrorKind::Network, format!("cannot open a UDP socket: {e}")).with_source(e)
-    })
+    };
+    let socket = std::net::UdpSocket::bind(bind).map_err(socket_error)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| Error::internal("no async runtime to run a QUIC endpoint on"))?;
+    quinn::Endpoint::new(config, None, socket, runtime).map_err(socket_error)
 }
 
 /// Resolve `host:port` (first address).
