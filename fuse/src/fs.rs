@@ -493,8 +493,11 @@ impl PuceFs {
         Ok(fs)
     }
 
-    /// Start the read-ahead threads.
+    /// Start the read-ahead threads (and the spare-file thread of a read-write mount).
     pub fn start(self: &Arc<Self>) -> Result<()> {
+        if let Some(wb) = &self.wb {
+            wb.start_spares()?;
+        }
         let (tx, rx) = bounded::<Prefetch>(16);
         for i in 0..2 {
             let weak = Arc::downgrade(self);
@@ -1265,6 +1268,11 @@ impl PuceFs {
         let meta = self.new_meta(caller, mode, umask);
         let (space, staged, file) = self.in_space(parent, |space, st, path| {
             let (id, file) = self.wb()?.new_local()?;
+            // A spare file was made earlier: its time is the creation's (as in the tree).
+            if let Err(e) = file.set_modified(system_time(meta.mtime_ns)) {
+                let _ = std::fs::remove_file(self.wb()?.data_path(id));
+                return Err(e.into());
+            }
             let edit = Edit::Create {
                 path: join(&path, name),
                 meta,
