@@ -277,7 +277,7 @@ fn spares_loop(sh: &Shared) {
         }
         while !p.stop && p.spares.len() < SPARES {
             let Ok(id) = random_id() else { return };
-            if !p.reserved.insert(id) || p.created.contains(&id) {
+            if p.created.contains(&id) || !p.reserved.insert(id) {
                 continue;
             }
             drop(p);
