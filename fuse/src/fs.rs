@@ -493,8 +493,11 @@ impl PuceFs {
         Ok(fs)
     }
 
-    /// Start the read-ahead threads.
+    /// Start the read-ahead threads (and the spare-file thread of a read-write mount).
     pub fn start(self: &Arc<Self>) -> Result<()> {
+        if let Some(wb) = &self.wb {
+            wb.start_spares()?;
+        }
         let (tx, rx) = bounded::<Prefetch>(16);
         for i in 0..2 {
             let weak = Arc::downgrade(self);
@@ -1132,6 +1135,12 @@ impl PuceFs {
             }),
         };
         st.edits.push(edit);
+        self.changed(space, st);
+        r.map_err(FsError::from)
+    }
+
+    /// Note a change of `space`: a commit is due after the quiet period.
+    fn changed(&self, space: &Space, st: &mut SpaceState) {
         let pending = st.dirty && st.want_commit;
         st.dirty = true;
         st.want_commit = true;
@@ -1141,7 +1150,6 @@ impl PuceFs {
             // wake it only when a commit becomes pending (not on every edit).
             self.wake();
         }
-        r.map_err(FsError::from)
     }
 
     fn new_meta(&self, caller: Caller, mode: u32, umask: u32) -> Meta {
@@ -1265,6 +1273,11 @@ impl PuceFs {
         let meta = self.new_meta(caller, mode, umask);
         let (space, staged, file) = self.in_space(parent, |space, st, path| {
             let (id, file) = self.wb()?.new_local()?;
+            // A spare file was made earlier: its time is the creation's (as in the tree).
+            if let Err(e) = file.set_modified(system_time(meta.mtime_ns)) {
+                let _ = std::fs::remove_file(self.wb()?.data_path(id));
+                return Err(e.into());
+            }
             let edit = Edit::Create {
                 path: join(&path, name),
                 meta,
@@ -1390,6 +1403,12 @@ impl PuceFs {
         if let Some(size) = a.size {
             self.truncate(ino, fh, &space, size)?;
         }
+        // A new time of open local content is set through the open file (taken before the
+        // space lock: lock order).
+        let open = match a.mtime {
+            Some(_) => self.open_local_file(ino)?,
+            None => None,
+        };
         {
             let mut st = space.lock()?;
             let path = match lock(&self.inodes)?.space_path(ino) {
@@ -1405,9 +1424,17 @@ impl PuceFs {
                 .ok_or(FsError::NOENT)?;
             let mtime = a.mtime.map(|t| t.unwrap_or_else(now_ns));
             if let (Some(t), Some(id)) = (mtime, info.local) {
-                // The mtime of local content is its file's.
-                let f = self.wb()?.open_local(id)?;
-                f.set_modified(system_time(t))?;
+                // The mtime of local content is its file's: no journal record needed, and the
+                // commit reads it there. A commit running now must keep the file local.
+                match &open {
+                    Some((oid, f)) if *oid == id => f.set_modified(system_time(t))?,
+                    _ => self.wb()?.open_local(id)?.set_modified(system_time(t))?,
+                }
+                st.staged
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(Staged::new(id)))
+                    .bump();
+                self.changed(&space, &mut st);
             }
             let mut mode = a.mode.map(|m| m & 0o7777);
             if a.kill_suidgid
@@ -1417,7 +1444,8 @@ impl PuceFs {
             {
                 mode = Some(killed_suidgid(info.meta.mode) & 0o7777);
             }
-            if mode.is_some() || a.uid.is_some() || a.gid.is_some() || mtime.is_some() {
+            let journal_mtime = mtime.is_some() && info.local.is_none();
+            if mode.is_some() || a.uid.is_some() || a.gid.is_some() || journal_mtime {
                 let edit = Edit::SetMeta {
                     path,
                     mode,
@@ -1429,6 +1457,18 @@ impl PuceFs {
             }
         }
         self.getattr(ino)
+    }
+
+    /// The local file number and open file of `ino` if it is open with local content.
+    fn open_local_file(&self, ino: u64) -> FsResult<Option<(u64, Arc<File>)>> {
+        let Some(of) = lock(&self.open_files)?.get(&ino).map(|(f, _)| f.clone()) else {
+            return Ok(None);
+        };
+        let st = of.state.read().map_err(|_| FsError::IO)?;
+        Ok(match &*st {
+            FileState::Staged { staged, file } => Some((staged.id, file.clone())),
+            FileState::Stored(_) => None,
+        })
     }
 
     /// Make the file `ino` local (copying its stored content, up to `keep` bytes) unless it

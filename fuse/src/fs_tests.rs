@@ -235,6 +235,24 @@ fn writes_commit_and_survive_a_crash() {
         )
         .unwrap();
         fs.unlink(docs, b"old").unwrap();
+        // A new modification time of local content (not journaled: it is the write-back
+        // file's), closed, then while open (set through the open file).
+        let dated = write_file(&fs, dir, "dated.txt", b"dated");
+        let t = |ns: i64| SetAttr {
+            mtime: Some(Some(ns)),
+            ..SetAttr::default()
+        };
+        fs.setattr(dated, None, &t(T1)).unwrap();
+        let (open, fh) = fs
+            .create(ME, dir, b"dated-open.txt", 0o644, 0o022, libc::O_WRONLY)
+            .unwrap();
+        fs.write(fh, 0, b"x").unwrap();
+        assert_eq!(
+            fs.setattr(open.ino, None, &t(T1 + 1)).unwrap().mtime_ns,
+            T1 + 1
+        );
+        fs.release(fh);
+        assert_eq!(fs.getattr(dated).unwrap().mtime_ns, T1);
         fs.shutdown();
     }
     let before = e.repo.snapshots().unwrap().len();
@@ -244,6 +262,12 @@ fn writes_commit_and_survive_a_crash() {
         read_all(&fs, walk(&fs, "spaces/docs/dir/after-crash.txt")),
         b"kept"
     );
+    for (name, ns) in [("dated.txt", T1), ("dated-open.txt", T1 + 1)] {
+        let a = fs
+            .getattr(walk(&fs, &format!("spaces/docs/dir/{name}")))
+            .unwrap();
+        assert_eq!(a.mtime_ns, ns, "{name}");
+    }
     fs.commit_all().unwrap();
     assert_eq!(e.repo.snapshots().unwrap().len(), before + 1);
     assert_eq!(
@@ -259,7 +283,21 @@ fn writes_commit_and_survive_a_crash() {
         panic!("a.txt missing")
     };
     assert_eq!(a.mode, 0o600);
+    for (name, ns) in [("dated.txt", T1), ("dated-open.txt", T1 + 1)] {
+        let Ok(puce_core::vfs::Resolved::Entry(d)) = puce_core::vfs::resolve(
+            &e.repo,
+            &r,
+            l.snapshot.root,
+            format!("dir/{name}").as_bytes(),
+        ) else {
+            panic!("{name} missing")
+        };
+        assert_eq!(d.mtime_ns, ns, "{name}");
+    }
 }
+
+/// A modification time set through the mount (`touch -d`, `cp -a`).
+const T1: i64 = 1_600_000_000_123_456_789;
 
 #[test]
 fn new_space_by_mkdir() {

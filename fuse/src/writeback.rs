@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 
 use puce_core::hash::Hash;
 use puce_core::snapshot::edit::Edit;
@@ -36,14 +36,61 @@ fn io(action: &str, p: &Path, e: std::io::Error) -> Error {
     Error::io(action, p, e)
 }
 
+/// How many empty local files are kept ready for `create` (see [`Writeback::start_spares`]).
+const SPARES: usize = 64;
+/// Below this many, the spare-file thread makes more.
+const SPARES_LOW: usize = SPARES / 2;
+
+/// Local files a sweep must not delete, and the spare files.
+#[derive(Debug, Default)]
+struct Pool {
+    /// Local files created (or taken from the spares) since the last
+    /// [`Writeback::begin_sweep`]: a sweep never deletes them (they may belong to an operation
+    /// that ran after the sweep looked at the spaces).
+    created: HashSet<u64>,
+    /// Spare files, being created or ready; a sweep never deletes them.
+    reserved: HashSet<u64>,
+    /// Ready spare files: empty, open for reading and writing.
+    spares: Vec<(u64, File)>,
+    /// The write-back area is closing: the spare-file thread ends.
+    stop: bool,
+}
+
+/// What the write-back area shares with its spare-file thread.
+#[derive(Debug)]
+struct Shared {
+    data: PathBuf,
+    pool: Mutex<Pool>,
+    /// Wakes the spare-file thread.
+    low: Condvar,
+}
+
+impl Shared {
+    fn data_path(&self, id: u64) -> PathBuf {
+        self.data.join(format!("{id:016x}"))
+    }
+}
+
+fn random_id() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::other(format!("no random source: {e}")))?;
+    Ok(u64::from_le_bytes(b) >> 1)
+}
+
+fn create_new(p: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(p)
+}
+
 /// The write-back area of a repository, locked for this process.
 #[derive(Debug)]
 pub struct Writeback {
     dir: PathBuf,
     _lock: File,
-    /// Local files created since the last [`Writeback::begin_sweep`]: a sweep never deletes
-    /// them (they may belong to an operation that ran after the sweep looked at the spaces).
-    created: Mutex<HashSet<u64>>,
+    shared: Arc<Shared>,
 }
 
 impl Writeback {
@@ -75,9 +122,13 @@ impl Writeback {
         let owner = format!("pid {} at {}\n", std::process::id(), mountpoint.display());
         let _ = fs::write(dir.join("owner"), owner);
         Ok(Writeback {
+            shared: Arc::new(Shared {
+                data: dir.join("data"),
+                pool: Mutex::new(Pool::default()),
+                low: Condvar::new(),
+            }),
             dir,
             _lock: lock,
-            created: Mutex::new(HashSet::new()),
         })
     }
 
@@ -91,28 +142,45 @@ impl Writeback {
         self.dir.join("data").join(format!("{id:016x}"))
     }
 
-    /// Create a new, empty local file; returns its number and the open file.
+    /// A new, empty local file: its number and the open file. Taken from the spare files when
+    /// there is one (its modification time is then when it was made: set it), else created.
     pub fn new_local(&self) -> Result<(u64, File)> {
+        if let Ok(mut p) = self.shared.pool.lock() {
+            let spare = p.spares.pop();
+            if p.spares.len() < SPARES_LOW {
+                self.shared.low.notify_one();
+            }
+            if let Some((id, f)) = spare {
+                // Young from now on, before it stops being reserved: no sweep can miss it.
+                p.created.insert(id);
+                p.reserved.remove(&id);
+                return Ok((id, f));
+            }
+        }
         loop {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).map_err(|e| Error::other(format!("no random source: {e}")))?;
-            let id = u64::from_le_bytes(b) >> 1;
+            let id = random_id()?;
             // Noted before the file exists, so that a sweep listing the directory now keeps it.
-            if let Ok(mut c) = self.created.lock() {
-                c.insert(id);
+            if let Ok(mut p) = self.shared.pool.lock() {
+                p.created.insert(id);
             }
             let p = self.data_path(id);
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&p)
-            {
+            match create_new(&p) {
                 Ok(f) => return Ok((id, f)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io("cannot create", &p, e)),
             }
         }
+    }
+
+    /// Start the thread that keeps spare local files ready, so that `create` through the mount
+    /// does not wait for the write-back disk to create a file (it ends when `self` is dropped).
+    pub fn start_spares(&self) -> Result<()> {
+        let sh = self.shared.clone();
+        std::thread::Builder::new()
+            .name("puce-spares".into())
+            .spawn(move || spares_loop(&sh))
+            .map(|_| ())
+            .map_err(|e| Error::other("cannot start a thread").with_source(e))
     }
 
     /// Open local file `id` for reading and writing.
@@ -152,12 +220,13 @@ impl Writeback {
     /// Start a sweep: call this before collecting the ids to keep, then [`Writeback::sweep`].
     /// Files created from now on are kept by that sweep whatever `keep` says.
     pub fn begin_sweep(&self) {
-        if let Ok(mut c) = self.created.lock() {
-            c.clear();
+        if let Ok(mut p) = self.shared.pool.lock() {
+            p.created.clear();
         }
     }
 
-    /// Delete the local files neither in `keep` nor created since [`Writeback::begin_sweep`].
+    /// Delete the local files neither in `keep` nor created since [`Writeback::begin_sweep`]
+    /// (nor spare).
     pub fn sweep(&self, keep: &HashSet<u64>) {
         let d = self.dir.join("data");
         let Ok(rd) = fs::read_dir(&d) else { return };
@@ -166,10 +235,85 @@ impl Writeback {
             let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
                 continue;
             };
-            let young = self.created.lock().map(|c| c.contains(&id)).unwrap_or(true);
+            let young = self
+                .shared
+                .pool
+                .lock()
+                .map(|p| p.created.contains(&id) || p.reserved.contains(&id))
+                .unwrap_or(true);
             if !keep.contains(&id) && !young {
                 let _ = fs::remove_file(e.path());
             }
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        let spares = match self.shared.pool.lock() {
+            Ok(mut p) => {
+                p.stop = true;
+                std::mem::take(&mut p.spares)
+            }
+            Err(_) => Vec::new(),
+        };
+        self.shared.low.notify_all();
+        for (id, _) in spares {
+            let _ = fs::remove_file(self.shared.data_path(id));
+        }
+    }
+}
+
+/// The spare-file thread: whenever fewer than [`SPARES_LOW`] spare files are ready, make
+/// [`SPARES`] of them.
+fn spares_loop(sh: &Shared) {
+    let Ok(mut p) = sh.pool.lock() else { return };
+    loop {
+        while !p.stop && p.spares.len() >= SPARES_LOW {
+            p = match sh.low.wait(p) {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+        }
+        while !p.stop && p.spares.len() < SPARES {
+            let Ok(id) = random_id() else { return };
+            if p.created.contains(&id) || !p.reserved.insert(id) {
+                continue;
+            }
+            drop(p);
+            let path = sh.data_path(id);
+            let made = create_new(&path);
+            p = match sh.pool.lock() {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            match made {
+                Ok(f) if !p.stop => p.spares.push((id, f)),
+                Ok(_) => {
+                    p.reserved.remove(&id);
+                    let _ = fs::remove_file(&path);
+                }
+                Err(e) => {
+                    p.reserved.remove(&id);
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        // `create` makes its files itself meanwhile, and reports the error.
+                        tracing::debug!("cannot create spare file {}: {e}", path.display());
+                        break;
+                    }
+                }
+            }
+        }
+        if p.stop {
+            return;
+        }
+        if p.spares.len() < SPARES_LOW {
+            // Creation failed: try again later, not in a loop.
+            drop(p);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            p = match sh.pool.lock() {
+                Ok(p) => p,
+                Err(_) => return,
+            };
         }
     }
 }
@@ -441,6 +585,33 @@ mod tests {
         assert!(format!("{err}").contains("/mnt/a"), "{err}");
         drop(a);
         Writeback::open(d.path(), Path::new("/mnt/b")).unwrap();
+    }
+
+    /// Spare files are made ahead, handed out by `new_local`, never swept while spare, and
+    /// deleted when the area is closed.
+    #[test]
+    fn spare_files_are_kept_then_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("writeback/data");
+        let count = || fs::read_dir(&data).unwrap().count();
+        let wb = Writeback::open(d.path(), Path::new("/mnt/a")).unwrap();
+        wb.start_spares().unwrap();
+        let t = std::time::Instant::now();
+        while count() < SPARES && t.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(count(), SPARES);
+        wb.begin_sweep();
+        let (id, mut f) = wb.new_local().unwrap();
+        f.write_all(b"x").unwrap();
+        wb.sweep(&HashSet::new());
+        assert!(count() >= SPARES, "a sweep deleted spare files");
+        assert!(wb.data_path(id).exists());
+        drop(wb);
+        // Only the file in use is left.
+        let left: Vec<_> = fs::read_dir(&data).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].path(), data.join(format!("{id:016x}")));
     }
 
     /// Regression: a commit's sweep collected the ids to keep, then `cp -a` created a file,

@@ -437,6 +437,15 @@ fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
     expected.insert("synced.bin".into(), b"fsynced".to_vec());
     fs::rename(d.join("readme.txt"), d.join("renamed.txt")).unwrap();
     fs::remove_file(d.join("docs/a.bin")).unwrap();
+    // What `cp -a` does to a new file: times (kept as the write-back file's), then mode.
+    let dated = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789);
+    {
+        let f = fs::File::create(d.join("dated.bin")).unwrap();
+        f.set_modified(dated).unwrap();
+        f.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap();
+    }
+    expected.insert("dated.bin".into(), Vec::new());
     let before = snapshot_count(&repo, "docs");
     m.kill9();
     assert_eq!(
@@ -469,6 +478,8 @@ fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
     }
     assert!(d.join("renamed.txt").exists() && !d.join("readme.txt").exists());
     assert!(!d.join("docs/a.bin").exists());
+    let md = fs::metadata(d.join("dated.bin")).unwrap();
+    assert_eq!((md.modified().unwrap(), md.mode() & 0o7777), (dated, 0o640));
     m.stop();
     let out = repo.dir.path().join("restored");
     repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
@@ -476,6 +487,8 @@ fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
         assert!(fs::read(out.join(name)).unwrap() == *data, "{name}");
     }
     assert!(!out.join("docs/a.bin").exists());
+    let md = fs::metadata(out.join("dated.bin")).unwrap();
+    assert_eq!((md.modified().unwrap(), md.mode() & 0o7777), (dated, 0o640));
 }
 
 #[test]
