@@ -131,7 +131,17 @@ impl Repo {
                 "pack target size must be between 1 MiB and 1 GiB",
             ));
         }
-        if backend.exists(FileKind::Config, "config")? || local.join(INDEX_FILE).is_file() {
+        if local.join(INDEX_FILE).is_file() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} already holds the index of a repository: use another directory, or \
+                     open that repository (its config is restored from the index's copy)",
+                    local.display()
+                ),
+            ));
+        }
+        if backend.exists(FileKind::Config, "config")? {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!("a repository already exists at {}", backend.location()),
