@@ -83,6 +83,15 @@ pub struct Repo {
 /// The index file in a repository's local directory.
 const INDEX_FILE: &str = "index.redb";
 
+/// How a config that could not be read went wrong, for people.
+fn config_fault(e: &Error) -> &'static str {
+    if e.kind() == ErrorKind::NotFound {
+        "was missing"
+    } else {
+        "was damaged"
+    }
+}
+
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Repo({})", self.root.display())
@@ -192,52 +201,44 @@ impl Repo {
             .and_then(|bytes| Ok((Config::decode(&bytes)?, bytes)));
         // A damaged or missing config is restored from the index's copy, when there is an
         // index: without one, a missing config means there is no repository here.
-        let damaged = match &read {
-            Ok(_) => false,
+        let read = match read {
             Err(e) if e.kind() == ErrorKind::NotFound && !index_path.is_file() => {
                 return Err(Error::not_found(format!(
                     "no repository at {}",
                     backend.location()
                 )));
             }
-            Err(e) => matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound),
-        };
-        let read = match read {
-            Err(e) if !damaged => return Err(e),
+            Err(e) if !matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
+                return Err(e);
+            }
             r => r,
         };
-        let index = match Index::open(&index_path, opts.index_cache) {
-            Ok(i) => i,
-            Err(ie) => {
-                return Err(match read {
-                    Err(e) => Error::new(
-                        e.kind(),
-                        format!(
-                            "{e}; the index, which keeps a copy of the config, cannot be opened \
-                             either ({ie}): restore {}/config from a backup of this server",
-                            backend.location()
-                        ),
-                    ),
-                    Ok(_) => ie,
-                });
-            }
-        };
-        let mut healed = Vec::new();
-        let config = match read {
+        let index = Index::open(&index_path, opts.index_cache).map_err(|ie| match &read {
+            Err(e) => Error::new(
+                e.kind(),
+                format!(
+                    "{e}; the index, which keeps a copy of the config, cannot be opened \
+                     either ({ie}): restore {}/config from a backup of this server",
+                    backend.location()
+                ),
+            ),
+            Ok(_) => ie,
+        })?;
+        let (config, damage) = match read {
             Ok((config, bytes)) => {
                 // Keep the copy current. Best effort: a read-only open must still work.
                 if index.config_copy().ok().flatten().as_deref() != Some(bytes.as_slice()) {
                     let _ = index.set_config_copy(&bytes);
                 }
-                config
+                (config, None)
             }
             Err(e) => {
                 let copy = index
                     .config_copy()
                     .ok()
                     .flatten()
-                    .and_then(|b| Config::decode(&b).ok().map(|c| (c, b)));
-                let Some((config, bytes)) = copy else {
+                    .and_then(|b| Config::decode(&b).ok());
+                let Some(config) = copy else {
                     return Err(Error::new(
                         e.kind(),
                         format!(
@@ -247,22 +248,7 @@ impl Repo {
                         ),
                     ));
                 };
-                let what = if e.kind() == ErrorKind::NotFound {
-                    "was missing"
-                } else {
-                    "was damaged"
-                };
-                healed.push(match backend.write(FileKind::Config, "config", &bytes) {
-                    Ok(()) => format!(
-                        "the repository config {what} ({e}): restored it from the copy kept \
-                         in the index"
-                    ),
-                    Err(we) => format!(
-                        "the repository config {what} ({e}): using the copy kept in the index, \
-                         but could not write it back ({we})"
-                    ),
-                });
-                config
+                (config, Some(e))
             }
         };
         config.chunker.validate()?;
@@ -271,7 +257,7 @@ impl Repo {
             .clone()
             .unwrap_or_else(|| local.join("cache"))
             .join(config.repo_id_hex());
-        Ok(Repo {
+        let mut repo = Repo {
             root: local.to_path_buf(),
             backend,
             config,
@@ -279,8 +265,20 @@ impl Repo {
             pack_ids: RwLock::new(HashMap::new()),
             cache_dir,
             statcache: Mutex::new(None),
-            healed,
-        })
+            healed: Vec::new(),
+        };
+        if let Some(e) = damage {
+            // Written back as `check` does it. Nothing to say if another process just did.
+            match repo.heal_config() {
+                Ok(note) => repo.healed.extend(note),
+                Err(we) => repo.healed.push(format!(
+                    "the repository config {} ({e}): using the copy kept in the index, but \
+                     could not write it back ({we})",
+                    config_fault(&e)
+                )),
+            }
+        }
+        Ok(repo)
     }
 
     /// What opening the repository repaired (a damaged config restored from the index's
@@ -303,14 +301,17 @@ impl Repo {
             Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => e,
             Err(e) => return Err(e),
         };
-        let bytes = match self.index.config_copy()? {
-            Some(b) if Config::decode(&b).ok().as_ref() == Some(&self.config) => b,
-            _ => self.config.encode()?,
+        let (bytes, copied) = match self.index.config_copy()? {
+            Some(b) if Config::decode(&b).ok().as_ref() == Some(&self.config) => (b, true),
+            _ => (self.config.encode()?, false),
         };
         self.backend.write(FileKind::Config, "config", &bytes)?;
-        let _ = self.index.set_config_copy(&bytes);
+        if !copied {
+            let _ = self.index.set_config_copy(&bytes);
+        }
         Ok(Some(format!(
-            "the repository config was damaged ({err}): restored it from the copy kept in the index"
+            "the repository config {} ({err}): restored it from the copy kept in the index",
+            config_fault(&err)
         )))
     }
 
