@@ -9,15 +9,19 @@ use std::process::{Command, Output};
 use puce_tests::garage::{Garage, garage_bin};
 use puce_tests::{Manifest, make_tree, manifest, random_bytes};
 
-fn garage_or_skip(name: &str) -> Option<std::path::PathBuf> {
-    let g = garage_bin();
-    if g.is_none() {
+/// A Garage server for test `name`, with the test's directory; `None` (and a SKIP line) when
+/// no garage binary is installed.
+fn start_garage(name: &str) -> Option<(tempfile::TempDir, Garage)> {
+    let Some(bin) = garage_bin() else {
         eprintln!(
             "SKIP {name}: no garage binary (cargo install garage --locked, or set GARAGE_BIN); \
              CI installs it"
         );
-    }
-    g
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::start(bin, &dir.path().join("garage"), "puce");
+    Some((dir, garage))
 }
 
 struct S3Repo {
@@ -75,11 +79,9 @@ fn init(garage: &Garage, dir: &Path, name: &str, extra: &[&str]) -> S3Repo {
 
 #[test]
 fn snapshot_restore_check_gc_and_repair_on_garage() {
-    let Some(bin) = garage_or_skip("snapshot_restore_check_gc_and_repair_on_garage") else {
+    let Some((dir, garage)) = start_garage("snapshot_restore_check_gc_and_repair_on_garage") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let garage = Garage::start(bin, &dir.path().join("garage"), "puce");
     let repo = init(&garage, dir.path(), "local", &["--pack-size", "1"]);
     assert!(repo.local.join("backend.toml").is_file());
     let marker = fs::read_to_string(repo.local.join("backend.toml")).unwrap();
@@ -178,11 +180,9 @@ fn snapshot_restore_check_gc_and_repair_on_garage() {
 
 #[test]
 fn garage_killed_during_a_snapshot() {
-    let Some(bin) = garage_or_skip("garage_killed_during_a_snapshot") else {
+    let Some((dir, mut garage)) = start_garage("garage_killed_during_a_snapshot") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut garage = Garage::start(bin, &dir.path().join("garage"), "puce");
     let repo = init(&garage, dir.path(), "local", &["--pack-size", "1"]);
     let src = dir.path().join("src");
     make_tree(&src, 22);
@@ -288,11 +288,9 @@ fn missing_credentials_are_explained() {
 #[test]
 fn a_node_on_garage_replicates_both_ways() {
     use puce_tests::node::TestNode;
-    let Some(bin) = garage_or_skip("a_node_on_garage_replicates_both_ways") else {
+    let Some((dir, garage)) = start_garage("a_node_on_garage_replicates_both_ways") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let garage = Garage::start(bin, &dir.path().join("garage"), "puce");
     let env: Vec<(String, String)> = garage
         .env()
         .into_iter()
@@ -304,25 +302,23 @@ fn a_node_on_garage_replicates_both_ways() {
         dir: tempfile::tempdir().unwrap(),
     };
     let url = format!("s3://{}/paris", garage.bucket);
+    let args = [
+        "init",
+        "-q",
+        "--backend",
+        &url,
+        "--endpoint",
+        &garage.endpoint,
+        "--region",
+        "garage",
+    ];
     let out = repo
         .cmd()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .args([
-            "init",
-            "-q",
-            "--backend",
-            &url,
-            "--endpoint",
-            &garage.endpoint,
-        ])
-        .args(["--region", "garage"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    puce_tests::expect_ok("", &args, out);
     let mut paris = TestNode::with_env("paris", repo, "127.0.0.1", None, env);
     let mut lyon = TestNode::new("lyon");
     let both = r#"{ docs = ["pull", "push"] }"#;
