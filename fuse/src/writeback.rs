@@ -139,7 +139,7 @@ impl Writeback {
 
     /// Where the content of local file `id` is.
     pub fn data_path(&self, id: u64) -> PathBuf {
-        self.dir.join("data").join(format!("{id:016x}"))
+        self.shared.data_path(id)
     }
 
     /// A new, empty local file: its number and the open file. Taken from the spare files when
@@ -228,8 +228,8 @@ impl Writeback {
     /// Delete the local files neither in `keep` nor created since [`Writeback::begin_sweep`]
     /// (nor spare).
     pub fn sweep(&self, keep: &HashSet<u64>) {
-        let d = self.dir.join("data");
-        let Ok(rd) = fs::read_dir(&d) else { return };
+        let d = &self.shared.data;
+        let Ok(rd) = fs::read_dir(d) else { return };
         for e in rd.flatten() {
             let name = e.file_name();
             let Some(id) = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
