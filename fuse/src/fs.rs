@@ -1566,6 +1566,19 @@ impl PuceFs {
 
     // ----- files -----
 
+    /// The chunks of `ino` if it is open with stored content.
+    pub(crate) fn open_stored_chunks(&self, ino: u64) -> Option<Vec<ObjectId>> {
+        let of = lock(&self.open_files)
+            .ok()?
+            .get(&ino)
+            .map(|(f, _)| f.clone())?;
+        let st = of.state.read().ok()?;
+        match &*st {
+            FileState::Stored(sf) => Some(sf.chunks.clone()),
+            FileState::Staged { .. } => None,
+        }
+    }
+
     fn add_handle(&self, ino: u64, of: Arc<OpenFile>) -> FsResult<u64> {
         let of = {
             let mut m = lock(&self.open_files)?;
@@ -1596,7 +1609,10 @@ impl PuceFs {
         Ok(StoredFile::new(chunks, ends))
     }
 
-    /// `open`. Returns a handle and whether the kernel may keep cached pages.
+    /// `open`. Returns a handle and whether the kernel may keep the pages it cached at earlier
+    /// opens. It may, except when truncating: a file of a space changes only through this
+    /// mount (the kernel's cache follows) or by a snapshot made elsewhere, after which
+    /// `invalidate_space` drops the cached pages of every inode of the space.
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let trunc = flags & libc::O_TRUNC != 0;
@@ -1658,7 +1674,7 @@ impl PuceFs {
                         }
                     }
                     drop(g);
-                    return Ok((self.add_handle(ino, of)?, false));
+                    return Ok((self.add_handle(ino, of)?, !trunc));
                 }
                 let mut st = space.lock()?;
                 let path = self.space_path(ino)?;
@@ -1699,7 +1715,7 @@ impl PuceFs {
                     space: Some(space.clone()),
                     state: RwLock::new(state),
                 });
-                Ok((self.add_handle(ino, of)?, false))
+                Ok((self.add_handle(ino, of)?, !trunc))
             }
             Kind::SpaceNode(..) => Err(FsError::ISDIR),
             _ => Err(FsError::ISDIR),

@@ -131,7 +131,7 @@ fn reads_random_offsets_with_bounded_memory() {
     let fs = e.fs(true);
     let ino = walk(&fs, "spaces/docs/sub/big.bin");
     let (fh, keep) = fs.open(ino, libc::O_RDONLY).unwrap();
-    assert!(!keep);
+    assert!(keep, "a space file's cached pages stay valid across opens");
     let mut s = 7u64;
     for _ in 0..200 {
         s = s
@@ -192,8 +192,15 @@ fn writes_commit_and_survive_a_crash() {
         let docs = walk(&fs, "spaces/docs");
         // Append to a stored file.
         let a = walk(&fs, "spaces/docs/a.txt");
-        let (fh, _) = fs.open(a, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        let (fh, keep) = fs.open(a, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        assert!(keep, "writes go through the kernel's cache: it stays valid");
         fs.write(fh, 6, b"world\n").unwrap();
+        fs.release(fh);
+        // A truncating open drops the kernel's cached pages (they would outlive the new size).
+        let o = walk(&fs, "spaces/docs/old");
+        let (fh, keep) = fs.open(o, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        assert!(!keep);
+        fs.write(fh, 0, b"old content").unwrap();
         fs.release(fh);
         assert_eq!(read_all(&fs, a), b"hello\nworld\n");
         // New file, directory, rename over an existing file.

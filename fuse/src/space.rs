@@ -16,7 +16,7 @@ use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::Node;
 use puce_core::index::now_ns;
 use puce_core::saver::Saver;
-use puce_core::snapshot::edit::{Content, Edit, EditTree};
+use puce_core::snapshot::edit::{Content, Edit, EditTree, NodeKind};
 use puce_core::snapshot::treemerge::{Conflict, merge3};
 use puce_core::{Error, ObjectId, Result, SnapshotEntry};
 
@@ -24,6 +24,9 @@ use crate::error::{FsError, FsResult};
 use crate::fs::{Counts, FsTrees, PuceFs, SnapList};
 use crate::inode::{Kind, SPACES};
 use crate::writeback::Journal;
+
+/// An inode with its parent and its name there.
+type Link = (u64, u64, Vec<u8>);
 
 /// A file whose content is local (in the write-back area).
 #[derive(Debug)]
@@ -491,7 +494,13 @@ impl PuceFs {
     /// longer leads to the same kind of entry, follow conflict copies, then tell the kernel
     /// (without holding any lock: the kernel may be waiting on a request that needs them).
     fn invalidate_space(&self, space: &Arc<Space>, conflicts: &[Conflict]) {
-        let mut notes: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut notes: Vec<Link> = Vec::new();
+        // Open files of the space, and the stored content their paths lead to now.
+        let open: HashSet<u64> = match self.open_files.lock() {
+            Ok(m) => m.keys().copied().collect(),
+            Err(_) => return,
+        };
+        let mut open_now: Vec<(Link, Option<Vec<ObjectId>>)> = Vec::new();
         {
             let Ok(st) = space.st.lock() else { return };
             let Ok(mut t) = self.inodes.lock() else {
@@ -530,8 +539,37 @@ impl PuceFs {
                 };
                 if !same {
                     t.unlink(parent, &name);
+                } else if open.contains(&ino)
+                    && now.as_ref().map(|i| i.kind) == Some(NodeKind::File)
+                {
+                    let chunks = match st.tree.content(&FsTrees(self), &path) {
+                        Ok(Content::Stored { chunks, .. }) => Some(chunks),
+                        _ => None,
+                    };
+                    open_now.push(((ino, parent, name.clone()), chunks));
                 }
                 notes.push((ino, parent, name));
+            }
+        }
+        // A file open with stored content its path no longer leads to keeps that content for
+        // its open handles, and the path gets a new inode, as if the file had been replaced by
+        // a rename: new opens read the new version. Outside the space lock (an open holds the
+        // file's state while it takes the space lock).
+        let replaced: Vec<Link> = open_now
+            .into_iter()
+            .filter(|((ino, _, _), now)| {
+                self.open_stored_chunks(*ino)
+                    .is_some_and(|was| now.as_ref() != Some(&was))
+            })
+            .map(|(link, _)| link)
+            .collect();
+        if !replaced.is_empty()
+            && let Ok(mut t) = self.inodes.lock()
+        {
+            for (ino, parent, name) in &replaced {
+                if t.child(*parent, name) == Some(*ino) {
+                    t.unlink(*parent, name);
+                }
             }
         }
         let Ok(n) = self.notifier.read() else { return };

@@ -388,14 +388,38 @@ fn commits_while_mounted_and_follows_snapshots_made_elsewhere() {
     wait_for("the mount to commit note.txt", || {
         repo.run(&["cat", "team@latest:note.txt"]).stdout == b"written through the mount"
     });
-    // A snapshot made elsewhere (replication, the CLI) shows up without remounting.
+    // Read through the mount: the kernel caches the pages and keeps them across opens (the
+    // handle kept open keeps the kernel's inode, and its pages, alive).
+    let mut held = fs::File::open(d.join("shared.txt")).unwrap();
+    let mut v1 = Vec::new();
+    held.read_to_end(&mut v1).unwrap();
+    assert_eq!(v1, b"v1");
+    // A snapshot made elsewhere (replication, the CLI) shows up without remounting, even when
+    // the file keeps its size and modification time (only the mount's invalidation of the
+    // kernel's cache can show it then).
     let other = repo.dir.path().join("other");
     repo.ok(&["restore", "team@latest", other.to_str().unwrap()]);
-    fs::write(other.join("shared.txt"), b"v2 from elsewhere").unwrap();
+    let mtime = fs::metadata(other.join("shared.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::write(other.join("shared.txt"), b"v2").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(other.join("shared.txt"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     repo.snapshot(&other, "team");
     wait_for("the mount to show the new snapshot", || {
-        fs::read(d.join("shared.txt")).unwrap_or_default() == b"v2 from elsewhere"
+        fs::read(d.join("shared.txt")).unwrap_or_default() == b"v2"
     });
+    // The handle opened before keeps the version it opened, as after a rename over the file.
+    held.seek(SeekFrom::Start(0)).unwrap();
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert_eq!(again, b"v1");
+    drop(held);
     // New spaces with mkdir.
     fs::create_dir(m.dir.join("spaces/newspace")).unwrap();
     fs::write(m.dir.join("spaces/newspace/f"), b"in a new space").unwrap();
