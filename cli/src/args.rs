@@ -348,9 +348,10 @@ pub struct MountArgs {
     /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf for non-root)
     #[arg(long)]
     pub allow_other: bool,
-    /// Request-handling threads
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
+    /// Request-handling threads [default: 1 when the kernel wakes the mount on the caller's
+    /// CPU (fuse wake_here), else 4]
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Internal: print one line on stdout once mounted (used by --background)
     #[arg(long, hide = true)]
     pub notify_ready: bool,

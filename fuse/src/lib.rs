@@ -31,8 +31,32 @@ pub struct KernelOptions {
     /// Let other users in (`allow_other`; a non-root user needs `user_allow_other` in
     /// `/etc/fuse.conf`).
     pub allow_other: bool,
-    /// Request-handling threads (default 4).
+    /// Request-handling threads (default: [`default_threads`]).
     pub threads: Option<usize>,
+}
+
+/// Where the kernel says whether it wakes a FUSE server thread on the CPU of the process
+/// waiting for the answer (a `fuse` module parameter of some kernels).
+const WAKE_HERE: &str = "/sys/module/fuse/parameters/wake_here";
+
+/// Whether the kernel wakes the server thread on the caller's CPU: `None` when this kernel
+/// has no such setting.
+pub fn kernel_wakes_here() -> Option<bool> {
+    let v = std::fs::read_to_string(WAKE_HERE).ok()?;
+    Some(matches!(v.trim(), "Y" | "y" | "1"))
+}
+
+/// Request threads when none are asked for. Every FUSE request is a round trip between the
+/// caller and a server thread; on a virtual machine, a wake-up on another CPU costs tens of
+/// microseconds, a switch on the same CPU a few (docs/decisions.md). When the kernel wakes
+/// the server on the caller's CPU, one thread that follows the caller is fastest; otherwise
+/// four, so that one of them is often awake already.
+pub fn default_threads() -> usize {
+    if kernel_wakes_here() == Some(true) {
+        1
+    } else {
+        4
+    }
 }
 
 /// Check that `mountpoint` can be mounted on: an existing directory, not a stale mount left
@@ -188,7 +212,16 @@ pub fn mount(
     if kopts.allow_other {
         config.acl = ::fuser::SessionACL::All;
     }
-    config.n_threads = Some(kopts.threads.unwrap_or(4).max(1));
+    let threads = kopts.threads.unwrap_or_else(default_threads).max(1);
+    match kernel_wakes_here() {
+        Some(false) => tracing::info!(
+            "{threads} request threads; this kernel can wake the mount on the caller's CPU, \
+             which makes file operations 2 to 3 times faster on a virtual machine: as root, \
+             `echo Y > {WAKE_HERE}` (docs/guide.md, \"Mount speed\")"
+        ),
+        _ => tracing::debug!("{threads} request threads"),
+    }
+    config.n_threads = Some(threads);
     config.clone_fd = can_open_dev_fuse();
     let mut session = ::fuser::Session::new(fuse::Adapter(fs.clone()), &mountpoint, &config)
         .map_err(|e| {
