@@ -352,6 +352,11 @@ pub struct MountArgs {
     /// CPU (fuse wake_here), else 4]
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Serve reads and writes of changed files through the mount even when the kernel can do
+    /// them itself (passthrough: root, Linux 6.9 and later); for comparison, or a kernel that
+    /// misbehaves
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Internal: print one line on stdout once mounted (used by --background)
     #[arg(long, hide = true)]
     pub notify_ready: bool,

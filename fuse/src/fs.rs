@@ -137,6 +137,19 @@ pub fn killed_suidgid(mode: u32) -> u32 {
     m
 }
 
+/// Whether the kernel may do the reads and writes of a handle itself, on a local file of the
+/// write-back area (FUSE passthrough), instead of asking the mount for each.
+#[derive(Debug)]
+pub enum Passthrough {
+    /// Never: a snapshot file (immutable: the kernel caches its pages instead).
+    Never,
+    /// Not for this handle: its content is in the repository, or the file is set-user-ID or
+    /// set-group-ID (the kernel does not clear those bits on writes it does itself).
+    No,
+    /// On this file.
+    Local(Arc<File>),
+}
+
 /// Who asks.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -281,6 +294,9 @@ struct Handle {
     ino: u64,
     file: Arc<OpenFile>,
     wrote: AtomicBool,
+    /// The kernel reads and writes the local file itself (see [`Passthrough`]): writes are
+    /// not seen one by one, so a writable handle counts as a change when released.
+    direct: AtomicBool,
     next: AtomicU64,
 }
 
@@ -1593,6 +1609,7 @@ impl PuceFs {
                 ino,
                 file: of,
                 wrote: AtomicBool::new(false),
+                direct: AtomicBool::new(false),
                 next: AtomicU64::new(0),
             }),
         );
@@ -1894,6 +1911,54 @@ impl PuceFs {
         }
     }
 
+    /// Whether the kernel may do the I/O of handle `fh` itself, and on which file. `perm`:
+    /// the file's permission bits when the caller has them (else they are looked up).
+    pub fn passthrough(&self, fh: u64, perm: Option<u32>) -> Passthrough {
+        let Ok(h) = self.handle(fh) else {
+            return Passthrough::No;
+        };
+        if h.file.space.is_none() {
+            return Passthrough::Never;
+        }
+        let file = match h.file.state.read().as_deref() {
+            Ok(FileState::Staged { file, .. }) => file.clone(),
+            _ => return Passthrough::No,
+        };
+        match perm.map_or_else(|| self.getattr(h.ino).map(|a| a.perm), Ok) {
+            Ok(p) if p & 0o6000 == 0 => Passthrough::Local(file),
+            _ => Passthrough::No,
+        }
+    }
+
+    /// The kernel does the I/O of handle `fh` itself from now on; `writable`: it was opened
+    /// for writing.
+    pub fn set_direct(&self, fh: u64, writable: bool) {
+        if let Ok(h) = self.handle(fh) {
+            h.direct.store(true, Ordering::Relaxed);
+            if writable {
+                h.wrote.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A writable handle whose I/O the kernel did itself is released: count it as a write
+    /// (the content may have changed at any time while it was open; a commit that read the
+    /// file before the last writes then sees a new version and keeps the file local).
+    fn direct_written(&self, h: &Handle) {
+        if !(h.direct.load(Ordering::Relaxed) && h.wrote.load(Ordering::Relaxed)) {
+            return;
+        }
+        if let Ok(st) = h.file.state.read()
+            && let FileState::Staged { staged, .. } = &*st
+        {
+            staged.bump();
+        }
+        if let Some(space) = &h.file.space {
+            space.touch();
+            space.mark_dirty();
+        }
+    }
+
     /// `write`.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
@@ -1962,6 +2027,7 @@ impl PuceFs {
         };
         let Some(h) = hs.remove(&fh) else { return };
         drop(hs);
+        self.direct_written(&h);
         self.ask_commit(&h);
         if let Ok(mut m) = self.open_files.lock()
             && let Some(e) = m.get_mut(&h.ino)

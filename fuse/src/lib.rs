@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::signal::{SigSet, Signal};
 use puce_core::{Error, ErrorKind, Repo, Result};
 
-pub use fs::{MountConfig, PuceFs};
+pub use fs::{MountConfig, Passthrough, PuceFs};
 
 /// Options of the kernel mount.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +33,10 @@ pub struct KernelOptions {
     pub allow_other: bool,
     /// Request-handling threads (default: [`default_threads`]).
     pub threads: Option<usize>,
+    /// Serve every read and write of files being changed through the mount, even when the
+    /// kernel could do them itself on the local copy (FUSE passthrough, for root on Linux 6.9
+    /// and later).
+    pub no_passthrough: bool,
 }
 
 /// Where the kernel says whether it wakes a FUSE server thread on the CPU of the process
@@ -223,14 +227,18 @@ pub fn mount(
     }
     config.n_threads = Some(threads);
     config.clone_fd = can_open_dev_fuse();
-    let mut session = ::fuser::Session::new(fuse::Adapter(fs.clone()), &mountpoint, &config)
-        .map_err(|e| {
-            Error::other(format!(
-                "cannot mount at {}: {e} (is the fuse3 package installed and /dev/fuse \
+    let mut session = ::fuser::Session::new(
+        fuse::Adapter::new(fs.clone(), !kopts.no_passthrough),
+        &mountpoint,
+        &config,
+    )
+    .map_err(|e| {
+        Error::other(format!(
+            "cannot mount at {}: {e} (is the fuse3 package installed and /dev/fuse \
                  present? a non-root user needs fusermount3)",
-                mountpoint.display()
-            ))
-        })?;
+            mountpoint.display()
+        ))
+    })?;
     fs.set_invalidator(Arc::new(fuse::KernelNotifier(session.notifier())));
     let mut unmounter = session.unmount_callable();
 

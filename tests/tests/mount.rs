@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -358,6 +358,76 @@ fn large_files_concurrent_readers_and_writers() {
         assert!(fs::read(out.join(format!("w{w}.bin"))).unwrap() == random_bytes(5 << 20, 100 + w));
     }
     assert!(fs::read(out.join("big.bin")).unwrap() == big);
+}
+
+/// With passthrough (root), the kernel reads and writes a changed file's local copy itself;
+/// handles opened while another handle of the file goes through the mount go through the
+/// mount too. Every mix sees the same bytes, and no page cached by the kernel outlives a
+/// change made on the local copy (even one that keeps the size and the modification time).
+#[test]
+fn passthrough_and_mount_handles_of_one_file_agree() {
+    if !fuse_available() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("keep"), b"k").unwrap();
+    repo.snapshot(&src, "pt");
+    let mut cmd = repo.cmd();
+    cmd.env("PUCE_LOG", "puce_fuse=debug");
+    let m = Mount::start_cmd(cmd, &repo.dir.path().join("mnt"), &[]);
+    let f = m.space("pt").join("f");
+    let read = |h: &mut fs::File| {
+        let mut v = Vec::new();
+        h.seek(SeekFrom::Start(0)).unwrap();
+        h.read_to_end(&mut v).unwrap();
+        v
+    };
+    // Created, then two handles at once (local content: both passthrough as root).
+    fs::write(&f, vec![b'a'; 100_000]).unwrap();
+    let mut a = fs::File::open(&f).unwrap();
+    let b = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    b.write_all_at(b"BB", 10).unwrap();
+    let mut want = vec![b'a'; 100_000];
+    want[10..12].copy_from_slice(b"BB");
+    assert_eq!(read(&mut a), want);
+    drop((a, b));
+    wait_for("the commit of f", || {
+        repo.run(&["cat", "pt@latest:f"]).stdout == want
+    });
+    // Stored content: a reader through the mount, then a writer while it is open (through the
+    // mount as well: the kernel does not mix the two on one file).
+    let mut c = fs::File::open(&f).unwrap();
+    assert_eq!(read(&mut c), want);
+    let d = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    d.write_all_at(b"DD", 20).unwrap();
+    want[20..22].copy_from_slice(b"DD");
+    assert_eq!(read(&mut c), want);
+    drop((c, d));
+    let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+    // A writer alone (passthrough as root) changes bytes and puts the time back: same size,
+    // same modification time. Readers after it must not get the pages cached before.
+    let e = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    e.write_all_at(b"EE", 20).unwrap();
+    e.set_modified(mtime).unwrap();
+    drop(e);
+    want[20..22].copy_from_slice(b"EE");
+    assert_eq!(fs::read(&f).unwrap(), want);
+    wait_for("the commit of the last change", || {
+        repo.run(&["cat", "pt@latest:f"]).stdout == want
+    });
+    assert_eq!(fs::read(&f).unwrap(), want);
+    let log = m.stop();
+    if puce_tests::is_root() {
+        assert!(
+            log.contains("passthrough on"),
+            "as root, the kernel should do the I/O of changed files itself: {log}"
+        );
+    }
+    let out = repo.dir.path().join("restored");
+    repo.ok(&["restore", "pt@latest", out.to_str().unwrap()]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), want);
 }
 
 fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {

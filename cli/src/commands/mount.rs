@@ -38,6 +38,7 @@ pub fn run(ctx: &Ctx, a: MountArgs) -> Result<i32> {
     let kopts = KernelOptions {
         allow_other: a.allow_other,
         threads: a.threads.map(|t| t.clamp(1, 64)),
+        no_passthrough: a.no_passthrough,
     };
     let (quiet, notify) = (ctx.quiet, a.notify_ready);
     puce_fuse::mount(repo, cfg, &kopts, |fs| {
