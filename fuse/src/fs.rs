@@ -718,7 +718,17 @@ impl PuceFs {
             Some(id) => self.local_attr(id)?,
             None => (info.size, info.meta.mtime_ns),
         };
-        Ok(Attr {
+        Ok(self.info_attr_of(ino, info, (size, mtime_ns)))
+    }
+
+    /// [`PuceFs::info_attr`] with the size and time of the content given.
+    fn info_attr_of(
+        &self,
+        ino: u64,
+        info: &puce_core::snapshot::edit::Info,
+        (size, mtime_ns): (u64, i64),
+    ) -> Attr {
+        Attr {
             ino,
             kind: info.kind,
             size,
@@ -728,7 +738,7 @@ impl PuceFs {
             gid: info.meta.gid,
             mtime_ns,
             immutable: false,
-        })
+        }
     }
 
     fn inode(&self, ino: u64) -> FsResult<inode::Inode> {
@@ -860,6 +870,35 @@ impl PuceFs {
             }
             _ => Err(FsError::NOTDIR),
         }
+    }
+
+    /// Count the kernel's lookup of `(parent, name)`, an entry of `space` just made with
+    /// `meta` (empty if a file): its attributes without looking it up again.
+    fn made(
+        &self,
+        space: &Arc<str>,
+        parent: u64,
+        name: &[u8],
+        kind: NodeKind,
+        meta: &Meta,
+    ) -> FsResult<Attr> {
+        let ino = lock(&self.inodes)?.lookup(
+            parent,
+            name,
+            Kind::SpaceNode(space.clone(), kind),
+            |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == kind),
+        );
+        Ok(Attr {
+            ino,
+            kind,
+            size: 0,
+            perm: meta.mode & 0o7777,
+            nlink: if kind == NodeKind::Dir { 2 } else { 1 },
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime_ns: meta.mtime_ns,
+            immutable: false,
+        })
     }
 
     fn space_path(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -1191,15 +1230,16 @@ impl PuceFs {
             return self.create_space(name);
         }
         let meta = self.new_meta(caller, mode, umask);
-        self.in_space(parent, |space, st, path| {
+        let space = self.in_space(parent, |space, st, path| {
             let edit = Edit::Mkdir {
                 path: join(&path, name),
                 meta,
                 time_ns: meta.mtime_ns,
             };
-            self.record(space, st, edit)
+            self.record(space, st, edit)?;
+            Ok(space.name.clone())
         })?;
-        self.lookup(parent, name)
+        self.made(&space, parent, name, NodeKind::Dir, &meta)
     }
 
     fn create_space(&self, name: &[u8]) -> FsResult<Attr> {
@@ -1309,7 +1349,8 @@ impl PuceFs {
             self.journal(space, st, edit)?;
             Ok((space.clone(), staged, Arc::new(file)))
         })?;
-        let attr = self.lookup(parent, name)?;
+        // The new file is empty, and its time is `meta`'s (set on the local file above).
+        let attr = self.made(&space.name, parent, name, NodeKind::File, &meta)?;
         let of = Arc::new(OpenFile {
             space: Some(space),
             state: RwLock::new(FileState::Staged { staged, file }),
@@ -1419,12 +1460,9 @@ impl PuceFs {
         if let Some(size) = a.size {
             self.truncate(ino, fh, &space, size)?;
         }
-        // A new time of open local content is set through the open file (taken before the
-        // space lock: lock order).
-        let open = match a.mtime {
-            Some(_) => self.open_local_file(ino)?,
-            None => None,
-        };
+        // The open local file, if any: a new time is set through it, and the attributes read
+        // from it (taken before the space lock: lock order).
+        let open = self.open_local_file(ino)?;
         {
             let mut st = space.lock()?;
             let path = match lock(&self.inodes)?.space_path(ino) {
@@ -1463,7 +1501,7 @@ impl PuceFs {
             let journal_mtime = mtime.is_some() && info.local.is_none();
             if mode.is_some() || a.uid.is_some() || a.gid.is_some() || journal_mtime {
                 let edit = Edit::SetMeta {
-                    path,
+                    path: path.clone(),
                     mode,
                     uid: a.uid,
                     gid: a.gid,
@@ -1471,8 +1509,20 @@ impl PuceFs {
                 };
                 self.record(&space, &mut st, edit)?;
             }
+            // The attributes now, from the path at hand (and the open local file if any).
+            let info = st
+                .tree
+                .lookup(&FsTrees(self), &path)?
+                .ok_or(FsError::NOENT)?;
+            drop(st);
+            match (&open, info.local) {
+                (Some((oid, f)), Some(id)) if *oid == id => {
+                    let md = f.metadata()?;
+                    Ok(self.info_attr_of(ino, &info, (md.len(), mtime_of(&md))))
+                }
+                _ => self.info_attr(ino, &info),
+            }
         }
-        self.getattr(ino)
     }
 
     /// The local file number and open file of `ino` if it is open with local content.
