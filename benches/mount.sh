@@ -24,7 +24,14 @@
 #   PUCE_BIN a puce binary to use instead of building this tree's.
 #   COMMIT_DELAY the mount's --commit-delay (default 1).
 #   OUT where the table is written (default benches/results/mount-latest.md).
+#   WAKE_HERE=Y|N sets the kernel's fuse wake_here parameter for the run (when this kernel has
+#   it and it is writable) and puts it back after; by default the machine's setting is used.
+#   It applies to every FUSE file system, restic's mount included; the table says which.
 #   Needs restic and fusermount3.
+#
+# "repeat" figures: before each timed run, the same files are read once through the same path
+# (the mount, or the plain directory), as a user opening a file a second time: the plain
+# directory and the mounts then serve from their page cache, if they keep one.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -54,9 +61,17 @@ cleanup() {
   [ -n "${RESTIC_PID:-}" ] && kill "$RESTIC_PID" 2>/dev/null || true
   sleep 1
   rm -rf "$W"
+  [ "$WH_BEFORE" = none ] || [ "$WH_BEFORE" = "$(cat "$WH")" ] || echo "$WH_BEFORE" >"$WH" || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+WH=/sys/module/fuse/parameters/wake_here
+WH_BEFORE=$(cat "$WH" 2>/dev/null || echo none)
+if [ -n "${WAKE_HERE:-}" ]; then
+  echo "$WAKE_HERE" 2>/dev/null >"$WH" || { echo "cannot set $WH (root, and a kernel that has it)" >&2; exit 1; }
+fi
+WH_NOW=$(cat "$WH" 2>/dev/null || echo none)
 
 CAN_DROP=0
 if sync && echo 3 2>/dev/null >/proc/sys/vm/drop_caches; then CAN_DROP=1; fi
@@ -128,11 +143,21 @@ run() { # KEY UNDERLYING -- CMD...
     echo "   $key cold ${T[$key.cold]}" >&2
   fi
 }
+# repeat KEY FILES...: best time of cat FILES, each run after reading FILES once.
+repeat() {
+  local key=$1; shift
+  T[$key.rep]=$(measure "$*" -- cat "$@")
+  echo "   $key repeat ${T[$key.rep]}" >&2
+}
 echo "== seqread" >&2
 run seq.plain "$W/big" -- cat "$W"/big/big1.bin "$W"/big/big2.bin
 run seq.puce "$PR" -- cat "$PSNAP_BIG"big1.bin "$PSNAP_BIG"big2.bin
 run seq.space "$PR" -- cat "$PM"/spaces/big/big1.bin "$PM"/spaces/big/big2.bin
 run seq.restic "$RR" -- cat "$RSNAP_BIG"/big1.bin "$RSNAP_BIG"/big2.bin
+repeat seq.plain "$W"/big/big1.bin "$W"/big/big2.bin
+repeat seq.puce "$PSNAP_BIG"big1.bin "$PSNAP_BIG"big2.bin
+repeat seq.space "$PM"/spaces/big/big1.bin "$PM"/spaces/big/big2.bin
+repeat seq.restic "$RSNAP_BIG"/big1.bin "$RSNAP_BIG"/big2.bin
 echo "== ls -lR" >&2
 run ls.plain "$W/plain-version" -- ls -lR "$W/plain-version"
 run ls.puce "$PR" -- ls -lR "$PSNAP"
@@ -144,29 +169,32 @@ run all.restic "$RR" -- readall "$RSNAP"
 
 echo "== cp -a" >&2
 nsnaps() { "$PUCE" snapshots --space corpus --json | grep -c '"id"' || true; }
-# best_cp PREPARE TARGET-PREFIX: best time of `cp -a $V TARGET-PREFIX$i`, source warm.
-best_cp() {
-  local prep=$1 dst=$2 b="" s e t
-  for i in $(seq "$REPEAT"); do
-    $prep "$i"
-    drop; warm "$V"
-    s=$(date +%s.%N); cp -a "$V" "$dst$i"; e=$(date +%s.%N)
-    t=$(echo "$e - $s" | bc -l)
-    if [ -z "$b" ] || [ "$(echo "$t < $b" | bc -l)" = 1 ]; then b=$t; fi
-  done
-  printf '%.3f' "$b"
+# timed_cp PREPARE TARGET: time of `cp -a $V TARGET`, source warm.
+timed_cp() {
+  local s e
+  $1
+  drop; warm "$V"
+  s=$(date +%s.%N); cp -a "$V" "$2"; e=$(date +%s.%N)
+  echo "$e - $s" | bc -l
 }
 prep_plain() { rm -rf "$W/cp-plain"; mkdir -p "$W/cp-plain"; }
 # The commit of the previous copy must be over before the next copy is timed.
 prep_puce() {
-  local want=$(( $1 ))
+  local want=$(( i ))
   for _ in $(seq 600); do [ "$(nsnaps)" -ge "$want" ] && return 0; sleep 0.5; done
-  echo "the mount did not commit copy $(( $1 - 1 ))" >&2; exit 1
+  echo "the mount did not commit copy $(( i - 1 ))" >&2; exit 1
 }
-T[cp.plain.warm]=$(best_cp prep_plain "$W/cp-plain/copy")
-echo "   cp.plain warm ${T[cp.plain.warm]}" >&2
-T[cp.puce.warm]=$(best_cp prep_puce "$PM/spaces/corpus/copy")
-echo "   cp.puce warm ${T[cp.puce.warm]}" >&2
+# Plain and mount copies alternate, so that both meet the disk in the same state (creating
+# files after many deletions is slow on ext4, and varies from run to run).
+min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+cpp="" cpu=""
+for i in $(seq "$REPEAT"); do
+  t=$(timed_cp prep_plain "$W/cp-plain/copy$i"); cpp=$(min "$cpp" "$t")
+  u=$(timed_cp prep_puce "$PM/spaces/corpus/copy$i"); cpu=$(min "$cpu" "$u")
+  printf '   cp -a run %s: plain %.3f, mount %.3f\n' "$i" "$t" "$u" >&2
+done
+T[cp.plain.warm]=$(printf '%.3f' "$cpp")
+T[cp.puce.warm]=$(printf '%.3f' "$cpu")
 prep_puce $((REPEAT + 1))
 cp -a "$V" "$PM/spaces/corpus/copy-last"
 # Until committed: SIGTERM commits what is pending, then unmounts.
@@ -203,10 +231,17 @@ mkdir -p "$HERE/results"
   echo "warm: page cache dropped, then the plain directory / the puce repository / the restic"
   echo "repository (and the cp -a source) read once before each timed run, so the figures measure"
   echo "the software; the mount's own page cache is empty at the start of each run. cold: page"
-  echo "cache dropped, nothing read first (this VM's disk dominates). All on one disk ($(df --output=source "$W" | tail -1))."
+  echo "cache dropped, nothing read first (this VM's disk dominates). repeat: the same files read"
+  echo "once through the same path first (a file opened again; each file system's page cache)."
+  echo "All on one disk ($(df --output=source "$W" | tail -1)); cp -a runs alternate plain and mount."
+  echo
+  echo "Kernel: $(uname -r), fuse wake_here: $WH_NOW (see docs/guide.md, \"Mount speed\"); puce mount args: ${PUCE_MOUNT_ARGS:-none}."
   echo
   echo "| case | plain dir | puce mount | restic mount | puce vs plain | puce vs restic |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  row "seqread snapshots/ (s)" seq speed rep
+  T[seqs.plain.rep]=${T[seq.plain.rep]}; T[seqs.puce.rep]=${T[seq.space.rep]}
+  row "seqread spaces/ (s)" seqs speed rep
   for c in $caches; do
     row "seqread snapshots/ (s)" seq speed "$c"
     T[seqs.plain.$c]=${T[seq.plain.$c]}; T[seqs.puce.$c]=${T[seq.space.$c]}

@@ -142,8 +142,11 @@ CAP_BPS=$(python3 -c "import re; s='$CAP'; m=re.match(r'([0-9.]+)\s*([KMG]?)i?B'
 
 echo "== rsync daemon on loopback" >&2
 RP=$(tport)
+# Run as the invoking user: started by root, the daemon would read the corpus as nobody.
 cat > "$W/rsyncd.conf" <<EOF
 use chroot = false
+uid = $(id -u)
+gid = $(id -g)
 [corpus]
 path = $C
 read only = true
