@@ -1,5 +1,6 @@
-//! The thin adapter between fuser 0.18 and [`PuceFs`]: type conversions, replies, nothing
-//! else.
+//! The thin adapter between fuser 0.18 and [`PuceFs`]: type conversions and replies, and
+//! for each open whether the kernel does its I/O itself (passthrough: the kernel's rules and
+//! backing ids live here).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -43,7 +44,9 @@ pub struct Adapter {
     fs: Arc<PuceFs>,
     io: Mutex<IoModes>,
     want_passthrough: bool,
-    /// The kernel granted passthrough and it works (it needs `CAP_SYS_ADMIN`).
+    /// The kernel granted passthrough at init: opens are tracked (see [`Io`]).
+    granted: AtomicBool,
+    /// Passthrough works (it needs `CAP_SYS_ADMIN`): new opens may use it.
     passthrough: AtomicBool,
 }
 
@@ -55,6 +58,7 @@ impl Adapter {
             fs,
             io: Mutex::new(IoModes::default()),
             want_passthrough: passthrough,
+            granted: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
         }
     }
@@ -159,7 +163,7 @@ impl Adapter {
                 OPEN_FLAGS
             }
         };
-        if !self.passthrough.load(Ordering::Relaxed) {
+        if !self.granted.load(Ordering::Relaxed) {
             return r.cached(cached(keep));
         }
         let pt = self.fs.passthrough(fh, perm);
@@ -181,7 +185,9 @@ impl Adapter {
                 r.cached(cached(keep && !io.touched.remove(&ino)));
             }
             None => {
-                if let Passthrough::Local(f) = pt {
+                if let Passthrough::Local(f) = pt
+                    && self.passthrough.load(Ordering::Relaxed)
+                {
                     match r.backing(&f) {
                         Ok(b) => {
                             self.fs.set_direct(fh, writable);
@@ -299,6 +305,7 @@ impl Filesystem for Adapter {
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
+            self.granted.store(true, Ordering::Relaxed);
             self.passthrough.store(true, Ordering::Relaxed);
             tracing::debug!("passthrough on: the kernel does the I/O of changed files itself");
         }
