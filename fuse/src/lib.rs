@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::signal::{SigSet, Signal};
 use puce_core::{Error, ErrorKind, Repo, Result};
 
-pub use fs::{MountConfig, Passthrough, PuceFs};
+pub use fs::{MountConfig, PuceFs};
 
 /// Options of the kernel mount.
 #[derive(Debug, Clone, Default)]
@@ -235,7 +235,7 @@ pub fn mount(
     .map_err(|e| {
         Error::other(format!(
             "cannot mount at {}: {e} (is the fuse3 package installed and /dev/fuse \
-                 present? a non-root user needs fusermount3)",
+             present? a non-root user needs fusermount3)",
             mountpoint.display()
         ))
     })?;
