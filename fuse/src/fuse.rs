@@ -299,15 +299,18 @@ impl Filesystem for Adapter {
         // Passthrough: the kernel reads and writes files being changed on their local copy
         // itself (the local files are on a plain file system: stack depth 1). Registering a
         // backing file needs CAP_SYS_ADMIN: not asked for by other users.
+        let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
         if self.want_passthrough
             && rustix::process::geteuid().is_root()
-            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && offered
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
             self.granted.store(true, Ordering::Relaxed);
             self.passthrough.store(true, Ordering::Relaxed);
             tracing::debug!("passthrough on: the kernel does the I/O of changed files itself");
+        } else if !offered {
+            tracing::debug!("this kernel does not offer passthrough (Linux 6.9 and later do)");
         }
         let _ = config.set_max_write(1 << 20);
         let mut ra = 1 << 20;

@@ -421,8 +421,9 @@ fn passthrough_and_mount_handles_of_one_file_agree() {
     let log = m.stop();
     if puce_tests::is_root() {
         assert!(
-            log.contains("passthrough on"),
-            "as root, the kernel should do the I/O of changed files itself: {log}"
+            log.contains("passthrough on") || log.contains("does not offer passthrough"),
+            "as root, on a kernel that offers it, the kernel should do the I/O of changed files \
+             itself: {log}"
         );
     }
     let out = repo.dir.path().join("restored");
