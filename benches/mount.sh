@@ -218,7 +218,9 @@ row() {
     vs_plain="$(ratio "$u" "$p")x time"
   fi
   [ -z "$r" ] || vs_restic="$(ratio "$r" "$u")x faster"
-  echo "| $label, $c | $p | $u | $r | $vs_plain | $vs_restic |"
+  local cl=$c
+  [ "$c" != rep ] || cl=repeat
+  echo "| $label, $cl | $p | $u | $r | $vs_plain | $vs_restic |"
 }
 caches="warm"
 [ "$COLD" = 1 ] && caches="warm cold"

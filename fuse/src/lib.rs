@@ -220,8 +220,8 @@ pub fn mount(
     match kernel_wakes_here() {
         Some(false) => tracing::info!(
             "{threads} request threads; this kernel can wake the mount on the caller's CPU, \
-             which makes file operations 2 to 3 times faster on a virtual machine: as root, \
-             `echo Y > {WAKE_HERE}` (docs/guide.md, \"Mount speed\")"
+             which makes many small file operations up to 3 times faster on a virtual machine: as \
+             root, `echo Y > {WAKE_HERE}` (docs/guide.md, \"Mount speed\")"
         ),
         _ => tracing::debug!("{threads} request threads"),
     }
