@@ -169,10 +169,10 @@ run all.restic "$RR" -- readall "$RSNAP"
 
 echo "== cp -a" >&2
 nsnaps() { "$PUCE" snapshots --space corpus --json | grep -c '"id"' || true; }
-# timed_cp PREPARE TARGET: time of `cp -a $V TARGET`, source warm.
+# timed_cp PREPARE TARGET RUN: time of `cp -a $V TARGET`, source warm, after `PREPARE RUN`.
 timed_cp() {
   local s e
-  $1
+  $1 "$3"
   drop; warm "$V"
   s=$(date +%s.%N); cp -a "$V" "$2"; e=$(date +%s.%N)
   echo "$e - $s" | bc -l
@@ -180,17 +180,17 @@ timed_cp() {
 prep_plain() { rm -rf "$W/cp-plain"; mkdir -p "$W/cp-plain"; }
 # The commit of the previous copy must be over before the next copy is timed.
 prep_puce() {
-  local want=$(( i ))
+  local want=$(( $1 ))
   for _ in $(seq 600); do [ "$(nsnaps)" -ge "$want" ] && return 0; sleep 0.5; done
-  echo "the mount did not commit copy $(( i - 1 ))" >&2; exit 1
+  echo "the mount did not commit copy $(( $1 - 1 ))" >&2; exit 1
 }
 # Plain and mount copies alternate, so that both meet the disk in the same state (creating
 # files after many deletions is slow on ext4, and varies from run to run).
 min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 cpp="" cpu=""
 for i in $(seq "$REPEAT"); do
-  t=$(timed_cp prep_plain "$W/cp-plain/copy$i"); cpp=$(min "$cpp" "$t")
-  u=$(timed_cp prep_puce "$PM/spaces/corpus/copy$i"); cpu=$(min "$cpu" "$u")
+  t=$(timed_cp prep_plain "$W/cp-plain/copy$i" "$i"); cpp=$(min "$cpp" "$t")
+  u=$(timed_cp prep_puce "$PM/spaces/corpus/copy$i" "$i"); cpu=$(min "$cpu" "$u")
   printf '   cp -a run %s: plain %.3f, mount %.3f\n' "$i" "$t" "$u" >&2
 done
 T[cp.plain.warm]=$(printf '%.3f' "$cpp")

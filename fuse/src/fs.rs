@@ -718,12 +718,11 @@ impl PuceFs {
             Some(id) => self.local_attr(id)?,
             None => (info.size, info.meta.mtime_ns),
         };
-        Ok(self.info_attr_of(ino, info, (size, mtime_ns)))
+        Ok(Self::info_attr_of(ino, info, (size, mtime_ns)))
     }
 
     /// [`PuceFs::info_attr`] with the size and time of the content given.
     fn info_attr_of(
-        &self,
         ino: u64,
         info: &puce_core::snapshot::edit::Info,
         (size, mtime_ns): (u64, i64),
@@ -888,17 +887,14 @@ impl PuceFs {
             Kind::SpaceNode(space.clone(), kind),
             |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == kind),
         );
-        Ok(Attr {
-            ino,
+        let info = puce_core::snapshot::edit::Info {
             kind,
+            meta: *meta,
             size: 0,
-            perm: meta.mode & 0o7777,
-            nlink: if kind == NodeKind::Dir { 2 } else { 1 },
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime_ns: meta.mtime_ns,
-            immutable: false,
-        })
+            local: None,
+            target: None,
+        };
+        Ok(Self::info_attr_of(ino, &info, (0, meta.mtime_ns)))
     }
 
     fn space_path(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -1518,7 +1514,7 @@ impl PuceFs {
             match (&open, info.local) {
                 (Some((oid, f)), Some(id)) if *oid == id => {
                     let md = f.metadata()?;
-                    Ok(self.info_attr_of(ino, &info, (md.len(), mtime_of(&md))))
+                    Ok(Self::info_attr_of(ino, &info, (md.len(), mtime_of(&md))))
                 }
                 _ => self.info_attr(ino, &info),
             }
@@ -2001,8 +1997,15 @@ impl PuceFs {
         if let Ok(st) = h.file.state.read()
             && let FileState::Staged { staged, .. } = &*st
         {
-            staged.bump();
+            Self::content_changed(h, staged);
         }
+    }
+
+    /// The local content of handle `h` changed: a new version for a commit running now, and a
+    /// change of the space (the quiet period starts again).
+    fn content_changed(h: &Handle, staged: &Staged) {
+        staged.bump();
+        h.wrote.store(true, Ordering::Relaxed);
         if let Some(space) = &h.file.space {
             space.touch();
             space.mark_dirty();
@@ -2017,12 +2020,7 @@ impl PuceFs {
             return Err(FsError::BADF);
         };
         file.write_all_at(data, offset)?;
-        staged.bump();
-        h.wrote.store(true, Ordering::Relaxed);
-        if let Some(space) = &h.file.space {
-            space.touch();
-            space.mark_dirty();
-        }
+        Self::content_changed(&h, staged);
         Ok(data.len() as u32)
     }
 

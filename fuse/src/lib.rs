@@ -50,17 +50,13 @@ pub fn kernel_wakes_here() -> Option<bool> {
     Some(matches!(v.trim(), "Y" | "y" | "1"))
 }
 
-/// Request threads when none are asked for. Every FUSE request is a round trip between the
+/// Request threads when none are asked for, given [`kernel_wakes_here`]. Every FUSE request is a round trip between the
 /// caller and a server thread; on a virtual machine, a wake-up on another CPU costs tens of
 /// microseconds, a switch on the same CPU a few (docs/decisions.md). When the kernel wakes
 /// the server on the caller's CPU, one thread that follows the caller is fastest; otherwise
 /// four, so that one of them is often awake already.
-pub fn default_threads() -> usize {
-    if kernel_wakes_here() == Some(true) {
-        1
-    } else {
-        4
-    }
+pub fn default_threads(wakes_here: Option<bool>) -> usize {
+    if wakes_here == Some(true) { 1 } else { 4 }
 }
 
 /// Check that `mountpoint` can be mounted on: an existing directory, not a stale mount left
@@ -216,8 +212,12 @@ pub fn mount(
     if kopts.allow_other {
         config.acl = ::fuser::SessionACL::All;
     }
-    let threads = kopts.threads.unwrap_or_else(default_threads).max(1);
-    match kernel_wakes_here() {
+    let wakes_here = kernel_wakes_here();
+    let threads = kopts
+        .threads
+        .unwrap_or_else(|| default_threads(wakes_here))
+        .max(1);
+    match wakes_here {
         Some(false) => tracing::info!(
             "{threads} request threads; this kernel can wake the mount on the caller's CPU, \
              which makes many small file operations up to 3 times faster on a virtual machine: as \
