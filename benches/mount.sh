@@ -6,6 +6,8 @@
 #   ls-lR     `ls -lR` of a snapshot of the corpus version
 #   readall   reading every file of that snapshot
 #   cp-a      `cp -a` of the corpus version into the mount (spaces/), then until it is committed
+#   memory    peak resident memory (VmHWM) of the puce and restic mount processes after the
+#             read cases, and of puce's after the copies too
 # puce reads through snapshots/ (and spaces/ for seqread); restic through its snapshots/ID/.
 # Targets (issue 5): seqread >= 0.5x plain; readall >= 3x faster than restic; cp-a <= 3x plain.
 #
@@ -167,6 +169,10 @@ run all.plain "$W/plain-version" -- readall "$W/plain-version"
 run all.puce "$PR" -- readall "$PSNAP"
 run all.restic "$RR" -- readall "$RSNAP"
 
+# peak_kb PID: the peak resident memory of process PID so far, in KiB.
+peak_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+mem_puce_read=$(peak_kb "$PUCE_PID") mem_restic_read=$(peak_kb "$RESTIC_PID")
+
 echo "== cp -a" >&2
 nsnaps() { "$PUCE" snapshots --space corpus --json | grep -c '"id"' || true; }
 # timed_cp PREPARE TARGET RUN: time of `cp -a $V TARGET`, source warm, after `PREPARE RUN`.
@@ -197,6 +203,7 @@ T[cp.plain.warm]=$(printf '%.3f' "$cpp")
 T[cp.puce.warm]=$(printf '%.3f' "$cpu")
 prep_puce $((REPEAT + 1))
 cp -a "$V" "$PM/spaces/corpus/copy-last"
+mem_puce_cp=$(peak_kb "$PUCE_PID")
 # Until committed: SIGTERM commits what is pending, then unmounts.
 s=$(date +%s.%N); kill -TERM "$PUCE_PID"; wait "$PUCE_PID" || true; e=$(date +%s.%N)
 commit_tail=$(printf '%.3f' "$(echo "$e - $s" | bc -l)")
@@ -253,6 +260,9 @@ mkdir -p "$HERE/results"
   done
   row "cp -a into spaces/ (s)" cp time warm
   echo "| then commit + unmount (s) | | $commit_tail | | | |"
+  mib() { printf '%.0f' "$(echo "$1 / 1024" | bc -l)"; }
+  echo "| peak memory after the reads (MiB) | | $(mib "$mem_puce_read") | $(mib "$mem_restic_read") | | $(ratio "$mem_restic_read" "$mem_puce_read")x less |"
+  echo "| peak memory after the copies (MiB) | | $(mib "$mem_puce_cp") | | | |"
   echo
   echo "Targets: seqread >= 0.5x plain speed; whole snapshot >= 3x faster than restic; cp -a <= 3x plain time."
   echo "After the copies: $snaps"
