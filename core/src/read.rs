@@ -95,10 +95,51 @@ pub fn read_objects(repo: &Repo, reader: &IndexReader, ids: &[ObjectId]) -> Resu
     Ok(out)
 }
 
+/// Pieces of a pack at most this far apart are hinted as one range.
+const HINT_GAP: u64 = 4096;
+
+/// Tell the backend that `ids` will be read soon ([`Backend::will_need`]): neighbouring pieces
+/// of one pack are named as one range. Ids the index does not have are skipped (the read that
+/// follows reports them).
+///
+/// [`Backend::will_need`]: crate::backend::Backend::will_need
+pub fn will_need(repo: &Repo, reader: &IndexReader, ids: &[ObjectId]) -> Result<()> {
+    let mut pack: Option<u32> = None;
+    let mut ranges: Vec<(u64, usize)> = Vec::new();
+    let flush = |pack: Option<u32>, ranges: &mut Vec<(u64, usize)>| -> Result<()> {
+        if let Some(no) = pack
+            && !ranges.is_empty()
+        {
+            let id = repo.pack_id(reader, no)?;
+            repo.backend()
+                .will_need(crate::backend::FileKind::Pack, &id.to_hex(), ranges);
+        }
+        ranges.clear();
+        Ok(())
+    };
+    for id in ids {
+        let Some(l) = reader.get(id)? else { continue };
+        if pack != Some(l.pack) {
+            flush(pack, &mut ranges)?;
+            pack = Some(l.pack);
+        }
+        let (offset, len) = (u64::from(l.offset), l.stored_len as usize);
+        match ranges.last_mut() {
+            // Neighbours (with the entry headers between them) make one range.
+            Some((o, n)) if (*o + *n as u64..=*o + *n as u64 + HINT_GAP).contains(&offset) => {
+                *n = (offset - *o) as usize + len;
+            }
+            _ => ranges.push((offset, len)),
+        }
+    }
+    flush(pack, &mut ranges)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::backend::FileKind;
     use crate::format::pack::Kind;
     use crate::repo::InitOptions;
     use crate::saver::Saver;
@@ -167,6 +208,115 @@ mod tests {
         assert_eq!(
             read_objects(&repo, &reader, &missing).unwrap_err().kind(),
             crate::ErrorKind::NotFound
+        );
+    }
+
+    /// Pack name and ranges of each hint.
+    type Seen = Vec<(String, Vec<(u64, usize)>)>;
+
+    /// The local backend, recording the hints it is given.
+    #[derive(Debug)]
+    struct Hints {
+        inner: crate::backend::local::LocalBackend,
+        seen: std::sync::Mutex<Seen>,
+    }
+
+    impl crate::backend::Backend for Hints {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+            self.inner.read(kind, name)
+        }
+        fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.inner.read_at(kind, name, offset, buf)
+        }
+        fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+            self.inner.size(kind, name)
+        }
+        fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.write(kind, name, data)
+        }
+        fn create(&self, kind: FileKind) -> Result<Box<dyn crate::backend::ObjectWriter>> {
+            self.inner.create(kind)
+        }
+        fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+            self.inner.list(kind)
+        }
+        fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+            self.inner.remove(kind, name)
+        }
+        fn will_need(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) {
+            assert_eq!(kind, FileKind::Pack);
+            self.seen
+                .lock()
+                .unwrap()
+                .push((name.to_string(), ranges.to_vec()));
+        }
+    }
+
+    /// Hints name each object's stored bytes in its pack, neighbours in one range, one call
+    /// per run of one pack; ids missing from the index are skipped.
+    #[test]
+    fn will_need_names_the_stored_bytes_pack_by_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        drop(Repo::init(&root, &InitOptions::default()).unwrap());
+        let hints = Arc::new(Hints {
+            inner: crate::backend::local::LocalBackend::open(&root).unwrap(),
+            seen: Default::default(),
+        });
+        let repo =
+            Arc::new(Repo::open_with_backend(&root, hints.clone(), &Default::default()).unwrap());
+        let mut ids = Vec::new();
+        // Two savers: two packs.
+        for round in 0..2u64 {
+            let saver = Saver::new(repo.clone(), 1).unwrap();
+            let reader = repo.index().reader().unwrap();
+            for n in 0..4u64 {
+                let d = data(30_000, 2 * (round * 10 + n) + 1, n == 2);
+                let id = ObjectId::of(&d);
+                saver.save(&reader, id, Kind::Data, d).unwrap();
+                ids.push(id);
+            }
+            saver.finish().unwrap();
+        }
+        ids.insert(5, ObjectId::of(b"not stored"));
+        let reader = repo.index().reader().unwrap();
+        will_need(&repo, &reader, &ids).unwrap();
+        let seen = hints.seen.lock().unwrap().clone();
+        // One call per run of ids stored in one pack.
+        let packs: Vec<u32> = ids
+            .iter()
+            .filter_map(|id| reader.get(id).unwrap())
+            .map(|l| l.pack)
+            .collect();
+        let runs = 1 + packs.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(runs < packs.len(), "the test wants neighbours: {packs:?}");
+        assert_eq!(seen.len(), runs, "{seen:?}");
+        for id in ids.iter().filter(|id| **id != ObjectId::of(b"not stored")) {
+            let l = reader.get(id).unwrap().unwrap();
+            let pack = repo.pack_id(&reader, l.pack).unwrap().to_hex();
+            let (o, n) = (u64::from(l.offset), l.stored_len as u64);
+            assert!(
+                seen.iter()
+                    .filter(|(p, _)| *p == pack)
+                    .flat_map(|(_, r)| r)
+                    .any(|&(a, len)| a <= o && o + n <= a + len as u64),
+                "{id} at {o}+{n} of {pack} not hinted: {seen:?}"
+            );
+        }
+        let ranges: usize = seen.iter().map(|(_, r)| r.len()).sum();
+        assert!(ranges < packs.len(), "neighbours merged: {seen:?}");
+        let hinted: usize = seen.iter().flat_map(|(_, r)| r).map(|r| r.1).sum();
+        let stored: usize = ids
+            .iter()
+            .filter_map(|id| reader.get(id).unwrap())
+            .map(|l| l.stored_len as usize)
+            .sum();
+        assert!(
+            hinted >= stored && hinted < stored + 8 * 1024,
+            "{hinted} for {stored}"
         );
     }
 

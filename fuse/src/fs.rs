@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
@@ -192,6 +192,9 @@ pub trait Invalidator: Send + Sync {
 const WINDOW: u64 = 2 << 20;
 /// How far sequential readers are read ahead.
 const READ_AHEAD: u64 = 8 << 20;
+/// How much further the storage is told the file will be read (it starts fetching without
+/// occupying a thread: the disk then has work queued while the read-ahead threads verify).
+const HINT_AHEAD: u64 = 16 << 20;
 /// A read starting this close to where the previous one of its handle ended is sequential
 /// (the kernel's read-ahead requests may be served out of order by several threads).
 const SEQUENTIAL_SLACK: u64 = 4 << 20;
@@ -202,6 +205,8 @@ enum Prefetch {
     Window(Arc<StoredFile>, usize),
     /// The first chunks of files likely to be opened next.
     Chunks(Vec<ObjectId>),
+    /// Windows `.1` of a file will be read soon: tell the storage.
+    Hint(Arc<StoredFile>, std::ops::Range<usize>),
 }
 
 /// When a snapshot file is opened, the first chunks of the files after it in its directory
@@ -219,6 +224,8 @@ pub(crate) struct StoredFile {
     /// Cache key of each window: the chunk id for a one-chunk window (shared with
     /// chunk-by-chunk reads), else a hash of the chunk ids.
     keys: Vec<ObjectId>,
+    /// Windows before this one were hinted to the storage ([`HINT_AHEAD`]).
+    hinted: AtomicUsize,
 }
 
 impl StoredFile {
@@ -250,6 +257,7 @@ impl StoredFile {
             ends,
             wins,
             keys,
+            hinted: AtomicUsize::new(0),
         }
     }
 
@@ -1944,7 +1952,8 @@ impl PuceFs {
         let (_, _, from) = sf.window(w);
         // Never more than a quarter of the cache, so that read-ahead does not evict itself.
         let ahead = READ_AHEAD.min(self.chunks.capacity() as u64 / 4);
-        for n in w + 1..sf.wins.len() {
+        let mut n = w + 1;
+        while n < sf.wins.len() {
             let (_, a, _) = sf.window(n);
             if a - from >= ahead {
                 break;
@@ -1952,8 +1961,19 @@ impl PuceFs {
             if !self.chunks.contains(&sf.keys[n])
                 && tx.try_send(Prefetch::Window(sf.clone(), n)).is_err()
             {
-                break;
+                return;
             }
+            n += 1;
+        }
+        // The windows after those: hinted once each.
+        let mut end = n;
+        while end < sf.wins.len() && sf.window(end).1 - from < ahead + HINT_AHEAD {
+            end += 1;
+        }
+        // (A hint dropped because the queue is full is not retried: it is only a hint.)
+        let start = sf.hinted.fetch_max(end, Ordering::Relaxed).max(n);
+        if start < end {
+            let _ = tx.try_send(Prefetch::Hint(sf.clone(), start..end));
         }
     }
 
@@ -2236,6 +2256,18 @@ fn prefetch_loop(fs: Weak<PuceFs>, rx: Receiver<Prefetch>) {
                     if let Err(e) = fs.chunk(&id) {
                         tracing::debug!("read-ahead of chunk {id}: {e:#}");
                     }
+                }
+            }
+            Prefetch::Hint(sf, wins) => {
+                if wins.is_empty() {
+                    continue;
+                }
+                let chunks = &sf.chunks[sf.wins[wins.start]..sf.window(wins.end - 1).0.end];
+                let r = fs
+                    .index_reader()
+                    .and_then(|r| puce_core::read::will_need(&fs.repo, &r, chunks));
+                if let Err(e) = r {
+                    tracing::debug!("read-ahead hint: {e:#}");
                 }
             }
         }

@@ -79,6 +79,9 @@ impl<B: Backend> Backend for FaultBackend<B> {
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.inner.size(kind, name)
     }
+    fn will_need(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) {
+        self.inner.will_need(kind, name, ranges)
+    }
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         self.spend()?;
         self.inner.write(kind, name, data)

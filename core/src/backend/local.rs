@@ -17,6 +17,8 @@ use crate::fsutil;
 
 /// How many pack files are kept open for reading.
 const OPEN_FILES: usize = 64;
+/// Largest range of one read-ahead hint to the kernel (see `will_need`).
+const HINT_PIECE: u64 = 1 << 20;
 
 /// Files in a local directory.
 #[derive(Debug)]
@@ -197,6 +199,32 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    fn will_need(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) {
+        if check_name(name).is_err() {
+            return;
+        }
+        let Ok(f) = self.handle(&self.path(kind, name)) else {
+            return;
+        };
+        for &(offset, len) in ranges {
+            // The kernel starts reading and returns; pages already cached cost nothing. It
+            // reads at most the device's read-ahead or I/O size per call (128 KiB to a few
+            // MiB): long ranges are asked for in pieces.
+            let end = offset.saturating_add(len as u64);
+            let mut at = offset;
+            while at < end {
+                let n = (end - at).min(HINT_PIECE);
+                let _ = rustix::fs::fadvise(
+                    &*f,
+                    at,
+                    std::num::NonZeroU64::new(n),
+                    rustix::fs::Advice::WillNeed,
+                );
+                at += n;
+            }
+        }
+    }
+
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         check_name(name)?;
         let p = self.path(kind, name);
@@ -349,5 +377,70 @@ impl Drop for LocalWriter {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Bytes of `p` in the page cache, from util-linux's `fincore` (`None` without it).
+    fn resident(p: &Path) -> Option<u64> {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(p)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    }
+
+    /// A hint has the kernel read the hinted ranges of a pack into its page cache, and only
+    /// them; a hint naming a missing file or a bad name is dropped quietly.
+    #[test]
+    fn will_need_reads_the_ranges_into_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::open(dir.path()).unwrap();
+        let name = "ab".repeat(32);
+        b.write(FileKind::Pack, &name, &vec![7u8; 8 << 20]).unwrap();
+        let p = b.path(FileKind::Pack, &name);
+        // Written durably, so clean: the kernel can drop its pages.
+        rustix::fs::fadvise(
+            File::open(&p).unwrap(),
+            0,
+            None,
+            rustix::fs::Advice::DontNeed,
+        )
+        .unwrap();
+        let Some(before) = resident(&p) else {
+            eprintln!("no fincore: skipped");
+            return;
+        };
+        if before > 1 << 20 {
+            eprintln!("this file system keeps files in memory (tmpfs?): skipped");
+            return;
+        }
+        b.will_need(
+            FileKind::Pack,
+            &name,
+            &[(1 << 20, 3 << 20), (6 << 20, 1 << 20)],
+        );
+        let mut res = 0;
+        for _ in 0..100 {
+            res = resident(&p).unwrap();
+            if res >= 4 << 20 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            (4 << 20..8 << 20).contains(&res),
+            "{res} bytes in the page cache after hinting 4 MiB of 8 (from {before})"
+        );
+        b.will_need(FileKind::Pack, &"cd".repeat(32), &[(0, 10)]);
+        b.will_need(FileKind::Pack, "../x", &[(0, 10)]);
     }
 }

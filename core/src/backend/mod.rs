@@ -92,6 +92,11 @@ pub trait Backend: Send + Sync + Debug {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     /// Delete a file; deleting a missing file is not an error.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// A hint that the `(offset, len)` ranges of a file will be read soon. A backend that can
+    /// start fetching them without making the caller wait does (the local one asks the kernel
+    /// to read them into its page cache); the default does nothing. Never an error: a hint
+    /// that cannot be followed is dropped.
+    fn will_need(&self, _kind: FileKind, _name: &str, _ranges: &[(u64, usize)]) {}
     /// Whether reads cost a network round trip (then trees are cached on local disk).
     fn is_remote(&self) -> bool {
         false
