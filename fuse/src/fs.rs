@@ -1970,10 +1970,12 @@ impl PuceFs {
         while end < sf.wins.len() && sf.window(end).1 - from < ahead + HINT_AHEAD {
             end += 1;
         }
-        // (A hint dropped because the queue is full is not retried: it is only a hint.)
         let start = sf.hinted.fetch_max(end, Ordering::Relaxed).max(n);
-        if start < end {
-            let _ = tx.try_send(Prefetch::Hint(sf.clone(), start..end));
+        if start < end && tx.try_send(Prefetch::Hint(sf.clone(), start..end)).is_err() {
+            // The queue is full: a later read asks again (unless another got further).
+            let _ = sf
+                .hinted
+                .compare_exchange(end, start, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
