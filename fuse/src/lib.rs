@@ -173,16 +173,12 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
     )))
 }
 
-/// Mount `repo` at `cfg.mountpoint` and serve it until it is unmounted or the process gets
-/// SIGINT, SIGTERM or SIGHUP (then pending changes are committed and the mount is removed).
-/// `ready` runs once the mount is usable. Call this before starting other threads: it blocks
-/// those signals in the calling thread so that a dedicated thread receives them.
-pub fn mount(
-    repo: Arc<Repo>,
-    mut cfg: MountConfig,
-    kopts: &KernelOptions,
-    ready: impl FnOnce(&PuceFs),
-) -> Result<()> {
+/// Block SIGINT, SIGTERM and SIGHUP in the calling thread, and so in every thread it starts
+/// from now on, so that [`mount`] receives them in a thread of its own and unmounts cleanly.
+/// Call it before anything starts a thread, opening the repository included: a network
+/// backend starts its runtime's threads there, and a thread that does not block them takes
+/// the signal and ends the process, leaving a stale mount behind.
+pub fn block_stop_signals() -> Result<SigSet> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         signals.add(s);
@@ -190,6 +186,20 @@ pub fn mount(
     signals
         .thread_block()
         .map_err(|e| Error::other(format!("cannot block signals: {e}")))?;
+    Ok(signals)
+}
+
+/// Mount `repo` at `cfg.mountpoint` and serve it until it is unmounted or the process gets
+/// SIGINT, SIGTERM or SIGHUP (then pending changes are committed and the mount is removed).
+/// `ready` runs once the mount is usable. Call [`block_stop_signals`] before starting any
+/// thread, before opening `repo` (this function calls it too, for the threads it starts).
+pub fn mount(
+    repo: Arc<Repo>,
+    mut cfg: MountConfig,
+    kopts: &KernelOptions,
+    ready: impl FnOnce(&PuceFs),
+) -> Result<()> {
+    let signals = block_stop_signals()?;
     let mountpoint = check_mountpoint(&cfg.mountpoint)?;
     cfg.mountpoint = mountpoint.clone();
     let read_only = cfg.read_only;

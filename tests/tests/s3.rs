@@ -350,3 +350,99 @@ fn a_node_on_garage_replicates_both_ways() {
     // Nothing of the repository's data is on the local disk of `paris`.
     assert!(puce_tests::node::pack_files(&paris.repo.path()).is_empty());
 }
+
+/// Whether `p` is a mount point now.
+fn is_mounted(p: &Path) -> bool {
+    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
+}
+
+/// Removes a mount left behind by a failed test.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// `puce mount` of a repository on Garage: snapshot files read back through it, a file
+/// written in a space, then SIGTERM. The change is committed and the mount removed: the S3
+/// client's threads, started when the repository is opened, must not take the signal (they
+/// did, and the process died leaving a stale mount).
+#[test]
+fn a_mount_on_garage_serves_commits_and_unmounts_on_sigterm() {
+    let fuse = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !fuse {
+        assert!(std::env::var_os("CI").is_none(), "CI must have FUSE");
+        eprintln!("SKIP a_mount_on_garage: no /dev/fuse or fusermount3");
+        return;
+    }
+    let Some((dir, garage)) = start_garage("mount") else {
+        return;
+    };
+    let repo = init(&garage, dir.path(), "m", &[]);
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let big = random_bytes(3 << 20, 11);
+    fs::write(src.join("big.bin"), &big).unwrap();
+    repo.ok(&["snapshot", "-q", src.to_str().unwrap(), "--space", "s"]);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let log = dir.path().join("mount.log");
+    let mut child = repo
+        .cmd()
+        .args(["mount", mnt.to_str().unwrap(), "--commit-delay", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !is_mounted(&mnt) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "puce mount exited ({st}): {}",
+                fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "no mount after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let snap = fs::read_dir(mnt.join("snapshots/s"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(fs::read(snap.join("big.bin")).unwrap() == big);
+    assert!(fs::read(mnt.join("spaces/s/big.bin")).unwrap() == big);
+    fs::write(mnt.join("spaces/s/new.txt"), b"written before SIGTERM").unwrap();
+    // With a 60 s commit delay, only the SIGTERM path commits it.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let st = child.wait().unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(st.success(), "puce mount ended with {st}: {text}");
+    assert!(!is_mounted(&mnt), "a stale mount is left: {text}");
+    assert_eq!(
+        repo.run(&["cat", "s@latest:new.txt"]).stdout,
+        b"written before SIGTERM"
+    );
+}

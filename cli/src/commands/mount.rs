@@ -25,6 +25,9 @@ pub fn run(ctx: &Ctx, a: MountArgs) -> Result<i32> {
     if a.background {
         return background(ctx, &a);
     }
+    // Before the repository is opened: a network backend starts threads there, and they must
+    // not take SIGTERM (the mount's signal thread commits and unmounts).
+    puce_fuse::block_stop_signals()?;
     let repo = ctx.open()?;
     let cfg = MountConfig {
         mountpoint: a.mountpoint.clone(),
