@@ -10,16 +10,19 @@
 //!   completed when [`ObjectWriter::finish`] returns. An S3 PUT is atomic: a reader never sees a
 //!   partial object.
 //! - Reads are ranged GETs of single entries, with a bounded in-memory cache of recent ranges.
+//!   Ranges a reader will need soon ([`Backend::will_need`]: the mount's sequential readers)
+//!   are fetched ahead, a few GETs in flight, into that cache.
 //! - Transient errors (connection refused, timeouts, 5xx) are retried with exponential backoff
 //!   up to [`S3Config::retry_timeout`]; then a clear error names the operation and the endpoint.
 //! - Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //!   optionally `AWS_SESSION_TOKEN`) or a credentials file; they are never written into the
 //!   repository.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -167,7 +170,10 @@ pub struct S3Config {
 /// A repository's files in an S3 bucket.
 pub struct S3Backend {
     inner: Arc<Inner>,
-    cache: Mutex<RangeCache>,
+    cache: Arc<Mutex<RangeCache>>,
+    /// Pack windows being fetched (name, start), ahead or for a reader; readers of one wait
+    /// for that fetch.
+    ahead: Arc<Fetching>,
     sizes: Mutex<lru::LruCache<String, u64>>,
     tmp_dir: PathBuf,
 }
@@ -185,6 +191,9 @@ impl std::fmt::Debug for S3Backend {
         write!(f, "S3Backend({})", self.inner.describe)
     }
 }
+
+/// Pack windows being fetched (name, start), and the signal that one ended.
+type Fetching = (Mutex<HashSet<(String, u64)>>, Condvar);
 
 /// Recently read ranges, least recently used evicted first, bounded in bytes.
 struct RangeCache {
@@ -332,7 +341,8 @@ impl S3Backend {
                 prefix,
                 describe,
             }),
-            cache: Mutex::new(RangeCache::new(cfg.cache_bytes)),
+            cache: Arc::new(Mutex::new(RangeCache::new(cfg.cache_bytes))),
+            ahead: Arc::new((Mutex::new(HashSet::new()), Condvar::new())),
             sizes: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(4096).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
@@ -430,22 +440,84 @@ impl S3Backend {
     /// GET bytes `start..end` of a file, checking the length.
     fn get_range(&self, kind: FileKind, name: &str, start: u64, end: u64) -> Result<Bytes> {
         let key = self.inner.key(kind, name)?;
-        let data = self
-            .inner
-            .rt
-            .block_on(self.inner.store.get_range(&key, start..end))
-            .map_err(|e| map_err("read of", key.as_ref(), &self.inner.describe, e))?;
-        if data.len() as u64 != end - start {
-            return Err(Error::corrupt(format!(
-                "{key} in {} is shorter than expected: got {} bytes at offset {start}, wanted {} \
-                 (truncated object)",
-                self.inner.describe,
-                data.len(),
-                end - start
-            )));
-        }
-        Ok(data)
+        self.inner.rt.block_on(fetch_range(
+            &self.inner.store,
+            &key,
+            &self.inner.describe,
+            start,
+            end,
+        ))
     }
+
+    /// Bytes `start..end` of pack `name` (an aligned window), from the cache, or fetched once:
+    /// readers of a window being fetched (ahead, or for another reader) wait for that fetch.
+    fn window(&self, name: &str, start: u64, end: u64) -> Result<Bytes> {
+        let ck = (name.to_string(), start, (end - start) as usize);
+        let claim = (name.to_string(), start);
+        let cached = |ck| self.cache.lock().ok().and_then(|mut c| c.get(ck));
+        let (set, cv) = &*self.ahead;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut claimed = false;
+        loop {
+            if let Some(w) = cached(&ck) {
+                return Ok(w);
+            }
+            let Ok(mut g) = set.lock() else { break };
+            if !g.contains(&claim) {
+                claimed = g.insert(claim.clone());
+                break;
+            }
+            // Another fetch of this window is on its way; a fetch that never reports is done
+            // again here after a while.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || cv.wait_timeout(g, left).is_err() {
+                break;
+            }
+        }
+        // The fetch that was on its way may have ended between the two looks.
+        let r = match cached(&ck) {
+            Some(w) => Ok(w),
+            None => self.get_range(FileKind::Pack, name, start, end),
+        };
+        if let Ok(w) = &r
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.put(ck, w.clone());
+        }
+        if claimed {
+            if let Ok(mut g) = set.lock() {
+                g.remove(&claim);
+            }
+            cv.notify_all();
+        }
+        r
+    }
+}
+
+/// Windows fetched ahead at most at once (each [`READ_WINDOW`] bytes).
+const AHEAD_WINDOWS: usize = 8;
+
+/// GET bytes `start..end` of object `key`, checking the length.
+async fn fetch_range(
+    store: &AmazonS3,
+    key: &ObjPath,
+    describe: &str,
+    start: u64,
+    end: u64,
+) -> Result<Bytes> {
+    let data = store
+        .get_range(key, start..end)
+        .await
+        .map_err(|e| map_err("read of", key.as_ref(), describe, e))?;
+    if data.len() as u64 != end - start {
+        return Err(Error::corrupt(format!(
+            "{key} in {describe} is shorter than expected: got {} bytes at offset {start}, \
+             wanted {} (truncated object)",
+            data.len(),
+            end - start
+        )));
+    }
+    Ok(data)
 }
 
 impl Backend for S3Backend {
@@ -473,35 +545,79 @@ impl Backend for S3Backend {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| Error::invalid("read range overflows"))?;
-        // Pack entries: serve from (or fetch) the aligned window around them.
-        let win_start = offset / READ_WINDOW * READ_WINDOW;
-        if kind == FileKind::Pack && end <= win_start + READ_WINDOW {
+        // Pack entries: served from (or fetched with) the aligned windows around them, also
+        // when they straddle two.
+        if kind == FileKind::Pack && buf.len() as u64 <= 2 * READ_WINDOW {
             let size = self.pack_size(name)?;
-            let win_end = (win_start + READ_WINDOW).min(size);
-            if end > win_end {
+            if end > size {
                 return Err(Error::corrupt(format!(
                     "{name} in {} is shorter than expected: {end} > {size} bytes (truncated object)",
                     self.inner.describe
                 )));
             }
-            let ck = (name.to_string(), win_start, (win_end - win_start) as usize);
-            let window = match self.cache.lock().ok().and_then(|mut c| c.get(&ck)) {
-                Some(w) => w,
-                None => {
-                    let w = self.get_range(kind, name, win_start, win_end)?;
-                    if let Ok(mut c) = self.cache.lock() {
-                        c.put(ck, w.clone());
-                    }
-                    w
-                }
-            };
-            let from = (offset - win_start) as usize;
-            buf.copy_from_slice(&window[from..from + buf.len()]);
+            let mut at = offset;
+            while at < end {
+                let w = at / READ_WINDOW * READ_WINDOW;
+                let window = self.window(name, w, (w + READ_WINDOW).min(size))?;
+                let n = (end.min(w + window.len() as u64) - at) as usize;
+                let from = (at - w) as usize;
+                let to = (at - offset) as usize;
+                buf[to..to + n].copy_from_slice(&window[from..from + n]);
+                at += n as u64;
+            }
             return Ok(());
         }
         let data = self.get_range(kind, name, offset, end)?;
         buf.copy_from_slice(&data);
         Ok(())
+    }
+
+    fn will_need(&self, kind: FileKind, name: &str, ranges: &[(u64, usize)]) {
+        if kind != FileKind::Pack {
+            return;
+        }
+        let (Ok(key), Ok(size)) = (self.inner.key(kind, name), self.pack_size(name)) else {
+            return;
+        };
+        for &(offset, len) in ranges {
+            let end = offset.saturating_add(len as u64).min(size);
+            let mut w = offset / READ_WINDOW * READ_WINDOW;
+            while w < end {
+                let w_end = (w + READ_WINDOW).min(size);
+                let ck = (name.to_string(), w, (w_end - w) as usize);
+                let cached = self.cache.lock().is_ok_and(|mut c| c.get(&ck).is_some());
+                let claimed = !cached
+                    && self.ahead.0.lock().is_ok_and(|mut set| {
+                        set.len() < AHEAD_WINDOWS && set.insert((name.to_string(), w))
+                    });
+                if claimed {
+                    // The task holds no reference to the runtime's owner: the runtime is only
+                    // ever dropped with the backend, outside its own threads.
+                    let (store, key, describe) = (
+                        self.inner.store.clone(),
+                        key.clone(),
+                        self.inner.describe.clone(),
+                    );
+                    let (cache, ahead) = (self.cache.clone(), self.ahead.clone());
+                    let claim = (name.to_string(), w);
+                    self.inner.rt.spawn(async move {
+                        match fetch_range(&store, &key, &describe, w, w_end).await {
+                            Ok(b) => {
+                                if let Ok(mut c) = cache.lock() {
+                                    c.put(ck, b);
+                                }
+                            }
+                            Err(e) => tracing::debug!("read-ahead of {key}: {e}"),
+                        }
+                        if let Ok(mut set) = ahead.0.lock() {
+                            set.remove(&claim);
+                        }
+                        ahead.1.notify_all();
+                    });
+                }
+                w = w_end;
+            }
+        }
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {

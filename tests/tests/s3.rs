@@ -374,7 +374,8 @@ impl Drop for Unmount {
     }
 }
 
-/// `puce mount` of a repository on Garage: snapshot files read back through it, a file
+/// `puce mount` of a repository on Garage: a 24 MiB file read back through it twice (its
+/// windows fetched ahead, and chunks that straddle two windows served from both), a file
 /// written in a space, then SIGTERM. The change is committed and the mount removed: the S3
 /// client's threads, started when the repository is opened, must not take the signal (they
 /// did, and the process died leaving a stale mount).
@@ -396,7 +397,7 @@ fn a_mount_on_garage_serves_commits_and_unmounts_on_sigterm() {
     let repo = init(&garage, dir.path(), "m", &[]);
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
-    let big = random_bytes(3 << 20, 11);
+    let big = random_bytes(24 << 20, 11);
     fs::write(src.join("big.bin"), &big).unwrap();
     repo.ok(&["snapshot", "-q", src.to_str().unwrap(), "--space", "s"]);
     let mnt = dir.path().join("mnt");
