@@ -546,8 +546,10 @@ impl Backend for S3Backend {
             .checked_add(buf.len() as u64)
             .ok_or_else(|| Error::invalid("read range overflows"))?;
         // Pack entries: served from (or fetched with) the aligned windows around them, also
-        // when they straddle two.
-        if kind == FileKind::Pack && buf.len() as u64 <= 2 * READ_WINDOW {
+        // an entry that straddles two. Larger reads (a restore's coalesced ranges) are GETs of
+        // their own.
+        let in_one = end <= offset / READ_WINDOW * READ_WINDOW + READ_WINDOW;
+        if kind == FileKind::Pack && (in_one || buf.len() as u64 <= READ_WINDOW / 2) {
             let size = self.pack_size(name)?;
             if end > size {
                 return Err(Error::corrupt(format!(
