@@ -449,6 +449,30 @@ impl S3Backend {
         ))
     }
 
+    /// Fill `buf` from `offset` of pack `name` out of the aligned windows it overlaps.
+    fn read_windowed(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| Error::invalid("read range overflows"))?;
+        let size = self.pack_size(name)?;
+        if end > size {
+            return Err(Error::corrupt(format!(
+                "{name} in {} is shorter than expected: {end} > {size} bytes (truncated object)",
+                self.inner.describe
+            )));
+        }
+        let mut at = offset;
+        while at < end {
+            let w = at / READ_WINDOW * READ_WINDOW;
+            let window = self.window(name, w, (w + READ_WINDOW).min(size))?;
+            let n = (end.min(w + window.len() as u64) - at) as usize;
+            let (from, to) = ((at - w) as usize, (at - offset) as usize);
+            buf[to..to + n].copy_from_slice(&window[from..from + n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Bytes `start..end` of pack `name` (an aligned window), from the cache, or fetched once:
     /// readers of a window being fetched (ahead, or for another reader) wait for that fetch.
     fn window(&self, name: &str, start: u64, end: u64) -> Result<Bytes> {
@@ -545,32 +569,35 @@ impl Backend for S3Backend {
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| Error::invalid("read range overflows"))?;
-        // Pack entries: served from (or fetched with) the aligned windows around them, also
-        // an entry that straddles two. Larger reads (a restore's coalesced ranges) are GETs of
-        // their own.
-        let in_one = end <= offset / READ_WINDOW * READ_WINDOW + READ_WINDOW;
-        if kind == FileKind::Pack && (in_one || buf.len() as u64 <= READ_WINDOW / 2) {
-            let size = self.pack_size(name)?;
-            if end > size {
-                return Err(Error::corrupt(format!(
-                    "{name} in {} is shorter than expected: {end} > {size} bytes (truncated object)",
-                    self.inner.describe
-                )));
-            }
-            let mut at = offset;
-            while at < end {
-                let w = at / READ_WINDOW * READ_WINDOW;
-                let window = self.window(name, w, (w + READ_WINDOW).min(size))?;
-                let n = (end.min(w + window.len() as u64) - at) as usize;
-                let from = (at - w) as usize;
-                let to = (at - offset) as usize;
-                buf[to..to + n].copy_from_slice(&window[from..from + n]);
-                at += n as u64;
-            }
-            return Ok(());
+        // A range inside one aligned window of a pack: served from (or fetched with) the
+        // window. Others (a restore's coalesced ranges) are GETs of their own.
+        if kind == FileKind::Pack && end <= offset / READ_WINDOW * READ_WINDOW + READ_WINDOW {
+            return self.read_windowed(name, offset, buf);
         }
         let data = self.get_range(kind, name, offset, end)?;
         buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn read_ranges_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        ranges: &[(u64, usize)],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        for &(offset, len) in ranges {
+            let start = out.len();
+            out.resize(start + len, 0);
+            // The entries of a read through the mount: from the windows around them, also
+            // when one straddles two (it would otherwise be a GET of its own, for bytes the
+            // windows on either side bring anyway).
+            if kind == FileKind::Pack && len as u64 <= READ_WINDOW / 2 {
+                self.read_windowed(name, offset, &mut out[start..])?;
+            } else {
+                self.read_at(kind, name, offset, &mut out[start..])?;
+            }
+        }
         Ok(())
     }
 
