@@ -22,38 +22,10 @@ cleanup() { [ -n "$GPID" ] && kill "$GPID" 2>/dev/null; rm -rf "$W" "$RD"; }
 trap cleanup EXIT
 
 # ---- Garage, one node
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPC=$(port); S3=$(port); ADM=$(port)
-cat > "$W/garage.toml" <<EOF
-metadata_dir = "$W/garage/meta"
-data_dir = "$W/garage/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC"
-rpc_public_addr = "127.0.0.1:$RPC"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$ADM"
-admin_token = "bench"
-EOF
-G() { garage -c "$W/garage.toml" "$@"; }
-RUST_LOG=warn garage -c "$W/garage.toml" server > "$W/garage.log" 2>&1 &
-GPID=$!
-for _ in $(seq 100); do G status >/dev/null 2>&1 && break; sleep 0.2; done
-G layout assign -z dc1 -c 10G "$(G node id -q | cut -d@ -f1)" >/dev/null
-G layout apply --version 1 >/dev/null
-for _ in $(seq 50); do G bucket create bench >/dev/null 2>&1 && break; sleep 0.3; done
-KEY=$(G key create bench-key)
-export AWS_ACCESS_KEY_ID=$(echo "$KEY" | awk -F': *' '/Key ID/ {print $2}')
-export AWS_SECRET_ACCESS_KEY=$(echo "$KEY" | awk -F': *' '/Secret key/ {print $2}')
-G bucket allow --read --write --owner bench --key bench-key >/dev/null
-ENDPOINT=http://127.0.0.1:$S3
+# shellcheck source=benches/garage.sh
+. "$HERE/garage.sh"
+start_garage "$W/garage"
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$W/cache/restic XDG_CACHE_HOME=$W/cache/xdg
-export AWS_DEFAULT_REGION=garage
 
 warm() { find "$1" -type f -print0 | xargs -0 cat > /dev/null; }
 timed() { # NAME CMD...

@@ -241,3 +241,30 @@ pub fn env_u64(k: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Whether FUSE mounts can run here (/dev/fuse and fusermount3); if not, say so loudly, and
+/// fail under CI (which installs fuse3), naming `what` needs them.
+pub fn fuse_available(what: &str) -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = format!("SKIPPED: {what} need /dev/fuse and fusermount3 (apt-get install fuse3)");
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("\n*** {msg} ***\n");
+    }
+    ok
+}
+
+/// Whether `p` is a mount point now (from /proc/self/mountinfo).
+pub fn is_mounted(p: &Path) -> bool {
+    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.display().to_string())
+        })
+}

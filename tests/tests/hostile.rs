@@ -10,7 +10,7 @@ use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::saver::Saver;
 use puce_core::{ObjectId, OpenOptions, Repo};
-use puce_tests::TestRepo;
+use puce_tests::{TestRepo, fuse_available, is_mounted};
 
 fn file(name: &[u8], chunk: ObjectId) -> Entry {
     Entry {
@@ -151,15 +151,6 @@ fn restore_refuses_entries_that_escape_the_target() {
     }
 }
 
-/// Whether `p` is a mount point (from /proc/self/mountinfo).
-fn is_mounted(p: &std::path::Path) -> bool {
-    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
-}
-
 /// Every file and directory under `p`, following nothing, ignoring what cannot be listed.
 fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     let Ok(rd) = fs::read_dir(p) else { return };
@@ -174,17 +165,7 @@ fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn a_mount_shows_no_entry_that_escapes() {
-    let fuse = std::path::Path::new("/dev/fuse").exists()
-        && std::process::Command::new("fusermount3")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !fuse {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "FUSE is needed (apt-get install fuse3)"
-        );
-        eprintln!("SKIPPED a_mount_shows_no_entry_that_escapes: no FUSE here");
+    if !fuse_available("the hostile-tree mount test") {
         return;
     }
     type Case = (&'static str, Vec<Entry>, Option<Vec<Entry>>);

@@ -14,23 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use puce_tests::{TestRepo, make_tree, manifest, puce_bin, random_bytes};
-
-/// Whether FUSE mounts can run here; if not, say so (and fail under CI).
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg =
-            "SKIPPED: FUSE mount tests need /dev/fuse and fusermount3 (apt-get install fuse3)";
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("\n*** {msg} ***\n");
-    }
-    ok
-}
+use puce_tests::{
+    TestRepo, fuse_available, is_mounted, make_tree, manifest, puce_bin, random_bytes,
+};
 
 /// Poll `f` until it is true; panics after a generous deadline (not a timing assertion: the
 /// condition is what is tested, the deadline only stops a hung test).
@@ -40,16 +26,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "gave up waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| {
-            l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.display().to_string())
-        })
 }
 
 /// A running `puce mount`.
@@ -159,7 +135,7 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
 
 #[test]
 fn write_read_append_truncate_rename_and_errors() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -265,7 +241,7 @@ fn write_read_append_truncate_rename_and_errors() {
 
 #[test]
 fn snapshot_view_matches_restore_byte_for_byte() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -302,7 +278,7 @@ fn snapshot_view_matches_restore_byte_for_byte() {
 
 #[test]
 fn large_files_concurrent_readers_and_writers() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -366,7 +342,7 @@ fn large_files_concurrent_readers_and_writers() {
 /// change made on the local copy (even one that keeps the size and the modification time).
 #[test]
 fn passthrough_and_mount_handles_of_one_file_agree() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -444,7 +420,7 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
 
 #[test]
 fn commits_while_mounted_and_follows_snapshots_made_elsewhere() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -508,7 +484,7 @@ fn commits_while_mounted_and_follows_snapshots_made_elsewhere() {
 
 #[test]
 fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -588,7 +564,7 @@ fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
 
 #[test]
 fn second_read_write_mount_is_refused_clearly() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -607,7 +583,7 @@ fn second_read_write_mount_is_refused_clearly() {
 
 #[test]
 fn background_mount_and_non_root_user() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let repo = TestRepo::new();
@@ -728,7 +704,7 @@ fn background_mount_and_non_root_user() {
 /// kill. `PUCE_CRASH_ITERS` sets the number of kills (default 6; the full run uses 100).
 #[test]
 fn kill_9_during_commits_at_random_moments() {
-    if !fuse_available() {
+    if !fuse_available("the FUSE mount tests") {
         return;
     }
     let iters: u64 = std::env::var("PUCE_CRASH_ITERS")

@@ -13,29 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use puce_tests::{Rng, TestRepo, random_bytes};
-
-fn fuse_available() -> bool {
-    let ok = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg = "SKIPPED: the mount model test needs /dev/fuse and fusermount3";
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("\n*** {msg} ***\n");
-    }
-    ok
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let want = p.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
+use puce_tests::{Rng, TestRepo, fuse_available, is_mounted, random_bytes};
 
 /// A running mount; killed and unmounted if the test fails.
 struct Guard(Option<Child>, PathBuf);
@@ -214,7 +192,7 @@ fn apply(root: &Path, op: &Op, step: u64) -> Result<(), i32> {
 
 #[test]
 fn random_operations_agree_with_a_plain_directory() {
-    if !fuse_available() {
+    if !fuse_available("the mount model test") {
         return;
     }
     let ops: u64 = std::env::var("PUCE_MODEL_OPS")

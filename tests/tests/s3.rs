@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use puce_tests::garage::{Garage, garage_bin};
-use puce_tests::{Manifest, make_tree, manifest, random_bytes};
+use puce_tests::{Manifest, is_mounted, make_tree, manifest, random_bytes};
 
 /// A Garage server for test `name`, with the test's directory; `None` (and a SKIP line) when
 /// no garage binary is installed.
@@ -351,15 +351,6 @@ fn a_node_on_garage_replicates_both_ways() {
     assert!(puce_tests::node::pack_files(&paris.repo.path()).is_empty());
 }
 
-/// Whether `p` is a mount point now.
-fn is_mounted(p: &Path) -> bool {
-    let want = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
-}
-
 /// Removes a mount left behind by a failed test.
 struct Unmount(std::path::PathBuf);
 
@@ -381,14 +372,7 @@ impl Drop for Unmount {
 /// did, and the process died leaving a stale mount).
 #[test]
 fn a_mount_on_garage_serves_commits_and_unmounts_on_sigterm() {
-    let fuse = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !fuse {
-        assert!(std::env::var_os("CI").is_none(), "CI must have FUSE");
-        eprintln!("SKIP a_mount_on_garage: no /dev/fuse or fusermount3");
+    if !puce_tests::fuse_available("the mount on Garage test") {
         return;
     }
     let Some((dir, garage)) = start_garage("mount") else {
