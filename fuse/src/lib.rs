@@ -50,11 +50,11 @@ pub fn kernel_wakes_here() -> Option<bool> {
     Some(matches!(v.trim(), "Y" | "y" | "1"))
 }
 
-/// Request threads when none are asked for, given [`kernel_wakes_here`]. Every FUSE request is a round trip between the
-/// caller and a server thread; on a virtual machine, a wake-up on another CPU costs tens of
-/// microseconds, a switch on the same CPU a few (docs/decisions.md). When the kernel wakes
-/// the server on the caller's CPU, one thread that follows the caller is fastest; otherwise
-/// four, so that one of them is often awake already.
+/// Request threads when none are asked for, given [`kernel_wakes_here`]. Every FUSE request
+/// is a round trip between the caller and a server thread; on a virtual machine, a wake-up on
+/// another CPU costs tens of microseconds, a switch on the same CPU a few (docs/decisions.md).
+/// When the kernel wakes the server on the caller's CPU, one thread that follows the caller is
+/// fastest; otherwise four, so that one of them is often awake already.
 pub fn default_threads(wakes_here: Option<bool>) -> usize {
     if wakes_here == Some(true) { 1 } else { 4 }
 }

@@ -501,21 +501,29 @@ impl S3Backend {
         // The fetch that was on its way may have ended between the two looks.
         let r = match cached(&ck) {
             Some(w) => Ok(w),
-            None => self.get_range(FileKind::Pack, name, start, end),
-        };
-        if let Ok(w) = &r
-            && let Ok(mut c) = self.cache.lock()
-        {
-            c.put(ck, w.clone());
-        }
-        if claimed {
-            if let Ok(mut g) = set.lock() {
-                g.remove(&claim);
+            None => {
+                let r = self.get_range(FileKind::Pack, name, start, end);
+                if let Ok(w) = &r
+                    && let Ok(mut c) = self.cache.lock()
+                {
+                    c.put(ck, w.clone());
+                }
+                r
             }
-            cv.notify_all();
+        };
+        if claimed {
+            release(&self.ahead, &claim);
         }
         r
     }
+}
+
+/// The fetch of window `claim` ended (in the cache, or failed): let its waiters look again.
+fn release(ahead: &Fetching, claim: &(String, u64)) {
+    if let Ok(mut set) = ahead.0.lock() {
+        set.remove(claim);
+    }
+    ahead.1.notify_all();
 }
 
 /// Windows fetched ahead at most at once (each [`READ_WINDOW`] bytes).
@@ -638,10 +646,7 @@ impl Backend for S3Backend {
                             }
                             Err(e) => tracing::debug!("read-ahead of {key}: {e}"),
                         }
-                        if let Ok(mut set) = ahead.0.lock() {
-                            set.remove(&claim);
-                        }
-                        ahead.1.notify_all();
+                        release(&ahead, &claim);
                     });
                 }
                 w = w_end;
