@@ -365,9 +365,9 @@ impl Drop for Unmount {
     }
 }
 
-/// `puce mount` of a repository on Garage: a 24 MiB file read back through it twice (its
-/// windows fetched ahead, and chunks that straddle two windows served from both), a file
-/// written in a space, then SIGTERM. The change is committed and the mount removed: the S3
+/// `puce mount` of a repository on Garage: a 24 MiB file read back through `snapshots/` and
+/// `spaces/` (long enough for the mount to ask for windows ahead), a file written in a space,
+/// then SIGTERM. The change is committed and the mount removed: the S3
 /// client's threads, started when the repository is opened, must not take the signal (they
 /// did, and the process died leaving a stale mount).
 #[test]
