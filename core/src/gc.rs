@@ -553,8 +553,15 @@ impl Batch {
 
 /// Forget snapshots: delete their records (the objects go at the next gc).
 pub fn forget(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
+    let gone: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| ids.contains(&s.id))
+        .collect();
     for id in ids {
         repo.backend().remove(FileKind::Snapshot, &id.to_hex())?;
     }
-    repo.index().remove_snapshots(ids)
+    repo.index().remove_snapshots(ids)?;
+    // After the records: a scope rebuilt meanwhile must not walk them again.
+    crate::reach::forget(repo, &gone)
 }

@@ -23,6 +23,7 @@ pub mod index;
 pub mod merge;
 pub mod pack;
 pub mod progress;
+pub mod reach;
 pub mod read;
 pub mod recover;
 pub mod repair;

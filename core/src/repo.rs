@@ -541,7 +541,17 @@ impl Repo {
         self.backend
             .write(FileKind::Snapshot, &id.to_hex(), &bytes)?;
         self.index.put_snapshots(&[(id, bytes)])?;
+        self.reach_new_snapshot(&id, snapshot);
         Ok(id)
+    }
+
+    /// Add a committed snapshot to its space's reach scope ([`crate::reach`]). Best effort: the
+    /// snapshot is committed whatever happens here, and [`crate::reach::update`] catches up
+    /// before the next transfer (until then, its objects are only sent again, never leaked).
+    fn reach_new_snapshot(&self, id: &SnapshotId, snapshot: &Snapshot) {
+        if let Err(e) = crate::reach::add_snapshot(self, id, &snapshot.space, &snapshot.root) {
+            tracing::debug!("reach scope of snapshot {id} not updated: {e:#}");
+        }
     }
 
     /// Store an already-encoded snapshot file (from a peer), checking its id.
@@ -550,6 +560,7 @@ impl Repo {
         self.backend
             .write(FileKind::Snapshot, &id.to_hex(), bytes)?;
         self.index.put_snapshots(&[(*id, bytes.to_vec())])?;
+        self.reach_new_snapshot(id, &snap);
         Ok(snap)
     }
 }

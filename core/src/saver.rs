@@ -79,6 +79,9 @@ struct Shared {
     submitted: AtomicU64,
     /// Set by [`Saver::abort`]: the writer discards the pack in progress instead of sealing it.
     aborted: std::sync::atomic::AtomicBool,
+    /// Reach scope the file data of each sealed pack joins (0: none), see
+    /// [`Saver::set_reach_scope`].
+    reach_scope: AtomicU64,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ impl Saver {
             counters: Counters::default(),
             submitted: AtomicU64::new(0),
             aborted: std::sync::atomic::AtomicBool::new(false),
+            reach_scope: AtomicU64::new(0),
         });
         let threads = threads.max(1);
         let (job_tx, job_rx) = bounded::<Job>(threads * 4);
@@ -322,6 +326,15 @@ impl Saver {
         self.shared.aborted.store(true, Ordering::Release);
         self.stop();
         self.stats()
+    }
+
+    /// Add the file data of every pack this saver seals from now on to reach scope `scope`, in
+    /// the transaction that indexes the pack: a transfer records what the peer sent, so that
+    /// after an interruption it is not asked for again ([`crate::reach`]).
+    pub fn set_reach_scope(&self, scope: u32) {
+        self.shared
+            .reach_scope
+            .store(u64::from(scope), Ordering::Release);
     }
 
     /// Number of packs sealed and indexed so far: an index view older than this generation may
@@ -603,7 +616,10 @@ fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
 
 fn seal(repo: &Repo, w: PackWriter, sh: &Shared) -> Result<()> {
     let (id, size, records) = w.finish()?;
-    repo.index().add_pack(&id, size, &records)?;
+    let scope = u32::try_from(sh.reach_scope.load(Ordering::Acquire))
+        .ok()
+        .filter(|s| *s != 0);
+    repo.index().add_pack_for(&id, size, &records, scope)?;
     let mut p = sh
         .pending
         .lock()

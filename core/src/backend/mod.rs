@@ -28,6 +28,8 @@ pub enum FileKind {
     Snapshot,
     /// `spaces/`: per-space settings (retention policy).
     Space,
+    /// `receipts/`: who delivered each snapshot received from a peer, and when.
+    Receipt,
 }
 
 impl FileKind {
@@ -38,6 +40,7 @@ impl FileKind {
             FileKind::Pack => "packs",
             FileKind::Snapshot => "snapshots",
             FileKind::Space => "spaces",
+            FileKind::Receipt => "receipts",
         }
     }
 }

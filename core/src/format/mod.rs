@@ -4,6 +4,7 @@
 pub mod config;
 pub mod envelope;
 pub mod pack;
+pub mod receipt;
 pub mod snapshot;
 pub mod space;
 pub mod tree;

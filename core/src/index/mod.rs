@@ -13,7 +13,9 @@
 //! - `condemned`: objects gc is about to delete (same value as `objects`): readers still find
 //!   them, writers do not (so they store their own copy). See `docs/design.md`.
 //! - `sessions`: writers in progress (see [`crate::session`]), so that gc spares what they use.
-//! - `meta`: counters (next pack number) and the schema version.
+//! - `meta`: counters (next pack number, next scope number) and the schema version.
+//! - `scopes`, `reach`, `reached`: which objects each space and each peer reaches (see
+//!   [`crate::reach`] and `reach.rs`).
 
 use std::path::Path;
 
@@ -27,7 +29,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::{Kind, Record};
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId};
 
+mod reach;
 mod statcache;
+pub use reach::ReachReader;
 pub use statcache::{StatCache, StatEntry, StatReader, stat_key};
 
 const OBJECTS: TableDefinition<[u8; 32], [u8; 24]> = TableDefinition::new("objects");
@@ -41,7 +45,7 @@ const CONDEMNED: TableDefinition<[u8; 32], [u8; 24]> = TableDefinition::new("con
 const COPIES: TableDefinition<&str, &[u8]> = TableDefinition::new("copies");
 
 /// Version of the table layout above.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Where an object is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +209,9 @@ impl Index {
             w.open_table(SNAPSHOTS)?;
             w.open_table(SESSIONS)?;
             w.open_table(CONDEMNED)?;
+            w.open_table(reach::SCOPES)?;
+            w.open_table(reach::REACH)?;
+            w.open_table(reach::REACHED)?;
             let mut meta = w.open_table(META)?;
             // New index, or an older schema: the missing tables were just created.
             if meta.get("next_pack")?.is_none() {
@@ -229,6 +236,18 @@ impl Index {
     /// Record a published pack and its entries. Objects already indexed elsewhere keep their
     /// existing location (the new copy is a duplicate that gc reclaims). Returns the pack number.
     pub fn add_pack(&self, id: &PackId, size: u64, records: &[Record]) -> Result<u32> {
+        self.add_pack_for(id, size, records, None)
+    }
+
+    /// [`Index::add_pack`], also adding the pack's file-data objects to reach scope `scope`
+    /// (the peer that sent them, see [`crate::reach`]), in the same transaction.
+    pub fn add_pack_for(
+        &self,
+        id: &PackId,
+        size: u64,
+        records: &[Record],
+        scope: Option<u32>,
+    ) -> Result<u32> {
         let w = self.db.begin_write()?;
         let existing = w
             .open_table(PACK_IDS)?
@@ -272,6 +291,12 @@ impl Index {
                     flags: r.flags,
                 };
                 objects.insert(r.id.as_bytes(), loc.encode())?;
+            }
+            if let Some(scope) = scope {
+                let mut reach = w.open_table(reach::REACH)?;
+                for r in records.iter().filter(|r| r.kind == Kind::Data) {
+                    reach.insert((scope, *r.id.as_bytes()), ())?;
+                }
             }
         }
         w.commit()?;
@@ -332,6 +357,11 @@ impl Index {
             w.delete_table(SNAPSHOTS)?;
             w.delete_table(CONDEMNED)?;
             w.open_table(CONDEMNED)?;
+            // The reach tables are rebuilt on demand from the snapshots and receipts.
+            w.delete_table(reach::REACH)?;
+            w.delete_table(reach::REACHED)?;
+            w.open_table(reach::REACH)?;
+            w.open_table(reach::REACHED)?;
             let mut rb = Rebuilder {
                 objects: w.open_table(OBJECTS)?,
                 packs: w.open_table(PACKS)?,

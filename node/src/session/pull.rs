@@ -25,8 +25,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use puce_core::format::pack::Kind;
+use puce_core::format::receipt::Receipt;
 use puce_core::format::snapshot::Snapshot;
 use puce_core::format::tree::{Node, Tree};
+use puce_core::reach;
 use puce_core::repo::{decode_object, verify_object};
 use puce_core::saver::Saver;
 use puce_core::{ObjectId, SnapshotEntry, SnapshotId};
@@ -119,12 +121,18 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
     }
     let repo = conn.ctx.repo.clone();
     let what = format!("sync from {}", conn.peer.name);
+    let peer_id = conn.peer.id.0;
     // Register the writer session before looking at what this node has: gc spares it.
     let (saver, local) = blocking(move || {
         let saver = Saver::with_session(repo.clone(), 1, &what)?;
         // Packs an interrupted transfer published but did not index hold data this node has:
         // index them rather than fetch it again.
         puce_core::recover::index_orphan_packs(&repo)?;
+        // What the peer may be told this node holds (the presence rule), up to date.
+        reach::update(&repo)?;
+        // The data the peer sends is recorded as known to it as soon as it is indexed, so
+        // that an interrupted transfer is not sent again.
+        saver.set_reach_scope(repo.index().scope_or_create(&reach::peer_key(&peer_id))?);
         let local = repo.snapshots()?;
         Ok((saver, local))
     })
@@ -147,6 +155,36 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
 struct PendingTree {
     obj: Object,
     subdirs: Vec<ObjectId>,
+}
+
+/// What may count as present in a transfer with the peer: objects reachable from the spaces it
+/// may read here or from what it delivered before ([`reach`]). Anything else is asked for,
+/// even when this node holds it in another space: the peer learns nothing of other spaces,
+/// and a tree it sends can only name objects it sent or could have.
+#[derive(Clone)]
+struct PeerPresence {
+    peer: [u8; 32],
+    spaces: Arc<Vec<String>>,
+}
+
+impl PeerPresence {
+    fn new(conn: &Conn, local: &[SnapshotEntry]) -> PeerPresence {
+        let mut spaces: Vec<String> = local
+            .iter()
+            .map(|s| s.snapshot.space.clone())
+            .filter(|s| conn.peer.may_pull(s))
+            .collect();
+        spaces.sort();
+        spaces.dedup();
+        PeerPresence {
+            peer: conn.peer.id.0,
+            spaces: Arc::new(spaces),
+        }
+    }
+
+    fn open(&self, repo: &puce_core::Repo) -> Result<reach::Presence> {
+        Ok(reach::Presence::for_peer(repo, &self.peer, &self.spaces)?)
+    }
 }
 
 async fn run(
@@ -176,7 +214,13 @@ async fn run(
             ));
         }
     };
-    let local_ids: HashSet<SnapshotId> = local.iter().map(|s| s.id).collect();
+    let presence = PeerPresence::new(conn, &local);
+    // A snapshot is new unless this node holds it in the same space (an id held in another
+    // space is asked for, and then refused as not of the space it was listed under).
+    let local_ids: HashSet<(SnapshotId, &str)> = local
+        .iter()
+        .map(|s| (s.id, s.snapshot.space.as_str()))
+        .collect();
     let mut reports = Vec::new();
     let mut wanted: Vec<(SnapshotId, String)> = Vec::new();
     for st in &list.spaces {
@@ -189,7 +233,7 @@ async fn run(
         }
         let mut seen = HashSet::new();
         for id in &st.snapshots {
-            if !local_ids.contains(id) && seen.insert(*id) {
+            if !local_ids.contains(&(*id, st.name.as_str())) && seen.insert(*id) {
                 wanted.push((*id, st.name.clone()));
             }
         }
@@ -277,11 +321,12 @@ async fn run(
             .collect()
     };
     let r2 = repo.clone();
+    let p2 = presence.clone();
     let mut level: Vec<ObjectId> = blocking(move || {
-        let reader = r2.index().reader()?;
+        let present = p2.open(&r2)?;
         let mut out = Vec::new();
         for id in roots {
-            if !reader.contains(&id)? {
+            if !present.has(&id)? {
                 out.push(id);
             }
         }
@@ -346,19 +391,20 @@ async fn run(
             pending.insert(o.id, PendingTree { obj: o, subdirs });
         }
         let r2 = repo.clone();
+        let p2 = presence.clone();
         let known: HashSet<ObjectId> = pending.keys().copied().collect();
         let (dirs, fresh) = blocking(move || {
-            let reader = r2.index().reader()?;
+            let present = p2.open(&r2)?;
             let mut dirs = Vec::new();
             let mut seen = HashSet::new();
             for d in next_dirs {
-                if !known.contains(&d) && seen.insert(d) && !reader.contains(&d)? {
+                if !known.contains(&d) && seen.insert(d) && !present.has(&d)? {
                     dirs.push(d);
                 }
             }
             let mut fresh = Vec::new();
             for c in new_chunks {
-                if !reader.contains(&c)? {
+                if !present.has(&c)? {
                     fresh.push(c);
                 }
             }
@@ -513,6 +559,19 @@ async fn run(
     .await?;
     let r2 = repo.clone();
     let roots_to_check: Vec<ObjectId> = records.iter().map(|r| r.0.snapshot.root).collect();
+    let receipts: HashMap<SnapshotId, Receipt> = records
+        .iter()
+        .map(|(e, _)| {
+            let r = Receipt {
+                snapshot: e.id,
+                space: e.snapshot.space.clone(),
+                sender: conn.peer.id.0,
+                sender_name: conn.peer.name.clone(),
+                arrived_ns: puce_core::index::now_ns(),
+            };
+            (e.id, r)
+        })
+        .collect();
     blocking(move || {
         let (_, session) = saver_back.finish_keep_session()?;
         tracing::debug!("pull: objects durable after {:?}", t0.elapsed());
@@ -523,13 +582,22 @@ async fn run(
         tracing::debug!("pull: completeness checked after {:?}", t0.elapsed());
         // The records (checked against their ids when received) are written parents first,
         // each durably, then cached in the index in one transaction.
+        // Each record after the receipt saying who delivered it and when.
         let ordered = topo(recs);
         for (id, bytes) in &ordered {
+            if let Some(r) = receipts.get(id) {
+                reach::write_receipt(&r2, r)?;
+            }
             r2.backend()
                 .write(puce_core::backend::FileKind::Snapshot, &id.to_hex(), bytes)?;
         }
         r2.index().put_snapshots(&ordered)?;
         session.end(&r2)?;
+        // The new snapshots join their space's scope and the sender's (the next transfer
+        // catches up if this fails: it only sends more).
+        if let Err(e) = reach::update(&r2) {
+            tracing::warn!("reach scopes not updated after the sync: {e:#}");
+        }
         Ok(())
     })
     .await?;
