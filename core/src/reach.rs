@@ -10,8 +10,9 @@
 //! reachable from a *scope* P could know about:
 //! - the space scopes `s/<space>` of the spaces P may read here (everything reachable from the
 //!   space's snapshots);
-//! - the peer scope `p/<node id>` of P (everything reachable from the snapshots P delivered,
-//!   which its [`Receipt`]s record, and the file data P sent in transfers not yet committed);
+//! - the peer scope `p/<node id>` of P: every object P sent (recorded when its pack is
+//!   indexed, so an interrupted transfer is not sent again), and, once rebuilt by [`update`],
+//!   everything reachable from the snapshots P delivered, which its [`Receipt`]s record;
 //! - or it arrived on the same connection (tracked by the transfer itself).
 //!
 //! Everything else is fetched from P, so a tree received from P can only name objects P sent or
@@ -77,18 +78,24 @@ fn walk_into(repo: &Repo, scope: u32, snap: &SnapshotId, root: &ObjectId) -> Res
         for e in &tree.entries {
             match &e.node {
                 Node::Dir { tree } => stack.push((*tree, false)),
-                Node::File { chunks, .. } => {
-                    for c in chunks {
-                        if !reach.contains(scope, c)? {
-                            batch.push(*c);
-                        }
-                    }
-                }
+                // Inserting a chunk already in the scope costs no more than looking it up.
+                Node::File { chunks, .. } => batch.extend(chunks.iter().copied()),
                 Node::Symlink { .. } => {}
             }
         }
     }
     index.mark_reached(snap, scope, &batch)
+}
+
+/// Record that `snapshots`, just received from the peer whose scope is `scope`, are in that
+/// scope without walking them: every object the peer sent was added to it when its pack was
+/// indexed ([`crate::saver::Saver::set_reach_scope`]), and what it did not send was present
+/// for it already. (After a forget empties the scope, [`update`] rebuilds it by walking.)
+pub fn mark_delivered(repo: &Repo, scope: u32, snapshots: &[SnapshotId]) -> Result<()> {
+    for s in snapshots {
+        repo.index().mark_reached(s, scope, &[])?;
+    }
+    Ok(())
 }
 
 /// Add a snapshot just committed to the scope of its space.

@@ -79,7 +79,7 @@ struct Shared {
     submitted: AtomicU64,
     /// Set by [`Saver::abort`]: the writer discards the pack in progress instead of sealing it.
     aborted: std::sync::atomic::AtomicBool,
-    /// Reach scope the file data of each sealed pack joins (0: none), see
+    /// Reach scope the objects of each sealed pack join (0: none), see
     /// [`Saver::set_reach_scope`].
     reach_scope: AtomicU64,
 }
@@ -328,9 +328,9 @@ impl Saver {
         self.stats()
     }
 
-    /// Add the file data of every pack this saver seals from now on to reach scope `scope`, in
+    /// Add the objects of every pack this saver seals from now on to reach scope `scope`, in
     /// the transaction that indexes the pack: a transfer records what the peer sent, so that
-    /// after an interruption it is not asked for again ([`crate::reach`]).
+    /// it is not asked for again, even after an interruption ([`crate::reach`]).
     pub fn set_reach_scope(&self, scope: u32) {
         self.shared
             .reach_scope

@@ -239,8 +239,8 @@ impl Index {
         self.add_pack_for(id, size, records, None)
     }
 
-    /// [`Index::add_pack`], also adding the pack's file-data objects to reach scope `scope`
-    /// (the peer that sent them, see [`crate::reach`]), in the same transaction.
+    /// [`Index::add_pack`], also adding the pack's objects to reach scope `scope` (the peer
+    /// that sent them, see [`crate::reach`]), in the same transaction.
     pub fn add_pack_for(
         &self,
         id: &PackId,
@@ -294,7 +294,7 @@ impl Index {
             }
             if let Some(scope) = scope {
                 let mut reach = w.open_table(reach::REACH)?;
-                for r in records.iter().filter(|r| r.kind == Kind::Data) {
+                for r in records {
                     reach.insert((scope, *r.id.as_bytes()), ())?;
                 }
             }
