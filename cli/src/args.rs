@@ -264,6 +264,10 @@ pub struct RestoreArgs {
     /// Writer threads [default: number of CPUs]
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Restore the set-user-ID and set-group-ID bits of files (dropped by default: a snapshot
+    /// may come from a partner)
+    #[arg(long)]
+    pub preserve_suid: bool,
 }
 
 #[derive(Debug, Args)]

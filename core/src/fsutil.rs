@@ -1,10 +1,38 @@
 //! File-system helpers: durable publication and small conveniences.
+//!
+//! Every file and directory a repository writes is private to its owner: files are created
+//! with mode [`FILE_MODE`], directories with [`DIR_MODE`] (the umask can only remove bits).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
+
+/// Mode of the files puce creates in a repository, its caches and its write-back area.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories puce creates there.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Options that create files with mode [`FILE_MODE`]; set the access mode and creation flags
+/// as with [`OpenOptions::new`].
+pub fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(FILE_MODE);
+    o
+}
+
+/// Create one directory with mode [`DIR_MODE`] (its parent must exist).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(dir)
+}
+
+/// Create a directory and its missing parents with mode [`DIR_MODE`], without fsync (for
+/// caches; [`create_dir_durable`] for repository directories).
+pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
 
 /// fsync a directory, making the creation, rename or removal of its entries durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -26,7 +54,7 @@ pub fn temp_name(prefix: &str) -> String {
 /// it, rename it over `path`, fsync the directory of `path`.
 pub fn write_atomic(path: &Path, tmp_dir: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_dir.join(temp_name("w"));
-    let mut f = OpenOptions::new()
+    let mut f = private_file()
         .write(true)
         .create_new(true)
         .open(&tmp)
@@ -48,8 +76,7 @@ pub fn publish(tmp: &Path, path: &Path) -> Result<()> {
     let dir = parent(path);
     if let Err(e) = fs::rename(tmp, path) {
         if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() {
-            fs::create_dir_all(&dir).io_ctx("cannot create directory", &dir)?;
-            sync_dir(&parent(&dir))?;
+            create_dir_durable(&dir)?;
             fs::rename(tmp, path).io_ctx("cannot publish", path)?;
         } else {
             let _ = fs::remove_file(tmp);
@@ -66,7 +93,8 @@ fn parent(p: &Path) -> PathBuf {
     }
 }
 
-/// Create a directory and its parents, fsyncing each created level's parent.
+/// Create a directory and its parents (mode [`DIR_MODE`]), fsyncing each created level's
+/// parent.
 pub fn create_dir_durable(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -75,7 +103,7 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
     if !p.is_dir() {
         create_dir_durable(&p)?;
     }
-    match fs::create_dir(dir) {
+    match create_private_dir(dir) {
         Ok(()) => sync_dir(&p),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(crate::Error::io("cannot create directory", dir, e)),

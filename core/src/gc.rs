@@ -194,7 +194,7 @@ pub(crate) fn gc_lock(repo: &Repo) -> Result<GcLock> {
     let dir = repo.root().join("locks");
     crate::fsutil::create_dir_durable(&dir)?;
     let path = dir.join("gc");
-    let f = std::fs::OpenOptions::new()
+    let f = crate::fsutil::private_file()
         .create(true)
         .truncate(false)
         .write(true)

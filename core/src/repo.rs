@@ -459,9 +459,14 @@ impl Repo {
             return;
         }
         if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = crate::fsutil::create_private_dirs(dir);
             let tmp = dir.join(crate::fsutil::temp_name("t"));
-            if std::fs::write(&tmp, bytes).is_ok() {
+            let written = crate::fsutil::private_file()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, bytes));
+            if written.is_ok() {
                 let _ = std::fs::rename(&tmp, &p);
             } else {
                 let _ = std::fs::remove_file(&tmp);

@@ -7,7 +7,7 @@
 //! A session must be registered *before* the writer reads anything it will build on (the parent
 //! snapshot, index lookups): see `docs/design.md`, "Garbage collection".
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
@@ -37,7 +37,7 @@ impl Session {
         let dir = locks_dir(repo.root());
         crate::fsutil::create_dir_durable(&dir)?;
         let path = dir.join(format!("{id:016x}"));
-        let f = OpenOptions::new()
+        let f = crate::fsutil::private_file()
             .create(true)
             .truncate(false)
             .write(true)

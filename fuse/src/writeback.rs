@@ -7,6 +7,9 @@
 //!   edit tree), written in place by `write(2)` through the mount.
 //! - `journals/<hex of the space name>`: the edits of one space since its last commit.
 //!
+//! Everything here is private to the owner (files 0600, directories 0700), whatever the mode
+//! of the file in the mount: a local file's mode is metadata in the edit tree.
+//!
 //! Journal format (little-endian): a header `"PUCEJRNL"`, version `1`, the base snapshot id
 //! (32 bytes, all zero for a space with no snapshot yet), the space name (`u16` length, UTF-8
 //! bytes); then records, each `len: u32`, `check: u32` (the first four bytes of the BLAKE3
@@ -78,7 +81,7 @@ fn random_id() -> Result<u64> {
 }
 
 fn create_new(p: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    puce_core::fsutil::private_file()
         .read(true)
         .write(true)
         .create_new(true)
@@ -102,7 +105,7 @@ impl Writeback {
             puce_core::fsutil::create_dir_durable(&d)?;
         }
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
+        let lock = puce_core::fsutil::private_file()
             .create(true)
             .truncate(false)
             .write(true)
@@ -120,7 +123,12 @@ impl Writeback {
             ));
         }
         let owner = format!("pid {} at {}\n", std::process::id(), mountpoint.display());
-        let _ = fs::write(dir.join("owner"), owner);
+        let _ = puce_core::fsutil::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("owner"))
+            .and_then(|mut f| f.write_all(owner.as_bytes()));
         Ok(Writeback {
             shared: Arc::new(Shared {
                 data: dir.join("data"),
@@ -445,7 +453,7 @@ impl Journal {
         for e in edits {
             bytes.extend(encode_record(e)?);
         }
-        let mut f = OpenOptions::new()
+        let mut f = puce_core::fsutil::private_file()
             .write(true)
             .create(true)
             .truncate(true)

@@ -19,7 +19,7 @@
 //!   repository.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -77,6 +77,29 @@ impl S3Location {
         Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
     }
 
+    /// Warnings about these settings: a plain `http://` endpoint on another machine sends the
+    /// data and the access key id unencrypted over the network.
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(ep) = &self.endpoint else {
+            return Vec::new();
+        };
+        let Some(rest) = ep
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("http://"))
+            .and_then(|_| ep.get(7..))
+        else {
+            return Vec::new();
+        };
+        if is_loopback_host(rest) {
+            return Vec::new();
+        }
+        vec![format!(
+            "the S3 endpoint {ep} is plain http:// to another machine: the repository's data and \
+             the access key id travel unencrypted, readable and changeable on the way; use an \
+             https:// endpoint"
+        )]
+    }
+
     /// Read `REPO/backend.toml`, if the repository keeps its data in S3.
     pub fn load(repo_dir: &Path) -> Result<Option<S3Location>> {
         let p = repo_dir.join(LOCAL_MARKER);
@@ -102,8 +125,22 @@ impl S3Location {
     }
 }
 
-/// Access keys.
-#[derive(Debug, Clone, Deserialize)]
+/// Whether the authority part of a URL (`host[:port][/...]`) names this machine.
+fn is_loopback_host(authority: &str) -> bool {
+    let auth = authority.split(['/', '?', '#']).next().unwrap_or("");
+    let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Access keys. Their `Debug` form shows the access key id only.
+#[derive(Clone, Deserialize)]
 pub struct Credentials {
     /// Access key id.
     pub access_key_id: String,
@@ -114,35 +151,74 @@ pub struct Credentials {
     pub session_token: Option<String>,
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<hidden>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<hidden>"),
+            )
+            .finish()
+    }
+}
+
+/// A warning if the credentials file `path` (mode `mode`) is open to other users.
+fn credentials_file_warning(path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the S3 credentials file {} can be read or changed by other users (mode {:04o}): \
+             run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        )
+    })
+}
+
 impl Credentials {
     /// From `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else from the TOML file named by
-    /// `PUCE_S3_CREDENTIALS`, else from `$XDG_CONFIG_HOME/puce/s3-credentials.toml`.
-    pub fn discover(config_dir: Option<&Path>) -> Result<Credentials> {
+    /// `PUCE_S3_CREDENTIALS`, else from `$XDG_CONFIG_HOME/puce/s3-credentials.toml`; with
+    /// warnings to show (a credentials file other users can read).
+    pub fn discover(config_dir: Option<&Path>) -> Result<(Credentials, Vec<String>)> {
         if let (Ok(id), Ok(secret)) = (
             std::env::var("AWS_ACCESS_KEY_ID"),
             std::env::var("AWS_SECRET_ACCESS_KEY"),
         ) {
-            return Ok(Credentials {
+            let c = Credentials {
                 access_key_id: id,
                 secret_access_key: secret,
                 session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
-            });
+            };
+            return Ok((c, Vec::new()));
         }
         let file = std::env::var_os("PUCE_S3_CREDENTIALS")
             .map(PathBuf::from)
             .or_else(|| config_dir.map(|d| d.join("s3-credentials.toml")));
         if let Some(f) = file
-            && let Ok(text) = std::fs::read_to_string(&f)
+            && let Ok(mut file) = File::open(&f)
         {
-            {
-                return toml::from_str(&text).map_err(|e| {
-                    Error::invalid(format!(
-                        "{} is not a valid credentials file ({e}): it holds access_key_id and \
-                         secret_access_key",
-                        f.display()
-                    ))
-                });
-            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)
+                .map_err(|e| Error::io("cannot read", &f, e))?;
+            let c = toml::from_str(&text).map_err(|e| {
+                Error::invalid(format!(
+                    "{} is not a valid credentials file ({e}): it holds access_key_id and \
+                     secret_access_key",
+                    f.display()
+                ))
+            })?;
+            let warnings = file
+                .metadata()
+                .ok()
+                .and_then(|m| {
+                    use std::os::unix::fs::PermissionsExt;
+                    credentials_file_warning(&f, m.permissions().mode())
+                })
+                .into_iter()
+                .collect();
+            return Ok((c, warnings));
         }
         Err(Error::invalid(
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write \
@@ -323,7 +399,7 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| Error::other(format!("cannot start the S3 client runtime: {e}")))?;
-        std::fs::create_dir_all(&cfg.tmp_dir)
+        puce_core::fsutil::create_private_dirs(&cfg.tmp_dir)
             .map_err(|e| Error::io("cannot create", &cfg.tmp_dir, e))?;
         let describe = format!(
             "{}{}",
@@ -676,7 +752,7 @@ impl Backend for S3Backend {
         let path = self
             .tmp_dir
             .join(puce_core::fsutil::temp_name("s3-upload-"));
-        let file = OpenOptions::new()
+        let file = puce_core::fsutil::private_file()
             .read(true)
             .write(true)
             .create_new(true)
@@ -777,6 +853,84 @@ impl Drop for S3Writer {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(endpoint: Option<&str>) -> S3Location {
+        S3Location {
+            url: "s3://b/p".into(),
+            endpoint: endpoint.map(String::from),
+            region: "garage".into(),
+        }
+    }
+
+    /// Plain http:// is warned about unless it stays on this machine; https:// never is.
+    #[test]
+    fn plain_http_to_another_machine_is_warned_about() {
+        for ep in [
+            "http://backup.example.org:3900",
+            "HTTP://10.1.2.3:3900/",
+            "http://[2001:db8::1]:3900",
+            "http://127.0.0.1.example.org",
+            "http://localhost@evil.example.org",
+        ] {
+            let w = loc(Some(ep)).warnings();
+            assert_eq!(w.len(), 1, "{ep}: {w:?}");
+            assert!(w[0].contains(ep) && w[0].contains("https://"), "{}", w[0]);
+        }
+        for ep in [
+            "http://127.0.0.1:3900",
+            "http://127.8.9.10",
+            "http://localhost:3900/",
+            "http://LOCALHOST",
+            "http://[::1]:3900",
+            "http://user@127.0.0.1:3900",
+            "https://s3.example.org",
+        ] {
+            assert!(loc(Some(ep)).warnings().is_empty(), "{ep}");
+        }
+        assert!(loc(None).warnings().is_empty());
+    }
+
+    /// A credentials file open to the group or to others is warned about; 0600 and 0400 are
+    /// not.
+    #[test]
+    fn a_credentials_file_others_can_read_is_warned_about() {
+        let p = Path::new("/home/u/.config/puce/s3-credentials.toml");
+        for mode in [0o100644, 0o100640, 0o100604, 0o100620] {
+            let w = credentials_file_warning(p, mode).unwrap();
+            assert!(w.contains("chmod 600") && w.contains(&format!("{:04o}", mode & 0o7777)));
+        }
+        for mode in [0o100600, 0o100400] {
+            assert!(credentials_file_warning(p, mode).is_none());
+        }
+    }
+
+    /// The secret key and the session token never appear in debug output, nor in that of the
+    /// settings holding them.
+    #[test]
+    fn credentials_are_hidden_in_debug_output() {
+        let c = Credentials {
+            access_key_id: "GKexampleid".into(),
+            secret_access_key: "very-secret-key".into(),
+            session_token: Some("session-token-value".into()),
+        };
+        let cfg = S3Config {
+            location: loc(None),
+            credentials: c.clone(),
+            retry_timeout: Duration::from_secs(1),
+            cache_bytes: 0,
+            tmp_dir: PathBuf::from("/tmp"),
+        };
+        for text in [format!("{c:?}"), format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(text.contains("GKexampleid"), "{text}");
+            assert!(!text.contains("very-secret-key"), "{text}");
+            assert!(!text.contains("session-token-value"), "{text}");
         }
     }
 }

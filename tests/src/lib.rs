@@ -205,6 +205,35 @@ pub fn make_tree(root: &Path, seed: u64) {
     fs::set_permissions(root.join("readme.txt"), fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Entries below `root` (and `root` itself) that other users can read, write or enter: each
+/// path with its mode. Symlinks are not followed (their own mode means nothing).
+pub fn open_to_others(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        if md.mode() & 0o077 != 0 {
+            out.push(format!("{} {:o}", p.display(), md.mode() & 0o7777));
+        }
+        if md.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                todo.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Make the umask of this test process (and of the `puce` processes it starts) the common
+/// 022, under which files are world-readable unless puce asks for less.
+pub fn umask_022() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+}
+
 /// Whether the current user is root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

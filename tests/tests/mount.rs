@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -560,6 +560,42 @@ fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
     assert!(!out.join("docs/a.bin").exists());
     let md = fs::metadata(out.join("dated.bin")).unwrap();
     assert_eq!((md.modified().unwrap(), md.mode() & 0o7777), (dated, 0o640));
+}
+
+/// The write-back copy of a file created 0600 through the mount, and everything else the
+/// mount writes into the repository, is private to the owner (under the common umask 022).
+#[test]
+fn writeback_files_are_private_to_the_owner() {
+    if !fuse_available("the FUSE mount tests") {
+        return;
+    }
+    puce_tests::umask_022();
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 5);
+    repo.snapshot(&src, "s");
+    let m = Mount::start(
+        &repo,
+        &repo.dir.path().join("mnt"),
+        &["--commit-delay", "3600"],
+    );
+    let p = m.space("s").join("secret.txt");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap()
+        .write_all(b"only mine")
+        .unwrap();
+    let data = repo.path().join("writeback/data");
+    let held = fs::read_dir(&data).unwrap().count();
+    assert!(held > 0, "no write-back file in {}", data.display());
+    let open = puce_tests::open_to_others(&repo.path());
+    assert!(open.is_empty(), "readable by others:\n{}", open.join("\n"));
+    m.stop();
+    let open = puce_tests::open_to_others(&repo.path());
+    assert!(open.is_empty(), "readable by others:\n{}", open.join("\n"));
 }
 
 #[test]

@@ -100,7 +100,11 @@ impl Ctx {
 pub fn s3_open(path: &std::path::Path, loc: puce_s3::S3Location) -> Result<puce_s3::S3Backend> {
     let config_dir =
         directories::ProjectDirs::from("", "", "puce").map(|d| d.config_dir().to_path_buf());
-    let credentials = puce_s3::Credentials::discover(config_dir.as_deref())?;
+    let (credentials, mut warnings) = puce_s3::Credentials::discover(config_dir.as_deref())?;
+    warnings.extend(loc.warnings());
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     Ok(puce_s3::S3Backend::open(puce_s3::S3Config {
         location: loc,
         credentials,

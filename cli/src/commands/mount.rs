@@ -76,9 +76,10 @@ fn background(ctx: &Ctx, a: &MountArgs) -> Result<i32> {
             .join("mount.log"),
     };
     if let Some(d) = log.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        puce_core::fsutil::create_private_dirs(d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let logf = std::fs::OpenOptions::new()
+    let logf = puce_core::fsutil::private_file()
         .create(true)
         .append(true)
         .open(&log)

@@ -23,7 +23,10 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         &repo,
         &what,
         &a.target,
-        &RestoreOptions { threads: a.threads },
+        &RestoreOptions {
+            threads: a.threads,
+            preserve_suid: a.preserve_suid,
+        },
         &bar,
     );
     bar.finish();

@@ -3,9 +3,10 @@
 //! Layout under the repository directory: `config`, `packs/XX/<id>` (XX: first two hex digits),
 //! `snapshots/<id>`, `spaces/<name>`, and `tmp/` for files being written. A file is written in
 //! `tmp/`, fsynced, renamed into place and its directory fsynced before the write returns.
+//! Files are created with mode 0600 and directories with 0700 ([`fsutil::FILE_MODE`]).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -239,7 +240,7 @@ impl Backend for LocalBackend {
 
     fn create(&self, kind: FileKind) -> Result<Box<dyn ObjectWriter>> {
         let tmp = self.tmp_dir().join(fsutil::temp_name("p"));
-        let f = OpenOptions::new()
+        let f = fsutil::private_file()
             .write(true)
             .create_new(true)
             .open(&tmp)

@@ -140,13 +140,28 @@ pub struct IndexReader {
     packs: ReadOnlyTable<u32, &'static [u8]>,
 }
 
+/// Open or create the redb database at `path` as `Builder::create` does, but creating the file
+/// with mode 0600 ([`crate::fsutil::FILE_MODE`]).
+pub(crate) fn create_db(
+    b: &redb::Builder,
+    path: &Path,
+) -> std::result::Result<Database, redb::DatabaseError> {
+    let f = crate::fsutil::private_file()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    b.create_with_backend(redb::backends::FileBackend::new(f)?)
+}
+
 impl Index {
     /// Open (creating if needed) the index at `path`, with `cache_bytes` of page cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Index> {
         let mut b = Database::builder();
         b.set_cache_size(cache_bytes);
         b.set_concurrency_mode(ConcurrencyMode::MultiWriter);
-        let db = b.create(path).map_err(|e| {
+        let db = create_db(&b, path).map_err(|e| {
             let busy = matches!(
                 e,
                 redb::DatabaseError::DatabaseAlreadyOpen

@@ -13,6 +13,7 @@ use redb::{
     TableDefinition,
 };
 
+use super::create_db;
 use crate::error::{Error, ErrorKind, Result};
 
 const STATCACHE: TableDefinition<[u8; 16], [u8; 32]> = TableDefinition::new("statcache");
@@ -85,12 +86,13 @@ impl StatCache {
     /// Open or create the cache file at `path`.
     pub fn open(path: &Path) -> Result<StatCache> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+            crate::fsutil::create_private_dirs(dir)
+                .map_err(|e| Error::io("cannot create", dir, e))?;
         }
         let mut b = Database::builder();
         b.set_cache_size(8 << 20);
         b.set_concurrency_mode(ConcurrencyMode::MultiWriter);
-        let db = b.create(path).map_err(|e| {
+        let db = create_db(&b, path).map_err(|e| {
             Error::new(
                 ErrorKind::Io,
                 format!(

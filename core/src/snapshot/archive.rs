@@ -6,9 +6,14 @@
 //! snapshot has it with the same size and mtime and the stat cache has the same inode, ctime,
 //! mtime and size for its path. The snapshot record is written last, after every pack it needs
 //! is durable and indexed: a snapshot reported as committed survives a crash.
+//!
+//! A file is read through a handle opened below the source folder without following any
+//! symlink and without blocking ([`open_listed`]), so a file swapped for a symlink or a named
+//! pipe between the listing and the read is skipped, never followed or waited on.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -131,6 +136,8 @@ struct FileJob {
     entry: Entry,
     stat_key: [u8; 16],
     status: FileStatus,
+    /// Device and inode the listing saw (`lstat`): the file opened must be that one.
+    listed: (u64, u64),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -155,6 +162,10 @@ struct ReadFile {
     mtime_ns: i64,
     stat: Option<StatEntry>,
     changed_while_reading: bool,
+    /// Mode, owner and group of the file read (its own `fstat`).
+    meta: (u32, u32, u32),
+    /// Another file was at the path when it was opened than when it was listed.
+    replaced: bool,
 }
 
 fn mtime_ns(md: &Metadata) -> i64 {
@@ -438,6 +449,7 @@ impl Walker<'_> {
             ),
             stat_key: key,
             status,
+            listed: (md.dev(), md.ino()),
         };
         self.send_job(job)
     }
@@ -507,6 +519,14 @@ impl Walker<'_> {
         } = d;
         match result {
             Ok(rf) => {
+                if rf.replaced {
+                    let msg = format!(
+                        "{} was replaced by another file while the snapshot was running; the \
+                         snapshot holds the new file",
+                        path.display()
+                    );
+                    self.warn(msg);
+                }
                 if rf.changed_while_reading {
                     let msg = format!(
                         "{} changed while it was being read; the snapshot holds the bytes read",
@@ -525,6 +545,7 @@ impl Walker<'_> {
                     self.stats.push((stat_key, s));
                 }
                 entry.mtime_ns = rf.mtime_ns;
+                (entry.mode, entry.uid, entry.gid) = rf.meta;
                 entry.node = Node::File {
                     size: rf.size,
                     chunks: rf.chunks,
@@ -585,10 +606,76 @@ impl Walker<'_> {
     }
 }
 
+/// The folder being snapshotted, held open: its files are opened relative to it.
+struct Source {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Source {
+    fn open(path: &Path) -> Result<Source> {
+        let fd = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| Error::io("cannot open", path, e.into()))?;
+        Ok(Source {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Open the regular file `path` (below `src`) for reading: through no symlink (not even a
+/// directory swapped for one), without blocking (a named pipe swapped in is not waited on),
+/// and with its metadata. Whether it is still the file listed as `listed` (device, inode) is
+/// the third value: a file replaced since the listing (an editor saving) is read as it is now.
+fn open_listed(src: &Source, path: &Path, listed: (u64, u64)) -> Result<(File, Metadata, bool)> {
+    use rustix::fs::{OFlags, ResolveFlags};
+    let rel = path
+        .strip_prefix(&src.path)
+        .map_err(|_| Error::other(format!("internal: {} is outside", path.display())))?;
+    let fd = rustix::fs::openat2(
+        &src.fd,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => Error::new(
+            ErrorKind::Io,
+            format!(
+                "{} (or a folder above it) became a symbolic link while the snapshot was \
+                 running; not followed",
+                path.display()
+            ),
+        ),
+        e => Error::io("cannot read", path, e.into()),
+    })?;
+    let f = File::from(fd);
+    let md = f
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", path, e))?;
+    if !md.is_file() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("{} is no longer a regular file", path.display()),
+        ));
+    }
+    // Reads of a regular file do not block anyway; some network file systems honour the flag.
+    rustix::fs::fcntl_setfl(&f, OFlags::empty())
+        .map_err(|e| Error::io("cannot read", path, e.into()))?;
+    let replaced = (md.dev(), md.ino()) != listed;
+    Ok((f, md, replaced))
+}
+
 fn read_file(
     repo: &Repo,
     saver: &Saver,
     chunker: &mut Option<Chunker<File>>,
+    src: &Source,
     job: &FileJob,
     progress: &dyn Progress,
     reader: &mut (IndexReader, u64),
@@ -596,16 +683,7 @@ fn read_file(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let f = File::open(&job.path).map_err(|e| Error::io("cannot read", &job.path, e))?;
-        let before = f
-            .metadata()
-            .map_err(|e| Error::io("cannot stat", &job.path, e))?;
-        if !before.is_file() {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("{} is no longer a regular file", job.path.display()),
-            ));
-        }
+        let (f, before, replaced) = open_listed(src, &job.path, job.listed)?;
         let chunker = match chunker {
             Some(c) => {
                 c.reset(f);
@@ -653,6 +731,8 @@ fn read_file(
             mtime_ns: mtime_ns(&before),
             stat: stable.then(|| stat_entry(&after)),
             changed_while_reading: !stable,
+            meta: (before.mode() & 0o7777, before.uid(), before.gid()),
+            replaced,
         });
     }
 }
@@ -701,6 +781,7 @@ pub fn snapshot(
     let (done_tx, done_rx) = unbounded::<FileDone>();
     let stop = AtomicBool::new(false);
     let skip_dir = fs::canonicalize(repo.root()).ok();
+    let src = Source::open(&source)?;
     let statcache = repo.statcache()?;
 
     let result = std::thread::scope(
@@ -710,6 +791,7 @@ pub fn snapshot(
                 let tx = done_tx.clone();
                 let saver = &saver;
                 let stop = &stop;
+                let src = &src;
                 scope.spawn(move || {
                     let g = saver.generation();
                     let mut reader = match repo.index().reader() {
@@ -735,7 +817,7 @@ pub fn snapshot(
                             break;
                         }
                         let result =
-                            read_file(repo, saver, &mut chunker, &job, progress, &mut reader);
+                            read_file(repo, saver, &mut chunker, src, &job, progress, &mut reader);
                         let sent = tx.send(FileDone {
                             dir: job.dir,
                             slot: job.slot,
@@ -841,4 +923,100 @@ pub fn snapshot(
         snapshot,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Read;
+    use std::time::Duration;
+
+    fn listed(p: &Path) -> (u64, u64) {
+        let m = fs::symlink_metadata(p).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    /// Listed as a regular file, then swapped for a symlink to a file the user cannot read (as
+    /// root would follow it): not followed. Nor is a folder above a listed file swapped for a
+    /// symlink to another folder holding a file of the same name.
+    #[test]
+    fn a_file_swapped_for_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "secret").unwrap();
+        let f = src.join("f");
+        fs::write(&f, "mine").unwrap();
+        let g = src.join("sub/g");
+        fs::write(&g, "mine").unwrap();
+        let s = Source::open(&src).unwrap();
+
+        let l = listed(&f);
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let e = open_listed(&s, &f, l).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+
+        let l = listed(&g);
+        fs::rename(src.join("sub"), src.join("sub.old")).unwrap();
+        let other = dir.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("g"), "secret").unwrap();
+        std::os::unix::fs::symlink(&other, src.join("sub")).unwrap();
+        let e = open_listed(&s, &g, l).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    /// Listed as a regular file, then swapped for a named pipe nobody writes to: the open
+    /// neither waits for a writer nor reads; the file is reported and skipped.
+    #[test]
+    fn a_file_swapped_for_a_named_pipe_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().to_path_buf();
+        let f = src.join("f");
+        fs::write(&f, "mine").unwrap();
+        let l = listed(&f);
+        fs::remove_file(&f).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &f,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let s = Source::open(&src).unwrap();
+            let _ = tx.send(open_listed(&s, &f, l).map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("opening a named pipe swapped in for a file blocked");
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("no longer a regular file"), "{e}");
+    }
+
+    /// A file replaced by another regular file (an editor saving) is read as it is now, and
+    /// said to be replaced; the same file is not.
+    #[test]
+    fn a_replaced_file_is_read_as_it_is_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, "old").unwrap();
+        let s = Source::open(dir.path()).unwrap();
+        let l = listed(&f);
+        let (_, _, replaced) = open_listed(&s, &f, l).unwrap();
+        assert!(!replaced);
+        fs::write(dir.path().join("f.new"), "new").unwrap();
+        fs::rename(dir.path().join("f.new"), &f).unwrap();
+        let (mut file, md, replaced) = open_listed(&s, &f, l).unwrap();
+        assert!(replaced);
+        assert_eq!(md.len(), 3);
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "new");
+    }
 }

@@ -3,8 +3,11 @@
 //! Every chunk is verified against its hash before it is written. Entries are created relative to
 //! open directory handles (`openat`, `mkdirat`, `symlinkat`) with `O_NOFOLLOW`, so neither a
 //! hostile tree (names are checked when trees are decoded) nor a symlink already present in the
-//! target can redirect a write outside the target. Directory modes and times are applied last,
-//! deepest first, so that read-only directories can be filled.
+//! target can redirect a write outside the target. Directory modes, owners and times are applied
+//! last, deepest first, so that read-only directories can be filled, each through a handle
+//! reopened below the target through no symlink (a directory swapped for a symlink meanwhile is
+//! not followed). Set-user-ID and set-group-ID bits of files are dropped unless
+//! [`RestoreOptions::preserve_suid`] asks for them: a snapshot may come from a partner.
 
 use std::fs::File;
 use std::io::Write;
@@ -31,7 +34,12 @@ use crate::vfs::Resolved;
 pub struct RestoreOptions {
     /// Writer threads; default: the number of CPUs.
     pub threads: usize,
+    /// Restore the set-user-ID and set-group-ID bits of files (dropped by default).
+    pub preserve_suid: bool,
 }
+
+/// The set-user-ID and set-group-ID bits.
+const SUID_BITS: u32 = 0o6000;
 
 /// What a restore did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -63,6 +71,8 @@ struct Shared {
     messages: Mutex<Vec<String>>,
     fatal: Mutex<Option<Error>>,
     stop: AtomicBool,
+    /// The mode bits of files that are restored (without [`SUID_BITS`] unless asked).
+    file_mode_mask: u32,
 }
 
 impl Shared {
@@ -164,12 +174,14 @@ fn restore_file(repo: &Repo, reader: &IndexReader, job: &Job, sh: &Shared) -> Re
             job.display.display()
         )));
     }
-    apply_meta(f.as_fd(), &job.entry, &job.display)?;
+    apply_meta(f.as_fd(), &job.entry, sh.file_mode_mask, &job.display)?;
     sh.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
-fn apply_meta(fd: std::os::fd::BorrowedFd<'_>, e: &Entry, display: &Path) -> Result<()> {
+/// Set the owner (as root), the mode (bits in `mask`) and the time of the file or directory
+/// open as `fd`.
+fn apply_meta(fd: std::os::fd::BorrowedFd<'_>, e: &Entry, mask: u32, display: &Path) -> Result<()> {
     if is_root() {
         // Ownership only makes sense (and is only allowed) as root.
         let _ = rustix::fs::fchown(
@@ -178,7 +190,7 @@ fn apply_meta(fd: std::os::fd::BorrowedFd<'_>, e: &Entry, display: &Path) -> Res
             Some(rustix::fs::Gid::from_raw(e.gid)),
         );
     }
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & mask & 0o7777))
         .map_err(|er| Error::io("cannot set the mode of", display, er.into()))?;
     rustix::fs::futimens(fd, &times(e.mtime_ns))
         .map_err(|er| Error::io("cannot set the time of", display, er.into()))
@@ -490,7 +502,7 @@ fn run_plan(
         }
         let display = target.join(&f.rel);
         let r = reopen(root, &f.rel, OFlags::RDONLY, &display)
-            .and_then(|file| apply_meta(file.as_fd(), &f.entry, &display));
+            .and_then(|file| apply_meta(file.as_fd(), &f.entry, sh.file_mode_mask, &display));
         match r {
             Ok(()) => {
                 sh.files.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +570,24 @@ fn mkdir(parent: &OwnedFd, name: &[u8], display: &Path) -> Result<()> {
         .map_err(|e| Error::io("cannot create directory", display, e.into()))
 }
 
+/// Set the metadata of the restored directories, deepest first, each through a handle opened
+/// below `root` (the target, shown as `base`) through no symlink.
+fn set_dir_meta(root: &OwnedFd, base: &Path, dirs: &[DirMeta], sh: &Shared) {
+    for d in dirs.iter().rev() {
+        let display = base.join(&d.rel);
+        let rel = if d.rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d.rel.as_path()
+        };
+        let r = reopen(root, rel, OFlags::RDONLY | OFlags::DIRECTORY, &display)
+            .and_then(|f| apply_meta(f.as_fd(), &d.entry, 0o7777, &display));
+        if let Err(e) = r {
+            sh.error(e);
+        }
+    }
+}
+
 fn open_target_dir(target: &Path) -> Result<OwnedFd> {
     std::fs::create_dir_all(target).map_err(|e| Error::io("cannot create", target, e))?;
     rustix::fs::open(
@@ -599,6 +629,11 @@ pub fn restore(
         messages: Mutex::new(Vec::new()),
         fatal: Mutex::new(None),
         stop: AtomicBool::new(false),
+        file_mode_mask: if opts.preserve_suid {
+            0o7777
+        } else {
+            0o7777 & !SUID_BITS
+        },
     };
     // Over a network, restore pack by pack: few large ranged reads instead of one per chunk.
     let by_pack = repo.backend().is_remote()
@@ -711,32 +746,82 @@ pub fn restore(
         _ => Some(target),
     };
     if let Some(base) = base {
-        for d in dirs.iter().rev() {
-            let p = base.join(&d.rel);
-            let r =
-                rustix::fs::chmod(&p, Mode::from_raw_mode(d.entry.mode & 0o7777)).and_then(|_| {
-                    if is_root() {
-                        let _ = rustix::fs::chown(
-                            &p,
-                            Some(rustix::fs::Uid::from_raw(d.entry.uid)),
-                            Some(rustix::fs::Gid::from_raw(d.entry.gid)),
-                        );
-                    }
-                    rustix::fs::utimensat(
-                        rustix::fs::CWD,
-                        &p,
-                        &times(d.entry.mtime_ns),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                });
-            if let Err(e) = r {
-                sh.error(Error::io("cannot set the mode and time of", &p, e.into()));
-            }
-        }
+        let root = open_target_dir(base)?;
+        set_dir_meta(&root, base, &dirs, &sh);
     }
     stats.files = sh.files.load(Ordering::Relaxed);
     stats.bytes = sh.bytes.load(Ordering::Relaxed);
     stats.errors = sh.errors.load(Ordering::Relaxed);
     stats.messages = sh.messages.lock().map(|m| m.clone()).unwrap_or_default();
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn shared() -> Shared {
+        Shared {
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            messages: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            file_mode_mask: 0o7777,
+        }
+    }
+
+    fn dir_meta(rel: &str, mode: u32, uid: u32) -> DirMeta {
+        DirMeta {
+            rel: PathBuf::from(rel),
+            entry: Entry {
+                name: rel.as_bytes().to_vec(),
+                mode,
+                mtime_ns: 0,
+                uid,
+                gid: uid,
+                node: Node::Dir {
+                    tree: ObjectId::default(),
+                },
+            },
+        }
+    }
+
+    /// A restored directory swapped for a symlink to a directory outside the target (by a local
+    /// user who can write into the target) before the modes and owners are applied: the
+    /// directory outside keeps its mode and owner; the swap is reported.
+    #[test]
+    fn directory_metadata_is_not_applied_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::create_dir_all(target.join("d/e")).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(victim.join("e")).unwrap();
+        for p in [&victim, &victim.join("e")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::rename(target.join("d"), dir.path().join("d.moved")).unwrap();
+        std::os::unix::fs::symlink(&victim, target.join("d")).unwrap();
+
+        let root = open_target_dir(&target).unwrap();
+        let sh = shared();
+        let dirs = [
+            dir_meta("", 0o750, 4242),
+            dir_meta("d", 0o777, 4242),
+            dir_meta("d/e", 0o777, 4242),
+        ];
+        set_dir_meta(&root, &target, &dirs, &sh);
+
+        for p in [&victim, &victim.join("e")] {
+            let md = std::fs::metadata(p).unwrap();
+            assert_eq!(md.mode() & 0o7777, 0o755, "{} was changed", p.display());
+            assert_ne!(md.uid(), 4242, "{} was given away", p.display());
+        }
+        assert_eq!(sh.errors.load(Ordering::Relaxed), 2);
+        let md = std::fs::metadata(&target).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o750, "the target itself is set");
+    }
 }
