@@ -18,7 +18,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::index::{IndexReader, now_ns};
-use puce_core::session::Session;
 use puce_core::snapshot::edit::{Content, Edit, Meta, NodeKind, TreeSource};
 use puce_core::{Error, ErrorKind, ObjectId, Repo, Result, SnapshotEntry};
 
@@ -376,7 +375,6 @@ pub struct PuceFs {
     pub(crate) stop: AtomicBool,
     prefetch: Mutex<Option<Sender<Prefetch>>>,
     pub(crate) counts: Mutex<HashMap<ObjectId, Counts>>,
-    _session: Option<Session>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> FsResult<MutexGuard<'_, T>> {
@@ -441,15 +439,8 @@ impl PuceFs {
         if let Some(s) = &cfg.space {
             puce_core::format::snapshot::check_space_name(s)?;
         }
-        // Registered before reading any snapshot the mount builds on, for gc.
-        let session = if cfg.read_only {
-            None
-        } else {
-            Some(Session::begin(
-                &repo,
-                &format!("mount {}", cfg.mountpoint.display()),
-            )?)
-        };
+        // No writer session while mounted (gc would wait for it for weeks): each commit
+        // registers one and makes sure what it reuses is still there (`space.rs`).
         let wb = if cfg.read_only {
             None
         } else {
@@ -481,7 +472,6 @@ impl PuceFs {
             stop: AtomicBool::new(false),
             prefetch: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
-            _session: session,
             cfg,
         };
         {

@@ -194,7 +194,8 @@ impl PuceFs {
             return Ok(CommitOutcome::default());
         };
         let started = Instant::now();
-        // The writer session is registered before anything is read (for gc).
+        // The writer session is registered before the space's state is taken (for gc); what
+        // that state reuses from snapshots loaded before it is checked by `keep_reachable`.
         let saver = Saver::with_session(
             self.repo.clone(),
             self.cfg.threads,
@@ -285,6 +286,9 @@ impl PuceFs {
                 duration_ms: started.elapsed().as_millis() as u64,
                 ..Summary::default()
             };
+            // The edits were made on snapshots read before this commit's session began: what
+            // they reuse must still be there, and not condemned by a gc meanwhile.
+            puce_core::gc::keep_reachable(&self.repo, &root, &parents)?;
             let snapshot = Snapshot {
                 time_ns: now_ns(),
                 space: space.name.to_string(),
