@@ -86,3 +86,22 @@ fn repair_index_refuses_to_run_beside_gc() {
     repo.ok(&["-q", "restore", "docs@latest", out.to_str().unwrap()]);
     assert_eq!(manifest(&out), manifest(&src));
 }
+
+/// A snapshot taken in gc's window, of content gc has condemned (it was only in a forgotten
+/// snapshot), stores its own copy: gc deletes the condemned one and the new snapshot is whole.
+#[test]
+fn a_snapshot_in_gcs_window_stores_its_own_copy_of_condemned_data() {
+    let repo = TestRepo::with_init(&["--pack-size", "1"]);
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 16);
+    let old = repo.snapshot(&src, "docs");
+    repo.ok(&["-q", "forget", &old]);
+    let gc = PausedGc::start(&repo, &[]);
+    repo.snapshot(&src, "docs");
+    let report = gc.resume();
+    assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
+    repo.ok(&["check", "--read-data"]);
+    let out = repo.dir.path().join("restored");
+    repo.ok(&["-q", "restore", "docs@latest", out.to_str().unwrap()]);
+    assert_eq!(manifest(&out), manifest(&src));
+}

@@ -824,6 +824,17 @@ fn kill_9_during_commits_at_random_moments() {
 /// stored data of the snapshot it shows) stays whole.
 #[test]
 fn gc_frees_space_beside_a_read_write_mount_written_to_meanwhile() {
+    gc_beside_a_mount(false);
+}
+
+/// The same, with the snapshot the mount shows forgotten before gc: gc condemns the data the
+/// mount's next commit reuses, and that commit (in gc's window) rescues it.
+#[test]
+fn a_mount_commit_in_gcs_window_keeps_data_of_its_forgotten_base() {
+    gc_beside_a_mount(true);
+}
+
+fn gc_beside_a_mount(forget_base: bool) {
     if !fuse_available("the FUSE mount tests") {
         return;
     }
@@ -848,7 +859,19 @@ fn gc_frees_space_beside_a_read_write_mount_written_to_meanwhile() {
         expected.insert(name.to_string(), data);
     };
     write("before.bin", random_bytes(500_000, 72));
-    repo.ok(&["-q", "forget", &junk_id]);
+    let mut forget = vec![junk_id];
+    if forget_base {
+        for s in repo
+            .json(&["snapshots", "--space", "team"])
+            .as_array()
+            .unwrap()
+        {
+            forget.push(s["id"].as_str().unwrap().to_string());
+        }
+    }
+    let mut args = vec!["-q", "forget"];
+    args.extend(forget.iter().map(|s| s.as_str()));
+    repo.ok(&args);
     let gc = puce_tests::paused_gc::PausedGc::start(&repo, &["--max-wait", "5"]);
     // In gc's window, between its plan and its deletions: a commit through the mount.
     write("during.bin", random_bytes(500_000, 73));
@@ -859,6 +882,10 @@ fn gc_frees_space_beside_a_read_write_mount_written_to_meanwhile() {
     );
     assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
     assert!(report["bytes_freed"].as_u64().unwrap() > 0, "{report}");
+    if forget_base {
+        // What the commit rescued was in packs gc had doomed: gc copied it before deleting them.
+        assert!(report["bytes_rewritten"].as_u64().unwrap() > 0, "{report}");
+    }
     // The next commit, the repository and the mount's view are whole.
     write("after.bin", random_bytes(500_000, 74));
     repo.ok(&["check", "--read-data"]);
