@@ -18,6 +18,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::index::{IndexReader, now_ns};
+use puce_core::session::Session;
 use puce_core::snapshot::edit::{Content, Edit, Meta, NodeKind, TreeSource};
 use puce_core::{Error, ErrorKind, ObjectId, Repo, Result, SnapshotEntry};
 
@@ -375,6 +376,8 @@ pub struct PuceFs {
     pub(crate) stop: AtomicBool,
     prefetch: Mutex<Option<Sender<Prefetch>>>,
     pub(crate) counts: Mutex<HashMap<ObjectId, Counts>>,
+    /// A writer session held while some space has uncommitted changes (none while idle).
+    pub(crate) pending_session: Mutex<Option<Session>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> FsResult<MutexGuard<'_, T>> {
@@ -439,8 +442,9 @@ impl PuceFs {
         if let Some(s) = &cfg.space {
             puce_core::format::snapshot::check_space_name(s)?;
         }
-        // No writer session while mounted (gc would wait for it for weeks): each commit
-        // registers one and makes sure what it reuses is still there (`space.rs`).
+        // No writer session for the mount's whole life (gc would wait for it for weeks): one
+        // while changes are pending, one per commit, which checks that what it reuses is still
+        // there (`space.rs`).
         let wb = if cfg.read_only {
             None
         } else {
@@ -472,6 +476,7 @@ impl PuceFs {
             stop: AtomicBool::new(false),
             prefetch: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
+            pending_session: Mutex::new(None),
             cfg,
         };
         {
