@@ -191,6 +191,18 @@ pub(crate) struct GcLock(#[allow(dead_code)] File);
 
 /// Take the repository's gc lock: one gc (or heal, which also retires packs) at a time.
 pub(crate) fn gc_lock(repo: &Repo) -> Result<GcLock> {
+    try_gc_lock(repo)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Busy,
+            "another gc is running on this repository: wait for it to finish",
+        )
+    })
+}
+
+/// The gc lock if nobody holds it. Besides gc and heal, whatever indexes packs it did not write
+/// (adopting orphan packs, rebuilding the index) holds it: gc deletes the packs the index does
+/// not list, so adopting one while gc runs would hand a writer a pack gc is about to delete.
+pub(crate) fn try_gc_lock(repo: &Repo) -> Result<Option<GcLock>> {
     let dir = repo.root().join("locks");
     crate::fsutil::create_dir_durable(&dir)?;
     let path = dir.join("gc");
@@ -200,13 +212,37 @@ pub(crate) fn gc_lock(repo: &Repo) -> Result<GcLock> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io("cannot create", &path, e))?;
-    rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::new(
-            ErrorKind::Busy,
-            "another gc is running on this repository: wait for it to finish",
-        )
-    })?;
-    Ok(GcLock(f))
+    match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(GcLock(f))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Test hook, in debug builds only (release builds ignore it): with `PUCE_TEST_GC_PAUSE=DIR`,
+/// gc creates `DIR/paused` once its plan is made and its condemned objects are recorded, and
+/// waits until `DIR/resume` exists before it waits for writers, rescues and deletes. End-to-end
+/// tests use it to run pulls, snapshots and mount commits in that window.
+fn pause_for_tests() -> Result<()> {
+    if !cfg!(debug_assertions) {
+        return Ok(());
+    }
+    let Some(dir) = std::env::var_os("PUCE_TEST_GC_PAUSE") else {
+        return Ok(());
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let paused = dir.join("paused");
+    std::fs::write(&paused, b"").map_err(|e| Error::io("cannot create", &paused, e))?;
+    let start = Instant::now();
+    while !dir.join("resume").exists() {
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(Error::other(format!(
+                "test hook PUCE_TEST_GC_PAUSE: {} did not appear within 10 minutes",
+                dir.join("resume").display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 enum Fate {
@@ -387,6 +423,7 @@ pub fn gc(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Result
         }
     }
     repo.index().condemn(&to_condemn)?;
+    pause_for_tests()?;
 
     // 4. Wait for the writers that may have decided to reuse a condemned object.
     let waiting: Vec<(u64, _)> = session::live_sessions(repo)?;
@@ -426,7 +463,6 @@ pub fn gc(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Result
     if !marker.reachable_condemned.is_empty() {
         report.rescued += repo.index().rescue(&marker.reachable_condemned)?;
     }
-    marker.reader = repo.index().reader()?;
 
     // 5. Retire doomed packs in batches, so that space comes back as gc goes (on a full disk,
     //    the packs with nothing live go first: that needs no new space at all). A batch is
@@ -438,23 +474,23 @@ pub fn gc(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Result
     let target = repo.config().pack_target_size;
     let (mut freed, mut written, mut rewritten) = (0u64, 0u64, 0u64);
     for p in &doomed {
-        let pm = &marker.packs[&p.no];
-        let live: Vec<(usize, &Record)> = p
-            .records
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| pm.get(*i as u32))
-            .collect();
+        // The objects the index still locates here need a copy: the marked ones, and any a
+        // writer rescued after gc's own rescue (see `keep_reachable`). A fresh view per pack
+        // keeps the window for such a rescue short; one that falls inside it makes the safety
+        // check of `retire_packs` stop gc before anything of this batch is deleted.
+        let reader = repo.index().reader()?;
+        let mut live: Vec<(&Record, Location)> = Vec::new();
+        for (i, r) in p.records.iter().enumerate() {
+            if let Some(loc) = reader.get_live(&r.id)?
+                && loc.pack == p.no
+                && loc.entry == i as u32
+            {
+                live.push((r, loc));
+            }
+        }
         if !live.is_empty() {
             let data = repo.backend().read(FileKind::Pack, &p.id.to_hex())?;
-            for (i, r) in live {
-                // Only objects the index still locates here need a copy.
-                let Some(loc) = marker.reader.get_live(&r.id)? else {
-                    continue;
-                };
-                if loc.pack != p.no || loc.entry != i as u32 {
-                    continue;
-                }
+            for (r, loc) in live {
                 let start = r.offset as usize;
                 let end = start + r.stored_len as usize;
                 let stored = data
@@ -499,13 +535,110 @@ pub fn gc(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Result
         }
     }
     freed += batch.retire(repo)?;
+    // Nothing indexes a pack it did not write without the gc lock (see `try_gc_lock`), so the
+    // orphans are still unindexed; checked again all the same, since deleting an indexed pack
+    // would lose data.
+    let indexed_now: HashSet<String> = repo
+        .index()
+        .packs()?
+        .iter()
+        .map(|(_, p)| p.id.to_hex())
+        .collect();
     for (name, size) in &orphans {
+        if indexed_now.contains(name) {
+            progress.warn(&format!(
+                "pack {name} was indexed while gc ran; gc leaves it in place"
+            ));
+            continue;
+        }
         repo.backend().remove(FileKind::Pack, name)?;
         freed += size;
     }
     report.bytes_rewritten = rewritten;
     report.bytes_freed = freed.saturating_sub(written);
     Ok(report)
+}
+
+/// What [`keep_reachable`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeepReport {
+    /// Whether the tree had to be walked (a base was forgotten, or objects were condemned).
+    pub walked: bool,
+    /// Condemned objects moved back to `objects` because the tree reuses them.
+    pub rescued: u64,
+}
+
+/// For a writer that reuses stored objects by id without holding their bytes: a mount commits
+/// edits made on a snapshot it loaded long before its session began. Call it under the
+/// writer's session, once the new objects are indexed and before the snapshot record is
+/// written; `bases` are the snapshots the tree `root` was built from.
+///
+/// If every base is still listed and nothing is condemned, there is nothing to do: what the
+/// bases reach is live, and any gc that condemns from now on waits for the session. Otherwise
+/// every object `root` reaches is looked up: a condemned one is rescued (a gc about to delete
+/// its pack then copies it, or stops at its safety check), and a missing one is an error, so
+/// that no snapshot referring to it is written. See `docs/design.md`, "Garbage collection".
+pub fn keep_reachable(repo: &Repo, root: &ObjectId, bases: &[SnapshotId]) -> Result<KeepReport> {
+    let listed: HashSet<String> = repo
+        .backend()
+        .list(FileKind::Snapshot)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let reader = repo.index().reader()?;
+    if bases.iter().all(|b| listed.contains(&b.to_hex())) && !reader.any_condemned()? {
+        return Ok(KeepReport::default());
+    }
+    let mut condemned = Vec::new();
+    let mut seen_trees = HashSet::new();
+    let mut stack = vec![*root];
+    let check = |id: &ObjectId, condemned: &mut Vec<ObjectId>| -> Result<()> {
+        if reader.get_live(id)?.is_some() {
+            Ok(())
+        } else if reader.is_condemned(id)? {
+            condemned.push(*id);
+            Ok(())
+        } else {
+            Err(gone(id))
+        }
+    };
+    while let Some(t) = stack.pop() {
+        if !seen_trees.insert(t) {
+            continue;
+        }
+        check(&t, &mut condemned)?;
+        for e in repo.read_tree_with(&reader, &t)?.entries {
+            match e.node {
+                Node::File { chunks, .. } => {
+                    for c in &chunks {
+                        check(c, &mut condemned)?;
+                    }
+                }
+                Node::Dir { tree } => stack.push(tree),
+                Node::Symlink { .. } => {}
+            }
+        }
+    }
+    let rescued = repo.index().rescue(&condemned)?;
+    // A rescue that found its row gone lost the race with gc's retirement of the pack.
+    let reader = repo.index().reader()?;
+    for id in &condemned {
+        if reader.get_live(id)?.is_none() {
+            return Err(gone(id));
+        }
+    }
+    Ok(KeepReport {
+        walked: true,
+        rescued,
+    })
+}
+
+fn gone(id: &ObjectId) -> Error {
+    Error::not_found(format!(
+        "object {id}, which these changes reuse from the snapshot they were made on, is no \
+         longer in the repository (that snapshot was forgotten and gc deleted its data); \
+         nothing was committed"
+    ))
 }
 
 /// Doomed packs whose live objects are copied, and the new packs holding the copies.
@@ -564,4 +697,56 @@ pub fn forget(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
     repo.index().remove_snapshots(ids)?;
     // After the records: a scope rebuilt meanwhile must not walk them again.
     crate::reach::forget(repo, &gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+    use crate::snapshot::{SnapshotOptions, snapshot};
+
+    #[test]
+    fn keep_reachable_rescues_condemned_objects_and_refuses_deleted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a.txt"), b"reused by a mount").unwrap();
+        std::fs::write(src.join("sub/b.txt"), b"and this too").unwrap();
+        let repo = Arc::new(Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap());
+        let opts = SnapshotOptions {
+            space: Some("docs".into()),
+            threads: 1,
+            ..SnapshotOptions::default()
+        };
+        let snap = snapshot(&repo, &src, &opts, &NoProgress).unwrap();
+        let root = snap.snapshot.root;
+        // The base is listed and nothing is condemned: nothing to look at.
+        let r = keep_reachable(&repo, &root, &[snap.id]).unwrap();
+        assert_eq!(r, KeepReport::default());
+        // The base is forgotten, and a gc has condemned its objects but not deleted them.
+        forget(&repo, &[snap.id]).unwrap();
+        let mut all = Vec::new();
+        repo.index()
+            .for_each_object(|id, loc| {
+                all.push((id, loc));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(repo.index().condemn(&all).unwrap(), all.len() as u64);
+        let r = keep_reachable(&repo, &root, &[snap.id]).unwrap();
+        assert!(r.walked);
+        assert_eq!(r.rescued, all.len() as u64);
+        let reader = repo.index().reader().unwrap();
+        for (id, _) in &all {
+            assert!(reader.contains(id).unwrap(), "{id} was not rescued");
+        }
+        // Condemned again and deleted by gc: the commit must not happen.
+        repo.index().condemn(&all).unwrap();
+        let g = gc(&repo, &GcOptions::default(), &NoProgress).unwrap();
+        assert!(g.packs_deleted > 0, "{g:?}");
+        let e = keep_reachable(&repo, &root, &[snap.id]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().contains("nothing was committed"), "{e}");
+    }
 }

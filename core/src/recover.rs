@@ -24,10 +24,22 @@ pub struct OrphanReport {
     pub objects: u64,
     /// Packs whose trailer cannot be read (left for `puce check` and `puce repair index`).
     pub unreadable: Vec<String>,
+    /// Nothing was looked at because a gc (or heal) was running: gc deletes the packs the index
+    /// does not list, so they cannot be adopted now. The caller stores its own copies instead.
+    pub gc_running: bool,
 }
 
-/// Index every pack in `packs/` that the index does not list.
+/// Index every pack in `packs/` that the index does not list, unless a gc is running (then
+/// nothing is done and `gc_running` is set). Holds the gc lock meanwhile, so that gc never
+/// deletes a pack after this has handed its objects to a writer.
 pub fn index_orphan_packs(repo: &Repo) -> Result<OrphanReport> {
+    let Some(_lock) = crate::gc::try_gc_lock(repo)? else {
+        tracing::info!("a gc is running: packs left unindexed by an interrupted writer wait");
+        return Ok(OrphanReport {
+            gc_running: true,
+            ..OrphanReport::default()
+        });
+    };
     let known: HashSet<PackId> = repo
         .index()
         .packs()?
@@ -87,5 +99,24 @@ mod tests {
         // Nothing left to do the second time.
         assert_eq!(index_orphan_packs(&repo).unwrap(), OrphanReport::default());
         let _ = pack;
+    }
+
+    #[test]
+    fn unindexed_packs_are_not_adopted_while_gc_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
+        let mut w = PackWriter::new(repo.backend().as_ref()).unwrap();
+        let data = b"gc is about to delete this pack".to_vec();
+        let id = ObjectId::of(&data);
+        w.add(id, Kind::Data, 0, data.len() as u32, &data).unwrap();
+        w.finish().unwrap();
+        // gc lists the pack as not indexed, and will delete it.
+        let lock = crate::gc::gc_lock(&repo).unwrap();
+        let r = index_orphan_packs(&repo).unwrap();
+        assert!(r.gc_running);
+        assert_eq!(r.packs, 0);
+        assert!(!repo.index().reader().unwrap().contains(&id).unwrap());
+        drop(lock);
+        assert_eq!(index_orphan_packs(&repo).unwrap().packs, 1);
     }
 }

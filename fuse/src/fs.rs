@@ -376,7 +376,8 @@ pub struct PuceFs {
     pub(crate) stop: AtomicBool,
     prefetch: Mutex<Option<Sender<Prefetch>>>,
     pub(crate) counts: Mutex<HashMap<ObjectId, Counts>>,
-    _session: Option<Session>,
+    /// A writer session held while some space has uncommitted changes (none while idle).
+    pub(crate) pending_session: Mutex<Option<Session>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> FsResult<MutexGuard<'_, T>> {
@@ -441,15 +442,9 @@ impl PuceFs {
         if let Some(s) = &cfg.space {
             puce_core::format::snapshot::check_space_name(s)?;
         }
-        // Registered before reading any snapshot the mount builds on, for gc.
-        let session = if cfg.read_only {
-            None
-        } else {
-            Some(Session::begin(
-                &repo,
-                &format!("mount {}", cfg.mountpoint.display()),
-            )?)
-        };
+        // No writer session for the mount's whole life (gc would wait for it for weeks): one
+        // while changes are pending, one per commit, which checks that what it reuses is still
+        // there (`space.rs`).
         let wb = if cfg.read_only {
             None
         } else {
@@ -481,7 +476,7 @@ impl PuceFs {
             stop: AtomicBool::new(false),
             prefetch: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
-            _session: session,
+            pending_session: Mutex::new(None),
             cfg,
         };
         {

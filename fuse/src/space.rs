@@ -16,6 +16,7 @@ use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::Node;
 use puce_core::index::now_ns;
 use puce_core::saver::Saver;
+use puce_core::session::Session;
 use puce_core::snapshot::edit::{Content, Edit, EditTree, NodeKind};
 use puce_core::snapshot::treemerge::{Conflict, merge3};
 use puce_core::{Error, ObjectId, Result, SnapshotEntry};
@@ -194,7 +195,8 @@ impl PuceFs {
             return Ok(CommitOutcome::default());
         };
         let started = Instant::now();
-        // The writer session is registered before anything is read (for gc).
+        // The writer session is registered before the space's state is taken (for gc); what
+        // that state reuses from snapshots loaded before it is checked by `keep_reachable`.
         let saver = Saver::with_session(
             self.repo.clone(),
             self.cfg.threads,
@@ -285,6 +287,9 @@ impl PuceFs {
                 duration_ms: started.elapsed().as_millis() as u64,
                 ..Summary::default()
             };
+            // The edits were made on snapshots read before this commit's session began: what
+            // they reuse must still be there, and not condemned by a gc meanwhile.
+            puce_core::gc::keep_reachable(&self.repo, &root, &parents)?;
             let snapshot = Snapshot {
                 time_ns: now_ns(),
                 space: space.name.to_string(),
@@ -626,6 +631,34 @@ impl PuceFs {
                     }
                 }
             }
+            self.hold_session_while_pending();
+        }
+    }
+
+    /// Hold a writer session while some space has uncommitted changes, and none while every
+    /// change is committed: gc then waits for changes about to be committed (the data they
+    /// reuse stays), and never for an idle mount. Checked at each turn of the background loop;
+    /// the commit itself registers its own session and checks what it reuses
+    /// (`keep_reachable`), which covers the moments before this one is taken.
+    fn hold_session_while_pending(&self) {
+        let pending = self.has_pending();
+        let Ok(mut held) = self.pending_session.lock() else {
+            return;
+        };
+        if pending && held.is_none() {
+            let what = format!(
+                "mount {} (uncommitted changes)",
+                self.cfg.mountpoint.display()
+            );
+            match Session::begin(&self.repo, &what) {
+                Ok(s) => *held = Some(s),
+                Err(e) => tracing::warn!("cannot register a writer session: {e:#}"),
+            }
+        } else if !pending
+            && let Some(s) = held.take()
+            && let Err(e) = s.end(&self.repo)
+        {
+            tracing::warn!("cannot unregister a writer session: {e:#}");
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 pub mod garage;
 pub mod node;
+pub mod paused_gc;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

@@ -852,3 +852,90 @@ fn kill_9_during_commits_at_random_moments() {
     repo.ok(&["check", "--read-data"]);
     eprintln!("mount crash test: {iters} kills, {snapshots_seen} snapshots verified");
 }
+
+/// Issue 14, item 7: a read-write mount held a writer session for its whole life, so gc waited
+/// `--max-wait` for it and deferred: beside the permanent mount the guide recommends, gc never
+/// freed anything. Now the mount holds a session only while it commits: gc frees space while
+/// files are written through the mount, and what the mount commits in gc's window (reusing
+/// stored data of the snapshot it shows) stays whole.
+#[test]
+fn gc_frees_space_beside_a_read_write_mount_written_to_meanwhile() {
+    gc_beside_a_mount(false);
+}
+
+/// The same, with the snapshot the mount shows forgotten before gc: gc condemns the data the
+/// mount's next commit reuses, and that commit (in gc's window) rescues it.
+#[test]
+fn a_mount_commit_in_gcs_window_keeps_data_of_its_forgotten_base() {
+    gc_beside_a_mount(true);
+}
+
+fn gc_beside_a_mount(forget_base: bool) {
+    if !fuse_available("the FUSE mount tests") {
+        return;
+    }
+    let repo = TestRepo::with_init(&["--pack-size", "1"]);
+    let junk = repo.dir.path().join("junk");
+    fs::create_dir_all(&junk).unwrap();
+    fs::write(junk.join("junk.bin"), random_bytes(4_000_000, 70)).unwrap();
+    let junk_id = repo.snapshot(&junk, "junk");
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("kept.bin"), random_bytes(2_000_000, 71)).unwrap();
+    repo.snapshot(&src, "team");
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &[]);
+    let d = m.space("team");
+    let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    expected.insert("kept.bin".into(), random_bytes(2_000_000, 71));
+    let mut write = |name: &str, data: Vec<u8>| {
+        fs::write(d.join(name), &data).unwrap();
+        wait_for(&format!("the mount to commit {name}"), || {
+            repo.run(&["cat", &format!("team@latest:{name}")]).stdout == data
+        });
+        expected.insert(name.to_string(), data);
+    };
+    write("before.bin", random_bytes(500_000, 72));
+    let mut forget = vec![junk_id];
+    if forget_base {
+        for s in repo
+            .json(&["snapshots", "--space", "team"])
+            .as_array()
+            .unwrap()
+        {
+            forget.push(s["id"].as_str().unwrap().to_string());
+        }
+    }
+    let mut args = vec!["-q", "forget"];
+    args.extend(forget.iter().map(|s| s.as_str()));
+    repo.ok(&args);
+    let gc = puce_tests::paused_gc::PausedGc::start(&repo, &["--max-wait", "5"]);
+    // In gc's window, between its plan and its deletions: a commit through the mount.
+    write("during.bin", random_bytes(500_000, 73));
+    let report = gc.resume();
+    assert_eq!(
+        report["deferred"], false,
+        "gc waited for the mount: {report}"
+    );
+    assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["bytes_freed"].as_u64().unwrap() > 0, "{report}");
+    if forget_base {
+        // What the commit rescued was in packs gc had doomed: gc copied it before deleting them.
+        assert!(report["bytes_rewritten"].as_u64().unwrap() > 0, "{report}");
+    }
+    // The next commit, the repository and the mount's view are whole.
+    write("after.bin", random_bytes(500_000, 74));
+    repo.ok(&["check", "--read-data"]);
+    for (name, data) in &expected {
+        assert!(
+            fs::read(d.join(name)).unwrap() == *data,
+            "{name} read through the mount differs"
+        );
+    }
+    m.stop();
+    let out = repo.dir.path().join("restored");
+    repo.ok(&["-q", "restore", "team@latest", out.to_str().unwrap()]);
+    for (name, data) in &expected {
+        assert!(fs::read(out.join(name)).unwrap() == *data, "{name} differs");
+    }
+    repo.ok(&["check", "--read-data"]);
+}

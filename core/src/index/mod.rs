@@ -738,6 +738,12 @@ impl IndexReader {
         Ok(self.condemned.get(id.as_bytes())?.is_some())
     }
 
+    /// Whether any object is condemned (a gc is between its plan and its deletions, or stopped
+    /// there).
+    pub fn any_condemned(&self) -> Result<bool> {
+        Ok(self.condemned.first()?.is_some())
+    }
+
     /// Whether an object is indexed and not condemned: writers may reuse it.
     pub fn contains(&self, id: &ObjectId) -> Result<bool> {
         Ok(self.objects.get(id.as_bytes())?.is_some())
