@@ -165,7 +165,13 @@ fn trees_at_the_limit_are_walked_and_one_level_more_is_refused() {
     let (_, ok) = forge(&repo, MAX_TREE_DEPTH, b"a");
     let reader = repo.index().reader().unwrap();
     let mut n = 0;
-    small_stack(|| crate::vfs::walk(&repo, &reader, ok, b"", &mut |_, _| Ok(n += 1))).unwrap();
+    small_stack(|| {
+        crate::vfs::walk(&repo, &reader, ok, b"", &mut |_, _| {
+            n += 1;
+            Ok(())
+        })
+    })
+    .unwrap();
     assert_eq!(n, MAX_TREE_DEPTH + 1);
     let report = small_stack(|| check(&repo, &CheckOptions::default(), &NoProgress)).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -547,7 +547,8 @@ impl EditTree {
         let Dir::Loaded(root) = &self.root else {
             return out;
         };
-        let mut stack: Vec<(Vec<u8>, &BTreeMap<Vec<u8>, ENode>)> = vec![(Vec::new(), root)];
+        type Loaded = BTreeMap<Vec<u8>, ENode>;
+        let mut stack: Vec<(Vec<u8>, &Loaded)> = vec![(Vec::new(), root)];
         while let Some((prefix, m)) = stack.pop() {
             let mut subdirs = Vec::new();
             for (name, n) in m {
