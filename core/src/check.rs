@@ -14,7 +14,7 @@ use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::format::pack;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::Node;
+use crate::format::tree::{MAX_TREE_DEPTH, Node, path_depth, too_deep};
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId};
 use crate::index::IndexReader;
 use crate::pack::read_pack_records;
@@ -38,7 +38,8 @@ pub struct CheckOptions {
 pub struct Problem {
     /// Machine-readable class: `bad_config`, `config_healed` (the config was damaged and has
     /// been restored from the index's copy), `bad_snapshot`, `missing_pack`, `corrupt_pack`,
-    /// `index_mismatch`, `unindexed_pack`, `missing_object`, `corrupt_object`, `bad_tree`.
+    /// `index_mismatch`, `unindexed_pack`, `missing_object`, `corrupt_object`, `bad_tree`, `too_deep` (directories nested
+    /// deeper than [`MAX_TREE_DEPTH`]).
     pub kind: String,
     /// What is wrong, for people.
     pub detail: String,
@@ -288,7 +289,15 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
     let mut memo: HashMap<ObjectId, bool> = HashMap::new();
     let mut walk_problems = Vec::new();
     for (_, s) in &snaps {
-        tree_clean(repo, &reader, s.root, &bad, &mut memo, &mut walk_problems)?;
+        tree_clean(
+            repo,
+            &reader,
+            s.root,
+            0,
+            &bad,
+            &mut memo,
+            &mut walk_problems,
+        )?;
     }
     report.trees = memo.len() as u64;
     for (kind, detail, obj) in walk_problems {
@@ -366,17 +375,29 @@ fn rotation_step(keys: &[u64], cursor: u64, share: f64) -> (std::ops::Range<usiz
     (start..end, next, end as f64 / len as f64)
 }
 
-/// Whether the tree `id` and everything below it is present and sound (memoised).
+/// Whether the tree `id`, `depth` levels below a snapshot's root, and everything below it is
+/// present and sound (memoised). A tree deeper than [`MAX_TREE_DEPTH`] is damage: it is not
+/// read, so that the walk stays bounded.
 fn tree_clean(
     repo: &Repo,
     reader: &IndexReader,
     id: ObjectId,
+    depth: usize,
     bad: &HashSet<ObjectId>,
     memo: &mut HashMap<ObjectId, bool>,
     problems: &mut Vec<(String, String, Option<ObjectId>)>,
 ) -> Result<bool> {
     if let Some(c) = memo.get(&id) {
         return Ok(*c);
+    }
+    if depth > MAX_TREE_DEPTH {
+        problems.push((
+            "too_deep".to_string(),
+            format!("{:#}", too_deep(format!("tree {id}"))),
+            None,
+        ));
+        memo.insert(id, false);
+        return Ok(false);
     }
     if bad.contains(&id) {
         memo.insert(id, false);
@@ -416,7 +437,7 @@ fn tree_clean(
                 }
             }
             Node::Dir { tree } => {
-                if !tree_clean(repo, reader, *tree, bad, memo, problems)? {
+                if !tree_clean(repo, reader, *tree, depth + 1, bad, memo, problems)? {
                     clean = false;
                 }
             }
@@ -445,8 +466,8 @@ fn damaged_paths(
         }
     }
     let tree = match repo.read_tree_with(reader, &id) {
-        Ok(t) => t,
-        Err(_) => {
+        Ok(t) if path_depth(prefix) <= MAX_TREE_DEPTH => t,
+        _ => {
             let p = if prefix.is_empty() {
                 b"/".as_slice()
             } else {

@@ -35,6 +35,9 @@ pub mod session;
 pub mod snapshot;
 pub mod vfs;
 
+#[cfg(test)]
+mod depth_tests;
+
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use hash::{ChunkId, Hash, ObjectId, PackId, SnapshotId, TreeId};
 pub use repo::{InitOptions, OpenOptions, Repo, SnapshotEntry};

@@ -31,10 +31,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::pack::Kind;
 use crate::format::snapshot::{Snapshot, Summary};
-use crate::format::tree::{Entry, Node, Tree};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::{ObjectId, SnapshotId};
 use crate::history;
 use crate::index::IndexReader;
@@ -127,18 +127,13 @@ struct Merger<'a> {
     depth: usize,
 }
 
-/// Deepest directory nesting followed (bounds recursion on hostile trees).
-const MAX_DEPTH: usize = 4096;
-
 impl Merger<'_> {
     fn dir(&mut self, base: &Tree, a: &Tree, b: &Tree, path: &[u8]) -> Result<Tree> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(Error::invalid(format!(
-                "directories nested deeper than {MAX_DEPTH} levels at {}",
-                String::from_utf8_lossy(path)
-            )));
+        // The root's tree is at depth 0 (`docs/format.md`, "Trees").
+        if self.depth > MAX_TREE_DEPTH {
+            return Err(too_deep(format!("'{}'", String::from_utf8_lossy(path))));
         }
+        self.depth += 1;
         let names: BTreeSet<&[u8]> = a
             .entries
             .iter()
@@ -394,8 +389,8 @@ fn summarize(store: &mut dyn TreeStore, root: ObjectId) -> Result<Summary> {
         if let Some(v) = memo.get(&id) {
             return Ok(*v);
         }
-        if depth > MAX_DEPTH {
-            return Err(Error::invalid("directories nested too deep"));
+        if depth > MAX_TREE_DEPTH {
+            return Err(too_deep(format!("tree {id}")));
         }
         let t = store.get(&id)?;
         let mut v = (0u64, 1u64, 0u64, 0u64); // files, dirs, symlinks, bytes
@@ -464,7 +459,12 @@ pub fn merge_heads(repo: &Arc<Repo>, space: &str) -> Result<Option<MergeReport>>
             root: h.snapshot.root,
             node: history::author(&all, h.id),
         };
-        let merged = merge_trees(&mut store, base, &a, &b)?;
+        let merged = merge_trees(&mut store, base, &a, &b).map_err(|e| {
+            e.context(format!(
+                "cannot merge snapshots {} and {} of space '{space}'",
+                cur.id, h.id
+            ))
+        })?;
         let summary = summarize(&mut store, merged.root)?;
         let snap = merge_snapshot(space, [&cur, h], merged.root, summary);
         let bytes = snap.encode()?;
@@ -487,6 +487,7 @@ pub fn merge_heads(repo: &Arc<Repo>, space: &str) -> Result<Option<MergeReport>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::hash::Hash;
 
     /// Trees in memory, keyed by id.

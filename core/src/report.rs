@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::format::tree::{Node, Tree};
+use crate::format::tree::{MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::{Hash, ObjectId, SnapshotId};
 use crate::index::IndexReader;
 use crate::repo::{Repo, SnapshotEntry};
@@ -95,7 +95,8 @@ impl Census {
                 }
             };
             let root_dir = c.dir_node(0, space, b"")?;
-            c.walk(repo, &reader, s.root, i as u32, space, root_dir)?;
+            c.walk(repo, &reader, s.root, i as u32, space, root_dir, 0)
+                .map_err(|e| e.context(format!("snapshot {}", c.snapshots[i].id)))?;
         }
         Ok(c)
     }
@@ -208,6 +209,7 @@ impl Census {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         &mut self,
         repo: &Repo,
@@ -216,7 +218,11 @@ impl Census {
         snap: u32,
         space: u32,
         dir: u32,
+        depth: usize,
     ) -> Result<()> {
+        if depth > MAX_TREE_DEPTH {
+            return Err(too_deep(format!("tree {tree_id}")));
+        }
         if let Some(o) = self.obj(reader, &tree_id, true)? {
             self.touch(o, snap, space, dir);
         }
@@ -238,7 +244,7 @@ impl Census {
                     } else {
                         dir
                     };
-                    self.walk(repo, reader, *tree, snap, space, sub)?;
+                    self.walk(repo, reader, *tree, snap, space, sub, depth + 1)?;
                 }
                 Node::Symlink { .. } => {}
             }

@@ -3,7 +3,7 @@
 //! Shared by the CLI (`ls`, `cat`, `restore SNAP:PATH`) and the FUSE mount.
 
 use crate::error::{Error, Result};
-use crate::format::tree::{Entry, Node, Tree};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, path_depth, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::repo::Repo;
@@ -82,6 +82,9 @@ pub fn walk(
     prefix: &[u8],
     f: &mut dyn FnMut(&[u8], &Entry) -> Result<()>,
 ) -> Result<()> {
+    if path_depth(prefix) > MAX_TREE_DEPTH {
+        return Err(too_deep(format!("'{}'", String::from_utf8_lossy(prefix))));
+    }
     let tree: Tree = repo.read_tree_with(reader, &root)?;
     let mut path = prefix.to_vec();
     for e in &tree.entries {

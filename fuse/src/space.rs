@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use puce_core::format::snapshot::{Snapshot, Summary};
-use puce_core::format::tree::Node;
+use puce_core::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use puce_core::index::now_ns;
 use puce_core::saver::Saver;
 use puce_core::session::Session;
@@ -274,7 +274,7 @@ impl PuceFs {
         let new_base = if unchanged && latest.is_some() {
             latest.clone()
         } else {
-            let counts = self.count(&root)?;
+            let counts = self.count(&root, 0)?;
             let summary = Summary {
                 files: counts.files,
                 dirs: counts.dirs + 1,
@@ -400,10 +400,14 @@ impl PuceFs {
         wb.sweep(&keep);
     }
 
-    /// Counts of the tree `id`, reusing those of unchanged subtrees.
-    fn count(&self, id: &ObjectId) -> Result<Counts> {
+    /// Counts of the tree `id`, `depth` levels below the root, reusing those of unchanged
+    /// subtrees.
+    fn count(&self, id: &ObjectId, depth: usize) -> Result<Counts> {
         if let Some(c) = lerr(self.counts.lock())?.get(id) {
             return Ok(*c);
+        }
+        if depth > MAX_TREE_DEPTH {
+            return Err(too_deep(format!("tree {id}")));
         }
         let t = self.tree(id)?;
         let mut c = Counts::default();
@@ -415,7 +419,7 @@ impl PuceFs {
                 }
                 Node::Symlink { .. } => c.symlinks += 1,
                 Node::Dir { tree } => {
-                    let s = self.count(tree)?;
+                    let s = self.count(tree, depth + 1)?;
                     c.dirs += 1 + s.dirs;
                     c.files += s.files;
                     c.symlinks += s.symlinks;

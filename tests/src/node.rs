@@ -259,6 +259,13 @@ impl TestNode {
         self.start_with(&[]);
     }
 
+    /// Whether the daemon is still running (it was started and has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|d| matches!(d.try_wait(), Ok(None)))
+    }
+
     /// Kill the daemon with SIGKILL.
     pub fn kill9(&mut self) {
         if let Some(mut d) = self.daemon.take() {

@@ -10,6 +10,7 @@ use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::saver::Saver;
 use puce_core::{ObjectId, OpenOptions, Repo};
+use puce_tests::node::{TestNode, wait_for};
 use puce_tests::{TestRepo, fuse_available, is_mounted};
 
 fn file(name: &[u8], chunk: ObjectId) -> Entry {
@@ -247,4 +248,210 @@ fn a_mount_shows_no_entry_that_escapes() {
         let st = child.wait().unwrap();
         assert!(st.success(), "{what}: mount exited with {st}");
     }
+}
+
+/// Store a chain of `depth` folders `d/d/...` in space `space` of `repo`, whose deepest folder
+/// holds a symlink named `leaf` and, with `below`, a folder `e` holding the tree `below`.
+/// Returns the snapshot's root tree.
+fn forge_deep(
+    repo: &TestRepo,
+    space: &str,
+    depth: usize,
+    leaf: &[u8],
+    below: Option<ObjectId>,
+) -> ObjectId {
+    let r = Arc::new(
+        Repo::open_with(
+            &repo.path(),
+            &OpenOptions {
+                cache_dir: Some(repo.dir.path().join("cache")),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let saver = Saver::new(r.clone(), 1).unwrap();
+    let reader = r.index().reader().unwrap();
+    let mut entries = vec![Entry {
+        name: leaf.to_vec(),
+        mode: 0o777,
+        mtime_ns: 0,
+        uid: 0,
+        gid: 0,
+        node: Node::Symlink {
+            target: b"x".to_vec(),
+        },
+    }];
+    if let Some(tree) = below {
+        entries.push(Entry {
+            node: Node::Dir { tree },
+            ..dir(b"e")
+        });
+    }
+    let mut tree = Tree { entries };
+    let mut root = ObjectId::default();
+    for level in 0..=depth {
+        let bytes = tree.encode().unwrap();
+        root = ObjectId::of(&bytes);
+        saver.save(&reader, root, Kind::Tree, bytes).unwrap();
+        if level < depth {
+            tree = Tree {
+                entries: vec![Entry {
+                    node: Node::Dir { tree: root },
+                    ..dir(b"d")
+                }],
+            };
+        }
+    }
+    saver.finish().unwrap();
+    let snap = Snapshot {
+        time_ns: 1,
+        space: space.into(),
+        host: "h".into(),
+        user: "u".into(),
+        source: "/".into(),
+        tags: vec![],
+        parents: vec![],
+        root,
+        summary: Summary::default(),
+        origin: String::new(),
+    };
+    r.save_snapshot(&snap).unwrap();
+    root
+}
+
+/// Issue 14: two pushed snapshots 5,000 folders deep overflowed the stack of the receiving
+/// daemon's merge, and every later sync of the space crashed it again. Trees deeper than
+/// `MAX_TREE_DEPTH` (1024) are now refused as they arrive, also when they are deep only
+/// together with trees the receiver already has; the daemon stays up and says what it refused.
+#[test]
+fn deep_trees_pushed_by_a_peer_are_refused_and_the_daemon_stays_up() {
+    let spaces =
+        r#"{ docs = ["pull", "push"], photos = ["pull", "push"], notes = ["pull", "push"] }"#;
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, spaces);
+    b.add_peer(&a, spaces);
+    // A hostile node answers as many requests as the receiver makes (one per tree level).
+    a.env
+        .push(("PUCE_TEST_FAULT".into(), "no-request-limit".into()));
+    b.start();
+    let t0 = std::time::Instant::now();
+    // Two heads differing at the bottom: their merge would walk all 5,000 levels.
+    forge_deep(&a.repo, "docs", 5000, b"a", None);
+    forge_deep(&a.repo, "docs", 5000, b"b", None);
+    println!("forged after {:?}", t0.elapsed());
+    let err = a.sync_fails("grenoble", &["--space", "docs", "--push"]);
+    println!(
+        "pushed after {:?}; the pushing side was told: {err}",
+        t0.elapsed()
+    );
+    wait_for("grenoble to log the refusal or to die", || {
+        b.log().contains("deeper than 1024 levels") || !b.is_running()
+    });
+    assert!(b.is_running(), "the daemon died:\n{}", b.log());
+    let log = b.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("deeper than 1024 levels"))
+        .unwrap();
+    println!("grenoble logged: {line}");
+    assert!(
+        line.contains("peer 'lyon'") && line.contains("space 'docs'"),
+        "{line}"
+    );
+    assert!(
+        b.snapshot_ids().is_empty(),
+        "a refused snapshot became visible"
+    );
+
+    // 600 levels are fine; 600 more on top of them, ending in the tree already sent, are not.
+    let first = forge_deep(&a.repo, "photos", 600, b"a", None);
+    a.sync("grenoble", &["--space", "photos", "--push"]);
+    assert_eq!(b.snapshot_ids().len(), 1);
+    forge_deep(&a.repo, "photos", 600, b"b", Some(first));
+    a.sync_fails("grenoble", &["--space", "photos", "--push"]);
+    wait_for("grenoble to log the second refusal or to die", || {
+        b.log().matches("deeper than 1024 levels").count() >= 2 || !b.is_running()
+    });
+    assert!(b.is_running(), "the daemon died:\n{}", b.log());
+    assert_eq!(
+        b.snapshot_ids().len(),
+        1,
+        "a refused snapshot became visible"
+    );
+    println!("second refusal after {:?}", t0.elapsed());
+
+    // An honest sync still works.
+    let src = a.repo.dir.path().join("src");
+    puce_tests::make_tree(&src, 3);
+    a.snapshot(&src, "notes");
+    a.sync("grenoble", &["--space", "notes", "--push"]);
+    assert_eq!(
+        puce_tests::manifest(&b.restored("notes@latest")),
+        puce_tests::manifest(&src)
+    );
+    assert!(b.is_running());
+    b.stop();
+}
+
+/// Issue 14: strings a peer sends (space names, host, tags, file names) were taken as they came
+/// and printed raw. A record with a control character in its host is now refused on receipt;
+/// names from snapshots are printed with control characters escaped.
+#[test]
+fn hostile_strings_are_refused_from_peers_and_printed_escaped() {
+    let spaces = r#"{ docs = ["pull", "push"] }"#;
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, spaces);
+    b.add_peer(&a, spaces);
+    // A file name that would clear the terminal.
+    let id = plant(&a.repo, vec![file(b"a\x1b[2Jb", ObjectId::default())], None);
+    let ls = a.ok(&["ls", &id]);
+    assert!(!ls.contains('\x1b'), "{ls:?}");
+    assert!(ls.contains("a\\u{1b}[2Jb"), "{ls:?}");
+    // A record whose host would rewrite the terminal's title, pushed to b.
+    let r = Repo::open_with(
+        &a.repo.path(),
+        &OpenOptions {
+            cache_dir: Some(a.repo.dir.path().join("cache")),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let root = r.snapshots().unwrap()[0].snapshot.root;
+    r.save_snapshot(&Snapshot {
+        time_ns: 2,
+        space: "docs".into(),
+        host: "evil\x1b]0;pwned\x07".into(),
+        user: "u".into(),
+        source: "/".into(),
+        tags: vec![],
+        parents: vec![],
+        root,
+        summary: Summary::default(),
+        origin: String::new(),
+    })
+    .unwrap();
+    let snaps = a.ok(&["snapshots"]);
+    assert!(
+        !snaps.contains('\x1b') && snaps.contains("evil\\u{1b}]0;pwned\\u{7}"),
+        "{snaps:?}"
+    );
+    b.start();
+    let err = a.sync_fails("grenoble", &["--space", "docs", "--push"]);
+    println!("the pushing side was told: {err}");
+    wait_for("grenoble to log the refusal or to die", || {
+        b.log().contains("invalid host") || !b.is_running()
+    });
+    assert!(b.is_running(), "the daemon died:\n{}", b.log());
+    let log = b.log();
+    let line = log.lines().find(|l| l.contains("invalid host")).unwrap();
+    println!("grenoble logged: {line}");
+    assert!(!line.contains('\x1b'), "{line:?}");
+    assert!(
+        b.snapshot_ids().is_empty(),
+        "a refused snapshot became visible"
+    );
+    b.stop();
 }

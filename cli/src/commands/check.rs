@@ -1,5 +1,6 @@
 use anyhow::Result;
 use puce_core::check::{CheckOptions, check};
+use puce_core::format::printable;
 
 use super::Ctx;
 use crate::args::CheckArgs;
@@ -31,18 +32,18 @@ pub fn run(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
                 "config_healed" => "repaired",
                 _ => "error",
             };
-            println!("{level}: {}", p.detail);
+            println!("{level}: {}", printable(&p.detail));
         }
         for s in &report.affected {
             println!(
                 "damaged: snapshot {} of space '{}' ({}), {} paths:",
                 &s.id[..12],
-                s.space,
+                printable(&s.space),
                 output::time(s.time_ns),
                 s.damaged_paths
             );
             for p in &s.paths {
-                println!("    {p}");
+                println!("    {}", printable(p));
             }
             if s.damaged_paths as usize > s.paths.len() {
                 println!("    ...");

@@ -1,4 +1,5 @@
 use anyhow::Result;
+use puce_core::format::printable;
 use puce_core::snapshot::{ChangeKind, diff};
 use serde_json::json;
 
@@ -20,7 +21,7 @@ pub fn run(ctx: &Ctx, a: DiffArgs) -> Result<i32> {
             changes.push(c);
         } else {
             let slash = if c.is_dir { "/" } else { "" };
-            println!("{}  {}{slash}", c.change.letter(), c.path);
+            println!("{}  {}{slash}", c.change.letter(), printable(&c.path));
         }
         Ok(())
     })?;

@@ -1,5 +1,6 @@
 use anyhow::{Result, bail};
 use comfy_table::Cell;
+use puce_core::format::printable;
 use puce_core::gc::{GcOptions, forget};
 use puce_core::retention::{Decision, GroupBy, Policy, decide};
 use puce_core::{Repo, SnapshotEntry};
@@ -59,7 +60,7 @@ pub fn print_decisions(decisions: &[Decision]) {
             Cell::new(d.id.short(8)),
             Cell::new(output::time(d.time_ns)),
             Cell::new(&d.space),
-            Cell::new(&d.host),
+            Cell::new(printable(&d.host)),
             Cell::new(if d.keep { "keep" } else { "remove" }),
             Cell::new(d.reasons.join(", ")),
         ]);

@@ -1,6 +1,7 @@
 use std::io::Write;
 
 use anyhow::{Result, bail};
+use puce_core::format::printable_bytes;
 use puce_core::format::tree::{Entry, Node};
 use puce_core::vfs::{self, Resolved};
 use serde_json::json;
@@ -43,12 +44,12 @@ fn entry_json(path: &[u8], e: &Entry) -> serde_json::Value {
 }
 
 fn line(path: &[u8], e: &Entry, long: bool) -> String {
-    let mut name = String::from_utf8_lossy(path).into_owned();
+    let mut name = printable_bytes(path);
     if e.is_dir() {
         name.push('/');
     }
     if let Node::Symlink { target } = &e.node {
-        name = format!("{name} -> {}", String::from_utf8_lossy(target));
+        name = format!("{name} -> {}", printable_bytes(target));
     }
     if long {
         format!(

@@ -1,4 +1,5 @@
 use anyhow::Result;
+use puce_core::format::printable;
 use puce_core::snapshot::{RestoreOptions, restore};
 use puce_core::vfs;
 
@@ -41,7 +42,7 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         }))?;
     } else {
         for m in &stats.messages {
-            eprintln!("error: {m}");
+            eprintln!("error: {}", printable(m));
         }
         if !ctx.quiet {
             println!(

@@ -1,5 +1,6 @@
 use anyhow::Result;
 use comfy_table::Cell;
+use puce_core::format::printable;
 use serde_json::json;
 
 use super::Ctx;
@@ -44,9 +45,9 @@ pub fn run(ctx: &Ctx, a: SnapshotsArgs) -> Result<i32> {
         t.add_row(vec![
             Cell::new(e.id.short(8)),
             Cell::new(output::time(s.time_ns)),
-            Cell::new(&s.space),
-            Cell::new(&s.host),
-            Cell::new(s.tags.join(",")),
+            Cell::new(printable(&s.space)),
+            Cell::new(printable(&s.host)),
+            Cell::new(printable(&s.tags.join(","))),
             Cell::new(s.summary.files),
             Cell::new(output::size(s.summary.bytes)),
         ]);

@@ -1,6 +1,7 @@
 //! `puce sync PEER [--space S] [--pull | --push]`: one sync now, with a progress bar and a
 //! summary.
 
+use puce_core::format::printable;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +117,9 @@ pub fn run(ctx: &Ctx, a: SyncArgs) -> Result<i32> {
         for c in &s.conflicts {
             println!(
                 "    conflict: {} changed on both sides; the version of '{}' is kept as {}",
-                c.path, c.node, c.copy
+                printable(&c.path),
+                printable(&c.node),
+                printable(&c.copy)
             );
         }
     }

@@ -97,21 +97,70 @@ impl Snapshot {
     }
 }
 
+/// Longest host, user, origin or tag of a snapshot record, in bytes.
+pub const MAX_LABEL: usize = 255;
+/// Most tags on one snapshot.
+pub const MAX_TAGS: usize = 64;
+/// Longest source path of a snapshot record, in bytes.
+pub const MAX_SOURCE: usize = 4096;
+
+/// Check a host, user, origin or tag: at most [`MAX_LABEL`] bytes, no control characters.
+pub fn check_label(what: &str, s: &str) -> Result<()> {
+    if s.len() > MAX_LABEL || s.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "invalid {what} {:?}: use at most {MAX_LABEL} bytes without control characters",
+            super::printable(&s.chars().take(64).collect::<String>())
+        )));
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    /// Check the strings of a record (received from a peer, or about to be written): a valid
+    /// space name; host, user, origin and at most [`MAX_TAGS`] tags that pass [`check_label`];
+    /// a source of at most [`MAX_SOURCE`] bytes (a folder's path may hold any character).
+    pub fn check_strings(&self) -> Result<()> {
+        check_space_name(&self.space)?;
+        check_label("host", &self.host)?;
+        check_label("user", &self.user)?;
+        check_label("origin", &self.origin)?;
+        if self.tags.len() > MAX_TAGS {
+            return Err(Error::invalid(format!(
+                "{} tags: a snapshot has at most {MAX_TAGS}",
+                self.tags.len()
+            )));
+        }
+        for t in &self.tags {
+            check_label("tag", t)?;
+        }
+        if self.source.len() > MAX_SOURCE {
+            return Err(Error::invalid(format!(
+                "source path of {} bytes: at most {MAX_SOURCE}",
+                self.source.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Check a space name: 1 to 200 bytes of UTF-8, no `/`, NUL or control characters, not `.` or
-/// `..`, not starting with `-`, no `@` (it separates a space from a revision).
+/// `..`, not starting with `-`, no `@` (it separates a space from a revision), no `*` (it
+/// stands for every other space in `node.toml`).
 pub fn check_space_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name != "."
         && name != ".."
         && !name.starts_with('-')
-        && !name.chars().any(|c| c == '/' || c == '@' || c.is_control());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '@' || c == '*' || c.is_control());
     if ok {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid space name {name:?}: use 1 to 200 characters without '/', '@' or control \
-             characters, not starting with '-'"
+            "invalid space name {name:?}: use 1 to 200 characters without '/', '@', '*' or \
+             control characters, not starting with '-'"
         )))
     }
 }
@@ -181,11 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn hostile_strings_in_a_record_are_refused() {
+        sample().check_strings().unwrap();
+        let cases: [fn(&mut Snapshot); 6] = [
+            |s| s.space = "*".into(),
+            |s| s.host = "evil\u{1b}[2J".into(),
+            |s| s.user = "x".repeat(MAX_LABEL + 1),
+            |s| s.tags = vec!["a\nb".into()],
+            |s| s.tags = vec!["t".into(); MAX_TAGS + 1],
+            |s| s.origin = "o\r".into(),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut s = sample();
+            f(&mut s);
+            assert!(s.check_strings().is_err(), "case {i}");
+        }
+    }
+
+    #[test]
     fn space_names() {
         for ok in ["docs", "Compta 2024", "équipe", "a.b_c-d"] {
             check_space_name(ok).unwrap();
         }
-        for bad in ["", ".", "..", "a/b", "-x", "a@b", "a\nb"] {
+        for bad in ["", ".", "..", "a/b", "-x", "a@b", "a\nb", "*", "a*"] {
             assert!(check_space_name(bad).is_err(), "{bad}");
         }
     }

@@ -6,6 +6,8 @@
 //! directory when materialised (empty, `.`, `..`, containing `/` or NUL) and unsorted or
 //! duplicate names.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::envelope::decode_exact;
@@ -14,6 +16,104 @@ use crate::hash::ObjectId;
 
 /// Current version of the tree encoding.
 pub const VERSION: u8 = 1;
+
+/// Deepest directory nesting a snapshot may hold: a directory's depth is the number of names in
+/// its path below the snapshot's root (the root is at depth 0). A deeper folder is refused when
+/// a snapshot is taken, deeper trees are refused when received from a peer, and every walk over
+/// trees stops there, so that no walk's recursion depends on what a tree says. No honest folder
+/// comes close: Linux's `PATH_MAX` (4096 bytes) already stops paths of one-letter names at
+/// about 2048 levels, and 1024 levels of walking fit in a quarter of a 2 MiB thread stack
+/// (`docs/format.md`, "Trees").
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// The error for a tree reached deeper than [`MAX_TREE_DEPTH`]; `at` says where (a path or a
+/// tree id).
+pub fn too_deep(at: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!(
+        "directories nested deeper than {MAX_TREE_DEPTH} levels at {at}: puce refuses trees this \
+         deep (docs/format.md, \"Trees\")"
+    ))
+}
+
+/// The depth of the directory at `path` (`/`-separated names below a snapshot's root; the
+/// root, `""`, is at depth 0), to compare with [`MAX_TREE_DEPTH`].
+pub fn path_depth(path: &[u8]) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.iter().filter(|b| **b == b'/').count() + 1
+    }
+}
+
+/// Check that no directory under `root` is nested deeper than [`MAX_TREE_DEPTH`], and return
+/// the deepest nesting (0: `root` has no subdirectory). `subdirs` gives the subdirectories of a
+/// tree; `heights` remembers the nesting below each tree already looked at, so that trees shared
+/// by several calls are read once. Iterative: a hostile tree of any depth is safe to look at.
+pub fn check_depth(
+    root: ObjectId,
+    heights: &mut HashMap<ObjectId, usize>,
+    subdirs: &mut dyn FnMut(&ObjectId) -> Result<Vec<ObjectId>>,
+) -> Result<usize> {
+    struct Frame {
+        id: ObjectId,
+        children: Vec<ObjectId>,
+        next: usize,
+        height: usize,
+    }
+    if let Some(h) = heights.get(&root) {
+        return Ok(*h);
+    }
+    let mut stack = vec![Frame {
+        id: root,
+        children: subdirs(&root)?,
+        next: 0,
+        height: 0,
+    }];
+    loop {
+        let depth = stack.len().saturating_sub(1);
+        let Some(top) = stack.last_mut() else { break };
+        if let Some(c) = top.children.get(top.next).copied() {
+            top.next += 1;
+            let below = match heights.get(&c) {
+                Some(h) => *h,
+                None if depth + 1 > MAX_TREE_DEPTH => return Err(too_deep(format!("tree {c}"))),
+                None => {
+                    let children = subdirs(&c)?;
+                    stack.push(Frame {
+                        id: c,
+                        children,
+                        next: 0,
+                        height: 0,
+                    });
+                    continue;
+                }
+            };
+            if depth + 1 + below > MAX_TREE_DEPTH {
+                return Err(too_deep(format!("tree {c}")));
+            }
+            top.height = top.height.max(below + 1);
+        } else {
+            let (id, h) = (top.id, top.height);
+            heights.insert(id, h);
+            stack.pop();
+            if let Some(parent) = stack.last_mut() {
+                parent.height = parent.height.max(h + 1);
+            }
+        }
+    }
+    Ok(heights.get(&root).copied().unwrap_or(0))
+}
+
+/// The subdirectories of `tree`, for [`check_depth`].
+pub fn subdirs(tree: &Tree) -> Vec<ObjectId> {
+    tree.entries
+        .iter()
+        .filter_map(|e| match e.node {
+            Node::Dir { tree } => Some(tree),
+            _ => None,
+        })
+        .collect()
+}
 
 /// A directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -271,6 +371,37 @@ mod tests {
     fn non_canonical_varint_is_rejected() {
         let bytes = [1, 1, 1, 96, 129, 0, 12, 40, 10, 0, 254, 255, 1, 0];
         assert_eq!(Tree::decode(&bytes).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    /// A chain of `n` trees below `ids[0]`, and what `check_depth` needs to walk it.
+    fn chain(n: usize) -> (Vec<ObjectId>, HashMap<ObjectId, Vec<ObjectId>>) {
+        let ids: Vec<ObjectId> = (0..=n).map(|i| ObjectId::of(&i.to_le_bytes())).collect();
+        let mut shape: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
+        for i in 0..=n {
+            shape.insert(ids[i], ids.get(i + 1).into_iter().copied().collect());
+        }
+        (ids, shape)
+    }
+
+    #[test]
+    fn check_depth_stops_past_the_limit_through_shared_subtrees() {
+        let (ids, mut shape) = chain(MAX_TREE_DEPTH);
+        let mut heights = HashMap::new();
+        let mut get = |id: &ObjectId| Ok(shape.get(id).cloned().unwrap_or_default());
+        assert_eq!(
+            check_depth(ids[0], &mut heights, &mut get).unwrap(),
+            MAX_TREE_DEPTH
+        );
+        // One more level above a tree already looked at (its height is remembered).
+        let top = ObjectId::of(b"top");
+        shape.insert(top, vec![ids[0]]);
+        let mut get = |id: &ObjectId| Ok(shape.get(id).cloned().unwrap_or_default());
+        assert!(check_depth(top, &mut heights, &mut get).is_err());
+        // A hostile chain: an error, not a stack overflow.
+        let (ids, shape) = chain(100_000);
+        let mut get = |id: &ObjectId| Ok(shape.get(id).cloned().unwrap_or_default());
+        let e = check_depth(ids[0], &mut HashMap::new(), &mut get).unwrap_err();
+        assert!(e.to_string().contains("deeper than 1024 levels"), "{e}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::chunking::Chunker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::Kind;
-use crate::format::snapshot::{Snapshot, Summary, check_space_name};
-use crate::format::tree::{Entry, Node, Tree};
+use crate::format::snapshot::{MAX_TAGS, Snapshot, Summary, check_label, check_space_name};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, path_depth};
 use crate::hash::{ObjectId, SnapshotId};
 use crate::index::{IndexReader, StatEntry, StatReader, now_ns, stat_key};
 use crate::progress::Progress;
@@ -262,6 +262,14 @@ impl Walker<'_> {
         parent: Option<ObjectId>,
         up: Option<(usize, usize, Entry)>,
     ) -> Result<()> {
+        if path_depth(rel) > MAX_TREE_DEPTH {
+            return Err(Error::invalid(format!(
+                "{} is nested more than {MAX_TREE_DEPTH} folders deep in the folder being \
+                 saved, deeper than puce stores (docs/format.md, \"Trees\"): exclude it \
+                 (--exclude) or move it higher up",
+                path.display()
+            )));
+        }
         let parent_tree = match parent {
             Some(id) => {
                 self.reader()?;
@@ -759,6 +767,17 @@ pub fn snapshot(
         None => default_space(&source),
     };
     check_space_name(&space)?;
+    // What a peer would refuse to receive is refused here (`Snapshot::check_strings`).
+    if opts.tags.len() > MAX_TAGS {
+        return Err(Error::invalid(format!("at most {MAX_TAGS} tags")));
+    }
+    for t in &opts.tags {
+        check_label("tag", t)?;
+    }
+    if let Some(h) = &opts.host {
+        check_label("host", h)?;
+    }
+    check_label("origin", &opts.origin)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())

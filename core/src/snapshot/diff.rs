@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::format::tree::{Entry, Node, Tree};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, path_depth, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::repo::Repo;
@@ -154,6 +154,9 @@ impl Differ<'_> {
     fn trees(&mut self, a: ObjectId, b: ObjectId, prefix: &[u8]) -> Result<()> {
         if a == b {
             return Ok(());
+        }
+        if path_depth(prefix) > MAX_TREE_DEPTH {
+            return Err(too_deep(format!("'{}'", String::from_utf8_lossy(prefix))));
         }
         let ta: Tree = self.repo.read_tree_with(self.reader, &a)?;
         let tb: Tree = self.repo.read_tree_with(self.reader, &b)?;

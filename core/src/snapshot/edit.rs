@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunking::Chunker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::Kind;
-use crate::format::tree::{Entry, Node, Tree, check_name};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, check_name, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::repo::Repo;
@@ -357,6 +357,12 @@ pub fn split_path(path: &[u8]) -> EResult<Vec<&[u8]>> {
         })?;
         out.push(c);
     }
+    if out.len() > MAX_TREE_DEPTH {
+        return Err(EditError::Invalid(format!(
+            "'{}' is nested more than {MAX_TREE_DEPTH} folders deep, deeper than puce stores",
+            String::from_utf8_lossy(path)
+        )));
+    }
     Ok(out)
 }
 
@@ -531,54 +537,40 @@ impl EditTree {
 
     /// The local content numbers still referenced by the tree.
     pub fn local_ids(&self) -> Vec<u64> {
-        fn walk(m: &BTreeMap<Vec<u8>, ENode>, out: &mut Vec<u64>) {
-            for n in m.values() {
-                match n {
-                    ENode::File {
-                        content: Content::Local(id),
-                        ..
-                    } => out.push(*id),
-                    ENode::Dir {
-                        dir: Dir::Loaded(m),
-                        ..
-                    } => walk(m, out),
-                    _ => {}
-                }
-            }
-        }
-        let mut out = Vec::new();
-        if let Dir::Loaded(m) = &self.root {
-            walk(m, &mut out);
-        }
-        out
+        self.local_paths().into_iter().map(|(_, id)| id).collect()
     }
 
-    /// The paths of the files whose content is local, with their numbers.
+    /// The paths of the files whose content is local, with their numbers (iterative: renames
+    /// can nest loaded directories deeper than any path names).
     pub fn local_paths(&self) -> Vec<(Vec<u8>, u64)> {
-        fn walk(m: &BTreeMap<Vec<u8>, ENode>, prefix: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, u64)>) {
+        let mut out = Vec::new();
+        let Dir::Loaded(root) = &self.root else {
+            return out;
+        };
+        type Loaded = BTreeMap<Vec<u8>, ENode>;
+        let mut stack: Vec<(Vec<u8>, &Loaded)> = vec![(Vec::new(), root)];
+        while let Some((prefix, m)) = stack.pop() {
+            let mut subdirs = Vec::new();
             for (name, n) in m {
-                let len = prefix.len();
-                if !prefix.is_empty() {
-                    prefix.push(b'/');
+                let mut p = prefix.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
                 }
-                prefix.extend_from_slice(name);
+                p.extend_from_slice(name);
                 match n {
                     ENode::File {
                         content: Content::Local(id),
                         ..
-                    } => out.push((prefix.clone(), *id)),
+                    } => out.push((p, *id)),
                     ENode::Dir {
                         dir: Dir::Loaded(m),
                         ..
-                    } => walk(m, prefix, out),
+                    } => subdirs.push((p, m)),
                     _ => {}
                 }
-                prefix.truncate(len);
             }
-        }
-        let mut out = Vec::new();
-        if let Dir::Loaded(m) = &self.root {
-            walk(m, &mut Vec::new(), &mut out);
+            // Depth-first in name order, as before.
+            stack.extend(subdirs.into_iter().rev());
         }
         out
     }
@@ -838,7 +830,7 @@ impl EditTree {
         };
         match &self.root {
             Dir::Stored(id) => Ok(*id),
-            Dir::Loaded(m) => w.dir(m),
+            Dir::Loaded(m) => w.dir(m, 0),
         }
     }
 }
@@ -862,7 +854,11 @@ impl Writer<'_> {
         Ok(&self.reader)
     }
 
-    fn dir(&mut self, m: &BTreeMap<Vec<u8>, ENode>) -> Result<ObjectId> {
+    /// Store the directory `m`, `depth` levels below the root.
+    fn dir(&mut self, m: &BTreeMap<Vec<u8>, ENode>, depth: usize) -> Result<ObjectId> {
+        if depth > MAX_TREE_DEPTH {
+            return Err(too_deep("a folder of the mount"));
+        }
         let mut entries = Vec::with_capacity(m.len());
         for (name, n) in m {
             let (meta, node) = match n {
@@ -890,7 +886,7 @@ impl Writer<'_> {
                     Node::Dir {
                         tree: match dir {
                             Dir::Stored(id) => *id,
-                            Dir::Loaded(m) => self.dir(m)?,
+                            Dir::Loaded(m) => self.dir(m, depth + 1)?,
                         },
                     },
                 ),

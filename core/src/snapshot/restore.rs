@@ -22,7 +22,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::tree::{Entry, Node, check_name};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, check_name, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::progress::Progress;
@@ -240,6 +240,12 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn tree(&mut self, dir: Arc<OwnedFd>, rel: &Path, tree: ObjectId) -> Result<()> {
+        // Bounds the recursion through `entry`, whatever the tree says.
+        if rel.components().count() > MAX_TREE_DEPTH {
+            let at = format!("{}", self.target.join(rel).display());
+            self.sh.error(too_deep(at));
+            return Ok(());
+        }
         let t = match self.repo.read_tree_with(&self.reader, &tree) {
             Ok(t) => t,
             Err(e) => {

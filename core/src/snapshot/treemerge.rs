@@ -15,7 +15,7 @@
 
 use crate::error::Result;
 use crate::format::pack::Kind;
-use crate::format::tree::{Entry, Node, Tree};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::merge::{conflict_copy_name, conflict_copy_name_numbered};
@@ -74,9 +74,11 @@ impl Merger<'_> {
         Ok(())
     }
 
+    /// Merge the directory at `path`, `depth` levels below the root.
     fn dir(
         &mut self,
         path: &[u8],
+        depth: usize,
         base: Option<&ObjectId>,
         ours: &ObjectId,
         theirs: &ObjectId,
@@ -86,6 +88,9 @@ impl Merger<'_> {
         }
         if base == Some(theirs) {
             return Ok(*ours);
+        }
+        if depth > MAX_TREE_DEPTH {
+            return Err(too_deep(format!("'{}'", String::from_utf8_lossy(path))));
         }
         let b = self.tree(base)?;
         let o = self.tree(Some(ours))?;
@@ -119,7 +124,8 @@ impl Merger<'_> {
                                 Some(Node::Dir { tree }) => Some(*tree),
                                 _ => None,
                             };
-                            let merged = self.dir(&child_path(path, name), bt.as_ref(), ot, tt)?;
+                            let merged =
+                                self.dir(&child_path(path, name), depth + 1, bt.as_ref(), ot, tt)?;
                             let mut e = t.clone();
                             e.node = Node::Dir { tree: merged };
                             Some(e)
@@ -194,7 +200,7 @@ pub fn merge3(
         time_ns,
         conflicts: Vec::new(),
     };
-    let root = m.dir(b"", base.as_ref(), &ours, &theirs)?;
+    let root = m.dir(b"", 0, base.as_ref(), &ours, &theirs)?;
     Ok(MergeOutcome {
         root,
         conflicts: m.conflicts,

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use puce_core::format::snapshot::{check_label, check_space_name};
 use puce_core::{ObjectId, SnapshotId};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -454,6 +455,34 @@ fn take<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
 
 /// Decode the body of a frame of type `kind`.
 pub fn decode(kind: MessageType, b: &[u8]) -> Result<Message> {
+    let m = decode_body(kind, b)?;
+    check_names(&m)?;
+    Ok(m)
+}
+
+/// Space and node names a peer sends are checked once, here: a name that no node could have
+/// (`*`, control characters, ...) is a protocol violation.
+fn check_names(m: &Message) -> Result<()> {
+    let bad = |e: puce_core::Error| Error::new(ErrorKind::Protocol, format!("{e:#}"));
+    let spaces: Vec<&String> = match m {
+        Message::ListSpaces(l) => l.spaces.iter().collect(),
+        Message::SpaceList(l) => l.spaces.iter().map(|s| &s.name).collect(),
+        Message::Push(p) => vec![&p.space],
+        Message::Hello(Hello { node, software, .. })
+        | Message::Welcome(Welcome { node, software, .. }) => {
+            check_label("node name", node).map_err(bad)?;
+            check_label("software", software).map_err(bad)?;
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
+    for s in spaces {
+        check_space_name(s).map_err(bad)?;
+    }
+    Ok(())
+}
+
+fn decode_body(kind: MessageType, b: &[u8]) -> Result<Message> {
     use MessageType as T;
     Ok(match kind {
         T::Hello => Message::Hello(take("Hello", b)?),

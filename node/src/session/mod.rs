@@ -40,6 +40,8 @@ pub enum Fault {
     CorruptData,
     /// Answer every `GetObjects` with a frame declaring more than the protocol allows.
     Oversized,
+    /// Serve requests without limiting their rate, as a hostile node may.
+    NoRequestLimit,
 }
 
 impl Fault {
@@ -52,6 +54,7 @@ impl Fault {
         match std::env::var("PUCE_TEST_FAULT").ok().as_deref() {
             Some("corrupt-data") => Some(Fault::CorruptData),
             Some("oversized") => Some(Fault::Oversized),
+            Some("no-request-limit") => Some(Fault::NoRequestLimit),
             _ => None,
         }
     }
@@ -218,6 +221,9 @@ impl Conn {
 
     /// Take one request from the budget; false when the peer floods.
     fn spend_request(&self) -> bool {
+        if self.ctx.fault == Some(Fault::NoRequestLimit) {
+            return true;
+        }
         let Ok(mut b) = self.budget.lock() else {
             return false;
         };

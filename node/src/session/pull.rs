@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use puce_core::format::pack::Kind;
 use puce_core::format::receipt::Receipt;
 use puce_core::format::snapshot::Snapshot;
-use puce_core::format::tree::{Node, Tree};
+use puce_core::format::tree::{MAX_TREE_DEPTH, Node, Tree, check_depth, subdirs};
+use puce_core::format::{printable, printable_bytes};
 use puce_core::reach;
 use puce_core::repo::{decode_object, verify_object};
 use puce_core::saver::Saver;
@@ -285,6 +286,13 @@ async fn run(
                     ));
                 }
             };
+            if let Err(e) = snap.check_strings() {
+                return Err(misbehaved(
+                    conn,
+                    Code::BadObject,
+                    format!("sent snapshot {id} with {e}"),
+                ));
+            }
             if &snap.space != space {
                 return Err(misbehaved(
                     conn,
@@ -338,7 +346,12 @@ async fn run(
     let mut chunks: Vec<ObjectId> = Vec::new();
     let mut chunk_set: HashSet<ObjectId> = HashSet::new();
     let streams = ctx.config.streams;
+    // Trees of wave `depth` are that many levels below a root.
+    let mut depth = 0;
     while !level.is_empty() {
+        if depth > MAX_TREE_DEPTH {
+            return Err(refuse_deep(conn, spaces, &level[0]));
+        }
         let batches: Vec<Vec<ObjectId>> = level
             .chunks(protocol::MAX_OBJECTS_PER_REQUEST)
             .map(|c| c.to_vec())
@@ -417,6 +430,17 @@ async fn run(
             }
         }
         level = dirs;
+        depth += 1;
+    }
+    // Subtrees this node has count too: the new snapshots must be within the limit as a whole.
+    let shape: HashMap<ObjectId, Vec<ObjectId>> = pending
+        .iter()
+        .map(|(id, p)| (*id, p.subdirs.clone()))
+        .collect();
+    let roots: Vec<ObjectId> = records.iter().map(|r| r.0.snapshot.root).collect();
+    let r2 = repo.clone();
+    if let Some(at) = blocking(move || deepest(&r2, &roots, &shape)).await? {
+        return Err(refuse_deep(conn, spaces, &at));
     }
 
     tracing::debug!(
@@ -645,9 +669,9 @@ async fn run(
                 tracing::info!(
                     "space '{}': {} changed on both sides; the version of '{}' is kept as {}",
                     r.space,
-                    String::from_utf8_lossy(&c.path),
-                    c.node,
-                    String::from_utf8_lossy(&c.copy)
+                    printable_bytes(&c.path),
+                    printable(&c.node),
+                    printable_bytes(&c.copy)
                 );
             }
             r.conflicts = m
@@ -891,6 +915,46 @@ fn store_chunks(
         }
     }
     Ok(st)
+}
+
+/// The refusal of trees nested deeper than [`MAX_TREE_DEPTH`] (at tree `at`).
+fn refuse_deep(conn: &Conn, spaces: &[String], at: &ObjectId) -> Error {
+    misbehaved(
+        conn,
+        Code::BadObject,
+        format!(
+            "sent snapshots of space '{}' with directories nested deeper than {MAX_TREE_DEPTH} \
+             levels (at tree {at}), more than puce accepts (docs/format.md, \"Trees\"): refused",
+            spaces.join("', '")
+        ),
+    )
+}
+
+/// A tree too deep under one of `roots`, if any: `shape` gives the subdirectories of the
+/// received trees, the others are read here (one this node cannot read counts as having no
+/// subdirectory; the completeness check reports it).
+fn deepest(
+    repo: &puce_core::Repo,
+    roots: &[ObjectId],
+    shape: &HashMap<ObjectId, Vec<ObjectId>>,
+) -> Result<Option<ObjectId>> {
+    let reader = repo.index().reader()?;
+    let mut heights = HashMap::new();
+    for root in roots {
+        let r = check_depth(*root, &mut heights, &mut |id| {
+            Ok(match shape.get(id) {
+                Some(s) => s.clone(),
+                None => repo
+                    .read_tree_with(&reader, id)
+                    .map(|t| subdirs(&t))
+                    .unwrap_or_default(),
+            })
+        });
+        if r.is_err() {
+            return Ok(Some(*root));
+        }
+    }
+    Ok(None)
 }
 
 /// Check that every object reachable from `roots` is indexed (trees read and verified,
