@@ -101,3 +101,57 @@ fn stalled_handshakes_from_an_unknown_key_do_not_lock_a_configured_peer_out() {
     });
     drop(sockets);
 }
+
+/// A configured peer asking again and again, on one connection, for objects the node does not
+/// have (`FindObjects`) costs one walk of the snapshots, not one per request.
+#[test]
+fn find_objects_for_absent_ids_walks_once_per_connection() {
+    use puce_node::protocol::{FindObjects, Message};
+    let (mut a, mut b) = (TestNode::new("lyon"), TestNode::new("grenoble"));
+    a.add_peer(&b, r#"{ docs = ["pull", "push"] }"#);
+    b.add_peer(&a, r#"{ docs = ["pull", "push"] }"#);
+    let src = b.repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"hello").unwrap();
+    b.snapshot(&src, "docs");
+    b.start();
+    let repo = Arc::new(puce_core::Repo::open(&a.repo.path()).unwrap());
+    let ctx = puce_node::sync::load_node(repo, &a.node_dir()).unwrap();
+    let rt = puce_node::sync::runtime().unwrap();
+    rt.block_on(async {
+        let peer = ctx.config.peers[0].clone();
+        let dial = puce_node::transport::DialOne::new(b.address().parse().unwrap()).unwrap();
+        let q = puce_node::transport::connect(
+            dial.endpoint(),
+            &ctx.identity,
+            peer.id,
+            &peer.name,
+            &b.address(),
+            None,
+        )
+        .await
+        .unwrap();
+        let perms = puce_node::auth::Permissions::of(&ctx.config, &peer.id).unwrap();
+        let progress = Arc::new(puce_core::progress::NoProgress);
+        let conn = puce_node::session::Conn::new(ctx.clone(), q, perms, progress);
+        conn.hello().await.unwrap();
+        let absent: Vec<puce_core::ObjectId> = (0..64u8)
+            .map(|i| puce_core::ObjectId(puce_core::Hash([i; 32])))
+            .collect();
+        for _ in 0..3 {
+            let req = Message::FindObjects(FindObjects {
+                ids: absent.clone(),
+            });
+            let mut recv = conn.request(&req).await.unwrap();
+            match conn.answer(&mut recv).await.unwrap() {
+                Message::End(e) => assert_eq!(e.count, 0),
+                other => panic!("answered with {}", other.name()),
+            }
+        }
+        conn.done();
+        dial.finish().await;
+    });
+    let log = b.log();
+    assert_eq!(log.matches("walked the snapshots").count(), 1, "{log}");
+    assert_eq!(log.matches("not walking for them").count(), 2, "{log}");
+}

@@ -397,10 +397,18 @@ async fn find_objects(
         if st.walked != Some(digest) {
             st.misses.clear();
         }
+        let asked = unknown.len();
         let unknown: Vec<puce_core::ObjectId> = unknown
             .into_iter()
             .filter(|id| !st.misses.contains(id))
             .collect();
+        if unknown.len() < asked {
+            tracing::info!(
+                "{} asks again for {} objects a walk did not find: not walking for them",
+                conn.label,
+                asked - unknown.len()
+            );
+        }
         if !unknown.is_empty() {
             if let Some(at) = st.next_walk {
                 tokio::time::sleep_until(at).await;
@@ -418,6 +426,13 @@ async fn find_objects(
             .await?;
             let now = tokio::time::Instant::now();
             st.next_walk = Some(now + (now - started));
+            tracing::info!(
+                "walked the snapshots {} may read for {} objects in {:?}: {} found",
+                conn.label,
+                unknown.len(),
+                now - started,
+                found.len()
+            );
             if st.walked != Some(digest) {
                 st.misses.clear();
                 st.walked = Some(digest);
