@@ -1,6 +1,7 @@
 //! Nobody without a configured key can keep a configured peer out of a daemon: handshakes left
 //! unfinished (from a client that proves its address, then stops answering) do not count
-//! against the daemon's connection limit, are limited per source, and time out.
+//! against the daemon's connection limit, are limited per source, and time out. And a peer's
+//! costly requests (`FindObjects` for absent ids) are not repeated at will.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, UdpSocket};
