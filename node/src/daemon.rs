@@ -2,9 +2,11 @@
 //! windows with backoff after failures, caps the bandwidth, logs with tracing, stops on SIGINT
 //! or SIGTERM.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::ZonedDateTime;
@@ -23,8 +25,16 @@ use crate::state::{CheckState, DaemonInfo, DaemonLock, NodeState};
 use crate::sync::{SyncRequest, load_node, runtime, sync_with};
 use crate::transport;
 
-/// Connections served at once; more are refused (the peer retries later).
+/// Authenticated connections served at once; more are closed with `Busy` (the peer retries
+/// later). Handshakes in progress do not count: they have their own limits, below.
 pub const MAX_CONNECTIONS: usize = 32;
+/// Handshakes in progress at once; more are refused.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress at once from one source (an IPv4 address, an IPv6 /64); more are
+/// refused.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
+/// A handshake not complete by then is dropped (a real one takes a few round trips).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run the daemon until SIGINT or SIGTERM.
 pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
@@ -103,38 +113,137 @@ async fn wait_for_signal() {
 }
 
 /// Accept and serve connections on `endpoint` until it closes.
+///
+/// Before any handshake, a client must prove that it receives what is sent to its address (a
+/// QUIC Retry, RFC 9000 section 8.1): spoofed sources cannot start handshakes. Handshakes are
+/// then limited in number, per source, and in time; only connections whose key was checked
+/// count against [`MAX_CONNECTIONS`], so that nobody without a configured key can keep a
+/// configured peer out.
 pub async fn accept_loop(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
     let active = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(Handshakes::default());
     while let Some(incoming) = endpoint.accept().await {
-        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            tracing::warn!(
-                "refused a connection from {}: {MAX_CONNECTIONS} connections already",
-                incoming.remote_address()
+        let from = incoming.remote_address();
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+            } else {
+                // A Retry token that does not check: never answered.
+                incoming.ignore();
+            }
+            continue;
+        }
+        let Some(slot) = handshakes.start(from.ip()) else {
+            tracing::info!(
+                "refused a connection attempt from {from}: too many handshakes in progress                  ({MAX_HANDSHAKES_PER_SOURCE} from one source, {MAX_HANDSHAKES} in all)"
             );
             incoming.refuse();
             continue;
-        }
+        };
         let ctx = ctx.clone();
         let active = active.clone();
-        active.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            let from = incoming.remote_address();
-            match incoming.await {
-                Ok(qconn) => match transport::peer_id(&qconn)
-                    .ok()
-                    .and_then(|id| Permissions::of(&ctx.config, &id))
-                {
-                    Some(perms) => {
-                        let conn = Conn::new(ctx.clone(), qconn, perms, Arc::new(NoProgress));
-                        serve(conn).await;
-                    }
-                    None => qconn.close(Code::NotAllowed.varint(), b"unknown peer"),
-                },
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            drop(slot);
+            let qconn = match handshake {
+                Ok(Ok(c)) => c,
                 // Refused keys are logged by the verifier; other failures here.
-                Err(e) => tracing::info!("connection attempt from {from} failed: {e}"),
+                Ok(Err(e)) => {
+                    tracing::info!("connection attempt from {from} failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(
+                        "connection attempt from {from} dropped: no complete handshake within                          {} s",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    );
+                    return;
+                }
+            };
+            let Some(perms) = transport::peer_id(&qconn)
+                .ok()
+                .and_then(|id| Permissions::of(&ctx.config, &id))
+            else {
+                qconn.close(Code::NotAllowed.varint(), b"unknown peer");
+                return;
+            };
+            if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                active.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(
+                    "refused peer '{}' ({from}): {MAX_CONNECTIONS} connections already",
+                    perms.name
+                );
+                qconn.close(
+                    Code::Busy.varint(),
+                    b"too many connections: try again later",
+                );
+                return;
             }
+            let conn = Conn::new(ctx.clone(), qconn, perms, Arc::new(NoProgress));
+            serve(conn).await;
             active.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+/// Handshakes in progress, in all and per source.
+#[derive(Default)]
+struct Handshakes {
+    by_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One handshake in progress; its place is freed when dropped.
+struct HandshakeSlot {
+    of: Arc<Handshakes>,
+    source: IpAddr,
+}
+
+impl Handshakes {
+    /// A place for a handshake from `ip`, if the limits allow one.
+    fn start(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let source = source_of(ip);
+        let mut m = self.by_source.lock().ok()?;
+        let total: usize = m.values().sum();
+        let n = m.get(&source).copied().unwrap_or(0);
+        if total >= MAX_HANDSHAKES || n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        m.insert(source, n + 1);
+        Some(HandshakeSlot {
+            of: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.of.by_source.lock()
+            && let Some(n) = m.get_mut(&self.source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The source a handshake is counted against: an IPv4 address, or the /64 of an IPv6 one (a
+/// host usually holds a whole /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(s.into())
+            }
+        },
     }
 }
 
@@ -358,4 +467,40 @@ async fn run_check(
         }
     }
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_limited_per_source_and_in_all() {
+        let h = Arc::new(Handshakes::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::V4([0; 4].into()));
+        let mut held: Vec<HandshakeSlot> = (0..MAX_HANDSHAKES_PER_SOURCE)
+            .filter_map(|_| h.start(ip("192.0.2.1")))
+            .collect();
+        assert_eq!(held.len(), MAX_HANDSHAKES_PER_SOURCE);
+        assert!(h.start(ip("192.0.2.1")).is_none());
+        // The same host over IPv4-mapped IPv6, and another address of one IPv6 /64.
+        assert!(h.start(ip("::ffff:192.0.2.1")).is_none());
+        held.extend(h.start(ip("2001:db8::1")));
+        for _ in 1..MAX_HANDSHAKES_PER_SOURCE {
+            held.extend(h.start(ip("2001:db8::2")));
+        }
+        assert!(h.start(ip("2001:db8::3")).is_none());
+        assert!(h.start(ip("2001:db8:0:1::3")).is_some());
+        // A place freed is available again.
+        held.truncate(MAX_HANDSHAKES_PER_SOURCE - 1);
+        assert!(h.start(ip("192.0.2.1")).is_some());
+        // In all.
+        let mut many = Vec::new();
+        for i in 0..=255u8 {
+            many.extend(h.start(IpAddr::V4([198, 51, 100, i].into())));
+        }
+        let in_progress = held.len() + many.len();
+        assert_eq!(in_progress, MAX_HANDSHAKES);
+        drop(many);
+        assert!(h.by_source.lock().map(|m| m.len()).unwrap_or(0) <= 2);
+    }
 }

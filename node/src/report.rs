@@ -59,6 +59,11 @@ pub struct SyncReport {
     pub received_objects: u64,
     /// Their stored bytes (the payload that crossed the network towards this node).
     pub received_bytes: u64,
+    /// Objects that crossed towards this node in answers, stored or found already here (a
+    /// resumed pull fetches none of what an interrupted one made durable).
+    pub fetched_objects: u64,
+    /// Their stored bytes.
+    pub fetched_bytes: u64,
     /// Objects this node sent.
     pub sent_objects: u64,
     /// Their stored bytes.

@@ -294,6 +294,8 @@ async fn run(
     report.path_mtu = stats.path.current_mtu;
     report.sent_objects = conn.counters.sent_objects.load(Ordering::Relaxed);
     report.sent_bytes = conn.counters.sent_bytes.load(Ordering::Relaxed);
+    report.fetched_objects = conn.counters.fetched_objects.load(Ordering::Relaxed);
+    report.fetched_bytes = conn.counters.fetched_bytes.load(Ordering::Relaxed);
     report.requests = conn.counters.requests.load(Ordering::Relaxed);
     report.round_trips = conn.counters.round_trips.load(Ordering::Relaxed);
     for s in &report.spaces {

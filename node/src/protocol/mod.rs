@@ -37,6 +37,9 @@ pub const MAX_SNAPSHOTS_PER_REQUEST: usize = 1024;
 pub const MAX_OBJECTS_PER_REQUEST: usize = 4096;
 /// Largest object (stored bytes) that travels in one `Object` frame.
 pub const MAX_OBJECT_LEN: usize = 64 << 20;
+/// Largest request frame body (the bound of the largest request type): a node holds at most
+/// `transport::MAX_STREAMS` of them per connection.
+pub const MAX_REQUEST_LEN: u32 = MIB;
 
 const KIB: u32 = 1024;
 const MIB: u32 = 1024 * 1024;
@@ -61,7 +64,7 @@ pub enum Code {
     Incompatible = 6,
     /// A snapshot or object asked for does not exist.
     NotFound = 7,
-    /// Requests arrive faster than the node serves them.
+    /// Requests beyond the budget (sent by older nodes; a node now serves them more slowly).
     TooManyRequests = 8,
     /// The responder failed (its storage): a later attempt may succeed.
     Internal = 9,
@@ -342,6 +345,16 @@ impl MessageType {
         })
     }
 
+    /// Whether this type is a request (the first frame of a stream, from the node that opened
+    /// it); the others are answers.
+    pub fn is_request(self) -> bool {
+        use MessageType::*;
+        matches!(
+            self,
+            Hello | ListSpaces | GetSnapshots | GetObjects | FindObjects | Push
+        )
+    }
+
     /// Largest body accepted for this type.
     pub fn max_len(self) -> u32 {
         use MessageType::*;
@@ -594,8 +607,39 @@ async fn read_object<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Mess
     }))
 }
 
-/// Read one frame; `None` at a clean end of stream before a frame starts.
+/// What a node expects to read on a stream: the type is checked against it from the frame
+/// header, before the body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Any type (tests, tools).
+    Any,
+    /// A request: the stream was opened by the other node.
+    Request,
+    /// An answer: the stream was opened by this node.
+    Answer,
+}
+
+impl Expect {
+    fn allows(self, kind: MessageType) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Request => kind.is_request(),
+            Expect::Answer => !kind.is_request(),
+        }
+    }
+}
+
+/// Read one frame of any type; `None` at a clean end of stream before a frame starts.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>> {
+    read_expecting(r, Expect::Any).await
+}
+
+/// Read one frame, refusing from its header a type that `expect` rules out; `None` at a clean
+/// end of stream before a frame starts.
+pub async fn read_expecting<R: AsyncRead + Unpin>(
+    r: &mut R,
+    expect: Expect,
+) -> Result<Option<Message>> {
     let mut head = [0u8; 5];
     let mut got = 0;
     while got < head.len() {
@@ -611,6 +655,16 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>> {
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let kind = MessageType::from_u8(head[4])
         .ok_or_else(|| Error::protocol(format!("unknown message type 0x{:02x}", head[4])))?;
+    if !expect.allows(kind) {
+        return Err(Error::protocol(format!(
+            "a {kind:?} frame where {} was expected",
+            if expect == Expect::Request {
+                "a request"
+            } else {
+                "an answer"
+            }
+        )));
+    }
     if len > kind.max_len() {
         return Err(Error::new(
             ErrorKind::Protocol,

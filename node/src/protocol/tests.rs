@@ -292,6 +292,43 @@ async fn framing_limits_and_hostile_input() {
     assert!(read_bytes(&f).await.is_err());
 }
 
+#[tokio::test]
+async fn a_type_not_expected_on_the_stream_is_refused_before_its_body() {
+    // Headers only: reading a body would end in "stream ended inside a frame".
+    let head = |kind: MessageType| {
+        let mut h = kind.max_len().to_le_bytes().to_vec();
+        h.push(kind as u8);
+        h
+    };
+    for kind in [
+        MessageType::Object,
+        MessageType::SpaceList,
+        MessageType::Snapshot,
+    ] {
+        let mut r = &head(kind)[..];
+        let e = read_expecting(&mut r, Expect::Request).await.unwrap_err();
+        assert!(e.message().contains("where a request was expected"), "{e}");
+    }
+    for kind in [
+        MessageType::GetObjects,
+        MessageType::Hello,
+        MessageType::Push,
+    ] {
+        let mut r = &head(kind)[..];
+        let e = read_expecting(&mut r, Expect::Answer).await.unwrap_err();
+        assert!(e.message().contains("where an answer was expected"), "{e}");
+        let mut r = &head(kind)[..];
+        let e = read_expecting(&mut r, Expect::Request).await.unwrap_err();
+        assert!(e.message().contains("inside a frame"), "{e}");
+    }
+    // Every request fits in MAX_REQUEST_LEN.
+    for b in 0..=255u8 {
+        if let Some(k) = MessageType::from_u8(b).filter(|k| k.is_request()) {
+            assert!(k.max_len() <= MAX_REQUEST_LEN, "{k:?}");
+        }
+    }
+}
+
 proptest::proptest! {
     #[test]
     fn object_round_trip(id in proptest::array::uniform32(0u8..), kind in 0u8..2, flags in 0u8..2,

@@ -8,13 +8,15 @@
 //! that the other node pull over the same connection.
 //!
 //! Misbehaviour (malformed or oversized frames, unexpected messages, objects that do not match
-//! their ids, floods of requests) closes the connection with a code and a reason, logged on
-//! this side and reported on the other.
+//! their ids) closes the connection with a code and a reason, logged on this side and reported
+//! on the other. Requests beyond the budget ([`REQUEST_BURST`], [`REQUEST_RATE`]) are not
+//! misbehaviour: the serving side takes them more slowly, and the requesting side paces itself
+//! under the budget ([`PACE_BURST`], [`PACE_RATE`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use puce_core::progress::Progress;
 use puce_core::{ObjectId, Repo};
@@ -42,6 +44,12 @@ pub enum Fault {
     Oversized,
     /// Serve requests without limiting their rate, as a hostile node may.
     NoRequestLimit,
+    /// Cut the peer off (`TooManyRequests`, as nodes before pacing did) once 3000 objects
+    /// were sent on the connection.
+    CutOffMidway,
+    /// Pull without pacing requests, asking for one chunk per request (a requester flooding
+    /// the other node, as one that does not know its budget would).
+    Flood,
 }
 
 impl Fault {
@@ -55,6 +63,8 @@ impl Fault {
             Some("corrupt-data") => Some(Fault::CorruptData),
             Some("oversized") => Some(Fault::Oversized),
             Some("no-request-limit") => Some(Fault::NoRequestLimit),
+            Some("flood") => Some(Fault::Flood),
+            Some("cut-off-midway") => Some(Fault::CutOffMidway),
             _ => None,
         }
     }
@@ -76,6 +86,8 @@ pub struct NodeCtx {
     pub recv_limit: Limiter,
     /// Test fault, if any.
     pub fault: Option<Fault>,
+    /// Held during a walk for objects asked for by id alone: one at a time in the node.
+    walking: tokio::sync::Mutex<()>,
     space_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -96,6 +108,7 @@ impl NodeCtx {
             send_limit: Limiter::new(bw),
             recv_limit: Limiter::new(bw),
             fault: Fault::from_env(),
+            walking: tokio::sync::Mutex::new(()),
             space_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -135,19 +148,72 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// Request waves that waited for an answer.
     pub round_trips: AtomicU64,
+    /// Objects received in answers, whether stored or already here.
+    pub fetched_objects: AtomicU64,
+    /// Their stored bytes.
+    pub fetched_bytes: AtomicU64,
 }
 
-/// A request budget: a burst, refilled at a steady rate; exceeding it is a flood.
+/// What `FindObjects` requests of one connection learnt: walks over every readable snapshot
+/// are costly, so a peer asking for objects that are not there does not get one each time.
+#[derive(Debug, Default)]
+struct FindState {
+    /// When the next walk may start: the previous one's duration after its end, so that a
+    /// peer keeps this node walking at most half of the time.
+    next_walk: Option<tokio::time::Instant>,
+    /// The snapshots of the last complete walk (a digest of their ids).
+    walked: Option<blake3::Hash>,
+    /// Ids that walk did not find (at most [`MAX_FIND_MISSES`]).
+    misses: HashSet<ObjectId>,
+}
+
+/// Ids remembered per connection as not found by a `FindObjects` walk.
+pub const MAX_FIND_MISSES: usize = 1 << 16;
+
+/// A request budget: a burst, refilled at a steady rate. Taking a request beyond it goes into
+/// debt: the caller waits until the debt is repaid.
 #[derive(Debug)]
 struct RequestBudget {
     tokens: f64,
     last: Instant,
+    burst: f64,
+    rate: f64,
 }
 
-/// Requests a peer may make in a burst.
+impl RequestBudget {
+    fn new(burst: f64, rate: f64) -> RequestBudget {
+        RequestBudget {
+            tokens: burst,
+            last: Instant::now(),
+            burst,
+            rate,
+        }
+    }
+
+    /// Take one request; how long to wait before making (or serving) it.
+    fn take(&mut self, now: Instant) -> Duration {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst) - 1.0;
+        self.last = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// Requests a peer may make in a burst before this node serves them more slowly.
 pub const REQUEST_BURST: f64 = 512.0;
-/// Requests per second it may sustain.
+/// Requests per second this node serves a peer once the burst is spent.
 pub const REQUEST_RATE: f64 = 200.0;
+/// Requests this node makes in a burst: half of [`REQUEST_BURST`], so that a peer that still
+/// cuts off requesters beyond its budget (nodes before this revision did) never sees one
+/// from this node, whatever the network does to the timing.
+pub const PACE_BURST: f64 = REQUEST_BURST / 2.0;
+/// Requests per second this node makes once its burst is spent: three quarters of
+/// [`REQUEST_RATE`].
+pub const PACE_RATE: f64 = REQUEST_RATE * 3.0 / 4.0;
 
 /// One connection to a peer.
 pub struct Conn {
@@ -164,11 +230,16 @@ pub struct Conn {
     /// Objects this peer may fetch: those reachable from snapshots sent to it in this
     /// connection.
     served: Mutex<HashSet<ObjectId>>,
-    /// Held while objects asked for by id alone are looked for (one tree walk at a time).
-    finding: tokio::sync::Mutex<()>,
+    /// Held while objects asked for by id alone are looked for (one request at a time).
+    finding: tokio::sync::Mutex<FindState>,
     negotiated: tokio::sync::watch::Sender<bool>,
     pulling: AtomicBool,
+    /// Set when this node cut the peer off for misbehaving.
+    cut: AtomicBool,
+    /// The peer's requests to this node.
     budget: Mutex<RequestBudget>,
+    /// This node's requests to the peer.
+    pace: tokio::sync::Mutex<RequestBudget>,
     /// Counters.
     pub counters: Counters,
     /// Progress of what this connection sends and receives.
@@ -191,13 +262,12 @@ impl Conn {
             remote_name: Mutex::new(peer.name.clone()),
             peer,
             served: Mutex::new(HashSet::new()),
-            finding: tokio::sync::Mutex::new(()),
+            finding: tokio::sync::Mutex::new(FindState::default()),
             negotiated: tokio::sync::watch::Sender::new(false),
             pulling: AtomicBool::new(false),
-            budget: Mutex::new(RequestBudget {
-                tokens: REQUEST_BURST,
-                last: Instant::now(),
-            }),
+            cut: AtomicBool::new(false),
+            budget: Mutex::new(RequestBudget::new(REQUEST_BURST, REQUEST_RATE)),
+            pace: tokio::sync::Mutex::new(RequestBudget::new(PACE_BURST, PACE_RATE)),
             counters: Counters::default(),
             progress,
         })
@@ -205,6 +275,7 @@ impl Conn {
 
     /// Close the connection because the peer misbehaved: log it here, tell the peer why.
     pub fn cut_off(&self, code: Code, why: &str) {
+        self.cut.store(true, Ordering::Release);
         tracing::warn!("cut off {}: {why}", self.label);
         let mut reason = why.as_bytes().to_vec();
         reason.truncate(900);
@@ -219,23 +290,20 @@ impl Conn {
         }
     }
 
-    /// Take one request from the budget; false when the peer floods.
-    fn spend_request(&self) -> bool {
+    /// Whether this node cut the peer off for misbehaving.
+    pub fn was_cut_off(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Take one of the peer's requests from its budget: how long to wait before serving it.
+    fn spend_request(&self) -> Duration {
         if self.ctx.fault == Some(Fault::NoRequestLimit) {
-            return true;
+            return Duration::ZERO;
         }
-        let Ok(mut b) = self.budget.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        let dt = now.duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + dt * REQUEST_RATE).min(REQUEST_BURST);
-        b.last = now;
-        if b.tokens < 1.0 {
-            return false;
+        match self.budget.lock() {
+            Ok(mut b) => b.take(Instant::now()),
+            Err(_) => Duration::from_secs_f64(1.0 / REQUEST_RATE),
         }
-        b.tokens -= 1.0;
-        true
     }
 
     fn allow_objects(&self, ids: impl IntoIterator<Item = ObjectId>) {
@@ -250,6 +318,15 @@ impl Conn {
 
     /// Open a request stream, send `req`, and return the stream to read the answer from.
     pub async fn request(&self, req: &Message) -> Result<RecvStream> {
+        // Paced under the peer's budget; the lock is held while waiting, so that requests go
+        // out in the order they were paced.
+        if self.ctx.fault != Some(Fault::Flood) {
+            let mut pace = self.pace.lock().await;
+            let wait = pace.take(Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         let (mut send, recv) = self
             .conn
             .open_bi()
@@ -265,7 +342,7 @@ impl Conn {
 
     /// Read the next answer frame; a closed connection or an `Error` frame becomes an error.
     pub async fn answer(&self, recv: &mut RecvStream) -> Result<Message> {
-        match protocol::read(recv).await {
+        match protocol::read_expecting(recv, protocol::Expect::Answer).await {
             Ok(Some(Message::Error(e))) => {
                 let code = Code::from_u16(e.code).unwrap_or(Code::Internal);
                 Err(Error::from_peer(&self.label, code, &e.message))

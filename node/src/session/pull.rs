@@ -41,10 +41,19 @@ use crate::protocol::{
 };
 use crate::report::{ConflictReport, SpaceReport};
 
-/// Chunks asked for in one request.
+/// Chunks asked for in the first requests of a pull, and at least in each.
 const CHUNK_BATCH: usize = 64;
+/// Bytes of chunks a request asks for, estimated from the average size received so far: small
+/// files go in batches of up to `MAX_OBJECTS_PER_REQUEST` chunks, so that a pull of many small
+/// files makes few requests.
+const BATCH_BYTES: u64 = 16 << 20;
 /// Threads verifying and storing received chunks.
 const VERIFIERS: usize = 2;
+/// Plaintext bytes of new trees one pull holds in memory before its commit (about 5 million
+/// files). The trees are held as received (compressed), and the chunk ids they name that this
+/// node lacks, once each (at most one per 32 bytes of plaintext tree): a pull holds at most
+/// about three times this. A pull of snapshots with more is refused before it goes further.
+pub const MAX_PULL_TREE_BYTES: u64 = 512 << 20;
 
 /// What a pull did.
 #[derive(Debug, Clone, Default)]
@@ -61,10 +70,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::internal(format!("a worker thread failed: {e}")))?
 }
 
-/// A saver that is aborted (pack in progress discarded) unless finished.
+/// A saver that is finished when dropped (everything verified so far made durable), or
+/// aborted (pack in progress discarded) when poisoned.
 struct Guard {
     saver: Option<Saver>,
-    /// Set when the peer misbehaved: nothing more of what it sent may be sealed.
+    /// Set when this node cut the peer off for misbehaving: nothing more of what it sent may
+    /// be sealed. A failure of the network, of the peer (its close code, whatever it is) or a
+    /// cancellation does not poison: what arrived was verified, and is kept for the next try.
     poisoned: bool,
 }
 
@@ -143,9 +155,7 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
         poisoned: false,
     };
     let r = run(conn, &spaces, local, &mut guard).await;
-    if let Err(e) = &r
-        && matches!(e.kind(), ErrorKind::BadObject | ErrorKind::Protocol)
-    {
+    if r.is_err() && conn.was_cut_off() {
         guard.poisoned = true;
     }
     let out = r?;
@@ -348,6 +358,7 @@ async fn run(
     let streams = ctx.config.streams;
     // Trees of wave `depth` are that many levels below a root.
     let mut depth = 0;
+    let held_trees = Arc::new(std::sync::atomic::AtomicU64::new(0));
     while !level.is_empty() {
         if depth > MAX_TREE_DEPTH {
             return Err(refuse_deep(conn, spaces, &level[0]));
@@ -360,7 +371,7 @@ async fn run(
         conn.counters
             .round_trips
             .fetch_add(waves, Ordering::Relaxed);
-        let got = fetch_parallel(conn, batches, Kind::Tree, streams).await?;
+        let got = fetch_parallel(conn, batches, streams, &held_trees).await?;
         // Verify and decode, off the async threads.
         let checked = blocking(move || {
             let mut out = Vec::with_capacity(got.len());
@@ -473,13 +484,18 @@ async fn run(
             .map_err(|e| Error::internal(format!("cannot start a thread: {e}")))?;
         verifiers.push(h);
     }
-    let batches: Vec<Vec<ObjectId>> = chunks.chunks(CHUNK_BATCH).map(|c| c.to_vec()).collect();
-    if !batches.is_empty() {
-        conn.counters
-            .round_trips
-            .fetch_add(batches.len().div_ceil(streams) as u64, Ordering::Relaxed);
-    }
-    let fetched = fetch_all(conn, batches, Kind::Data, streams, Sink::Store(senders)).await;
+    let queue = if ctx.fault == Some(super::Fault::Flood) {
+        Batches::new(chunks, 1, 1)
+    } else {
+        Batches::new(chunks, CHUNK_BATCH, protocol::MAX_OBJECTS_PER_REQUEST)
+    };
+    let fetched = fetch_all(conn, queue, Kind::Data, streams, Sink::Store(senders))
+        .await
+        .map(|requests| {
+            conn.counters
+                .round_trips
+                .fetch_add(requests.div_ceil(streams as u64), Ordering::Relaxed);
+        });
     let mut stored = Stored::default();
     let mut first_err: Option<Error> = None;
     for h in verifiers {
@@ -724,8 +740,9 @@ async fn expect_end(conn: &Conn, recv: &mut quinn::RecvStream, n: usize) -> Resu
 /// Where fetched objects go.
 #[derive(Clone)]
 enum Sink {
-    /// Kept in memory (trees).
-    Collect(Arc<Mutex<Vec<Object>>>),
+    /// Kept in memory (trees), their plaintext bytes counted against
+    /// [`MAX_PULL_TREE_BYTES`].
+    Collect(Arc<Mutex<Vec<Object>>>, Arc<std::sync::atomic::AtomicU64>),
     /// Handed to the verifying threads (data) in groups of up to `HANDOFF_GROUP` bytes, each
     /// fetching task to one of them; the bounded channels bound memory.
     Store(Vec<tokio::sync::mpsc::Sender<Vec<Object>>>),
@@ -735,21 +752,49 @@ enum Sink {
 const HANDOFF_GROUP: usize = 4 << 20;
 
 /// Fetch one batch of objects of `kind`, handing each (checked to be the one asked for, in
-/// order) to `sink`.
+/// order) to `sink`; the stored bytes received.
 async fn fetch_batch(
     conn: &Arc<Conn>,
     ids: Vec<ObjectId>,
     kind: Kind,
     sink: &Sink,
     worker: usize,
-) -> Result<()> {
+) -> Result<u64> {
     let mut recv = conn
         .request(&Message::GetObjects(GetObjects { ids: ids.clone() }))
         .await?;
     let mut group: Vec<Object> = Vec::new();
+    let r = receive_objects(conn, &mut recv, &ids, kind, sink, worker, &mut group).await;
+    // After a failure too, what arrived whole goes on to be verified and stored: it is kept
+    // unless the peer misbehaved (the pull's guard then discards the pack in progress).
+    if let Sink::Store(txs) = sink
+        && !group.is_empty()
+    {
+        let handed = hand_off(txs, worker, group).await;
+        if r.is_ok() {
+            handed?;
+        }
+    }
+    let received = r?;
+    expect_end(conn, &mut recv, ids.len()).await?;
+    Ok(received)
+}
+
+/// Read the `Object` frames answering a request for `ids`, handing them to `sink` (data in
+/// groups, the last one left in `group`); the stored bytes received.
+async fn receive_objects(
+    conn: &Arc<Conn>,
+    recv: &mut quinn::RecvStream,
+    ids: &[ObjectId],
+    kind: Kind,
+    sink: &Sink,
+    worker: usize,
+    group: &mut Vec<Object>,
+) -> Result<u64> {
     let mut group_bytes = 0usize;
-    for want in &ids {
-        let o = match conn.answer(&mut recv).await? {
+    let mut received = 0u64;
+    for want in ids {
+        let o = match conn.answer(recv).await? {
             Message::Object(o) => o,
             other => {
                 return Err(misbehaved(
@@ -773,8 +818,28 @@ async fn fetch_batch(
             ));
         }
         conn.ctx.recv_limit.take(o.data.len() as u64).await;
+        conn.counters
+            .fetched_objects
+            .fetch_add(1, Ordering::Relaxed);
+        conn.counters
+            .fetched_bytes
+            .fetch_add(o.data.len() as u64, Ordering::Relaxed);
+        received += o.data.len() as u64;
         match sink {
-            Sink::Collect(v) => {
+            Sink::Collect(v, held) => {
+                let raw = u64::from(o.raw_len);
+                if held.fetch_add(raw, Ordering::AcqRel) + raw > MAX_PULL_TREE_BYTES {
+                    return Err(Error::new(
+                        ErrorKind::Incompatible,
+                        format!(
+                            "the new snapshots of {} hold more than {} of directory listings, \
+                             more than one pull holds in memory: take the snapshots there in \
+                             parts (a folder per space) and sync again",
+                            conn.label,
+                            bytesize::ByteSize(MAX_PULL_TREE_BYTES).display().iec()
+                        ),
+                    ));
+                }
                 if let Ok(mut v) = v.lock() {
                     v.push(o);
                 }
@@ -784,17 +849,12 @@ async fn fetch_batch(
                 group.push(o);
                 if group_bytes >= HANDOFF_GROUP {
                     group_bytes = 0;
-                    hand_off(txs, worker, std::mem::take(&mut group)).await?;
+                    hand_off(txs, worker, std::mem::take(group)).await?;
                 }
             }
         }
     }
-    if let Sink::Store(txs) = sink
-        && !group.is_empty()
-    {
-        hand_off(txs, worker, group).await?;
-    }
-    expect_end(conn, &mut recv, ids.len()).await
+    Ok(received)
 }
 
 async fn hand_off(
@@ -811,46 +871,109 @@ async fn hand_off(
         .map_err(|_| Error::internal("the verifying thread stopped"))
 }
 
-/// Fetch batches with up to `streams` requests in flight.
+/// Ids to fetch, handed out in batches: `min` ids at first, then as many as make about
+/// [`BATCH_BYTES`] at the average size received so far, between `min` and `max`.
+struct Batches {
+    ids: VecDeque<ObjectId>,
+    min: usize,
+    max: usize,
+    objects: u64,
+    bytes: u64,
+    requests: u64,
+}
+
+impl Batches {
+    fn new(ids: Vec<ObjectId>, min: usize, max: usize) -> Batches {
+        let max = max.clamp(1, protocol::MAX_OBJECTS_PER_REQUEST);
+        Batches {
+            ids: ids.into(),
+            min: min.clamp(1, max),
+            max,
+            objects: 0,
+            bytes: 0,
+            requests: 0,
+        }
+    }
+
+    fn next(&mut self) -> Option<Vec<ObjectId>> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        let n = match self.bytes.checked_div(self.objects) {
+            Some(avg) => usize::try_from(BATCH_BYTES / avg.max(1)).unwrap_or(usize::MAX),
+            None => self.min,
+        };
+        let n = n.clamp(self.min, self.max).min(self.ids.len());
+        self.requests += 1;
+        Some(self.ids.drain(..n).collect())
+    }
+
+    fn received(&mut self, objects: usize, bytes: u64) {
+        self.objects += objects as u64;
+        self.bytes += bytes;
+    }
+}
+
+/// Fetch the ids of `queue` with up to `streams` requests in flight; the number of requests.
 async fn fetch_all(
     conn: &Arc<Conn>,
-    batches: Vec<Vec<ObjectId>>,
+    queue: Batches,
     kind: Kind,
     streams: usize,
     sink: Sink,
-) -> Result<()> {
-    let queue = Arc::new(Mutex::new(VecDeque::from(batches)));
+) -> Result<u64> {
+    let queue = Arc::new(Mutex::new(queue));
+    let next = |q: &Mutex<Batches>| q.lock().ok().and_then(|mut q| q.next());
     let mut set = tokio::task::JoinSet::new();
     for worker in 0..streams {
         let conn = conn.clone();
         let queue = queue.clone();
         let sink = sink.clone();
         set.spawn(async move {
-            loop {
-                let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                    return Ok(());
-                };
-                fetch_batch(&conn, batch, kind, &sink, worker).await?;
+            while let Some(batch) = next(&queue) {
+                let n = batch.len();
+                match fetch_batch(&conn, batch, kind, &sink, worker).await {
+                    Ok(bytes) => {
+                        if let Ok(mut q) = queue.lock() {
+                            q.received(n, bytes);
+                        }
+                    }
+                    Err(e) => {
+                        // No further batch for anyone; those in flight end as they can.
+                        if let Ok(mut q) = queue.lock() {
+                            q.ids.clear();
+                        }
+                        return Err(e);
+                    }
+                }
             }
+            Ok(())
         });
     }
     drop(sink);
-    join_all(set).await
+    join_all(set).await?;
+    let requests = queue.lock().map(|q| q.requests).unwrap_or(0);
+    Ok(requests)
 }
 
-/// Fetch tree batches; collect the objects.
+/// Fetch tree batches; collect the objects, counting their plaintext bytes in `held`.
 async fn fetch_parallel(
     conn: &Arc<Conn>,
     batches: Vec<Vec<ObjectId>>,
-    kind: Kind,
     streams: usize,
+    held: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Vec<Object>> {
     let out = Arc::new(Mutex::new(Vec::new()));
-    fetch_all(conn, batches, kind, streams, Sink::Collect(out.clone())).await?;
+    let max = protocol::MAX_OBJECTS_PER_REQUEST;
+    let queue = Batches::new(batches.concat(), max, max);
+    let sink = Sink::Collect(out.clone(), held.clone());
+    fetch_all(conn, queue, Kind::Tree, streams, sink).await?;
     let mut v = out.lock().map_err(|_| Error::internal("lock poisoned"))?;
     Ok(std::mem::take(&mut *v))
 }
 
+/// Wait for every task; the first error. The others are not aborted: after a failure each
+/// hands on what it received whole (a failure of the connection ends them all promptly).
 async fn join_all(mut set: tokio::task::JoinSet<Result<()>>) -> Result<()> {
     let mut first: Option<Error> = None;
     while let Some(r) = set.join_next().await {
@@ -859,7 +982,6 @@ async fn join_all(mut set: tokio::task::JoinSet<Result<()>>) -> Result<()> {
             && first.is_none()
         {
             first = Some(e);
-            set.abort_all();
         }
     }
     match first {
@@ -1127,6 +1249,29 @@ mod tests {
         assert_eq!(order, vec![o(4), o(2), o(3), o(1)]);
         let h = heights(&p);
         assert_eq!((h[&o(4)], h[&o(2)], h[&o(3)], h[&o(1)]), (0, 1, 1, 2));
+    }
+
+    #[test]
+    fn batches_grow_for_small_objects_and_stay_small_for_large_ones() {
+        let ids: Vec<ObjectId> = (0..10_000u32).map(|i| o((i % 251) as u8)).collect();
+        let mut q = Batches::new(ids.clone(), CHUNK_BATCH, protocol::MAX_OBJECTS_PER_REQUEST);
+        assert_eq!(q.next().map(|b| b.len()), Some(CHUNK_BATCH));
+        q.received(CHUNK_BATCH, 100 * CHUNK_BATCH as u64);
+        assert_eq!(
+            q.next().map(|b| b.len()),
+            Some(protocol::MAX_OBJECTS_PER_REQUEST)
+        );
+        let mut q = Batches::new(ids.clone(), CHUNK_BATCH, protocol::MAX_OBJECTS_PER_REQUEST);
+        q.received(10, 10 << 20);
+        assert_eq!(q.next().map(|b| b.len()), Some(CHUNK_BATCH));
+        let mut q = Batches::new(ids, 1, 1);
+        q.received(1, 1);
+        assert_eq!(q.next().map(|b| b.len()), Some(1));
+        let mut n = 1;
+        while q.next().is_some() {
+            n += 1;
+        }
+        assert_eq!((n, q.requests), (10_000, 10_000));
     }
 
     #[test]

@@ -43,16 +43,11 @@ pub async fn serve(conn: Arc<Conn>) {
                 return;
             }
         };
-        if !conn.spend_request() {
-            conn.cut_off(
-                Code::TooManyRequests,
-                &format!(
-                    "too many requests (more than {} at once or {}/s sustained)",
-                    super::REQUEST_BURST,
-                    super::REQUEST_RATE
-                ),
-            );
-            return;
+        // Beyond its budget, a peer is served more slowly, not cut off: no further stream is
+        // accepted meanwhile, and QUIC's stream limit (`MAX_STREAMS`) holds the peer back.
+        let wait = conn.spend_request();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let c = conn.clone();
         tokio::spawn(async move {
@@ -81,7 +76,7 @@ impl From<Error> for Failure {
 }
 
 async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
-    let req = match protocol::read(&mut recv).await {
+    let req = match protocol::read_expecting(&mut recv, protocol::Expect::Request).await {
         Ok(Some(m)) => m,
         Ok(None) => {
             conn.cut_off(Code::Protocol, "it opened a stream and sent no request");
@@ -386,8 +381,9 @@ async fn find_objects(
             ),
         ));
     }
-    // One walk at a time per connection: a walk reads every tree of the readable spaces.
-    let _walking = conn.finding.lock().await;
+    // One request at a time per connection, one walk at a time in the node: a walk reads
+    // every tree of the readable spaces.
+    let mut st = conn.finding.lock().await;
     let mut seen = std::collections::HashSet::new();
     let ids: Vec<puce_core::ObjectId> = r.ids.into_iter().filter(|id| seen.insert(*id)).collect();
     let unknown: Vec<puce_core::ObjectId> = ids
@@ -396,17 +392,59 @@ async fn find_objects(
         .copied()
         .collect();
     if !unknown.is_empty() {
-        let c = conn.clone();
-        let found = blocking(move || {
-            let may = |space: &str| c.peer.may_pull(space);
-            Ok(puce_core::heal::find_reachable(
-                &c.ctx.repo,
-                &may,
-                &unknown,
-            )?)
-        })
-        .await?;
-        conn.allow_objects(found);
+        let repo = conn.ctx.repo.clone();
+        let digest = blocking(move || Ok(snapshots_digest(&repo.snapshots()?))).await?;
+        if st.walked != Some(digest) {
+            st.misses.clear();
+        }
+        let asked = unknown.len();
+        let unknown: Vec<puce_core::ObjectId> = unknown
+            .into_iter()
+            .filter(|id| !st.misses.contains(id))
+            .collect();
+        if unknown.len() < asked {
+            tracing::info!(
+                "{} asks again for {} objects a walk did not find: not walking for them",
+                conn.label,
+                asked - unknown.len()
+            );
+        }
+        if !unknown.is_empty() {
+            if let Some(at) = st.next_walk {
+                tokio::time::sleep_until(at).await;
+            }
+            let _walk = conn.ctx.walking.lock().await;
+            let started = tokio::time::Instant::now();
+            let c = conn.clone();
+            let asked = unknown.clone();
+            let (found, digest) = blocking(move || {
+                let digest = snapshots_digest(&c.ctx.repo.snapshots()?);
+                let may = |space: &str| c.peer.may_pull(space);
+                let found = puce_core::heal::find_reachable(&c.ctx.repo, &may, &asked)?;
+                Ok((found, digest))
+            })
+            .await?;
+            let now = tokio::time::Instant::now();
+            st.next_walk = Some(now + (now - started));
+            tracing::info!(
+                "walked the snapshots {} may read for {} objects in {:?}: {} found",
+                conn.label,
+                unknown.len(),
+                now - started,
+                found.len()
+            );
+            if st.walked != Some(digest) {
+                st.misses.clear();
+                st.walked = Some(digest);
+            }
+            for id in unknown.iter().filter(|id| !found.contains(id)) {
+                if st.misses.len() >= super::MAX_FIND_MISSES {
+                    break;
+                }
+                st.misses.insert(*id);
+            }
+            conn.allow_objects(found);
+        }
     }
     let ids: Vec<puce_core::ObjectId> = ids.into_iter().filter(|id| conn.is_served(id)).collect();
     tracing::info!(
@@ -415,6 +453,15 @@ async fn find_objects(
         ids.len()
     );
     send_objects(conn, send, ids, true).await
+}
+
+/// A digest of the ids of `snapshots`: what a `FindObjects` walk walked.
+fn snapshots_digest(snapshots: &[SnapshotEntry]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    for s in snapshots {
+        h.update(s.id.as_bytes());
+    }
+    h.finalize()
 }
 
 /// Send `ids` (each already allowed) as `Object` frames, then `End`. With `skip_bad`, an
@@ -537,7 +584,10 @@ async fn send_objects(
                 )))
             })?;
             count += 1;
-            conn.counters.sent_objects.fetch_add(1, Ordering::Relaxed);
+            let sent = conn.counters.sent_objects.fetch_add(1, Ordering::Relaxed) + 1;
+            if conn.ctx.fault == Some(Fault::CutOffMidway) && sent == 3000 {
+                conn.cut_off(Code::TooManyRequests, "too many requests (test fault)");
+            }
             conn.counters.sent_bytes.fetch_add(len, Ordering::Relaxed);
             conn.progress.add(1, len);
         }
