@@ -10,8 +10,8 @@
 //! reachable from a *scope* P could know about:
 //! - the space scopes `s/<space>` of the spaces P may read here (everything reachable from the
 //!   space's snapshots);
-//! - the peer scope `p/<node id>` of P: every object P sent (recorded when its pack is
-//!   indexed, so an interrupted transfer is not sent again), and, once rebuilt by [`update`],
+//! - the peer scope `p/<node id>` of P: every object P sent (recorded just before its pack
+//!   is published, so an interrupted transfer is not sent again), and, once rebuilt by [`update`],
 //!   everything reachable from the snapshots P delivered, which its [`Receipt`]s record;
 //! - or it arrived on the same connection (tracked by the transfer itself).
 //!
@@ -88,8 +88,8 @@ fn walk_into(repo: &Repo, scope: u32, snap: &SnapshotId, root: &ObjectId) -> Res
 }
 
 /// Record that `snapshots`, just received from the peer whose scope is `scope`, are in that
-/// scope without walking them: every object the peer sent was added to it when its pack was
-/// indexed ([`crate::saver::Saver::set_reach_scope`]), and what it did not send was present
+/// scope without walking them: every object the peer sent was added to it as its pack was
+/// written ([`crate::saver::Saver::set_reach_scope`]), and what it did not send was present
 /// for it already. (After a forget empties the scope, [`update`] rebuilds it by walking.)
 pub fn mark_delivered(repo: &Repo, scope: u32, snapshots: &[SnapshotId]) -> Result<()> {
     for s in snapshots {

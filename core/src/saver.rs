@@ -328,9 +328,9 @@ impl Saver {
         self.stats()
     }
 
-    /// Add the objects of every pack this saver seals from now on to reach scope `scope`, in
-    /// the transaction that indexes the pack: a transfer records what the peer sent, so that
-    /// it is not asked for again, even after an interruption ([`crate::reach`]).
+    /// Add the objects of every pack this saver seals from now on to reach scope `scope`, just
+    /// before the pack is published: a transfer records what the peer sent, so that it is not
+    /// asked for again, even after an interruption ([`crate::reach`]).
     pub fn set_reach_scope(&self, scope: u32) {
         self.shared
             .reach_scope
@@ -615,11 +615,17 @@ fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
 }
 
 fn seal(repo: &Repo, w: PackWriter, sh: &Shared) -> Result<()> {
-    let (id, size, records) = w.finish()?;
     let scope = u32::try_from(sh.reach_scope.load(Ordering::Acquire))
         .ok()
         .filter(|s| *s != 0);
-    repo.index().add_pack_for(&id, size, &records, scope)?;
+    if let Some(scope) = scope {
+        // Before the pack is published: if the process dies between publishing and indexing,
+        // the next transfer indexes the pack (an orphan) and still knows who sent it.
+        let ids: Vec<ObjectId> = w.ids().collect();
+        repo.index().reach_insert(scope, &ids)?;
+    }
+    let (id, size, records) = w.finish()?;
+    repo.index().add_pack(&id, size, &records)?;
     let mut p = sh
         .pending
         .lock()

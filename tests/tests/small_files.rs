@@ -165,10 +165,8 @@ fn a_requester_beyond_the_request_budget_is_slowed_down_not_cut_off() {
 /// The number of chunks of `b`'s latest snapshot of `docs` that `a` holds, once it indexed the
 /// packs an interrupted process published (as the next pull does first).
 fn chunks_held(a: &TestNode, b: &TestNode) -> u64 {
-    // Only what is indexed: a pack published but not yet indexed at a kill is indexed by the
-    // next pull, but its objects are asked for again, since nothing records which peer sent
-    // them (the presence rule, docs/design.md).
     let r = puce_core::Repo::open(&a.repo.path()).unwrap();
+    puce_core::recover::index_orphan_packs(&r).unwrap();
     let reader = r.index().reader().unwrap();
     let mut held = std::collections::HashSet::new();
     for (_, chunks) in files_and_chunks(&b.repo.path(), "docs@latest") {

@@ -251,18 +251,6 @@ impl Index {
     /// Record a published pack and its entries. Objects already indexed elsewhere keep their
     /// existing location (the new copy is a duplicate that gc reclaims). Returns the pack number.
     pub fn add_pack(&self, id: &PackId, size: u64, records: &[Record]) -> Result<u32> {
-        self.add_pack_for(id, size, records, None)
-    }
-
-    /// [`Index::add_pack`], also adding the pack's objects to reach scope `scope` (the peer
-    /// that sent them, see [`crate::reach`]), in the same transaction.
-    pub fn add_pack_for(
-        &self,
-        id: &PackId,
-        size: u64,
-        records: &[Record],
-        scope: Option<u32>,
-    ) -> Result<u32> {
         let w = self.db.begin_write()?;
         let existing = w
             .open_table(PACK_IDS)?
@@ -306,12 +294,6 @@ impl Index {
                     flags: r.flags,
                 };
                 objects.insert(r.id.as_bytes(), loc.encode())?;
-            }
-            if let Some(scope) = scope {
-                let mut reach = w.open_table(reach::REACH)?;
-                for r in records {
-                    reach.insert((scope, *r.id.as_bytes()), ())?;
-                }
             }
         }
         w.commit()?;

@@ -82,6 +82,11 @@ impl PackWriter {
         self.records.len()
     }
 
+    /// The ids of the objects added so far.
+    pub fn ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        self.records.iter().map(|r| r.id)
+    }
+
     /// Whether no object was added.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
