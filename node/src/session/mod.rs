@@ -12,7 +12,7 @@
 //! this side and reported on the other.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorKind, Result, connection_error};
 use crate::identity::Identity;
 use crate::protocol::{self, Chunking, Code, Hello, Message, Welcome};
 
+pub mod forget;
 pub mod pull;
 mod serve;
 
@@ -40,6 +41,8 @@ pub enum Fault {
     CorruptData,
     /// Answer every `GetObjects` with a frame declaring more than the protocol allows.
     Oversized,
+    /// Sign the forget records sent with a key of no configured node.
+    ForeignForgets,
 }
 
 impl Fault {
@@ -52,6 +55,7 @@ impl Fault {
         match std::env::var("PUCE_TEST_FAULT").ok().as_deref() {
             Some("corrupt-data") => Some(Fault::CorruptData),
             Some("oversized") => Some(Fault::Oversized),
+            Some("foreign-forgets") => Some(Fault::ForeignForgets),
             _ => None,
         }
     }
@@ -164,6 +168,8 @@ pub struct Conn {
     /// Held while objects asked for by id alone are looked for (one tree walk at a time).
     finding: tokio::sync::Mutex<()>,
     negotiated: tokio::sync::watch::Sender<bool>,
+    /// The protocol revision chosen in `Hello`/`Welcome` (0 before).
+    version: AtomicU16,
     pulling: AtomicBool,
     budget: Mutex<RequestBudget>,
     /// Counters.
@@ -190,6 +196,7 @@ impl Conn {
             served: Mutex::new(HashSet::new()),
             finding: tokio::sync::Mutex::new(()),
             negotiated: tokio::sync::watch::Sender::new(false),
+            version: AtomicU16::new(0),
             pulling: AtomicBool::new(false),
             budget: Mutex::new(RequestBudget {
                 tokens: REQUEST_BURST,
@@ -329,6 +336,7 @@ impl Conn {
         if let Ok(mut n) = self.remote_name.lock() {
             n.clone_from(&w.node);
         }
+        self.version.store(w.version, Ordering::Release);
         self.negotiated.send_replace(true);
         Ok(w)
     }
@@ -345,6 +353,11 @@ impl Conn {
             .await,
             Ok(Ok(_))
         )
+    }
+
+    /// The protocol revision both nodes speak on this connection.
+    pub fn version(&self) -> u16 {
+        self.version.load(Ordering::Acquire)
     }
 
     fn is_negotiated(&self) -> bool {
