@@ -13,6 +13,7 @@ pub mod backend;
 pub mod check;
 pub mod chunking;
 pub mod error;
+pub mod forgotten;
 pub mod format;
 pub mod fsutil;
 pub mod gc;

@@ -181,6 +181,29 @@ impl Identity {
         self.id
     }
 
+    /// Sign `message` with the node key: (Ed25519 public key, 64-byte signature).
+    pub fn sign(&self, message: &[u8]) -> Result<([u8; 32], [u8; 64])> {
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&self.key_der)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Identity,
+                    format!("the node key is not an Ed25519 key ring can use: {e}"),
+                )
+            })?;
+        let mut public = [0u8; 32];
+        let pk = ring::signature::KeyPair::public_key(&key).as_ref();
+        if pk.len() != 32 {
+            return Err(Error::new(
+                ErrorKind::Identity,
+                "the node key is not an Ed25519 key",
+            ));
+        }
+        public.copy_from_slice(pk);
+        let mut sig = [0u8; 64];
+        sig.copy_from_slice(key.sign(message).as_ref());
+        Ok((public, sig))
+    }
+
     /// The certificate chain to present (one self-signed certificate).
     pub fn cert_chain(&self) -> Vec<CertificateDer<'static>> {
         vec![CertificateDer::from(self.cert_der.clone())]

@@ -1,7 +1,7 @@
 use anyhow::{Result, bail};
 use comfy_table::Cell;
 use puce_core::format::printable;
-use puce_core::gc::{GcOptions, forget};
+use puce_core::gc::GcOptions;
 use puce_core::retention::{Decision, GroupBy, Policy, decide};
 use puce_core::{Repo, SnapshotEntry};
 use serde_json::json;
@@ -108,7 +108,9 @@ pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         (d.iter().filter(|d| !d.keep).map(|d| d.id).collect(), d)
     };
     if !a.dry_run {
-        forget(&repo, &remove)?;
+        // For good: a forget record stays, so that no sync brings the snapshots back, and
+        // peers replicating their spaces forget them too.
+        puce_core::forgotten::forget(&repo, &remove)?;
     }
     let gc_report = if a.prune && !a.dry_run {
         Some(puce_core::gc::gc(

@@ -9,9 +9,12 @@ use crate::output;
 
 pub fn run(ctx: &Ctx, a: SnapshotsArgs) -> Result<i32> {
     let repo = ctx.open()?;
+    // A snapshot with a forget record (its forget interrupted) is not listed.
+    let forgotten = puce_core::forgotten::ids(&repo)?;
     let snaps: Vec<_> = repo
         .snapshots()?
         .into_iter()
+        .filter(|s| !forgotten.contains(&s.id))
         .filter(|s| a.space.as_ref().is_none_or(|sp| &s.snapshot.space == sp))
         .collect();
     if ctx.json {

@@ -37,7 +37,7 @@ struct OpenFiles {
 impl LocalBackend {
     /// A backend over `root`, creating its subdirectories if needed.
     pub fn open(root: &Path) -> Result<LocalBackend> {
-        for d in ["packs", "snapshots", "spaces", "receipts", "tmp"] {
+        for d in ["packs", "snapshots", "spaces", "receipts", "forgets", "tmp"] {
             fsutil::create_dir_durable(&root.join(d))?;
         }
         Ok(LocalBackend {

@@ -30,6 +30,8 @@ pub enum FileKind {
     Space,
     /// `receipts/`: who delivered each snapshot received from a peer, and when.
     Receipt,
+    /// `forgets/`: forget records of snapshots forgotten here or by a peer.
+    Forget,
 }
 
 impl FileKind {
@@ -41,6 +43,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::Space => "spaces",
             FileKind::Receipt => "receipts",
+            FileKind::Forget => "forgets",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod envelope;
+pub mod forget;
 pub mod pack;
 pub mod receipt;
 pub mod snapshot;

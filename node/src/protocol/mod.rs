@@ -24,10 +24,13 @@ use crate::error::{Error, ErrorKind, Result};
 /// The ALPN protocol name; a future incompatible protocol gets a new name.
 pub const ALPN: &[u8] = b"puce/sync/1";
 /// The revision of `puce/sync/1` this node implements (negotiated in `Hello`/`Welcome`).
-/// Revision 2 adds `FindObjects` (healing from a peer).
-pub const VERSION: u16 = 2;
+/// Revision 2 adds `FindObjects` (healing from a peer), revision 3 `GetForgets` (forgets carried
+/// to the nodes that replicate a space).
+pub const VERSION: u16 = 3;
 /// The first revision with `FindObjects`.
 pub const FIND_OBJECTS_VERSION: u16 = 2;
+/// The first revision with `GetForgets`.
+pub const FORGETS_VERSION: u16 = 3;
 /// The oldest revision this node still speaks.
 pub const MIN_VERSION: u16 = 1;
 
@@ -227,6 +230,24 @@ pub struct FindObjects {
     pub ids: Vec<ObjectId>,
 }
 
+/// Ask which of these snapshots the responder forgot (revision 3). Answered by one `Forget`
+/// frame per id that has a forget record there in a space the requester may read, in request
+/// order, the others left out, then `End`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetForgets {
+    /// At most [`MAX_SNAPSHOTS_PER_REQUEST`] ids.
+    pub ids: Vec<SnapshotId>,
+}
+
+/// A forget record signed by the responder: the bytes of a `forgets/` file
+/// (`docs/format.md`, forget records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetRecord {
+    /// The record.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
 /// End of a multi-frame answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct End {
@@ -289,6 +310,10 @@ pub enum Message {
     PushDone(PushDone),
     /// 0x19
     FindObjects(FindObjects),
+    /// 0x1a
+    GetForgets(GetForgets),
+    /// 0x1b
+    Forget(ForgetRecord),
 }
 
 /// The frame type byte of each message.
@@ -321,6 +346,10 @@ pub enum MessageType {
     PushDone = 0x18,
     /// [`FindObjects`]
     FindObjects = 0x19,
+    /// [`GetForgets`]
+    GetForgets = 0x1a,
+    /// [`ForgetRecord`]
+    Forget = 0x1b,
 }
 
 impl MessageType {
@@ -341,6 +370,8 @@ impl MessageType {
             0x17 => Push,
             0x18 => PushDone,
             0x19 => FindObjects,
+            0x1a => GetForgets,
+            0x1b => Forget,
             _ => return None,
         })
     }
@@ -359,8 +390,8 @@ impl MessageType {
     pub fn max_len(self) -> u32 {
         use MessageType::*;
         match self {
-            Hello | Welcome | Error | Push | PushDone | End => 64 * KIB,
-            ListSpaces | GetSnapshots => MIB,
+            Hello | Welcome | Error | Push | PushDone | End | Forget => 64 * KIB,
+            ListSpaces | GetSnapshots | GetForgets => MIB,
             GetObjects | FindObjects => 256 * KIB,
             SpaceList => 32 * MIB,
             Snapshot => 16 * MIB + 64,
@@ -386,6 +417,8 @@ impl Message {
             Message::Push(_) => MessageType::Push,
             Message::PushDone(_) => MessageType::PushDone,
             Message::FindObjects(_) => MessageType::FindObjects,
+            Message::GetForgets(_) => MessageType::GetForgets,
+            Message::Forget(_) => MessageType::Forget,
         }
     }
 
@@ -405,6 +438,8 @@ impl Message {
             MessageType::Push => "Push",
             MessageType::PushDone => "PushDone",
             MessageType::FindObjects => "FindObjects",
+            MessageType::GetForgets => "GetForgets",
+            MessageType::Forget => "Forget",
         }
     }
 
@@ -437,6 +472,8 @@ pub fn encode(m: &Message) -> Result<Vec<u8>> {
         Message::Push(x) => body(x)?,
         Message::PushDone(x) => body(x)?,
         Message::FindObjects(x) => body(x)?,
+        Message::GetForgets(x) => body(x)?,
+        Message::Forget(x) => body(x)?,
     };
     let kind = m.kind();
     if b.len() > kind.max_len() as usize {
@@ -511,6 +548,8 @@ fn decode_body(kind: MessageType, b: &[u8]) -> Result<Message> {
         T::Push => Message::Push(take("Push", b)?),
         T::PushDone => Message::PushDone(take("PushDone", b)?),
         T::FindObjects => Message::FindObjects(take("FindObjects", b)?),
+        T::GetForgets => Message::GetForgets(take("GetForgets", b)?),
+        T::Forget => Message::Forget(take("Forget", b)?),
     })
 }
 

@@ -210,6 +210,37 @@ fn golden_objects_push_end() {
 }
 
 #[test]
+fn golden_forgets() {
+    // Revision 3: which of these snapshots the responder forgot. Answered with `Forget` frames
+    // (forget records, docs/format.md) and `End`.
+    golden(
+        Message::GetForgets(GetForgets {
+            ids: vec![sid(0x11), sid(0x12)],
+        }),
+        &[
+            "41000000", // body length 65
+            "1a",       // type GetForgets
+            "02",       // 2 ids
+            &"11".repeat(32),
+            &"12".repeat(32),
+        ],
+    );
+    golden(
+        Message::Forget(ForgetRecord {
+            bytes: vec![0xaa, 0xbb, 0xcc],
+        }),
+        &[
+            "04000000",  // body length 4
+            "1b",        // type Forget
+            "03 aabbcc", // the record's bytes
+        ],
+    );
+    assert_eq!(MessageType::GetForgets.max_len(), 1024 * 1024);
+    assert_eq!(MessageType::Forget.max_len(), 64 * 1024);
+    const { assert!(FORGETS_VERSION <= VERSION) };
+}
+
+#[test]
 fn golden_find_objects() {
     // Revision 2: objects by id alone (healing). Answered with `Object` frames and `End`.
     golden(

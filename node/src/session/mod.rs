@@ -14,7 +14,7 @@
 //! under the budget ([`PACE_BURST`], [`PACE_RATE`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::error::{Error, ErrorKind, Result, connection_error};
 use crate::identity::Identity;
 use crate::protocol::{self, Chunking, Code, Hello, Message, Welcome};
 
+pub mod forget;
 pub mod pull;
 mod serve;
 
@@ -50,6 +51,8 @@ pub enum Fault {
     /// Pull without pacing requests, asking for one chunk per request (a requester flooding
     /// the other node, as one that does not know its budget would).
     Flood,
+    /// Sign the forget records sent with a key of no configured node.
+    ForeignForgets,
 }
 
 impl Fault {
@@ -65,6 +68,7 @@ impl Fault {
             Some("no-request-limit") => Some(Fault::NoRequestLimit),
             Some("flood") => Some(Fault::Flood),
             Some("cut-off-midway") => Some(Fault::CutOffMidway),
+            Some("foreign-forgets") => Some(Fault::ForeignForgets),
             _ => None,
         }
     }
@@ -233,6 +237,8 @@ pub struct Conn {
     /// Held while objects asked for by id alone are looked for (one request at a time).
     finding: tokio::sync::Mutex<FindState>,
     negotiated: tokio::sync::watch::Sender<bool>,
+    /// The protocol revision chosen in `Hello`/`Welcome` (0 before).
+    version: AtomicU16,
     pulling: AtomicBool,
     /// Set when this node cut the peer off for misbehaving.
     cut: AtomicBool,
@@ -264,6 +270,7 @@ impl Conn {
             served: Mutex::new(HashSet::new()),
             finding: tokio::sync::Mutex::new(FindState::default()),
             negotiated: tokio::sync::watch::Sender::new(false),
+            version: AtomicU16::new(0),
             pulling: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             budget: Mutex::new(RequestBudget::new(REQUEST_BURST, REQUEST_RATE)),
@@ -412,6 +419,7 @@ impl Conn {
         if let Ok(mut n) = self.remote_name.lock() {
             n.clone_from(&w.node);
         }
+        self.version.store(w.version, Ordering::Release);
         self.negotiated.send_replace(true);
         Ok(w)
     }
@@ -428,6 +436,11 @@ impl Conn {
             .await,
             Ok(Ok(_))
         )
+    }
+
+    /// The protocol revision both nodes speak on this connection.
+    pub fn version(&self) -> u16 {
+        self.version.load(Ordering::Acquire)
     }
 
     fn is_negotiated(&self) -> bool {

@@ -94,7 +94,7 @@ impl Drop for Guard {
     }
 }
 
-fn misbehaved(conn: &Conn, code: Code, why: String) -> Error {
+pub(super) fn misbehaved(conn: &Conn, code: Code, why: String) -> Error {
     conn.cut_off(code, &why);
     let kind = if code == Code::BadObject {
         ErrorKind::BadObject
@@ -225,6 +225,8 @@ async fn run(
             ));
         }
     };
+    // Forgets of the peer first: a snapshot forgotten here is never new.
+    let forgotten = super::forget::before_pull(conn, spaces, &list, &local).await?;
     let presence = PeerPresence::new(conn, &local);
     // A snapshot is new unless this node holds it in the same space (an id held in another
     // space is asked for, and then refused as not of the space it was listed under).
@@ -244,7 +246,10 @@ async fn run(
         }
         let mut seen = HashSet::new();
         for id in &st.snapshots {
-            if !local_ids.contains(&(*id, st.name.as_str())) && seen.insert(*id) {
+            if !local_ids.contains(&(*id, st.name.as_str()))
+                && !forgotten.contains(id)
+                && seen.insert(*id)
+            {
                 wanted.push((*id, st.name.clone()));
             }
         }

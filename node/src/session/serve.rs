@@ -113,6 +113,7 @@ async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
         Message::GetSnapshots(r) => get_snapshots(&conn, &mut send, r).await,
         Message::GetObjects(r) => get_objects(&conn, &mut send, r).await,
         Message::FindObjects(r) => find_objects(&conn, &mut send, r).await,
+        Message::GetForgets(r) => get_forgets(&conn, &mut send, r).await,
         Message::Push(r) => push(&conn, &mut send, r).await,
         m => Err(Failure::CutOff(
             Code::Protocol,
@@ -174,6 +175,7 @@ async fn hello(conn: &Arc<Conn>, send: &mut SendStream, h: Hello) -> Result<(), 
         chunking: conn.ctx.chunking(),
     };
     // Marked before answering: the peer's next request may arrive as soon as it reads this.
+    conn.version.store(version, Ordering::Release);
     conn.negotiated.send_replace(true);
     write(conn, send, &Message::Welcome(w)).await?;
     tracing::info!(
@@ -251,7 +253,14 @@ async fn list_spaces(
         }
     }
     let repo = conn.ctx.repo.clone();
-    let all = blocking(move || Ok(repo.snapshots()?)).await?;
+    let all = blocking(move || {
+        // A snapshot with a forget record (its forget interrupted) is not offered.
+        let forgotten = puce_core::forgotten::ids(&repo)?;
+        let mut all = repo.snapshots()?;
+        all.retain(|s| !forgotten.contains(&s.id));
+        Ok(all)
+    })
+    .await?;
     let groups = by_space(&all);
     let names: Vec<String> = if r.spaces.is_empty() {
         let mut n: Vec<String> = groups
@@ -341,6 +350,32 @@ async fn get_snapshots(
     let n = records.len() as u32;
     for (id, bytes) in records {
         write(conn, send, &Message::Snapshot(SnapshotRecord { id, bytes })).await?;
+    }
+    write(conn, send, &Message::End(End { count: n })).await
+}
+
+/// Which of the snapshots named this node forgot (revision 3): its forget records of them, in
+/// spaces the peer may read, signed by this node; the others left out without saying why.
+async fn get_forgets(
+    conn: &Arc<Conn>,
+    send: &mut SendStream,
+    r: protocol::GetForgets,
+) -> Result<(), Failure> {
+    at_most(
+        "snapshots",
+        r.ids.len(),
+        protocol::MAX_SNAPSHOTS_PER_REQUEST,
+    )?;
+    let c = conn.clone();
+    let records = blocking(move || super::forget::records_for(&c, &r.ids)).await?;
+    let n = records.len() as u32;
+    for bytes in records {
+        write(
+            conn,
+            send,
+            &Message::Forget(protocol::ForgetRecord { bytes }),
+        )
+        .await?;
     }
     write(conn, send, &Message::End(End { count: n })).await
 }

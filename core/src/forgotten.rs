@@ -1,0 +1,152 @@
+//! What this repository forgot for good: one forget record per snapshot (`forgets/<id>`,
+//! [`Forget`]), kept forever, so that a sync never fetches a forgotten snapshot again from a
+//! peer that still holds it, and can tell such peers that it was forgotten (`docs/design.md`,
+//! "Forgetting across nodes").
+//!
+//! The record is written before the snapshot record is removed: a crash in between leaves a
+//! snapshot with a forget record, which is not listed, not offered to peers, and forgotten by
+//! the next forget or sync ([`interrupted`]).
+
+use std::collections::HashSet;
+
+use crate::backend::FileKind;
+use crate::error::{ErrorKind, Result};
+use crate::format::forget::Forget;
+use crate::hash::SnapshotId;
+use crate::index::now_ns;
+use crate::repo::{Repo, SnapshotEntry};
+
+/// Forget snapshots `ids` for good: write their forget records (unsigned: this repository's
+/// own decision), then forget them ([`crate::gc::forget`]; the objects go at the next gc).
+/// Snapshots left by an interrupted forget are forgotten too.
+pub fn forget(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
+    let snaps = repo.snapshots()?;
+    let now = now_ns();
+    for s in snaps.iter().filter(|s| ids.contains(&s.id)) {
+        if read(repo, &s.id)?.is_none() {
+            record(
+                repo,
+                &Forget {
+                    snapshot: s.id,
+                    space: s.snapshot.space.clone(),
+                    time_ns: now,
+                    signer: None,
+                },
+            )?;
+        }
+    }
+    let mut all: Vec<SnapshotId> = ids.to_vec();
+    all.extend(
+        interrupted(repo, &snaps)?
+            .into_iter()
+            .filter(|i| !ids.contains(i)),
+    );
+    crate::gc::forget(repo, &all)
+}
+
+/// Store records received from a peer (already checked by the caller: signed by a node that
+/// may write their space here, each of the space this repository holds the snapshot in, if
+/// it does), keeping an existing record of the same snapshot, then forget every snapshot held
+/// that has a record. Returns the snapshots forgotten.
+pub fn apply(repo: &Repo, records: &[Forget]) -> Result<Vec<SnapshotId>> {
+    for f in records {
+        if read(repo, &f.snapshot)?.is_none() {
+            record(repo, f)?;
+        }
+    }
+    let gone = interrupted(repo, &repo.snapshots()?)?;
+    crate::gc::forget(repo, &gone)?;
+    Ok(gone)
+}
+
+/// Snapshots among `snaps` that have a forget record (a forget not finished yet).
+pub fn interrupted(repo: &Repo, snaps: &[SnapshotEntry]) -> Result<Vec<SnapshotId>> {
+    let forgotten = ids(repo)?;
+    Ok(snaps
+        .iter()
+        .map(|s| s.id)
+        .filter(|i| forgotten.contains(i))
+        .collect())
+}
+
+/// Write a forget record (durably).
+pub fn record(repo: &Repo, f: &Forget) -> Result<()> {
+    repo.backend()
+        .write(FileKind::Forget, &f.file_name(), &f.encode()?)
+}
+
+/// The forget record of snapshot `id`, if there is one.
+pub fn read(repo: &Repo, id: &SnapshotId) -> Result<Option<Forget>> {
+    match repo.backend().read(FileKind::Forget, &id.to_hex()) {
+        Ok(b) => Ok(Some(
+            Forget::decode(&b).map_err(|e| e.context(format!("forget record {id}")))?,
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The snapshots with a forget record (by file name; names that are not snapshot ids are
+/// ignored).
+pub fn ids(repo: &Repo) -> Result<HashSet<SnapshotId>> {
+    Ok(repo
+        .backend()
+        .list(FileKind::Forget)?
+        .into_iter()
+        .filter_map(|(name, _)| SnapshotId::from_hex(&name).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::InitOptions;
+    use std::sync::Arc;
+
+    fn snap(repo: &Arc<Repo>, src: &std::path::Path, space: &str) -> SnapshotId {
+        let opts = crate::snapshot::archive::SnapshotOptions {
+            space: Some(space.into()),
+            ..Default::default()
+        };
+        crate::snapshot::archive::snapshot(repo, src, &opts, &crate::progress::NoProgress)
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn a_forget_leaves_a_record_and_an_interrupted_one_is_finished() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"one").unwrap();
+        let a = snap(&repo, &src, "docs");
+        std::fs::write(src.join("f"), b"two").unwrap();
+        let b = snap(&repo, &src, "docs");
+        forget(&repo, &[a]).unwrap();
+        let f = read(&repo, &a).unwrap().unwrap();
+        assert_eq!((f.snapshot, f.space.as_str(), f.signer), (a, "docs", None));
+        assert_eq!(ids(&repo).unwrap(), HashSet::from([a]));
+        let left: Vec<SnapshotId> = repo.snapshots().unwrap().iter().map(|s| s.id).collect();
+        assert_eq!(left, vec![b]);
+        // A record written, the snapshot not yet removed (a crash in between): the next
+        // forget finishes it.
+        record(
+            &repo,
+            &Forget {
+                snapshot: b,
+                space: "docs".into(),
+                time_ns: 1,
+                signer: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            interrupted(&repo, &repo.snapshots().unwrap()).unwrap(),
+            vec![b]
+        );
+        forget(&repo, &[]).unwrap();
+        assert!(repo.snapshots().unwrap().is_empty());
+        assert_eq!(read(&repo, &b).unwrap().unwrap().time_ns, 1, "record kept");
+    }
+}

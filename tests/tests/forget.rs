@@ -1,0 +1,150 @@
+//! Forgets carried across nodes, end to end: a snapshot forgotten on one node does not come back
+//! at the next sync, is forgotten by the nodes that replicate its space, and a forget that is
+//! not signed by a node allowed to write the space there is ignored.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+
+use puce_tests::make_tree;
+use puce_tests::node::TestNode;
+
+const BOTH: &str = r#"{ docs = ["pull", "push"] }"#;
+
+/// `node` with two snapshots of `docs` (the older one first), both synced to `other`.
+fn two_versions(node: &TestNode) -> (String, String) {
+    let src = node.repo.dir.path().join("src");
+    make_tree(&src, 1);
+    let old = node.snapshot(&src, "docs");
+    fs::write(src.join("docs/new.txt"), b"second version").unwrap();
+    let new = node.snapshot(&src, "docs");
+    (old, new)
+}
+
+fn forget_and_prune(node: &TestNode, id: &str) {
+    node.ok(&["forget", id, "--prune"]);
+    assert!(!node.snapshot_ids().contains(&id.to_string()));
+}
+
+fn has_forget_record(node: &TestNode, id: &str) -> bool {
+    node.repo.path().join("forgets").join(id).exists()
+}
+
+#[test]
+fn a_forgotten_snapshot_does_not_come_back_and_is_forgotten_by_the_replicas() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    let mut c = TestNode::new("annecy");
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, BOTH);
+    b.add_peer(&c, BOTH);
+    c.add_peer(&b, BOTH);
+    b.start();
+    let (old, new) = two_versions(&a);
+    a.sync("grenoble", &[]);
+    c.sync("grenoble", &[]);
+    for n in [&b, &c] {
+        let ids = n.snapshot_ids();
+        assert!(
+            ids.contains(&old) && ids.contains(&new),
+            "{}: {ids:?}",
+            n.name
+        );
+    }
+
+    // Forgotten and its data collected on lyon; then a sync both ways with grenoble.
+    forget_and_prune(&a, &old);
+    let r = a.sync("grenoble", &[]);
+    assert!(
+        !a.snapshot_ids().contains(&old),
+        "the forgotten snapshot came back to lyon at the sync: {r}"
+    );
+    assert!(has_forget_record(&a, &old));
+    assert!(
+        !b.snapshot_ids().contains(&old),
+        "grenoble still holds the snapshot lyon forgot: {r}\n{}",
+        b.log()
+    );
+    assert!(b.snapshot_ids().contains(&new));
+    assert!(has_forget_record(&b, &old));
+    assert!(
+        b.log().contains(&format!("forgot snapshot {old}")),
+        "{}",
+        b.log()
+    );
+
+    // Annecy knows only grenoble: grenoble passes the forget on under its own signature.
+    let r = c.sync("grenoble", &[]);
+    assert!(
+        !c.snapshot_ids().contains(&old),
+        "annecy still holds the snapshot forgotten by lyon, then grenoble: {r}"
+    );
+    assert!(c.snapshot_ids().contains(&new));
+
+    // Again, both ways: nothing comes back anywhere, and the repositories are sound.
+    a.sync("grenoble", &[]);
+    c.sync("grenoble", &[]);
+    for n in [&a, &b, &c] {
+        assert!(!n.snapshot_ids().contains(&old), "{}", n.name);
+        n.ok(&["check"]);
+    }
+    a.ok(&[
+        "restore",
+        &new,
+        a.repo.dir.path().join("out").to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn a_forget_signed_by_an_unknown_key_is_ignored() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, BOTH);
+    // Lyon's daemon signs the forget records it sends with a key of no configured node.
+    a.start_with(&[("PUCE_TEST_FAULT", "foreign-forgets")]);
+    let (old, new) = two_versions(&a);
+    b.sync("lyon", &[]);
+    assert!(b.snapshot_ids().contains(&old));
+    forget_and_prune(&a, &old);
+    let out = b.run(&["sync", "lyon"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        b.snapshot_ids().contains(&old),
+        "grenoble forgot a snapshot on a forged forget record"
+    );
+    assert!(
+        err.contains(&format!("ignored the forget of snapshot {old}"))
+            && err.contains("peer 'lyon'")
+            && err.contains("not by the peer"),
+        "no clear log line naming the peer: {err}"
+    );
+    assert!(!has_forget_record(&b, &old));
+    // The sync pushed back to lyon: the forgotten snapshot stays forgotten there.
+    assert!(!a.snapshot_ids().contains(&old));
+    assert!(a.snapshot_ids().contains(&new));
+}
+
+#[test]
+fn a_forget_by_a_peer_that_may_only_read_the_space_is_not_applied() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    // Grenoble lets lyon read docs, not write it: lyon may not forget there either.
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, r#"{ docs = ["pull"] }"#);
+    b.start();
+    let src = b.repo.dir.path().join("src");
+    make_tree(&src, 2);
+    let old = b.snapshot(&src, "docs");
+    fs::write(src.join("docs/new.txt"), b"second version").unwrap();
+    let new = b.snapshot(&src, "docs");
+    a.sync("grenoble", &[]);
+    assert!(a.snapshot_ids().contains(&old));
+    forget_and_prune(&a, &old);
+    let r = a.sync("grenoble", &[]);
+    // Lyon does not fetch it again from grenoble, which keeps it.
+    assert!(!a.snapshot_ids().contains(&old), "{r}");
+    assert!(a.snapshot_ids().contains(&new));
+    assert!(b.snapshot_ids().contains(&old), "{}", b.log());
+    assert!(!has_forget_record(&b, &old));
+}
