@@ -8,7 +8,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use puce_node::protocol::{Message, MessageType, decode, encode, read};
+use puce_node::protocol::{Expect, Message, MessageType, decode, encode, read, read_expecting};
 
 /// Run a future over an in-memory stream, which is always ready.
 fn run<F: Future>(f: F) -> Option<F::Output> {
@@ -23,10 +23,18 @@ fn run<F: Future>(f: F) -> Option<F::Output> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut stream = data;
+    // The first byte picks what the stream may carry: anything, requests, or answers.
+    let Some((&pick, mut stream)) = data.split_first() else {
+        return;
+    };
+    let expect = match pick % 3 {
+        0 => Expect::Any,
+        1 => Expect::Request,
+        _ => Expect::Answer,
+    };
     for _ in 0..64 {
         let before = stream;
-        let Some(Ok(Some(m))) = run(read(&mut stream)) else {
+        let Some(Ok(Some(m))) = run(read_expecting(&mut stream, expect)) else {
             return;
         };
         let consumed = &before[..before.len() - stream.len()];
