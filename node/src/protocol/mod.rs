@@ -382,7 +382,7 @@ impl MessageType {
         use MessageType::*;
         matches!(
             self,
-            Hello | ListSpaces | GetSnapshots | GetObjects | FindObjects | Push
+            Hello | ListSpaces | GetSnapshots | GetObjects | FindObjects | Push | GetForgets
         )
     }
 

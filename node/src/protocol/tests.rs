@@ -411,3 +411,13 @@ async fn malformed_object_frames_are_refused() {
     f.extend([0xffu8; 16]);
     assert!(read_bytes(&f).await.is_err());
 }
+
+/// Every type is a request or an answer as section 3 of docs/protocol.md lists it (a request
+/// type left out is refused from the header on the stream the other node opened).
+#[test]
+fn every_message_type_is_a_request_or_an_answer_as_documented() {
+    let requests: Vec<u8> = (0..=255u8)
+        .filter(|b| MessageType::from_u8(*b).is_some_and(|t| t.is_request()))
+        .collect();
+    assert_eq!(requests, [0x01, 0x10, 0x12, 0x14, 0x17, 0x19, 0x1a]);
+}
