@@ -337,6 +337,17 @@ impl Saver {
             .store(u64::from(scope), Ordering::Release);
     }
 
+    /// Add objects the peer sent that the repository already held (so [`Saver::save_stored`]
+    /// did not store them) to the reach scope set by [`Saver::set_reach_scope`], if any: the
+    /// peer sent them, so it knows this node holds them.
+    pub fn note_sent_present(&self, ids: &[ObjectId]) -> Result<()> {
+        let scope = self.shared.reach_scope.load(Ordering::Acquire);
+        match u32::try_from(scope) {
+            Ok(s) if s != 0 => self.repo.index().reach_insert(s, ids),
+            _ => Ok(()),
+        }
+    }
+
     /// Number of packs sealed and indexed so far: an index view older than this generation may
     /// miss objects this saver stored.
     pub fn generation(&self) -> u64 {

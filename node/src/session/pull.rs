@@ -580,6 +580,7 @@ async fn run(
         let mut reader = r2.index().reader()?;
         let mut g = saver.generation();
         let mut n = (0u64, 0u64, 0u64);
+        let mut present = Vec::new();
         let count = groups.len();
         for (i, group) in groups.into_iter().enumerate() {
             for t in group {
@@ -589,16 +590,20 @@ async fn run(
                 }
                 let len = t.data.len() as u64;
                 let raw = u64::from(t.raw_len);
-                if saver.save_stored(&reader, t.id, Kind::Tree, t.flags, t.raw_len, t.data)? {
+                let id = t.id;
+                if saver.save_stored(&reader, id, Kind::Tree, t.flags, t.raw_len, t.data)? {
                     n.0 += 1;
                     n.1 += len;
                     n.2 += raw;
+                } else {
+                    present.push(id);
                 }
             }
             if i + 1 < count {
                 saver.flush()?;
             }
         }
+        saver.note_sent_present(&present)?;
         Ok((n, saver))
     })
     .await?;
@@ -1016,6 +1021,7 @@ fn store_chunks(
     let mut reader = repo.index().reader()?;
     let mut g = saver.generation();
     while let Some(group) = rx.blocking_recv() {
+        let mut present = Vec::new();
         for o in group {
             if let Err(e) = verify_object(&o.id, o.flags, o.raw_len, &o.data) {
                 return Err(Error::new(
@@ -1029,10 +1035,13 @@ fn store_chunks(
             }
             let len = o.data.len() as u64;
             let raw = u64::from(o.raw_len);
-            if saver.save_stored(&reader, o.id, Kind::Data, o.flags, o.raw_len, o.data)? {
+            let id = o.id;
+            if saver.save_stored(&reader, id, Kind::Data, o.flags, o.raw_len, o.data)? {
                 st.objects += 1;
                 st.bytes += len;
                 st.raw += raw;
+            } else {
+                present.push(id);
             }
             let total = since.fetch_add(len, Ordering::AcqRel) + len;
             if total / checkpoint != (total - len) / checkpoint {
@@ -1040,6 +1049,7 @@ fn store_chunks(
             }
             progress.add(1, len);
         }
+        saver.note_sent_present(&present)?;
     }
     Ok(st)
 }
