@@ -27,9 +27,9 @@ fn file(name: &[u8], chunk: ObjectId) -> Entry {
     }
 }
 
-/// Store `root` (entries not validated, as a hostile writer would) and a snapshot of it.
-fn plant(repo: &TestRepo, entries: Vec<Entry>, sub: Option<Vec<Entry>>) -> String {
-    let r = Arc::new(
+/// The repository of `repo`, opened in this process (with its own cache directory).
+fn open(repo: &TestRepo) -> Arc<Repo> {
+    Arc::new(
         Repo::open_with(
             &repo.path(),
             &OpenOptions {
@@ -38,7 +38,12 @@ fn plant(repo: &TestRepo, entries: Vec<Entry>, sub: Option<Vec<Entry>>) -> Strin
             },
         )
         .unwrap(),
-    );
+    )
+}
+
+/// Store `root` (entries not validated, as a hostile writer would) and a snapshot of it.
+fn plant(repo: &TestRepo, entries: Vec<Entry>, sub: Option<Vec<Entry>>) -> String {
+    let r = open(repo);
     let saver = Saver::new(r.clone(), 1).unwrap();
     let reader = r.index().reader().unwrap();
     let data = b"pwned!".to_vec();
@@ -260,16 +265,7 @@ fn forge_deep(
     leaf: &[u8],
     below: Option<ObjectId>,
 ) -> ObjectId {
-    let r = Arc::new(
-        Repo::open_with(
-            &repo.path(),
-            &OpenOptions {
-                cache_dir: Some(repo.dir.path().join("cache")),
-                ..OpenOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let r = open(repo);
     let saver = Saver::new(r.clone(), 1).unwrap();
     let reader = r.index().reader().unwrap();
     let mut entries = vec![Entry {
