@@ -8,11 +8,17 @@ export RUSTC_BOOTSTRAP=1
 # Replay the cases that once crashed.
 for f in regressions/*; do
   [ -e "$f" ] || continue
-  t=$(basename "$f" | sed 's/^\(decode_[a-z]*\)-.*/\1/')
+  t=$(basename "$f" | sed 's/-.*//')
   cargo fuzz run "$t" "$f" >/dev/null 2>&1 || { echo "regression $f fails again" >&2; exit 1; }
 done
 for t in $(cargo fuzz list); do
   mkdir -p corpus/$t
   echo "fuzzing $t for ${SECONDS_EACH}s"
-  cargo fuzz run "$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len=65536 2>&1 | tail -3
+  # On a crash, show the panic and the input's file (the last lines are only a backtrace).
+  if ! cargo fuzz run "$t" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -max_len=65536 \
+    >"/tmp/fuzz-$t.log" 2>&1; then
+    grep -E -A4 "panicked|ERROR|SUMMARY|Test unit written" "/tmp/fuzz-$t.log" | head -40 >&2
+    exit 1
+  fi
+  tail -1 "/tmp/fuzz-$t.log"
 done

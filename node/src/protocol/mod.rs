@@ -622,7 +622,9 @@ async fn read_object<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Mess
     };
     let raw_len = u32::try_from(varint(5)?).map_err(|_| bad())?;
     let data_len = usize::try_from(varint(10)?).map_err(|_| bad())?;
-    if pos + data_len != len {
+    // `pos` never passes `head.len()`, itself at most `len`: `len - pos` cannot underflow, and
+    // a huge declared length cannot overflow an addition.
+    if data_len != len - pos {
         return Err(Error::protocol(format!(
             "malformed Object message: declares {data_len} bytes of data in a frame of {len}"
         )));

@@ -410,6 +410,16 @@ async fn malformed_object_frames_are_refused() {
     f.extend([0u8; 34]);
     f.extend([0xffu8; 16]);
     assert!(read_bytes(&f).await.is_err());
+    // A data length near 2^64 (the sum with the fields' length overflowed: a panic in a debug
+    // build, found by the fuzzer).
+    let mut f = vec![60u8, 0, 0, 0, 0x15];
+    f.extend([0u8; 34]);
+    f.push(3);
+    f.extend([0xffu8; 9]);
+    f.push(0x01);
+    f.extend([0u8; 15]);
+    let err = read_bytes(&f).await.unwrap_err().to_string();
+    assert!(err.contains("malformed Object message"), "{err}");
 }
 
 /// Every type is a request or an answer as section 3 of docs/protocol.md lists it (a request
