@@ -448,16 +448,8 @@ async fn run(
         level = dirs;
         depth += 1;
     }
-    // Subtrees this node has count too: the new snapshots must be within the limit as a whole.
-    let shape: HashMap<ObjectId, Vec<ObjectId>> = pending
-        .iter()
-        .map(|(id, p)| (*id, p.subdirs.clone()))
-        .collect();
-    let roots: Vec<ObjectId> = records.iter().map(|r| r.0.snapshot.root).collect();
-    let r2 = repo.clone();
-    if let Some(at) = blocking(move || deepest(&r2, &roots, &shape)).await? {
-        return Err(refuse_deep(conn, spaces, &at));
-    }
+    // Subtrees this node has count too: the depth of the new snapshots as a whole is measured
+    // by the completeness walk at commit, which reads every one of their trees anyway.
 
     tracing::debug!(
         "pull: {} trees and {} missing chunks after {:?}",
@@ -623,13 +615,17 @@ async fn run(
             (e.id, (r, e.snapshot.root))
         })
         .collect();
-    blocking(move || {
+    let too_deep = blocking(move || {
         let (_, session) = saver_back.finish_keep_session()?;
         tracing::debug!("pull: objects durable after {:?}", t0.elapsed());
         // The walk trusted that a tree in the index comes with its whole subtree. Check it
         // for the new snapshots before they become visible: a leftover tree whose subtree
         // was removed (by gc after an interrupted writer) must not yield a broken snapshot.
-        check_complete(&r2, &roots_to_check)?;
+        // The same walk measures their depth, through the subtrees this node had too.
+        if let Some(at) = check_complete(&r2, &roots_to_check)? {
+            session.end(&r2)?;
+            return Ok(Some(at));
+        }
         tracing::debug!("pull: completeness checked after {:?}", t0.elapsed());
         // The records (checked against their ids when received) are written parents first,
         // each durably, then cached in the index in one transaction.
@@ -650,9 +646,12 @@ async fn run(
             tracing::warn!("reach scopes not updated after the sync: {e:#}");
         }
         tracing::debug!("pull: reach scopes updated after {:?}", t0.elapsed());
-        Ok(())
+        Ok(None)
     })
     .await?;
+    if let Some(at) = too_deep {
+        return Err(refuse_deep(conn, spaces, &at));
+    }
 
     tracing::debug!("pull: committed after {:?}", t0.elapsed());
     // Per-space figures.
@@ -1067,37 +1066,12 @@ fn refuse_deep(conn: &Conn, spaces: &[String], at: &ObjectId) -> Error {
     )
 }
 
-/// A tree too deep under one of `roots`, if any: `shape` gives the subdirectories of the
-/// received trees, the others are read here (one this node cannot read counts as having no
-/// subdirectory; the completeness check reports it).
-fn deepest(
-    repo: &puce_core::Repo,
-    roots: &[ObjectId],
-    shape: &HashMap<ObjectId, Vec<ObjectId>>,
-) -> Result<Option<ObjectId>> {
-    let reader = repo.index().reader()?;
-    let mut heights = HashMap::new();
-    for root in roots {
-        let r = check_depth(*root, &mut heights, &mut |id| {
-            Ok(match shape.get(id) {
-                Some(s) => s.clone(),
-                None => repo
-                    .read_tree_with(&reader, id)
-                    .map(|t| subdirs(&t))
-                    .unwrap_or_default(),
-            })
-        });
-        if r.is_err() {
-            return Ok(Some(*root));
-        }
-    }
-    Ok(None)
-}
-
 /// Check that every object reachable from `roots` is indexed (trees read and verified,
-/// chunks looked up), each shared subtree once.
-fn check_complete(repo: &puce_core::Repo, roots: &[ObjectId]) -> Result<()> {
+/// chunks looked up), each shared subtree once; then that no root is deeper than
+/// [`MAX_TREE_DEPTH`]: the root of one that is, if any.
+fn check_complete(repo: &puce_core::Repo, roots: &[ObjectId]) -> Result<Option<ObjectId>> {
     let reader = repo.index().reader()?;
+    let mut shape: HashMap<ObjectId, Vec<ObjectId>> = HashMap::new();
     let mut seen: HashSet<ObjectId> = HashSet::new();
     let mut stack: Vec<ObjectId> = roots.to_vec();
     while let Some(id) = stack.pop() {
@@ -1114,6 +1088,7 @@ fn check_complete(repo: &puce_core::Repo, roots: &[ObjectId]) -> Result<()> {
                 ),
             )
         })?;
+        shape.insert(id, subdirs(&tree));
         for e in &tree.entries {
             match &e.node {
                 Node::Dir { tree } => stack.push(*tree),
@@ -1138,7 +1113,16 @@ fn check_complete(repo: &puce_core::Repo, roots: &[ObjectId]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    let mut heights = HashMap::new();
+    for root in roots {
+        let r = check_depth(*root, &mut heights, &mut |id| {
+            Ok(shape.get(id).cloned().unwrap_or_default())
+        });
+        if r.is_err() {
+            return Ok(Some(*root));
+        }
+    }
+    Ok(None)
 }
 
 /// The height of each pending tree: 0 without pending subtrees, else one more than the
