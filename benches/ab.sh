@@ -16,7 +16,7 @@ OLD=$(realpath "$1")
 NEW=$(realpath "$2")
 C=${3:-${XDG_CACHE_HOME:-$HOME/.cache}/puce-corpus/versions}
 RUNS=${RUNS:-5}
-[ -d "$C/day01" ] || { echo "no corpus at $C: run ../shared/corpus/make_corpus.sh" >&2; exit 1; }
+[ -d "$C/day01" ] || { echo "no corpus at $C: run benches/corpus/make_corpus.sh" >&2; exit 1; }
 DAYS=("$C"/day*)
 N=${#DAYS[@]}
 W=$(mktemp -d /tmp/puce-ab.XXXXXX)

@@ -2,7 +2,7 @@
 # chunk_params.sh: measure chunking parameters on the corpus (12 nightly versions, each read from
 # its own path, so every byte is chunked). For each setting: stored size, dedup ratio (logical
 # bytes / unique plaintext bytes), chunk count, ingest speed. Used to pick the defaults recorded
-# in docs/decisions.md.
+# in docs/decisions.md (table: benches/results/notes-chunking.md).
 #
 # Usage: benches/chunk_params.sh [CORPUS_VERSIONS_DIR]   (default ~/.cache/puce-corpus/versions)
 set -euo pipefail

@@ -10,7 +10,7 @@
 # memory, each with its ratio to restic.
 #
 # Usage: benches/compare.sh [CORPUS_VERSIONS_DIR]
-#   CORPUS_VERSIONS_DIR defaults to ~/.cache/puce-corpus/versions (../shared/corpus/make_corpus.sh)
+#   CORPUS_VERSIONS_DIR defaults to ~/.cache/puce-corpus/versions (benches/corpus/make_corpus.sh)
 #   TOOLS="puce restic borg" selects tools; WORK=/path sets the scratch directory;
 #   RESTORE_DIR=/path sets where restores are written (default /dev/shm: on this VM's disk,
 #   creating 15k files costs 1 to 10 s of kernel time from run to run, for every tool alike,
@@ -21,7 +21,7 @@ export LC_ALL=C TZ=UTC
 HERE=$(cd "$(dirname "$0")" && pwd)
 C=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/puce-corpus/versions}
 TOOLS=${TOOLS:-"puce restic borg"}
-[ -d "$C/day01" ] || { echo "no corpus at $C: run ../shared/corpus/make_corpus.sh" >&2; exit 1; }
+[ -d "$C/day01" ] || { echo "no corpus at $C: run benches/corpus/make_corpus.sh" >&2; exit 1; }
 for t in $TOOLS rsync /usr/bin/time; do
   [ "$t" = puce ] && continue
   command -v "$t" >/dev/null || { echo "compare.sh needs $t" >&2; exit 1; }

@@ -41,7 +41,7 @@ V=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/puce-corpus/versions/day01}
 BIG_MB=${BIG_MB:-512}
 REPEAT=${REPEAT:-3}
 COLD=${COLD:-1}
-[ -d "$V" ] || { echo "no corpus version at $V: run ../shared/corpus/make_corpus.sh" >&2; exit 1; }
+[ -d "$V" ] || { echo "no corpus version at $V: run benches/corpus/make_corpus.sh" >&2; exit 1; }
 for t in restic fusermount3 bc; do
   command -v "$t" >/dev/null || { echo "mount.sh needs $t" >&2; exit 1; }
 done

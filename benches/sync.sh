@@ -14,7 +14,7 @@
 #   initial sync speed >= 0.8 x the plain quinn transfer; the cap held within 10 %.
 #
 # Usage: benches/sync.sh [CORPUS_VERSIONS_DIR]
-#   CORPUS_VERSIONS_DIR defaults to ~/.cache/puce-corpus/versions (../shared/corpus/make_corpus.sh)
+#   CORPUS_VERSIONS_DIR defaults to ~/.cache/puce-corpus/versions (benches/corpus/make_corpus.sh)
 #   WORK=/path sets the scratch directory; KEEP=1 keeps it; CAP=16MiB changes the cap;
 #   RUNS=3 sets how many times the initial sync and the quinn transfer run (best kept).
 # Needs: rsync. Writes benches/results/sync-latest.md.
@@ -23,7 +23,7 @@ export LC_ALL=C TZ=UTC
 HERE=$(cd "$(dirname "$0")" && pwd)
 C=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/puce-corpus/versions}
 CAP=${CAP:-32MiB}
-[ -d "$C/day01" ] || { echo "no corpus at $C: run ../shared/corpus/make_corpus.sh" >&2; exit 1; }
+[ -d "$C/day01" ] || { echo "no corpus at $C: run benches/corpus/make_corpus.sh" >&2; exit 1; }
 command -v rsync >/dev/null || { echo "sync.sh needs rsync" >&2; exit 1; }
 (cd "$HERE/.." && cargo build --release -q -p puce-cli && cargo build --release -q -p puce-node --example quic_baseline)
 PUCE=$HERE/../target/release/puce
