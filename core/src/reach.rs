@@ -24,7 +24,7 @@
 //! snapshots are forgotten ([`forget`]) and rebuilt by walking again. Receipts are files in the
 //! repository (`receipts/`), so the peer scopes survive `repair index`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::backend::FileKind;
 use crate::error::{ErrorKind, Result};
@@ -47,67 +47,104 @@ pub fn peer_key(node: &[u8; 32]) -> String {
     format!("p/{}", Hash(*node).to_hex())
 }
 
-/// Walk snapshot `snap` (root `root`) into scope `scope`, unless that was done already.
-/// Trees already in the scope are skipped with their subtrees; objects are recorded children
-/// first, so a tree in a scope always comes with its whole subtree.
-fn walk_into(repo: &Repo, scope: u32, snap: &SnapshotId, root: &ObjectId) -> Result<()> {
-    let index = repo.index();
-    if index.is_reached(snap, scope)? {
-        return Ok(());
-    }
-    let mut reach = index.reach_reader()?;
-    let reader = index.reader()?;
-    let mut stack: Vec<(ObjectId, bool)> = vec![(*root, false)];
-    let mut seen: HashSet<ObjectId> = HashSet::new();
-    let mut batch: Vec<ObjectId> = Vec::new();
-    while let Some((id, expanded)) = stack.pop() {
-        if expanded {
-            batch.push(id);
-            if batch.len() >= BATCH {
-                index.reach_insert(scope, &batch)?;
-                batch.clear();
-                reach = index.reach_reader()?;
-            }
-            continue;
-        }
-        if !seen.insert(id) || reach.contains(scope, &id)? {
-            continue;
-        }
-        let tree = repo.read_tree_with(&reader, &id)?;
-        stack.push((id, true));
-        for e in &tree.entries {
-            match &e.node {
-                Node::Dir { tree } => stack.push((*tree, false)),
-                // Inserting a chunk already in the scope costs no more than looking it up.
-                Node::File { chunks, .. } => batch.extend(chunks.iter().copied()),
-                Node::Symlink { .. } => {}
-            }
-        }
-    }
-    index.mark_reached(snap, scope, &batch)
+/// Scope additions gathered for one index transaction (see [`Pending::commit`]).
+#[derive(Default)]
+struct Pending {
+    /// Per scope: the trees expanded so far (a later snapshot of the same scope stops at
+    /// them) and the objects to add, children before their trees.
+    scopes: HashMap<u32, (HashSet<ObjectId>, Vec<ObjectId>)>,
+    /// (snapshot, scope) pairs to mark as wholly reached.
+    reached: Vec<(SnapshotId, u32)>,
 }
 
-/// Record that `snapshots`, just received from the peer whose scope is `scope`, are in that
-/// scope without walking them: every object the peer sent was added to it as its pack was
-/// written ([`crate::saver::Saver::set_reach_scope`]), and what it did not send was present
-/// for it already. (After a forget empties the scope, [`update`] rebuilds it by walking.)
-pub fn mark_delivered(repo: &Repo, scope: u32, snapshots: &[SnapshotId]) -> Result<()> {
-    for s in snapshots {
-        repo.index().mark_reached(s, scope, &[])?;
+impl Pending {
+    /// Walk `root` into `scope`, skipping trees the scope reaches already (in the index or
+    /// in this batch) with their subtrees. Objects are listed children first, so a tree in a
+    /// scope always comes with its whole subtree; a very large walk is written to the index as
+    /// it goes, in that order.
+    fn walk(&mut self, repo: &Repo, scope: u32, root: &ObjectId) -> Result<()> {
+        let index = repo.index();
+        let mut reach = index.reach_reader()?;
+        let reader = index.reader()?;
+        let (seen, out) = self.scopes.entry(scope).or_default();
+        let mut stack: Vec<(ObjectId, bool)> = vec![(*root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if expanded {
+                out.push(id);
+                if out.len() >= BATCH {
+                    index.reach_insert(scope, out)?;
+                    out.clear();
+                    reach = index.reach_reader()?;
+                }
+                continue;
+            }
+            if seen.contains(&id) || reach.contains(scope, &id)? {
+                continue;
+            }
+            let tree = repo.read_tree_with(&reader, &id)?;
+            seen.insert(id);
+            stack.push((id, true));
+            for e in &tree.entries {
+                match &e.node {
+                    Node::Dir { tree } => stack.push((*tree, false)),
+                    // Inserting a chunk already in the scope costs no more than looking it up.
+                    Node::File { chunks, .. } => out.extend(chunks.iter().copied()),
+                    Node::Symlink { .. } => {}
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Forget what a failed walk of `scope` gathered (its trees are walked again next time).
+    fn drop_scope(&mut self, scope: u32) {
+        self.scopes.remove(&scope);
+    }
+
+    /// Write everything gathered in one index transaction.
+    fn commit(self, repo: &Repo) -> Result<()> {
+        let adds: Vec<(u32, Vec<ObjectId>)> = self
+            .scopes
+            .into_iter()
+            .map(|(n, (_, ids))| (n, ids))
+            .collect();
+        repo.index().reach_commit(&adds, &self.reached)
+    }
+}
+
+/// Record snapshots in scopes, in one index transaction: each of `walk` (snapshot, scope key,
+/// root) by walking it into the scope (unless done already), each of `delivered` (snapshot,
+/// scope key) without walking, its objects being in the scope already.
+pub fn record(
+    repo: &Repo,
+    walk: &[(SnapshotId, String, ObjectId)],
+    delivered: &[(SnapshotId, String)],
+) -> Result<()> {
+    let index = repo.index();
+    let mut pending = Pending::default();
+    for (snap, key) in delivered {
+        pending.reached.push((*snap, index.scope_or_create(key)?));
+    }
+    for (snap, key, root) in walk {
+        let scope = index.scope_or_create(key)?;
+        if index.is_reached(snap, scope)? {
+            continue;
+        }
+        pending.walk(repo, scope, root)?;
+        pending.reached.push((*snap, scope));
+    }
+    pending.commit(repo)
 }
 
 /// Add a snapshot just committed to the scope of its space.
 pub fn add_snapshot(repo: &Repo, id: &SnapshotId, space: &str, root: &ObjectId) -> Result<()> {
-    let scope = repo.index().scope_or_create(&space_key(space))?;
-    walk_into(repo, scope, id, root)
+    record(repo, &[(*id, space_key(space), *root)], &[])
 }
 
 /// What [`update`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct UpdateReport {
-    /// (snapshot, scope) pairs walked.
+    /// (snapshot, scope) pairs walked and recorded.
     pub walked: u64,
     /// Pairs that could not be walked (a tree missing or damaged): their objects are not
     /// counted as present, so transfers send them again (safe; `puce check` says what is
@@ -148,14 +185,15 @@ pub fn update(repo: &Repo) -> Result<UpdateReport> {
             todo.push((peer_key(&sender), s));
         }
     }
+    let mut pending = Pending::default();
     for (key, s) in todo {
         let scope = match repo.index().scope(&key)? {
             Some(n) if reached.contains(&(s.id, n)) => continue,
             Some(n) => n,
             None => repo.index().scope_or_create(&key)?,
         };
-        match walk_into(repo, scope, &s.id, &s.snapshot.root) {
-            Ok(()) => report.walked += 1,
+        match pending.walk(repo, scope, &s.snapshot.root) {
+            Ok(()) => pending.reached.push((s.id, scope)),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -165,11 +203,17 @@ pub fn update(repo: &Repo) -> Result<UpdateReport> {
                         | ErrorKind::UnsupportedVersion
                 ) =>
             {
+                // What the scope gathered in this batch is dropped with the failed walk (the
+                // snapshots already walked into it are walked again next time).
+                pending.drop_scope(scope);
+                pending.reached.retain(|(_, n)| *n != scope);
                 report.skipped += 1
             }
             Err(e) => return Err(e),
         }
     }
+    report.walked = pending.reached.len() as u64;
+    pending.commit(repo)?;
     Ok(report)
 }
 

@@ -108,16 +108,28 @@ impl Index {
         Ok(out)
     }
 
-    /// Record that `snap` is wholly in `scope`, after adding its last objects `ids`.
-    pub fn mark_reached(&self, snap: &SnapshotId, scope: u32, ids: &[ObjectId]) -> Result<()> {
+    /// Add objects to scopes and mark (snapshot, scope) pairs as wholly reached, in one
+    /// transaction.
+    pub fn reach_commit(
+        &self,
+        adds: &[(u32, Vec<ObjectId>)],
+        reached: &[(SnapshotId, u32)],
+    ) -> Result<()> {
+        if adds.iter().all(|(_, ids)| ids.is_empty()) && reached.is_empty() {
+            return Ok(());
+        }
         let w = self.db.begin_write()?;
         {
             let mut t = w.open_table(REACH)?;
-            for id in ids {
-                t.insert((scope, *id.as_bytes()), ())?;
+            for (scope, ids) in adds {
+                for id in ids {
+                    t.insert((*scope, *id.as_bytes()), ())?;
+                }
             }
-            w.open_table(REACHED)?
-                .insert((*snap.as_bytes(), scope), ())?;
+            let mut r = w.open_table(REACHED)?;
+            for (snap, scope) in reached {
+                r.insert((*snap.as_bytes(), *scope), ())?;
+            }
         }
         w.commit()?;
         Ok(())

@@ -720,18 +720,20 @@ async fn run(
 }
 
 /// Add snapshots just received to the sender's reach scope (its objects are there already)
-/// and to their spaces' scopes (a walk that stops at what the space already reaches).
+/// and to their spaces' scopes (a walk that stops at what the space already reaches), in one
+/// index transaction.
 fn reach_received(
     repo: &puce_core::Repo,
     peer: &[u8; 32],
     receipts: &HashMap<SnapshotId, (Receipt, ObjectId)>,
 ) -> Result<()> {
-    let scope = repo.index().scope_or_create(&reach::peer_key(peer))?;
-    let ids: Vec<SnapshotId> = receipts.keys().copied().collect();
-    reach::mark_delivered(repo, scope, &ids)?;
-    for (r, root) in receipts.values() {
-        reach::add_snapshot(repo, &r.snapshot, &r.space, root)?;
-    }
+    let key = reach::peer_key(peer);
+    let delivered: Vec<(SnapshotId, String)> = receipts.keys().map(|s| (*s, key.clone())).collect();
+    let walk: Vec<(SnapshotId, String, ObjectId)> = receipts
+        .values()
+        .map(|(r, root)| (r.snapshot, reach::space_key(&r.space), *root))
+        .collect();
+    reach::record(repo, &walk, &delivered)?;
     Ok(())
 }
 
