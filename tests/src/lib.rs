@@ -15,12 +15,15 @@ pub mod garage;
 pub mod node;
 pub mod paused_gc;
 
-/// The workspace root.
+/// The workspace root: of the checkout whose tests run (`cargo test` sets `CARGO_MANIFEST_DIR`
+/// when it runs a test), else of the one this crate was compiled in. The two differ when a
+/// target directory is copied from another checkout: this crate, unchanged, is not rebuilt,
+/// and its compiled-in path names the other checkout, whose `puce` would then be tested.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().unwrap().to_path_buf()
 }
 
 /// Path to a freshly built `puce` binary (built once per test process).
