@@ -5,6 +5,7 @@ pub mod config;
 pub mod envelope;
 pub mod forget;
 pub mod pack;
+pub mod policy;
 pub mod receipt;
 pub mod snapshot;
 pub mod space;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::envelope;
 use crate::error::Result;
-use crate::retention::Policy;
+use super::policy::Policy;
 
 /// Magic of a space settings file.
 pub const MAGIC: &[u8; 8] = b"PUCESPAC";
@@ -37,7 +37,7 @@ impl SpaceSettings {
 mod tests {
     use super::*;
     use crate::format::hexdump;
-    use crate::retention::Within;
+    use crate::format::policy::Within;
 
     /// Golden: a space settings file body, annotated.
     #[test]
