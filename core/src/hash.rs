@@ -155,7 +155,10 @@ macro_rules! typed_id {
 }
 
 typed_id!(
-    /// The id of any object stored in a pack: BLAKE3 of its plaintext.
+    /// The id of any object stored in a pack: BLAKE3 of its plaintext. Chunks and trees share
+    /// this type on purpose: they live in one namespace (one index, one `GetObjects` request,
+    /// one pack format), and an id names whichever of the two hashes to it; the three id types
+    /// keep apart what must not mix (an object, a snapshot record, a pack file).
     ObjectId
 );
 typed_id!(
@@ -167,10 +170,6 @@ typed_id!(
     PackId
 );
 
-/// Chunks and trees are both objects; the aliases say which one a field holds.
-pub type ChunkId = ObjectId;
-/// See [`ChunkId`].
-pub type TreeId = ObjectId;
 
 impl ObjectId {
     /// The id of `data`.

@@ -40,5 +40,5 @@ pub mod vfs;
 mod depth_tests;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
-pub use hash::{ChunkId, Hash, ObjectId, PackId, SnapshotId, TreeId};
+pub use hash::{Hash, ObjectId, PackId, SnapshotId};
 pub use repo::{InitOptions, OpenOptions, Repo, SnapshotEntry};
