@@ -31,8 +31,30 @@ pub fn puce_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "puce-cli", "--bin", "puce"])
+        // Built as `cargo test --workspace` builds it (for puce-cli's own binary test): a plain
+        // `cargo build -p puce-cli` resolves dependency features without the workspace's
+        // dev-dependencies, and the next test run would rebuild them and the binary again.
+        // Nor with the variables `cargo test` sets for this process: `ring`'s build script
+        // reruns when `CARGO_MANIFEST_DIR` changes, and everything above it would be rebuilt.
+        let mut c = Command::new(cargo);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            let set_by_cargo_test = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ];
+            if set_by_cargo_test.iter().any(|p| k.starts_with(p)) {
+                c.env_remove(&*k);
+            }
+        }
+        let st = c
+            .args(["test", "-q", "--workspace", "--no-run", "--test", "binary"])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
