@@ -170,7 +170,6 @@ typed_id!(
     PackId
 );
 
-
 impl ObjectId {
     /// The id of `data`.
     pub fn of(data: &[u8]) -> ObjectId {

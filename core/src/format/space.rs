@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::envelope;
-use crate::error::Result;
 use super::policy::Policy;
+use crate::error::Result;
 
 /// Magic of a space settings file.
 pub const MAGIC: &[u8; 8] = b"PUCESPAC";
