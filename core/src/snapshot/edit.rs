@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::chunking::Chunker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::Kind;
-use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, check_name, too_deep};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
+use crate::paths;
 use crate::repo::Repo;
 use crate::saver::Saver;
 
@@ -341,22 +342,16 @@ fn info_of_entry(e: &Entry) -> Info {
     }
 }
 
-/// Split a path into checked components (empty components and `.` are skipped).
+/// Split a path into checked components ([`paths::split`]: empty components and `.` are
+/// skipped), at most [`MAX_TREE_DEPTH`] of them.
 pub fn split_path(path: &[u8]) -> EResult<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    for c in path.split(|b| *b == b'/') {
-        if c.is_empty() || c == b"." {
-            continue;
-        }
-        check_name(c).map_err(|_| {
-            EditError::Invalid(format!(
-                "invalid name {:?} in path '{}'",
-                String::from_utf8_lossy(c),
-                String::from_utf8_lossy(path)
-            ))
-        })?;
-        out.push(c);
-    }
+    let out = paths::split(path).map_err(|c| {
+        EditError::Invalid(format!(
+            "invalid name {:?} in path '{}'",
+            String::from_utf8_lossy(c),
+            String::from_utf8_lossy(path)
+        ))
+    })?;
     if out.len() > MAX_TREE_DEPTH {
         return Err(EditError::Invalid(format!(
             "'{}' is nested more than {MAX_TREE_DEPTH} folders deep, deeper than puce stores",

@@ -22,9 +22,10 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, check_name, too_deep};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
+use crate::paths::check_name;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::vfs::Resolved;
