@@ -6,9 +6,9 @@
 //! - A mount's pending changes over what arrived meanwhile ([`merge3`], [`Policy::pending`]),
 //!   at the end.
 //!
-//! The rule for heads (normative; `docs/guide.md`, "Concurrent changes", says the same for users). For
-//! every name in a directory, with `base` the entry in the common ancestor (or none), `a` and
-//! `b` the entries on the two sides (or none when deleted or absent):
+//! The rule for heads (normative; `docs/guide.md`, "Concurrent changes", says the same for
+//! users). For every name in a directory, with `base` the entry in the common ancestor (or
+//! none), `a` and `b` the entries on the two sides (or none when deleted or absent):
 //!
 //! 1. `a == b`: kept as is (this covers "unchanged on both sides").
 //! 2. Only one side differs from `base`: that side's entry wins, a deletion included.
@@ -30,7 +30,6 @@
 //! encodings, so that the result does not depend on which node merges or in which order the
 //! sides are given: two nodes that merge the same heads build the same snapshot, with the same
 //! id, and their histories converge.
-
 //!
 //! The rule for pending changes (`ours`, made on a mount on top of `base`, merged with `theirs`,
 //! what arrived from elsewhere on top of the same base) differs on purpose: one side is the

@@ -359,6 +359,43 @@ fn conflict_names_are_safe() {
     assert!(n.ends_with(b"-20240301-020000.pdf"));
 }
 
+/// A conflict in a directory before a subdirectory holding conflicts: each conflict names
+/// its own copy (the copies were once matched to conflicts by position, giving the first
+/// conflict no copy and the inner one the outer's copy).
+#[test]
+fn each_conflict_names_its_own_copy_across_subdirectories() {
+    let mut st = Mem::default();
+    let base = build(&mut st, &["a.txt=v0@0", "b/c.txt=v0@0", "b/d=v0@0"]);
+    let a = Side {
+        root: build(&mut st, &["a.txt=va@10", "b/c.txt=va@10", "b/d=va@10"]),
+        node: "lyon".into(),
+    };
+    let b = Side {
+        root: build(&mut st, &["a.txt=vb@20", "b/c.txt=vb@20", "b/d=vb@20"]),
+        node: "grenoble".into(),
+    };
+    let m = merge_trees(&mut st, Some(base), &a, &b).unwrap();
+    let got: Vec<(&[u8], &[u8])> = m
+        .conflicts
+        .iter()
+        .map(|c| (c.path.as_slice(), c.copy.as_slice()))
+        .collect();
+    let want: Vec<(&[u8], &[u8])> = vec![
+        (b"a.txt", b"a.conflict-lyon-20240301-020010.txt"),
+        (b"b/c.txt", b"b/c.conflict-lyon-20240301-020010.txt"),
+        (b"b/d", b"b/d.conflict-lyon-20240301-020010"),
+    ];
+    assert_eq!(got, want);
+    let flat = flatten(&mut st, m.root, CONTENTS);
+    for (_, copy) in want {
+        let copy = String::from_utf8_lossy(copy);
+        assert!(
+            flat.iter().any(|f| f.starts_with(&format!("{copy}="))),
+            "{copy}: {flat:?}"
+        );
+    }
+}
+
 /// The pending-changes policy ([`merge3`]), on a real repository.
 mod pending {
     use super::super::*;

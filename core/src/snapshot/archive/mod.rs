@@ -199,3 +199,168 @@ pub fn snapshot(
         warnings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::format::tree::Node;
+    use crate::hash::ObjectId;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+    use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::fs::File;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// One entry of a snapshot as the tests see it: kind, mode, and content or target.
+    type Listing = BTreeMap<Vec<u8>, (char, u32, Vec<u8>)>;
+
+    /// Every entry of the snapshot's tree, by path.
+    fn listing(repo: &Repo, root: ObjectId) -> Listing {
+        let r = repo.index().reader().unwrap();
+        let mut out = BTreeMap::new();
+        crate::vfs::walk(repo, &r, root, b"", &mut |p, e| {
+            let data = match &e.node {
+                Node::File { chunks, size } => {
+                    let mut v = Vec::new();
+                    for c in chunks {
+                        v.extend(repo.read_object_with(&r, c).unwrap());
+                    }
+                    assert_eq!(v.len() as u64, *size, "size of {p:?}");
+                    v
+                }
+                Node::Symlink { target } => target.clone(),
+                Node::Dir { .. } => Vec::new(),
+            };
+            out.insert(p.to_vec(), (e.type_char(), e.mode, data));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A small folder: files, nested folders, symlinks (one dangling), a name that is not
+    /// UTF-8, a named pipe, and the repository itself inside the folder.
+    fn small_tree(src: &Path) {
+        fs::create_dir_all(src.join("sub/deeper")).unwrap();
+        fs::write(src.join("a.txt"), "hello").unwrap();
+        chmod(&src.join("a.txt"), 0o640);
+        fs::write(src.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
+        chmod(&src.join("sub/b.bin"), 0o755);
+        fs::write(src.join("sub/deeper/empty"), "").unwrap();
+        chmod(&src.join("sub/deeper/empty"), 0o644);
+        chmod(&src.join("sub/deeper"), 0o755);
+        chmod(&src.join("sub"), 0o750);
+        std::os::unix::fs::symlink("sub/b.bin", src.join("link")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", src.join("dangling")).unwrap();
+        let latin1 = src.join(OsStr::from_bytes(b"caf\xe9.txt"));
+        fs::write(&latin1, "latin-1").unwrap();
+        chmod(&latin1, 0o644);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+
+    /// What the walk yields for a small folder: every file with its bytes and mode, folders,
+    /// symlinks as links (never followed), a non-UTF-8 name as its bytes; the named pipe and
+    /// the repository inside the folder are left out.
+    #[test]
+    fn the_walk_yields_files_folders_and_links_of_a_small_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        small_tree(&src);
+        let repo = Arc::new(Repo::init(&src.join(".repo"), &InitOptions::default()).unwrap());
+        let opts = SnapshotOptions {
+            space: Some("t".into()),
+            threads: 2,
+            ..SnapshotOptions::default()
+        };
+        let out = snapshot(&repo, &src, &opts, &NoProgress).unwrap();
+        let got = listing(&repo, out.snapshot.root);
+        let want: Listing = [
+            (&b"a.txt"[..], ('-', 0o640, b"hello".to_vec())),
+            (b"caf\xe9.txt", ('-', 0o644, b"latin-1".to_vec())),
+            (b"dangling", ('l', 0o777, b"/nonexistent/x".to_vec())),
+            (b"link", ('l', 0o777, b"sub/b.bin".to_vec())),
+            (b"sub", ('d', 0o750, Vec::new())),
+            (b"sub/b.bin", ('-', 0o755, vec![7u8; 300_000])),
+            (b"sub/deeper", ('d', 0o755, Vec::new())),
+            (b"sub/deeper/empty", ('-', 0o644, Vec::new())),
+        ]
+        .into_iter()
+        .map(|(p, v)| (p.to_vec(), v))
+        .collect();
+        assert_eq!(got, want);
+        let s = &out.snapshot.summary;
+        assert_eq!((s.files, s.dirs, s.symlinks, s.errors), (4, 3, 2, 0));
+        assert_eq!(s.bytes, 5 + 7 + 300_000);
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.contains("skipped named pipe")),
+            "{:?}",
+            out.warnings
+        );
+        // Unchanged files are not read again; a changed one is.
+        fs::write(src.join("a.txt"), "hello, again").unwrap();
+        let again = snapshot(&repo, &src, &opts, &NoProgress).unwrap();
+        let s = &again.snapshot.summary;
+        assert_eq!((s.files_unmodified, s.files_changed), (3, 1));
+        assert_eq!(s.bytes_read, 12);
+        assert_eq!(
+            listing(&repo, again.snapshot.root)[&b"a.txt"[..]].2,
+            b"hello, again"
+        );
+    }
+
+    /// A file the user cannot read, and a folder they cannot list, are skipped with a warning
+    /// each and counted as errors; the rest of the snapshot is taken.
+    #[test]
+    fn unreadable_files_and_folders_are_skipped_with_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("closed")).unwrap();
+        fs::write(src.join("closed/inside"), "x").unwrap();
+        fs::write(src.join("secret"), "s").unwrap();
+        fs::write(src.join("open"), "o").unwrap();
+        chmod(&src.join("secret"), 0o000);
+        chmod(&src.join("closed"), 0o000);
+        if File::open(src.join("secret")).is_ok() {
+            eprintln!(
+                "SKIP unreadable_files_and_folders_are_skipped_with_a_warning: this user reads \
+                 any file (root); run the test as another user"
+            );
+            return;
+        }
+        let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
+        let opts = SnapshotOptions {
+            space: Some("t".into()),
+            ..SnapshotOptions::default()
+        };
+        let out = snapshot(&repo, &src, &opts, &NoProgress).unwrap();
+        chmod(&src.join("closed"), 0o755);
+        let got: Vec<Vec<u8>> = listing(&repo, out.snapshot.root).into_keys().collect();
+        assert_eq!(got, [&b"closed"[..], b"open"]);
+        assert_eq!(out.snapshot.summary.errors, 2, "{:?}", out.warnings);
+        for name in ["secret", "closed"] {
+            assert!(
+                out.warnings
+                    .iter()
+                    .any(|w| w.contains(name) && w.contains("skipped")),
+                "{name}: {:?}",
+                out.warnings
+            );
+        }
+    }
+}
