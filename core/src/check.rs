@@ -14,10 +14,11 @@ use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::format::pack;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{MAX_TREE_DEPTH, Node, path_depth, too_deep};
+use crate::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId};
 use crate::index::IndexReader;
 use crate::pack::read_pack_records;
+use crate::paths::{join, path_depth};
 use crate::progress::Progress;
 use crate::repo::{Repo, decode_object};
 
@@ -478,11 +479,7 @@ fn damaged_paths(
         }
     };
     for e in &tree.entries {
-        let mut p = prefix.to_vec();
-        if !p.is_empty() {
-            p.push(b'/');
-        }
-        p.extend_from_slice(&e.name);
+        let p = join(prefix, &e.name);
         match &e.node {
             Node::File { chunks, .. } => {
                 if chunks

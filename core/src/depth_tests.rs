@@ -136,7 +136,7 @@ fn walks_over_a_100000_deep_tree_end_cleanly_on_a_small_stack() {
         "merge3",
         small_stack(|| {
             let saver = Saver::new(repo.clone(), 1)?;
-            crate::snapshot::treemerge::merge3(&repo, &saver, None, a, b, "n", 1)
+            crate::merge::merge3(&repo, &saver, None, a, b, "n", 1)
         }),
     );
     let target = d.path().join("out");

@@ -23,6 +23,7 @@ pub mod history;
 pub mod index;
 pub mod merge;
 pub mod pack;
+pub mod paths;
 pub mod progress;
 pub mod reach;
 pub mod read;

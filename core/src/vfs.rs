@@ -1,11 +1,13 @@
 //! Paths inside snapshots: resolving `a/b/c` to a tree entry, listing directories.
 //!
-//! Shared by the CLI (`ls`, `cat`, `restore SNAP:PATH`) and the FUSE mount.
+//! Shared by the CLI (`ls`, `cat`, `restore SNAP:PATH`) and the FUSE mount; the path rules
+//! themselves (splitting, names, joins) are in [`crate::paths`].
 
 use crate::error::{Error, Result};
-use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, path_depth, too_deep};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
+use crate::paths::{self, path_depth};
 use crate::repo::Repo;
 
 /// What a path inside a snapshot names.
@@ -31,21 +33,20 @@ impl Resolved {
     }
 }
 
-/// Split a path inside a snapshot into components, ignoring empty ones and `.`; `..` is refused.
+/// Split a path inside a snapshot into components ([`paths::split`]: empty ones and `.` are
+/// ignored; `..` and names containing NUL are refused).
 pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    for c in path.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                return Err(Error::invalid(
-                    "'..' is not allowed in a path inside a snapshot",
-                ));
-            }
-            c => out.push(c),
+    paths::split(path).map_err(|c| {
+        if c == b".." {
+            Error::invalid("'..' is not allowed in a path inside a snapshot")
+        } else {
+            Error::invalid(format!(
+                "invalid name {:?} in path '{}'",
+                String::from_utf8_lossy(c),
+                String::from_utf8_lossy(path)
+            ))
         }
-    }
-    Ok(out)
+    })
 }
 
 /// Resolve `path` below the tree `root`.

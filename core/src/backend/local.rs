@@ -99,11 +99,10 @@ fn file_path(root: &Path, kind: FileKind, name: &str) -> PathBuf {
     }
 }
 
+/// A repository file's name is one path component ([`crate::paths::check_name`]).
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
-        return Err(Error::invalid(format!("invalid file name {name:?}")));
-    }
-    Ok(())
+    crate::paths::check_name(name.as_bytes())
+        .map_err(|_| Error::invalid(format!("invalid file name {name:?}")))
 }
 
 impl Backend for LocalBackend {

@@ -35,16 +35,6 @@ pub fn too_deep(at: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// The depth of the directory at `path` (`/`-separated names below a snapshot's root; the
-/// root, `""`, is at depth 0), to compare with [`MAX_TREE_DEPTH`].
-pub fn path_depth(path: &[u8]) -> usize {
-    if path.is_empty() {
-        0
-    } else {
-        path.iter().filter(|b| **b == b'/').count() + 1
-    }
-}
-
 /// Check that no directory under `root` is nested deeper than [`MAX_TREE_DEPTH`], and return
 /// the deepest nesting (0: `root` has no subdirectory). `subdirs` gives the subdirectories of a
 /// tree; `heights` remembers the nesting below each tree already looked at, so that trees shared
@@ -188,21 +178,8 @@ impl Entry {
     }
 }
 
-/// Check that `name` is safe to use as one path component.
-pub fn check_name(name: &[u8]) -> Result<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
-        return Err(Error::new(
-            ErrorKind::UnsafePath,
-            format!(
-                "unsafe entry name {:?} in tree (empty, '.', '..', or containing '/' or NUL): \
-                 refusing it",
-                String::from_utf8_lossy(name)
-            ),
-        ));
-    }
-    Ok(())
-}
+/// The format's name rule lives with the other path rules.
+pub use crate::paths::check_name;
 
 impl Tree {
     /// Encode as the plaintext of a tree object. Entries must already be sorted and unique.

@@ -6,9 +6,10 @@
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, path_depth, too_deep};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
+use crate::paths::{join, path_depth};
 use crate::repo::Repo;
 use crate::vfs;
 
@@ -83,15 +84,6 @@ struct Differ<'a> {
     reader: &'a IndexReader,
     stats: DiffStats,
     out: &'a mut dyn FnMut(Change) -> Result<()>,
-}
-
-fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = prefix.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 impl Differ<'_> {

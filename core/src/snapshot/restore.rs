@@ -22,9 +22,10 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, check_name, too_deep};
+use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
+use crate::paths::check_name;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::vfs::Resolved;
@@ -766,6 +767,7 @@ pub fn restore(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::progress::NoProgress;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn shared() -> Shared {
@@ -829,5 +831,90 @@ mod tests {
         assert_eq!(sh.errors.load(Ordering::Relaxed), 2);
         let md = std::fs::metadata(&target).unwrap();
         assert_eq!(md.mode() & 0o7777, 0o750, "the target itself is set");
+    }
+
+    /// A snapshot of `src` taken into a new repository under `d`.
+    fn snapshot_of(d: &Path, src: &Path) -> (Arc<Repo>, ObjectId) {
+        let repo =
+            Arc::new(Repo::init(&d.join("repo"), &crate::repo::InitOptions::default()).unwrap());
+        let opts = crate::snapshot::SnapshotOptions {
+            space: Some("t".into()),
+            ..Default::default()
+        };
+        let out = crate::snapshot::snapshot(&repo, src, &opts, &NoProgress).unwrap();
+        (repo, out.snapshot.root)
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mtime_ns(md: &std::fs::Metadata) -> i64 {
+        md.mtime() * 1_000_000_000 + md.mtime_nsec()
+    }
+
+    /// A tree restored into a folder: contents, modes and modification times as taken,
+    /// set-user-ID dropped, symlinks restored as links; symlinks already in the target where
+    /// the tree has a file or a folder are replaced, never followed.
+    #[test]
+    fn a_tree_is_restored_with_contents_modes_and_links_never_following_the_target() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a.txt"), "hello").unwrap();
+        chmod(&src.join("a.txt"), 0o640);
+        std::fs::write(src.join("sub/run"), vec![3u8; 200_000]).unwrap();
+        chmod(&src.join("sub/run"), 0o4755);
+        chmod(&src.join("sub"), 0o750);
+        std::os::unix::fs::symlink("../a.txt", src.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", src.join("dangling")).unwrap();
+        let (repo, root) = snapshot_of(d.path(), &src);
+
+        // The target holds symlinks to outside where the tree has a file and a folder.
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(outside.join("dir")).unwrap();
+        std::fs::write(outside.join("file"), "keep").unwrap();
+        let target = d.path().join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(outside.join("file"), target.join("a.txt")).unwrap();
+        std::os::unix::fs::symlink(outside.join("dir"), target.join("sub")).unwrap();
+
+        let opts = RestoreOptions::default();
+        let stats = restore(&repo, &Resolved::Root(root), &target, &opts, &NoProgress).unwrap();
+        assert_eq!(stats.errors, 0, "{:?}", stats.messages);
+        assert_eq!((stats.files, stats.symlinks), (2, 2));
+        assert_eq!(stats.bytes, 5 + 200_000);
+
+        assert_eq!(
+            std::fs::read_to_string(outside.join("file")).unwrap(),
+            "keep"
+        );
+        assert_eq!(std::fs::read_dir(outside.join("dir")).unwrap().count(), 0);
+        for (rel, mode) in [("a.txt", 0o640), ("sub/run", 0o755), ("sub", 0o750)] {
+            let got = std::fs::symlink_metadata(target.join(rel)).unwrap();
+            let want = std::fs::symlink_metadata(src.join(rel)).unwrap();
+            assert!(!got.file_type().is_symlink(), "{rel} is still a symlink");
+            assert_eq!(got.mode() & 0o7777, mode, "mode of {rel}");
+            assert_eq!(mtime_ns(&got), mtime_ns(&want), "mtime of {rel}");
+        }
+        assert_eq!(std::fs::read(target.join("a.txt")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(target.join("sub/run")).unwrap(),
+            vec![3u8; 200_000]
+        );
+        for (rel, to) in [("sub/up", "../a.txt"), ("dangling", "/nonexistent")] {
+            let link = std::fs::read_link(target.join(rel)).unwrap();
+            assert_eq!(link, Path::new(to), "{rel}");
+        }
+
+        // Asked for, the set-user-ID bit comes back.
+        let again = d.path().join("again");
+        let opts = RestoreOptions {
+            preserve_suid: true,
+            ..RestoreOptions::default()
+        };
+        restore(&repo, &Resolved::Root(root), &again, &opts, &NoProgress).unwrap();
+        let md = std::fs::metadata(again.join("sub/run")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o4755);
     }
 }

@@ -1,0 +1,199 @@
+//! The edits an [`EditTree`](super::EditTree) applies, as data (the FUSE mount journals them;
+//! their postcard encoding is pinned by a golden test), and why one is refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
+use crate::format::tree::Entry;
+use crate::hash::ObjectId;
+
+/// Metadata of an entry, as stored in trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl Meta {
+    pub(super) fn of(e: &Entry) -> Meta {
+        Meta {
+            mode: e.mode,
+            mtime_ns: e.mtime_ns,
+            uid: e.uid,
+            gid: e.gid,
+        }
+    }
+}
+
+/// The content of a regular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// Chunks already in the repository.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+        /// Chunk ids in order.
+        chunks: Vec<ObjectId>,
+    },
+    /// A local file, named by a number the writer resolves; its bytes and its modification
+    /// time are taken when the tree is written.
+    Local(u64),
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+}
+
+/// What [`EditTree::lookup`] and [`EditTree::list`] tell about an entry (no chunk lists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Kind.
+    pub kind: NodeKind,
+    /// Metadata (for local content, the mtime is the local file's).
+    pub meta: Meta,
+    /// Stored file size, symlink target length, or 0 (directories, local content).
+    pub size: u64,
+    /// The local content number, for files whose content is local.
+    pub local: Option<u64>,
+    /// The symlink target.
+    pub target: Option<Vec<u8>>,
+}
+
+/// One edit, serialisable (the FUSE mount's journal records these). Paths are relative to the
+/// root, `/`-separated raw bytes. `time_ns` becomes the modification time of the directories
+/// whose entries change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Edit {
+    /// Create a directory.
+    Mkdir {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Its metadata.
+        meta: Meta,
+        /// Time of the change.
+        time_ns: i64,
+    },
+    /// Create a symbolic link.
+    Symlink {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Target.
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        /// Its metadata.
+        meta: Meta,
+        /// Time of the change.
+        time_ns: i64,
+    },
+    /// Create a regular file (which must not exist).
+    Create {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Its metadata.
+        meta: Meta,
+        /// Its content.
+        content: Content,
+        /// Time of the change.
+        time_ns: i64,
+    },
+    /// Replace the content of an existing regular file.
+    SetContent {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// New content.
+        content: Content,
+    },
+    /// Remove a file or symlink (`dir: false`) or an empty directory (`dir: true`).
+    Remove {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Whether a directory is expected.
+        dir: bool,
+        /// Time of the change.
+        time_ns: i64,
+    },
+    /// Rename, replacing the target as `rename(2)` does unless `noreplace`.
+    Rename {
+        /// Source path.
+        #[serde(with = "serde_bytes")]
+        from: Vec<u8>,
+        /// Target path.
+        #[serde(with = "serde_bytes")]
+        to: Vec<u8>,
+        /// Fail if the target exists.
+        noreplace: bool,
+        /// Time of the change.
+        time_ns: i64,
+    },
+    /// Change metadata; `None` fields are kept.
+    SetMeta {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// New permission bits.
+        mode: Option<u32>,
+        /// New owner.
+        uid: Option<u32>,
+        /// New group.
+        gid: Option<u32>,
+        /// New modification time.
+        mtime_ns: Option<i64>,
+    },
+}
+
+/// Why an edit was refused; each variant is one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// `ENOENT`.
+    #[error("'{0}' does not exist")]
+    NotFound(String),
+    /// `ENOTDIR`.
+    #[error("'{0}' is not a directory")]
+    NotADirectory(String),
+    /// `EISDIR`.
+    #[error("'{0}' is a directory")]
+    IsADirectory(String),
+    /// `ENOTEMPTY`.
+    #[error("directory '{0}' is not empty")]
+    NotEmpty(String),
+    /// `EEXIST`.
+    #[error("'{0}' already exists")]
+    Exists(String),
+    /// `EINVAL`.
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading or writing the repository failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl From<EditError> for Error {
+    fn from(e: EditError) -> Error {
+        match e {
+            EditError::Store(e) => e,
+            EditError::NotFound(_) => Error::not_found(e.to_string()),
+            EditError::Exists(_) => Error::new(ErrorKind::AlreadyExists, e.to_string()),
+            e => Error::invalid(e.to_string()),
+        }
+    }
+}
+
+pub(super) type EResult<T> = std::result::Result<T, EditError>;
