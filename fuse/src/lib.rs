@@ -1,7 +1,8 @@
 //! puce-fuse: the FUSE view of spaces and snapshots (`puce mount`).
 //!
-//! - [`fs`]: the file system over `puce_core` (no fuser types; tested without a kernel);
-//! - [`space`]: uncommitted changes, commits, following snapshots made elsewhere;
+//! - [`fs`]: the file system over `puce_core` (no fuser types; tested without a kernel):
+//!   lookups, changes, open files, commits, following snapshots made elsewhere;
+//! - [`space`]: a space's live state (its uncommitted changes), below [`fs`];
 //! - [`inode`]: the inode table; [`cache`]: the bounded object cache;
 //! - [`writeback`]: the write-back area and its journal format;
 //! - [`fuse`]: the fuser 0.18 adapter; [`error`]: errno mapping.
