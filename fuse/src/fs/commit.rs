@@ -11,16 +11,17 @@ use std::time::Instant;
 use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use puce_core::index::now_ns;
-use puce_core::saver::Saver;
+use puce_core::saver::{Saver, SaverStats};
+use puce_core::session::Session;
 use puce_core::snapshot::edit::{Content, Edit, EditTree};
 use puce_core::snapshot::treemerge::{Conflict, merge3};
-use puce_core::{Error, ObjectId, Result, SnapshotEntry};
+use puce_core::{Error, ObjectId, Result, SnapshotEntry, SnapshotId};
 
 use super::PuceFs;
 use super::file::FileState;
 use super::stored::FsTrees;
 use crate::space::Space;
-use crate::writeback::Journal;
+use crate::writeback::{Journal, Writeback};
 
 /// Counts of a tree, memoised by tree id.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,6 +43,50 @@ pub struct CommitOutcome {
 
 pub(super) fn lerr<T>(r: std::result::Result<T, impl std::fmt::Display>) -> Result<T> {
     r.map_err(|e| Error::other(format!("lock poisoned: {e}")))
+}
+
+/// What a commit takes from the live state of a space.
+struct Taken {
+    /// The edit tree to write.
+    tree: EditTree,
+    /// The snapshot the changes were made on.
+    base: Option<SnapshotEntry>,
+    /// How many of the space's edits the commit covers (those made after it are replayed).
+    n_edits: usize,
+    /// Each local file: its path, its number and the version of its content when taken.
+    locals: Vec<(Vec<u8>, u64, u64)>,
+}
+
+/// The tree a commit records, and the snapshots it descends from.
+struct Merged {
+    root: ObjectId,
+    parents: Vec<SnapshotId>,
+    /// Files kept twice because they changed here and elsewhere.
+    conflicts: Vec<Conflict>,
+}
+
+/// Take the changes of `space` for a commit (`None`: nothing changed).
+fn take_changes(space: &Space) -> Result<Option<Taken>> {
+    let mut st = lerr(space.st.lock())?;
+    if !st.dirty {
+        return Ok(None);
+    }
+    st.want_commit = false;
+    let locals: Vec<(Vec<u8>, u64, u64)> = st
+        .tree
+        .local_paths()
+        .into_iter()
+        .map(|(p, id)| {
+            let v = st.staged.get(&id).map(|s| s.version()).unwrap_or(0);
+            (p, id, v)
+        })
+        .collect();
+    Ok(Some(Taken {
+        tree: st.tree.clone(),
+        base: st.base.clone(),
+        n_edits: st.edits.len(),
+        locals,
+    }))
 }
 
 impl PuceFs {
@@ -106,24 +151,10 @@ impl PuceFs {
             self.cfg.threads,
             &format!("mount commit {}", space.name),
         )?;
-        let (tree, base, n_edits, locals) = {
-            let mut st = lerr(space.st.lock())?;
-            if !st.dirty {
-                return Ok(CommitOutcome::default());
-            }
-            st.want_commit = false;
-            let locals: Vec<(Vec<u8>, u64, u64)> = st
-                .tree
-                .local_paths()
-                .into_iter()
-                .map(|(p, id)| {
-                    let v = st.staged.get(&id).map(|s| s.version()).unwrap_or(0);
-                    (p, id, v)
-                })
-                .collect();
-            (st.tree.clone(), st.base.clone(), st.edits.len(), locals)
+        let Some(taken) = take_changes(space)? else {
+            return Ok(CommitOutcome::default());
         };
-        let ours = tree.write(&self.repo, &saver, &|id| {
+        let ours = taken.tree.write(&self.repo, &saver, &|id| {
             std::fs::File::open(wb.data_path(id))
                 .map_err(|e| Error::io("cannot read", &wb.data_path(id), e))
         })?;
@@ -132,159 +163,214 @@ impl PuceFs {
         let (mut saved, s1) = saver.finish_keep_session()?;
         let mut sessions = vec![s1];
         let latest = self.repo.latest(&space.name)?;
-        let base_id = base.as_ref().map(|b| b.id);
-        let (root, parents, conflicts) = match &latest {
-            Some(l) if Some(l.id) != base_id => {
-                let saver = Saver::with_session(
-                    self.repo.clone(),
-                    self.cfg.threads,
-                    &format!("mount merge {}", space.name),
-                )?;
-                let m = merge3(
-                    &self.repo,
-                    &saver,
-                    base.as_ref().map(|b| b.snapshot.root),
-                    ours,
-                    l.snapshot.root,
-                    &self.cfg.node,
-                    now_ns(),
-                )?;
-                let (more, s2) = saver.finish_keep_session()?;
-                saved.raw_bytes += more.raw_bytes;
-                saved.stored_bytes += more.stored_bytes;
-                sessions.push(s2);
-                if !m.conflicts.is_empty() {
-                    tracing::warn!(
-                        "space '{}': {} file(s) changed here and elsewhere; both versions kept",
-                        space.name,
-                        m.conflicts.len()
-                    );
-                }
-                let mut p = vec![l.id];
-                p.extend(base_id);
-                (m.root, p, m.conflicts)
-            }
-            _ => (ours, base_id.into_iter().collect(), Vec::new()),
-        };
-        let unchanged = match (&latest, &base) {
-            (Some(l), _) => l.snapshot.root == root,
-            (None, Some(b)) => b.snapshot.root == root,
+        let merged = self.merge_latest(
+            space,
+            taken.base.as_ref(),
+            ours,
+            latest.as_ref(),
+            &mut saved,
+            &mut sessions,
+        )?;
+        let unchanged = match (&latest, &taken.base) {
+            (Some(l), _) => l.snapshot.root == merged.root,
+            (None, Some(b)) => b.snapshot.root == merged.root,
             (None, None) => false,
         };
         let mut outcome = CommitOutcome {
             snapshot: None,
-            conflicts: conflicts.clone(),
+            conflicts: merged.conflicts.clone(),
         };
         let new_base = if unchanged && latest.is_some() {
-            latest.clone()
+            latest
         } else {
-            let counts = self.count(&root, 0)?;
-            let summary = Summary {
-                files: counts.files,
-                dirs: counts.dirs + 1,
-                symlinks: counts.symlinks,
-                bytes: counts.bytes,
-                files_changed: locals.len() as u64,
-                bytes_read: 0,
-                data_added: saved.raw_bytes,
-                data_added_stored: saved.stored_bytes,
-                duration_ms: started.elapsed().as_millis() as u64,
-                ..Summary::default()
-            };
-            // The edits were made on snapshots read before this commit's session began: what
-            // they reuse must still be there, and not condemned by a gc meanwhile.
-            puce_core::gc::keep_reachable(&self.repo, &root, &parents)?;
-            let snapshot = Snapshot {
-                time_ns: now_ns(),
-                space: space.name.to_string(),
-                host: self.cfg.node.clone(),
-                user: std::env::var("USER").unwrap_or_default(),
-                source: format!("puce mount {}", self.cfg.mountpoint.display()),
-                tags: vec!["mount".into()],
-                parents,
-                root,
-                summary,
-                origin: String::new(),
-            };
-            let id = self.repo.save_snapshot(&snapshot)?;
-            tracing::info!(
-                "space '{}': committed snapshot {}",
-                space.name,
-                id.short(12)
-            );
-            outcome.snapshot = Some(id);
-            Some(SnapshotEntry { id, snapshot })
+            let e = self.write_snapshot(space, &taken, &merged, &saved, started)?;
+            outcome.snapshot = Some(e.id);
+            Some(e)
         };
         for s in sessions {
             s.end(&self.repo)?;
         }
         self.refresh_reader()?;
         self.refresh_snapshots()?;
-        // Re-base the live state on the new snapshot.
+        self.rebase(space, wb, &taken, &merged.conflicts, new_base)?;
+        self.sweep();
+        if merged.root != ours {
+            self.invalidate_space(space, &merged.conflicts);
+        }
+        Ok(outcome)
+    }
+
+    /// Merge `ours` (the tree of the changes made on `base`) into `latest` if another snapshot
+    /// of `space` arrived meanwhile; the merge's writes are added to `saved` and its session
+    /// to `sessions`.
+    fn merge_latest(
+        &self,
+        space: &Space,
+        base: Option<&SnapshotEntry>,
+        ours: ObjectId,
+        latest: Option<&SnapshotEntry>,
+        saved: &mut SaverStats,
+        sessions: &mut Vec<Session>,
+    ) -> Result<Merged> {
+        let base_id = base.map(|b| b.id);
+        let Some(l) = latest.filter(|l| Some(l.id) != base_id) else {
+            return Ok(Merged {
+                root: ours,
+                parents: base_id.into_iter().collect(),
+                conflicts: Vec::new(),
+            });
+        };
+        let saver = Saver::with_session(
+            self.repo.clone(),
+            self.cfg.threads,
+            &format!("mount merge {}", space.name),
+        )?;
+        let m = merge3(
+            &self.repo,
+            &saver,
+            base.map(|b| b.snapshot.root),
+            ours,
+            l.snapshot.root,
+            &self.cfg.node,
+            now_ns(),
+        )?;
+        let (more, s2) = saver.finish_keep_session()?;
+        saved.raw_bytes += more.raw_bytes;
+        saved.stored_bytes += more.stored_bytes;
+        sessions.push(s2);
+        if !m.conflicts.is_empty() {
+            tracing::warn!(
+                "space '{}': {} file(s) changed here and elsewhere; both versions kept",
+                space.name,
+                m.conflicts.len()
+            );
+        }
+        let mut parents = vec![l.id];
+        parents.extend(base_id);
+        Ok(Merged {
+            root: m.root,
+            parents,
+            conflicts: m.conflicts,
+        })
+    }
+
+    /// Record the snapshot of `merged` for `space`.
+    fn write_snapshot(
+        &self,
+        space: &Space,
+        taken: &Taken,
+        merged: &Merged,
+        saved: &SaverStats,
+        started: Instant,
+    ) -> Result<SnapshotEntry> {
+        let (root, parents) = (merged.root, merged.parents.clone());
+        let counts = self.count(&root, 0)?;
+        let summary = Summary {
+            files: counts.files,
+            dirs: counts.dirs + 1,
+            symlinks: counts.symlinks,
+            bytes: counts.bytes,
+            files_changed: taken.locals.len() as u64,
+            bytes_read: 0,
+            data_added: saved.raw_bytes,
+            data_added_stored: saved.stored_bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..Summary::default()
+        };
+        // The edits were made on snapshots read before this commit's session began: what
+        // they reuse must still be there, and not condemned by a gc meanwhile.
+        puce_core::gc::keep_reachable(&self.repo, &root, &parents)?;
+        let snapshot = Snapshot {
+            time_ns: now_ns(),
+            space: space.name.to_string(),
+            host: self.cfg.node.clone(),
+            user: std::env::var("USER").unwrap_or_default(),
+            source: format!("puce mount {}", self.cfg.mountpoint.display()),
+            tags: vec!["mount".into()],
+            parents,
+            root,
+            summary,
+            origin: String::new(),
+        };
+        let id = self.repo.save_snapshot(&snapshot)?;
+        tracing::info!(
+            "space '{}': committed snapshot {}",
+            space.name,
+            id.short(12)
+        );
+        Ok(SnapshotEntry { id, snapshot })
+    }
+
+    /// Re-base the live state of `space` on `new_base`, the snapshot just committed: local
+    /// files changed or open since `taken` stay local (at their conflict copy's path if they
+    /// were moved there), edits made during the commit are replayed, and the journal holds
+    /// what is still not committed.
+    fn rebase(
+        &self,
+        space: &Space,
+        wb: &Writeback,
+        taken: &Taken,
+        conflicts: &[Conflict],
+        new_base: Option<SnapshotEntry>,
+    ) -> Result<()> {
         let moved: HashMap<Vec<u8>, Vec<u8>> = conflicts
             .iter()
             .map(|c| (c.path.clone(), c.copy.clone()))
             .collect();
         let open = self.open_ids();
-        {
-            let mut st = lerr(space.st.lock())?;
-            let mut replay = Vec::new();
-            for (path, id, ver) in &locals {
-                let changed = st.staged.get(id).is_some_and(|s| s.version() != *ver);
-                if changed || open.contains(id) {
-                    let path = moved.get(path).cloned().unwrap_or_else(|| path.clone());
-                    replay.push(Edit::SetContent {
-                        path,
-                        content: Content::Local(*id),
-                    });
-                }
+        let mut st = lerr(space.st.lock())?;
+        let mut replay = Vec::new();
+        for (path, id, ver) in &taken.locals {
+            let changed = st.staged.get(id).is_some_and(|s| s.version() != *ver);
+            if changed || open.contains(id) {
+                let path = moved.get(path).cloned().unwrap_or_else(|| path.clone());
+                replay.push(Edit::SetContent {
+                    path,
+                    content: Content::Local(*id),
+                });
             }
-            replay.extend(st.edits[n_edits..].iter().cloned());
-            let mut t = EditTree::new(new_base.as_ref().map(|b| b.snapshot.root));
-            let mut kept = Vec::new();
-            for e in replay {
-                match t.apply(&FsTrees(self), &e) {
-                    Ok(()) => kept.push(e),
-                    Err(err) => tracing::warn!(
-                        "space '{}': a change made during the commit no longer applies ({err}); \
-                         dropped",
-                        space.name
-                    ),
-                }
-            }
-            let live: HashSet<u64> = t.local_ids().into_iter().collect();
-            st.staged
-                .retain(|id, _| live.contains(id) || open.contains(id));
-            st.tree = t;
-            st.base = new_base.clone();
-            st.dirty = !kept.is_empty();
-            st.retry_at = None;
-            if !st.dirty {
-                st.want_commit = false;
-            }
-            let old = st.journal.take();
-            if st.dirty {
-                st.journal = Some(Journal::create(
-                    &wb.journal_path(&space.name),
-                    &space.name,
-                    new_base.as_ref().map(|b| &b.id),
-                    &kept,
-                )?);
-            } else if let Some(j) = old {
-                j.remove()?;
-            } else {
-                let p = wb.journal_path(&space.name);
-                if p.exists() {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-            st.edits = kept;
         }
-        self.sweep();
-        if root != ours {
-            self.invalidate_space(space, &conflicts);
+        replay.extend(st.edits[taken.n_edits..].iter().cloned());
+        let mut t = EditTree::new(new_base.as_ref().map(|b| b.snapshot.root));
+        let mut kept = Vec::new();
+        for e in replay {
+            match t.apply(&FsTrees(self), &e) {
+                Ok(()) => kept.push(e),
+                Err(err) => tracing::warn!(
+                    "space '{}': a change made during the commit no longer applies ({err}); \
+                     dropped",
+                    space.name
+                ),
+            }
         }
-        Ok(outcome)
+        let live: HashSet<u64> = t.local_ids().into_iter().collect();
+        st.staged
+            .retain(|id, _| live.contains(id) || open.contains(id));
+        st.tree = t;
+        st.base = new_base.clone();
+        st.dirty = !kept.is_empty();
+        st.retry_at = None;
+        if !st.dirty {
+            st.want_commit = false;
+        }
+        let old = st.journal.take();
+        if st.dirty {
+            st.journal = Some(Journal::create(
+                &wb.journal_path(&space.name),
+                &space.name,
+                new_base.as_ref().map(|b| &b.id),
+                &kept,
+            )?);
+        } else if let Some(j) = old {
+            j.remove()?;
+        } else {
+            let p = wb.journal_path(&space.name);
+            if p.exists() {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        st.edits = kept;
+        Ok(())
     }
 
     /// Delete local files no space refers to and no handle holds.
