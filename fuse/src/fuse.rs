@@ -1,36 +1,29 @@
-//! The thin adapter between fuser 0.18 and [`PuceFs`]: type conversions and replies, and
-//! for each open whether the kernel does its I/O itself (passthrough: the kernel's rules and
-//! backing ids live here).
+//! The thin adapter between fuser 0.18 and [`PuceFs`]: each request translated to an
+//! operation of [`PuceFs`], its result to a reply. How an open is answered (through the mount
+//! or with passthrough) is decided in [`crate::passthrough`].
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use puce_core::snapshot::edit::NodeKind;
 
 use crate::error::FsError;
-use crate::fs::{Attr, Caller, Invalidator, Passthrough, PuceFs, SetAttr};
+use crate::fs::{Attr, Caller, Invalidator, PuceFs, SetAttr};
+use crate::passthrough::{Created, OpenModes, Opened};
 
 /// How long the kernel may cache what changes only through this mount or a new snapshot.
 const TTL_LIVE: Duration = Duration::from_secs(1);
 /// How long it may cache snapshot content, which never changes.
 const TTL_FROZEN: Duration = Duration::from_secs(3600);
-/// Flags of every opened file. `FOPEN_NOFLUSH`: `close(2)` does not wait for a FLUSH request.
-/// Writes reach the write-back area synchronously and edits are journaled as they happen, so
-/// a flush has nothing to make safe; the commit is asked for at release instead (which the
-/// kernel sends right after the last close, without making `close` wait).
-const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 /// Reported block size when writes go through the mount: large, so that `cp` and friends
 /// write in few requests.
 const BLKSIZE: u32 = 1 << 20;
@@ -42,12 +35,8 @@ const BLKSIZE_PASSTHROUGH: u32 = 128 << 10;
 /// fuser's view of the file system.
 pub struct Adapter {
     fs: Arc<PuceFs>,
-    io: Mutex<IoModes>,
+    modes: OpenModes,
     want_passthrough: bool,
-    /// The kernel granted passthrough at init: opens are tracked (see [`Io`]).
-    granted: AtomicBool,
-    /// Passthrough works (it needs `CAP_SYS_ADMIN`): new opens may use it.
-    passthrough: AtomicBool,
 }
 
 impl Adapter {
@@ -56,169 +45,20 @@ impl Adapter {
     pub fn new(fs: Arc<PuceFs>, passthrough: bool) -> Adapter {
         Adapter {
             fs,
-            io: Mutex::new(IoModes::default()),
+            modes: OpenModes::default(),
             want_passthrough: passthrough,
-            granted: AtomicBool::new(false),
-            passthrough: AtomicBool::new(false),
         }
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
-        let passthrough = self.passthrough.load(Ordering::Relaxed);
         attr(
             a,
-            if passthrough {
+            if self.modes.on() {
                 BLKSIZE_PASSTHROUGH
             } else {
                 BLKSIZE
             },
         )
-    }
-}
-
-/// How the kernel does the I/O of the open handles of one inode: through the mount and its
-/// page cache, or itself on a local file (passthrough). The kernel refuses to mix the two on
-/// one inode, and wants every passthrough open of an inode to name the same backing file.
-enum Io {
-    Cached(usize),
-    Direct(BackingId, usize),
-}
-
-#[derive(Default)]
-struct IoModes {
-    by_ino: HashMap<u64, Io>,
-    /// Inodes whose content the kernel changed on a local file since their cached pages were
-    /// last dropped: the next cached open must drop them (they may be stale).
-    touched: HashSet<u64>,
-}
-
-/// The two replies that open a file.
-trait OpenReply {
-    fn backing(&self, f: &File) -> std::io::Result<BackingId>;
-    fn cached(self, flags: FopenFlags);
-    fn direct(self, flags: FopenFlags, b: &BackingId);
-}
-
-impl OpenReply for (ReplyOpen, u64) {
-    fn backing(&self, f: &File) -> std::io::Result<BackingId> {
-        self.0.open_backing(f)
-    }
-    fn cached(self, flags: FopenFlags) {
-        self.0.opened(FileHandle(self.1), flags)
-    }
-    fn direct(self, flags: FopenFlags, b: &BackingId) {
-        self.0.opened_passthrough(FileHandle(self.1), flags, b)
-    }
-}
-
-struct Created {
-    reply: ReplyCreate,
-    ttl: Duration,
-    attr: FileAttr,
-    fh: u64,
-}
-
-impl OpenReply for Created {
-    fn backing(&self, f: &File) -> std::io::Result<BackingId> {
-        self.reply.open_backing(f)
-    }
-    fn cached(self, flags: FopenFlags) {
-        self.reply.created(
-            &self.ttl,
-            &self.attr,
-            Generation(0),
-            FileHandle(self.fh),
-            flags,
-        )
-    }
-    fn direct(self, flags: FopenFlags, b: &BackingId) {
-        self.reply.created_passthrough(
-            &self.ttl,
-            &self.attr,
-            Generation(0),
-            FileHandle(self.fh),
-            flags,
-            b,
-        )
-    }
-}
-
-impl Adapter {
-    /// Answer the open (or create) of handle `fh` of `ino`: with passthrough when the file's
-    /// content is local and no handle of it is open through the mount, else through the
-    /// mount. `keep`: the kernel may keep the pages it cached before.
-    fn answer(
-        &self,
-        ino: u64,
-        fh: u64,
-        keep: bool,
-        writable: bool,
-        perm: Option<u32>,
-        r: impl OpenReply,
-    ) {
-        let cached = |keep: bool| {
-            if keep {
-                OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE
-            } else {
-                OPEN_FLAGS
-            }
-        };
-        if !self.granted.load(Ordering::Relaxed) {
-            return r.cached(cached(keep));
-        }
-        let pt = self.fs.passthrough(fh, perm);
-        if matches!(pt, Passthrough::Never) {
-            return r.cached(cached(keep));
-        }
-        let Ok(mut io) = self.io.lock() else {
-            return r.cached(cached(false));
-        };
-        let io = &mut *io;
-        match io.by_ino.get_mut(&ino) {
-            Some(Io::Direct(b, n)) => {
-                *n += 1;
-                self.fs.set_direct(fh, writable);
-                r.direct(OPEN_FLAGS, b);
-            }
-            Some(Io::Cached(n)) => {
-                *n += 1;
-                r.cached(cached(keep && !io.touched.remove(&ino)));
-            }
-            None => {
-                if let Passthrough::Local(f) = pt
-                    && self.passthrough.load(Ordering::Relaxed)
-                {
-                    match r.backing(&f) {
-                        Ok(b) => {
-                            self.fs.set_direct(fh, writable);
-                            io.touched.insert(ino);
-                            r.direct(OPEN_FLAGS, &b);
-                            io.by_ino.insert(ino, Io::Direct(b, 1));
-                            return;
-                        }
-                        Err(e) => self.passthrough_failed(&e),
-                    }
-                }
-                io.by_ino.insert(ino, Io::Cached(1));
-                r.cached(cached(keep && !io.touched.remove(&ino)));
-            }
-        }
-    }
-
-    /// The kernel refused a backing file: stop asking if it will always refuse.
-    fn passthrough_failed(&self, e: &std::io::Error) {
-        let always = matches!(
-            e.raw_os_error(),
-            Some(libc::EPERM | libc::EACCES | libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL)
-        );
-        if always && self.passthrough.swap(false, Ordering::Relaxed) {
-            tracing::info!(
-                "the kernel refused passthrough ({e}): reads and writes of changed files go \
-                 through the mount (passthrough needs root)"
-            );
-        } else if !always {
-            tracing::debug!("passthrough refused for one file: {e}");
-        }
     }
 }
 
@@ -306,8 +146,7 @@ impl Filesystem for Adapter {
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
         {
-            self.granted.store(true, Ordering::Relaxed);
-            self.passthrough.store(true, Ordering::Relaxed);
+            self.modes.grant();
             tracing::debug!("passthrough on: the kernel does the I/O of changed files itself");
         } else if !offered {
             tracing::debug!("this kernel does not offer passthrough (Linux 6.9 and later do)");
@@ -333,9 +172,7 @@ impl Filesystem for Adapter {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
-        if let Ok(mut io) = self.io.lock() {
-            io.touched.remove(&ino.0);
-        }
+        self.modes.forget(ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -507,8 +344,14 @@ impl Filesystem for Adapter {
                     reply.error(errno(e));
                     return;
                 }
-                let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-                self.answer(ino.0, fh, keep, writable, None, (reply, fh));
+                let opened = Opened {
+                    ino: ino.0,
+                    fh,
+                    keep,
+                    writable: flags.0 & libc::O_ACCMODE != libc::O_RDONLY,
+                    perm: None,
+                };
+                self.modes.answer(&self.fs, opened, (reply, fh));
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -586,15 +429,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
-        if let Ok(mut io) = self.io.lock()
-            && let Some(Io::Cached(n) | Io::Direct(_, n)) = io.by_ino.get_mut(&ino.0)
-        {
-            *n -= 1;
-            if *n == 0 {
-                // The backing file's id is closed with it.
-                io.by_ino.remove(&ino.0);
-            }
-        }
+        self.modes.release(ino.0);
         reply.ok();
     }
 
@@ -756,15 +591,20 @@ impl Filesystem for Adapter {
             .create(caller(req), parent.0, name.as_bytes(), mode, umask, flags)
         {
             Ok((a, fh)) => {
-                let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-                let (ino, perm) = (a.ino, a.perm);
+                let opened = Opened {
+                    ino: a.ino,
+                    fh,
+                    keep: false,
+                    writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+                    perm: Some(a.perm),
+                };
                 let r = Created {
                     reply,
                     ttl: ttl(&a),
                     attr: self.attr(&a),
                     fh,
                 };
-                self.answer(ino, fh, false, writable, Some(perm), r);
+                self.modes.answer(&self.fs, opened, r);
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -1,10 +1,12 @@
 //! puce-fuse: the FUSE view of spaces and snapshots (`puce mount`).
 //!
-//! - [`fs`]: the file system over `puce_core` (no fuser types; tested without a kernel);
-//! - [`space`]: uncommitted changes, commits, following snapshots made elsewhere;
+//! - [`fs`]: the file system over `puce_core` (no fuser types; tested without a kernel):
+//!   lookups, changes, open files, commits, following snapshots made elsewhere;
+//! - [`space`]: a space's live state (its uncommitted changes), below [`fs`];
 //! - [`inode`]: the inode table; [`cache`]: the bounded object cache;
 //! - [`writeback`]: the write-back area and its journal format;
-//! - [`fuse`]: the fuser 0.18 adapter; [`error`]: errno mapping.
+//! - [`fuse`]: the fuser 0.18 adapter; `passthrough`: how it answers opens (through the
+//!   mount, or with the kernel doing the I/O itself); [`error`]: errno mapping.
 //!
 //! The promises made to users are in `docs/fuse-semantics.md`.
 
@@ -13,6 +15,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod inode;
+mod passthrough;
 pub mod space;
 pub mod writeback;
 

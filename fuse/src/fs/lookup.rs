@@ -1,0 +1,403 @@
+//! The read side of the tree: `lookup`, `getattr`, `readlink` and directory listings, over the
+//! fixed directories, the snapshots (read-only, straight from their stored trees) and the
+//! spaces (their edit trees).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use puce_core::ObjectId;
+use puce_core::SnapshotEntry;
+use puce_core::format::tree::Node;
+use puce_core::snapshot::edit::NodeKind;
+
+use super::attr::kind_of;
+use super::stored::FsTrees;
+use super::{Attr, PuceFs, join, lock};
+use crate::error::{FsError, FsResult};
+use crate::inode::{self, Kind, ROOT, SNAPSHOTS, SPACES};
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number, or `UNKNOWN_INO` if the kernel has not looked it up.
+    pub ino: u64,
+    /// Kind.
+    pub kind: NodeKind,
+    /// Name.
+    pub name: Vec<u8>,
+}
+
+/// `d_ino` of entries not looked up yet (libfuse's `FUSE_UNKNOWN_INO`).
+pub const UNKNOWN_INO: u64 = 0xffff_ffff;
+
+/// Snapshots by space, with their directory names.
+#[derive(Default)]
+pub(super) struct SnapList {
+    pub(super) by_space: BTreeMap<String, Vec<(String, SnapshotEntry)>>,
+    pub(super) count: usize,
+    pub(super) newest: Option<puce_core::SnapshotId>,
+}
+
+/// The name of a snapshot's directory: UTC time and the first 12 hex digits of the id.
+pub fn snapshot_dir_name(e: &SnapshotEntry) -> String {
+    let t = jiff::Timestamp::from_nanosecond(i128::from(e.snapshot.time_ns))
+        .map(|t| t.strftime("%Y-%m-%dT%H-%M-%SZ").to_string())
+        .unwrap_or_else(|_| "0000-00-00T00-00-00Z".into());
+    format!("{t}_{}", e.id.short(12))
+}
+
+impl SnapList {
+    pub(super) fn build(all: Vec<SnapshotEntry>) -> SnapList {
+        let count = all.len();
+        let newest = all.last().map(|e| e.id);
+        let mut by_space: BTreeMap<String, Vec<(String, SnapshotEntry)>> = BTreeMap::new();
+        for e in all {
+            let mut name = snapshot_dir_name(&e);
+            let v = by_space.entry(e.snapshot.space.clone()).or_default();
+            if v.iter().any(|(n, _)| *n == name) {
+                name = format!("{name}-{}", e.id.short(20));
+            }
+            v.push((name, e));
+        }
+        SnapList {
+            by_space,
+            count,
+            newest,
+        }
+    }
+}
+
+impl PuceFs {
+    pub(super) fn inode(&self, ino: u64) -> FsResult<inode::Inode> {
+        lock(&self.inodes)?.get(ino).cloned().ok_or(FsError::STALE)
+    }
+
+    /// The tree id of a snapshot directory inode.
+    fn snap_tree(kind: &Kind) -> Option<ObjectId> {
+        match kind {
+            Kind::SnapRoot { root, .. } => Some(*root),
+            Kind::SnapNode { entry, .. } => match &entry.node {
+                Node::Dir { tree } => Some(*tree),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Look `name` up in directory `parent`, counting a kernel reference on the result.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let p = self.inode(parent)?;
+        match (&p.kind, parent) {
+            (Kind::Fixed, ROOT) => match name {
+                b"spaces" => Ok(self.fixed_attr(SPACES, 0o755, self.started_ns)),
+                b"snapshots" => Ok(self.fixed_attr(SNAPSHOTS, 0o555, self.started_ns)),
+                _ => Err(FsError::NOENT),
+            },
+            (Kind::Fixed, SPACES) => {
+                let s = std::str::from_utf8(name).map_err(|_| FsError::NOENT)?;
+                if !self.visible(s) {
+                    return Err(FsError::NOENT);
+                }
+                let space = self.space(s).ok_or(FsError::NOENT)?;
+                let ino = lock(&self.inodes)?.lookup(
+                    SPACES,
+                    name,
+                    Kind::SpaceRoot(space.name.clone()),
+                    |k| matches!(k, Kind::SpaceRoot(_)),
+                );
+                if let Ok(mut st) = space.lock() {
+                    st.root_ino = Some(ino);
+                }
+                self.space_root_attr(ino, &space)
+            }
+            (Kind::Fixed, SNAPSHOTS) => {
+                let s = std::str::from_utf8(name).map_err(|_| FsError::NOENT)?;
+                let snaps = self.snap_list()?;
+                if !self.visible(s) || !snaps.by_space.contains_key(s) {
+                    return Err(FsError::NOENT);
+                }
+                let ino = lock(&self.inodes)?.lookup(
+                    SNAPSHOTS,
+                    name,
+                    Kind::SnapSpace(Arc::from(s)),
+                    |k| matches!(k, Kind::SnapSpace(_)),
+                );
+                Ok(self.fixed_attr(ino, 0o555, self.started_ns))
+            }
+            (Kind::SnapSpace(space), _) => {
+                let snaps = self.snap_list()?;
+                let n = std::str::from_utf8(name).map_err(|_| FsError::NOENT)?;
+                let e = snaps
+                    .by_space
+                    .get(&**space)
+                    .and_then(|v| v.iter().find(|(dn, _)| dn == n))
+                    .map(|(_, e)| e.clone())
+                    .ok_or(FsError::NOENT)?;
+                let kind = Kind::SnapRoot {
+                    id: e.id,
+                    root: e.snapshot.root,
+                    time_ns: e.snapshot.time_ns,
+                };
+                let ino = lock(&self.inodes)?.lookup(
+                    parent,
+                    name,
+                    kind,
+                    |k| matches!(k, Kind::SnapRoot { id, .. } if *id == e.id),
+                );
+                Ok(self.fixed_attr(ino, 0o555, e.snapshot.time_ns))
+            }
+            (Kind::SnapRoot { .. } | Kind::SnapNode { .. }, _) => {
+                let tree_id = PuceFs::snap_tree(&p.kind).ok_or(FsError::NOTDIR)?;
+                let tree = self.tree(&tree_id)?;
+                let e = tree.get(name).ok_or(FsError::NOENT)?;
+                let mut light = e.clone();
+                if let Node::File { size, .. } = light.node {
+                    light.node = Node::File {
+                        size,
+                        chunks: Vec::new(),
+                    };
+                }
+                let kind = Kind::SnapNode {
+                    parent_tree: tree_id,
+                    entry: Arc::new(light),
+                };
+                let ino = lock(&self.inodes)?
+                    .lookup(parent, name, kind, |k| matches!(k, Kind::SnapNode { .. }));
+                Ok(PuceFs::entry_attr(ino, e))
+            }
+            (Kind::SpaceRoot(s) | Kind::SpaceNode(s, _), _) => {
+                let space = self.space(s).ok_or(FsError::STALE)?;
+                let st = space.lock()?;
+                let path = self.space_path(parent)?;
+                let child = join(&path, name);
+                let info = st
+                    .tree
+                    .lookup(&FsTrees(self), &child)?
+                    .ok_or(FsError::NOENT)?;
+                let nk = info.kind;
+                let ino = lock(&self.inodes)?.lookup(
+                    parent,
+                    name,
+                    Kind::SpaceNode(s.clone(), nk),
+                    |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == nk),
+                );
+                self.info_attr(ino, &info)
+            }
+            _ => Err(FsError::NOTDIR),
+        }
+    }
+
+    pub(super) fn space_path(&self, ino: u64) -> FsResult<Vec<u8>> {
+        lock(&self.inodes)?
+            .space_path(ino)
+            .map(|(_, p)| p)
+            .ok_or(FsError::NOENT)
+    }
+
+    pub(super) fn snap_list(&self) -> FsResult<Arc<SnapList>> {
+        self.snaps
+            .read()
+            .map(|s| s.clone())
+            .map_err(|_| FsError::IO)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Ok(mut t) = self.inodes.lock() {
+            t.forget(ino, n);
+        }
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        match &i.kind {
+            Kind::Fixed => Ok(self.fixed_attr(
+                ino,
+                if ino == SNAPSHOTS { 0o555 } else { 0o755 },
+                self.started_ns,
+            )),
+            Kind::SpaceRoot(s) => {
+                let space = self.space(s).ok_or(FsError::STALE)?;
+                self.space_root_attr(ino, &space)
+            }
+            Kind::SnapSpace(_) => Ok(self.fixed_attr(ino, 0o555, self.started_ns)),
+            Kind::SnapRoot { time_ns, .. } => Ok(self.fixed_attr(ino, 0o555, *time_ns)),
+            Kind::SnapNode { entry, .. } => Ok(PuceFs::entry_attr(ino, entry)),
+            Kind::SpaceNode(s, _) => {
+                let space = self.space(s).ok_or(FsError::STALE)?;
+                let st = space.lock()?;
+                match lock(&self.inodes)?.space_path(ino) {
+                    Some((_, path)) => {
+                        let info = st
+                            .tree
+                            .lookup(&FsTrees(self), &path)?
+                            .ok_or(FsError::NOENT)?;
+                        self.info_attr(ino, &info)
+                    }
+                    None => {
+                        drop(st);
+                        self.orphan_attr(ino)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let i = self.inode(ino)?;
+        match &i.kind {
+            Kind::SnapNode { entry, .. } => match &entry.node {
+                Node::Symlink { target } => Ok(target.clone()),
+                _ => Err(FsError::INVAL),
+            },
+            Kind::SpaceNode(s, _) => {
+                let space = self.space(s).ok_or(FsError::STALE)?;
+                let st = space.lock()?;
+                let path = self.space_path(ino)?;
+                let info = st
+                    .tree
+                    .lookup(&FsTrees(self), &path)?
+                    .ok_or(FsError::NOENT)?;
+                info.target.ok_or(FsError::INVAL)
+            }
+            _ => Err(FsError::INVAL),
+        }
+    }
+
+    /// List directory `ino` (with `.` and `..`); returns a handle for [`PuceFs::readdir`].
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let i = self.inode(ino)?;
+        let t = lock(&self.inodes)?;
+        let known = |name: &[u8]| t.child(ino, name).unwrap_or(UNKNOWN_INO);
+        let mut out = vec![
+            DirEntry {
+                ino,
+                kind: NodeKind::Dir,
+                name: b".".to_vec(),
+            },
+            DirEntry {
+                ino: i.parent,
+                kind: NodeKind::Dir,
+                name: b"..".to_vec(),
+            },
+        ];
+        let dir = |name: Vec<u8>| DirEntry {
+            ino: known(&name),
+            kind: NodeKind::Dir,
+            name,
+        };
+        match &i.kind {
+            Kind::Fixed if ino == ROOT => {
+                out.push(dir(b"snapshots".to_vec()));
+                out.push(dir(b"spaces".to_vec()));
+            }
+            Kind::Fixed if ino == SPACES => {
+                let spaces = self.spaces.read().map_err(|_| FsError::IO)?;
+                for name in spaces.keys().filter(|s| self.visible(s)) {
+                    out.push(dir(name.as_bytes().to_vec()));
+                }
+            }
+            Kind::Fixed => {
+                let snaps = self.snap_list()?;
+                for name in snaps.by_space.keys().filter(|s| self.visible(s)) {
+                    out.push(dir(name.as_bytes().to_vec()));
+                }
+            }
+            Kind::SnapSpace(s) => {
+                let snaps = self.snap_list()?;
+                for (name, _) in snaps.by_space.get(&**s).into_iter().flatten() {
+                    out.push(dir(name.as_bytes().to_vec()));
+                }
+            }
+            Kind::SnapRoot { .. } | Kind::SnapNode { .. } => {
+                let tree_id = PuceFs::snap_tree(&i.kind).ok_or(FsError::NOTDIR)?;
+                drop(t);
+                let tree = self.tree(&tree_id)?;
+                let t = lock(&self.inodes)?;
+                for e in &tree.entries {
+                    out.push(DirEntry {
+                        ino: t.child(ino, &e.name).unwrap_or(UNKNOWN_INO),
+                        kind: kind_of(&e.node),
+                        name: e.name.clone(),
+                    });
+                }
+            }
+            Kind::SpaceRoot(s) | Kind::SpaceNode(s, _) => {
+                let s = s.clone();
+                drop(t);
+                let space = self.space(&s).ok_or(FsError::STALE)?;
+                let st = space.lock()?;
+                let path = self.space_path(ino)?;
+                let list = st.tree.list(&FsTrees(self), &path)?;
+                let t = lock(&self.inodes)?;
+                for (name, info) in list {
+                    out.push(DirEntry {
+                        ino: t.child(ino, &name).unwrap_or(UNKNOWN_INO),
+                        kind: info.kind,
+                        name,
+                    });
+                }
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs)?.insert(fh, Arc::new(out));
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from position `offset` on; each entry's position is its
+    /// index plus one.
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        let _ = offset;
+        lock(&self.dirs)?.get(&fh).cloned().ok_or(FsError::BADF)
+    }
+
+    /// `readdirplus`: the entries of open directory `fh` (inode `ino`) from position `offset`
+    /// on, each with its attributes, passed to `add(entry, attr, next_offset)` until it returns
+    /// `true` (the reply is full; that entry was not sent). Every entry sent other than `.` and
+    /// `..` counts as a lookup (the kernel forgets it later); the one that did not fit is
+    /// forgotten at once. Entries that vanished since `opendir` are skipped.
+    pub fn readdir_plus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Attr, u64) -> bool,
+    ) -> FsResult<()> {
+        let list = self.readdir(fh, offset)?;
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            if e.name == b"." || e.name == b".." {
+                // Not counted by the kernel, which ignores these attributes.
+                let a = self.fixed_attr(e.ino, 0o755, self.started_ns);
+                if add(e, &a, next) {
+                    break;
+                }
+                continue;
+            }
+            let a = match self.lookup(ino, &e.name) {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let sent = DirEntry {
+                ino: a.ino,
+                kind: a.kind,
+                name: e.name.clone(),
+            };
+            if add(&sent, &a, next) {
+                self.forget(a.ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut d) = self.dirs.lock() {
+            d.remove(&fh);
+        }
+    }
+}
