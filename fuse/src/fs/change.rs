@@ -13,10 +13,11 @@ use puce_core::snapshot::edit::{Content, Edit, Meta, NodeKind};
 use super::attr::{mtime_of, system_time};
 use super::file::{FileState, OpenFile};
 use super::stored::FsTrees;
-use super::{Attr, PuceFs, check_name, join, lock};
+use super::{Attr, PuceFs, check_name, lock};
 use crate::error::{FsError, FsResult};
 use crate::inode::{Kind, SNAPSHOTS, SPACES};
 use crate::space::{Space, SpaceState, Staged};
+use puce_core::paths::join;
 
 /// Who asks.
 #[derive(Debug, Clone, Copy)]

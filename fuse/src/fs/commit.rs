@@ -11,10 +11,10 @@ use std::time::Instant;
 use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use puce_core::index::now_ns;
+use puce_core::merge::{Conflict, merge3};
 use puce_core::saver::{Saver, SaverStats};
 use puce_core::session::Session;
 use puce_core::snapshot::edit::{Content, Edit, EditTree};
-use puce_core::snapshot::treemerge::{Conflict, merge3};
 use puce_core::{Error, ObjectId, Result, SnapshotEntry, SnapshotId};
 
 use super::PuceFs;

@@ -5,16 +5,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use puce_core::merge::Conflict;
 use puce_core::snapshot::edit::{Content, EditTree, NodeKind};
-use puce_core::snapshot::treemerge::Conflict;
 use puce_core::{ObjectId, Result, SnapshotEntry};
 
+use super::PuceFs;
 use super::commit::lerr;
 use super::lookup::SnapList;
 use super::stored::FsTrees;
-use super::{PuceFs, split};
 use crate::inode::{Kind, SPACES};
 use crate::space::Space;
+use puce_core::paths::split_last;
 
 /// An inode with its parent and its name there.
 type Link = (u64, u64, Vec<u8>);
@@ -106,7 +107,7 @@ impl PuceFs {
             if let Some(root) = root {
                 for c in conflicts {
                     let (Some(ino), Some((pdir, pname))) =
-                        (t.find_path(root, &c.path), split(&c.copy))
+                        (t.find_path(root, &c.path), Some(split_last(&c.copy)))
                     else {
                         continue;
                     };

@@ -13,9 +13,10 @@ use puce_core::snapshot::edit::NodeKind;
 
 use super::attr::kind_of;
 use super::stored::FsTrees;
-use super::{Attr, PuceFs, join, lock};
+use super::{Attr, PuceFs, lock};
 use crate::error::{FsError, FsResult};
 use crate::inode::{self, Kind, ROOT, SNAPSHOTS, SPACES};
+use puce_core::paths::join;
 
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

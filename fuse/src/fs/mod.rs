@@ -38,6 +38,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use puce_core::format::tree::Tree;
 use puce_core::index::{IndexReader, now_ns};
+use puce_core::paths::NameError;
 use puce_core::session::Session;
 use puce_core::{Error, ObjectId, Repo, Result};
 
@@ -165,33 +166,13 @@ fn lock<T>(m: &Mutex<T>) -> FsResult<MutexGuard<'_, T>> {
 
 // Paths below a space root: `/`-joined names, empty for the root itself.
 
-/// `parent/name`, or `name` at the root of a space (`parent` empty).
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = parent.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
-/// Check the name of a new entry: not empty, not `.` or `..`, no `/`, at most 255 bytes.
+/// Check the name of a new entry by the rule of [`puce_core::paths::check_new_name`], as the
+/// error the kernel expects.
 fn check_name(name: &[u8]) -> FsResult<()> {
-    if name.len() > 255 {
-        return Err(FsError::NAMETOOLONG);
-    }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
-        return Err(FsError::INVAL);
-    }
-    Ok(())
-}
-
-/// The parent path and the last name of `path`.
-fn split(path: &[u8]) -> Option<(&[u8], &[u8])> {
-    match path.iter().rposition(|b| *b == b'/') {
-        Some(i) => Some((&path[..i], &path[i + 1..])),
-        None => Some((&b""[..], path)),
-    }
+    puce_core::paths::check_new_name(name).map_err(|e| match e {
+        NameError::TooLong => FsError::NAMETOOLONG,
+        NameError::Unsafe => FsError::INVAL,
+    })
 }
 
 impl PuceFs {
