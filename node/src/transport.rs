@@ -11,11 +11,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use crate::auth::{PinnedPeers, provider};
 use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::identity::SERVER_NAME;
 use crate::identity::{Identity, NodeId};
 use crate::protocol::{ALPN, Code};
-
-/// The name used in certificates and TLS (not checked: keys are pinned).
-pub const SERVER_NAME: &str = "puce-node";
 
 /// Incoming request streams a peer may have open at once.
 pub const MAX_STREAMS: u32 = 32;
