@@ -329,7 +329,7 @@ async fn a_too_deep_tree_is_refused() {
     // A hostile peer answers as many requests as lyon makes (one per tree level).
     let faults = (Some(Fault::Flood), Some(Fault::NoRequestLimit));
     let (lyon, grenoble) = nodes(grants, grants, faults);
-    let limit = puce_core::format::tree::MAX_TREE_DEPTH as usize;
+    let limit = puce_core::format::tree::MAX_TREE_DEPTH;
     chain(&grenoble.repo, "docs", limit + 1, "a", None);
     let e = pull_from(&lyon, &grenoble, &["docs"]).await.unwrap_err();
     println!("the pull failed: {e:#}");
