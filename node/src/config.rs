@@ -343,66 +343,7 @@ impl NodeConfig {
                 })
             }
         };
-        let mut peers = Vec::new();
-        let mut names = HashSet::new();
-        let mut ids = HashSet::new();
-        for p in raw.peers {
-            let what = format!("[[peer]] {:?}", p.name);
-            check_node_name(&p.name).map_err(|e| e.context(&what))?;
-            let id: NodeId = p.id.parse().map_err(|e: Error| e.context(&what))?;
-            if !names.insert(p.name.clone()) {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("two peers are named {:?}", p.name),
-                ));
-            }
-            if !ids.insert(id) {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("{what}: another peer has the same id"),
-                ));
-            }
-            if let Some(a) = &p.address
-                && a.rsplit_once(':')
-                    .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-            {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "{what}: address {a:?} must be HOST:PORT, e.g. \"grenoble.example.org:{DEFAULT_PORT}\""
-                    ),
-                ));
-            }
-            let mut spaces = BTreeMap::new();
-            for (space, caps) in p.spaces {
-                if space != "*" {
-                    puce_core::format::snapshot::check_space_name(&space)
-                        .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: {e}")))?;
-                }
-                let mut a = Access::default();
-                for c in caps {
-                    match c.as_str() {
-                        "pull" => a.pull = true,
-                        "push" => a.push = true,
-                        other => {
-                            return Err(Error::new(
-                                ErrorKind::Config,
-                                format!(
-                                    "{what}: space {space:?}: unknown permission {other:?} (use \"pull\" and/or \"push\")"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                spaces.insert(space, a);
-            }
-            peers.push(Peer {
-                name: p.name,
-                id,
-                address: p.address,
-                spaces,
-            });
-        }
+        let peers = parse_peers(raw.peers)?;
         Ok(NodeConfig {
             name: raw.node.name,
             listen,
@@ -445,6 +386,71 @@ impl NodeConfig {
             ),
         ))
     }
+}
+
+/// The `[[peer]]` sections: names and ids each once, addresses HOST:PORT, known permissions.
+fn parse_peers(raw: Vec<RawPeer>) -> Result<Vec<Peer>> {
+    let mut peers = Vec::new();
+    let mut names = HashSet::new();
+    let mut ids = HashSet::new();
+    for p in raw {
+        let what = format!("[[peer]] {:?}", p.name);
+        check_node_name(&p.name).map_err(|e| e.context(&what))?;
+        let id: NodeId = p.id.parse().map_err(|e: Error| e.context(&what))?;
+        if !names.insert(p.name.clone()) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("two peers are named {:?}", p.name),
+            ));
+        }
+        if !ids.insert(id) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("{what}: another peer has the same id"),
+            ));
+        }
+        if let Some(a) = &p.address
+            && a.rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{what}: address {a:?} must be HOST:PORT, e.g. \"grenoble.example.org:{DEFAULT_PORT}\""
+                ),
+            ));
+        }
+        let mut spaces = BTreeMap::new();
+        for (space, caps) in p.spaces {
+            if space != "*" {
+                puce_core::format::snapshot::check_space_name(&space)
+                    .map_err(|e| Error::new(ErrorKind::Config, format!("{what}: {e}")))?;
+            }
+            let mut a = Access::default();
+            for c in caps {
+                match c.as_str() {
+                    "pull" => a.pull = true,
+                    "push" => a.push = true,
+                    other => {
+                        return Err(Error::new(
+                            ErrorKind::Config,
+                            format!(
+                                "{what}: space {space:?}: unknown permission {other:?} (use \"pull\" and/or \"push\")"
+                            ),
+                        ));
+                    }
+                }
+            }
+            spaces.insert(space, a);
+        }
+        peers.push(Peer {
+            name: p.name,
+            id,
+            address: p.address,
+            spaces,
+        });
+    }
+    Ok(peers)
 }
 
 /// The annotated `node.toml` written by `puce node init`.

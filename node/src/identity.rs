@@ -147,6 +147,9 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// The name in certificates and TLS (not checked: keys are pinned).
+pub const SERVER_NAME: &str = "puce-node";
+
 /// File holding the private key (PKCS#8 PEM, mode 0600).
 pub const KEY_FILE: &str = "key.pem";
 /// File holding the self-signed certificate (PEM).
@@ -158,10 +161,9 @@ impl Identity {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| {
             Error::new(ErrorKind::Identity, "cannot generate a key pair").with_source(e)
         })?;
-        let mut params = rcgen::CertificateParams::new(vec![crate::transport::SERVER_NAME.into()])
-            .map_err(|e| {
-                Error::new(ErrorKind::Identity, "certificate parameters").with_source(e)
-            })?;
+        let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.into()]).map_err(|e| {
+            Error::new(ErrorKind::Identity, "certificate parameters").with_source(e)
+        })?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "puce node");

@@ -146,6 +146,87 @@ pub(crate) async fn dial(
     Ok(Conn::new(ctx.clone(), qconn, perms, progress))
 }
 
+/// The spaces `req` names, to pull and to push, each checked against what node.toml lets
+/// `peer` do.
+fn explicit_spaces(peer: &Peer, req: &SyncRequest) -> Result<(Vec<String>, Vec<String>)> {
+    let mut pull_spaces: Vec<String> = Vec::new();
+    let mut push_spaces: Vec<String> = Vec::new();
+    for s in &req.spaces {
+        puce_core::format::snapshot::check_space_name(s)?;
+        let a = peer.access(s);
+        let both = req.pull && req.push;
+        if req.pull && a.push {
+            pull_spaces.push(s.clone());
+        } else if req.pull && !both {
+            return Err(Error::new(
+                ErrorKind::NotAllowed,
+                format!(
+                    "node.toml does not let peer '{}' write space '{s}' here, so it cannot be \
+                     pulled: add \"push\" to spaces.{s} of that peer",
+                    peer.name
+                ),
+            ));
+        }
+        if req.push && a.pull {
+            push_spaces.push(s.clone());
+        } else if req.push && !both {
+            return Err(Error::new(
+                ErrorKind::NotAllowed,
+                format!(
+                    "node.toml does not let peer '{}' read space '{s}', so it cannot be \
+                     pushed: add \"pull\" to spaces.{s} of that peer",
+                    peer.name
+                ),
+            ));
+        }
+        if both && !a.pull && !a.push {
+            return Err(Error::new(
+                ErrorKind::NotAllowed,
+                format!(
+                    "node.toml shares no space '{s}' with peer '{}': add it to that peer's \
+                     spaces with \"pull\" and/or \"push\"",
+                    peer.name
+                ),
+            ));
+        }
+    }
+    Ok((pull_spaces, push_spaces))
+}
+
+/// The peer now has this node's snapshots of the `pushed` spaces: add them to `peer_spaces`.
+async fn note_pushed(
+    ctx: &Arc<NodeCtx>,
+    pushed: Vec<String>,
+    peer_spaces: &mut Vec<crate::protocol::SpaceState>,
+) -> Result<()> {
+    let repo = ctx.repo.clone();
+    let local = tokio::task::spawn_blocking(move || repo.snapshots())
+        .await
+        .map_err(|e| Error::internal(format!("{e}")))??;
+    for space in pushed {
+        let ids: Vec<_> = local
+            .iter()
+            .filter(|s| s.snapshot.space == space)
+            .map(|s| s.id)
+            .collect();
+        match peer_spaces.iter_mut().find(|st| st.name == space) {
+            Some(st) => {
+                for id in ids {
+                    if !st.snapshots.contains(&id) {
+                        st.snapshots.push(id);
+                    }
+                }
+            }
+            None => peer_spaces.push(crate::protocol::SpaceState {
+                name: space,
+                heads: vec![],
+                snapshots: ids,
+            }),
+        }
+    }
+    Ok(())
+}
+
 /// `own`: receives the endpoint dialled from, for the caller to close.
 async fn run(
     ctx: &Arc<NodeCtx>,
@@ -164,49 +245,11 @@ async fn run(
     })?;
     // Check what node.toml allows before connecting.
     let explicit = !req.spaces.is_empty();
-    let mut pull_spaces: Vec<String> = Vec::new();
-    let mut push_spaces: Vec<String> = Vec::new();
-    if explicit {
-        for s in &req.spaces {
-            puce_core::format::snapshot::check_space_name(s)?;
-            let a = peer.access(s);
-            let both = req.pull && req.push;
-            if req.pull && a.push {
-                pull_spaces.push(s.clone());
-            } else if req.pull && !both {
-                return Err(Error::new(
-                    ErrorKind::NotAllowed,
-                    format!(
-                        "node.toml does not let peer '{}' write space '{s}' here, so it cannot be \
-                         pulled: add \"push\" to spaces.{s} of that peer",
-                        peer.name
-                    ),
-                ));
-            }
-            if req.push && a.pull {
-                push_spaces.push(s.clone());
-            } else if req.push && !both {
-                return Err(Error::new(
-                    ErrorKind::NotAllowed,
-                    format!(
-                        "node.toml does not let peer '{}' read space '{s}', so it cannot be \
-                         pushed: add \"pull\" to spaces.{s} of that peer",
-                        peer.name
-                    ),
-                ));
-            }
-            if both && !a.pull && !a.push {
-                return Err(Error::new(
-                    ErrorKind::NotAllowed,
-                    format!(
-                        "node.toml shares no space '{s}' with peer '{}': add it to that peer's \
-                         spaces with \"pull\" and/or \"push\"",
-                        peer.name
-                    ),
-                ));
-            }
-        }
-    }
+    let (mut pull_spaces, mut push_spaces) = if explicit {
+        explicit_spaces(peer, req)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let endpoint = own
         .insert(transport::DialOne::new(
             transport::resolve(&address).await?,
@@ -253,45 +296,21 @@ async fn run(
             }
         }
         if !pushed.is_empty() {
-            // The peer now has this node's snapshots of the pushed spaces.
-            let repo = ctx.repo.clone();
-            let local = tokio::task::spawn_blocking(move || repo.snapshots())
-                .await
-                .map_err(|e| Error::internal(format!("{e}")))??;
-            for space in pushed {
-                let ids: Vec<_> = local
-                    .iter()
-                    .filter(|s| s.snapshot.space == space)
-                    .map(|s| s.id)
-                    .collect();
-                match peer_spaces.iter_mut().find(|st| st.name == space) {
-                    Some(st) => {
-                        for id in ids {
-                            if !st.snapshots.contains(&id) {
-                                st.snapshots.push(id);
-                            }
-                        }
-                    }
-                    None => peer_spaces.push(crate::protocol::SpaceState {
-                        name: space,
-                        heads: vec![],
-                        snapshots: ids,
-                    }),
-                }
-            }
+            note_pushed(ctx, pushed, peer_spaces).await?;
         }
         Ok(())
     }
     .await;
-    let stats = conn.conn.stats();
+    let stats = conn.wire_stats();
     tracing::debug!(
-        "QUIC statistics of the connection to {}: {stats:?}",
-        conn.label
+        "QUIC statistics of the connection to {}: {}",
+        conn.label,
+        stats.detail
     );
-    report.wire_sent_bytes = stats.udp_tx.bytes;
-    report.wire_received_bytes = stats.udp_rx.bytes;
-    report.rtt_us = stats.path.rtt.as_micros() as u64;
-    report.path_mtu = stats.path.current_mtu;
+    report.wire_sent_bytes = stats.sent_bytes;
+    report.wire_received_bytes = stats.received_bytes;
+    report.rtt_us = stats.rtt.as_micros() as u64;
+    report.path_mtu = stats.mtu;
     report.sent_objects = conn.counters.sent_objects.load(Ordering::Relaxed);
     report.sent_bytes = conn.counters.sent_bytes.load(Ordering::Relaxed);
     report.fetched_objects = conn.counters.fetched_objects.load(Ordering::Relaxed);

@@ -1,21 +1,147 @@
+//! What carries sessions: the [`Link`] trait (bidirectional streams, a close with a reason),
+//! implemented by QUIC connections and by an in-memory pair ([`memory`]) for tests.
+//!
 //! QUIC endpoints: quinn with rustls (TLS 1.3 only, ring), mutual authentication by pinned
 //! keys ([`crate::auth`]), ALPN `puce/sync/1`. There is no plaintext path: a connection exists
 //! only after both keys were checked.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use quinn::ConnectionError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{PinnedPeers, provider};
 use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::identity::SERVER_NAME;
 use crate::identity::{Identity, NodeId};
 use crate::protocol::{ALPN, Code};
 
-/// The name used in certificates and TLS (not checked: keys are pinned).
-pub const SERVER_NAME: &str = "puce-node";
+pub mod memory;
+
+/// A boxed future: the methods of [`Link`] and [`SendHalf`] are called through `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The side of a stream this node writes: frames ([`crate::protocol::write`]), then a finish.
+pub trait SendHalf: AsyncWrite + Send + Unpin {
+    /// Write `chunks` whole, in order (QUIC takes them without a copy).
+    fn write_chunks<'a>(
+        &'a mut self,
+        chunks: &'a mut [Bytes],
+    ) -> BoxFuture<'a, std::io::Result<()>>;
+    /// End this side: the other reads a clean end of stream after what was written.
+    fn finish(&mut self);
+    /// Wait until the other side received everything written, or stopped reading.
+    fn stopped(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// The side of a stream this node reads frames from ([`crate::protocol::read_expecting`]).
+pub type Receiver = Box<dyn AsyncRead + Send + Unpin>;
+/// The side of a stream this node writes frames to.
+pub type Sender = Box<dyn SendHalf>;
+
+/// What a session needs of a connection to a peer: bidirectional streams, each carrying one
+/// request and its answer, and a close with a code and a reason. Why a connection ended is
+/// told as a [`quinn::ConnectionError`] whatever carries it, so that it reads the same.
+pub trait Link: Send + Sync {
+    /// Open a stream to the peer.
+    fn open(&self) -> BoxFuture<'_, Result<(Sender, Receiver), ConnectionError>>;
+    /// The next stream the peer opened.
+    fn accept(&self) -> BoxFuture<'_, Result<(Sender, Receiver), ConnectionError>>;
+    /// Close the connection; the peer learns `code` and `reason`.
+    fn close(&self, code: Code, reason: &[u8]);
+    /// Why the connection ended, if it did.
+    fn close_reason(&self) -> Option<ConnectionError>;
+    /// Whether this node accepted the connection (the other one dialled).
+    fn accepted(&self) -> bool;
+    /// The peer's address, for messages.
+    fn remote(&self) -> String;
+    /// Traffic figures of the connection.
+    fn stats(&self) -> WireStats;
+}
+
+/// Traffic figures of a connection, for sync reports.
+#[derive(Debug, Clone, Default)]
+pub struct WireStats {
+    /// Bytes sent on the wire (UDP payloads).
+    pub sent_bytes: u64,
+    /// Bytes received on the wire.
+    pub received_bytes: u64,
+    /// The round-trip time.
+    pub rtt: Duration,
+    /// The path MTU.
+    pub mtu: u16,
+    /// Everything the transport counts, for the debug log.
+    pub detail: String,
+}
+
+impl SendHalf for quinn::SendStream {
+    fn write_chunks<'a>(
+        &'a mut self,
+        chunks: &'a mut [Bytes],
+    ) -> BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move { Ok(self.write_all_chunks(chunks).await?) })
+    }
+
+    fn finish(&mut self) {
+        let _ = quinn::SendStream::finish(self);
+    }
+
+    fn stopped(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = quinn::SendStream::stopped(self).await;
+        })
+    }
+}
+
+impl Link for quinn::Connection {
+    fn open(&self) -> BoxFuture<'_, Result<(Sender, Receiver), ConnectionError>> {
+        Box::pin(async move {
+            let (send, recv) = self.open_bi().await?;
+            Ok((Box::new(send) as Sender, Box::new(recv) as Receiver))
+        })
+    }
+
+    fn accept(&self) -> BoxFuture<'_, Result<(Sender, Receiver), ConnectionError>> {
+        Box::pin(async move {
+            let (send, recv) = self.accept_bi().await?;
+            Ok((Box::new(send) as Sender, Box::new(recv) as Receiver))
+        })
+    }
+
+    fn close(&self, code: Code, reason: &[u8]) {
+        quinn::Connection::close(self, code.varint(), reason);
+    }
+
+    fn close_reason(&self) -> Option<ConnectionError> {
+        quinn::Connection::close_reason(self)
+    }
+
+    fn accepted(&self) -> bool {
+        self.side() == quinn::Side::Server
+    }
+
+    fn remote(&self) -> String {
+        self.remote_address().to_string()
+    }
+
+    fn stats(&self) -> WireStats {
+        let s = quinn::Connection::stats(self);
+        WireStats {
+            sent_bytes: s.udp_tx.bytes,
+            received_bytes: s.udp_rx.bytes,
+            rtt: s.path.rtt,
+            mtu: s.path.current_mtu,
+            detail: format!("{s:?}"),
+        }
+    }
+}
 
 /// Incoming request streams a peer may have open at once.
 pub const MAX_STREAMS: u32 = 32;

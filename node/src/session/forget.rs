@@ -19,10 +19,9 @@ use puce_core::forgotten;
 use puce_core::format::forget::{Forget, Signature, Signer, node_id_of_key};
 use puce_core::{SnapshotEntry, SnapshotId};
 
-use super::pull::misbehaved;
-use super::{Conn, Fault};
+use super::{Conn, Fault, blocking, misbehaved};
 use crate::auth::Permissions;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::{Identity, NodeId};
 use crate::protocol::{self, Code, GetForgets, Message, SpaceList};
 
@@ -83,12 +82,6 @@ pub fn check(peer: &Permissions, f: &Forget, held_space: &str) -> std::result::R
         ));
     }
     Ok(())
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("a worker thread failed: {e}")))?
 }
 
 /// Before a pull of `spaces` decides what is new (`list` from the peer, `local` this node's

@@ -1,4 +1,5 @@
-//! A sync session on one QUIC connection.
+//! A sync session on one connection: QUIC, or an in-memory pair in tests (the
+//! [`crate::transport::Link`] trait stands between the two).
 //!
 //! After the TLS handshake (keys pinned both ways), the connecting node opens the first stream
 //! with `Hello`; the other answers `Welcome` (same chunking parameters, a common revision) or
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use puce_core::progress::Progress;
 use puce_core::{ObjectId, Repo};
-use quinn::{RecvStream, SendStream};
 
 use crate::auth::Permissions;
 use crate::bandwidth::Limiter;
@@ -28,6 +28,7 @@ use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result, connection_error};
 use crate::identity::Identity;
 use crate::protocol::{self, Chunking, Code, Hello, Message, Welcome};
+use crate::transport::{Link, Receiver, Sender, WireStats};
 
 pub mod forget;
 pub mod pull;
@@ -223,8 +224,8 @@ pub const PACE_RATE: f64 = REQUEST_RATE * 3.0 / 4.0;
 pub struct Conn {
     /// The node.
     pub ctx: Arc<NodeCtx>,
-    /// The QUIC connection.
-    pub conn: quinn::Connection,
+    /// The connection (QUIC, or in memory in tests).
+    link: Box<dyn Link>,
     /// Who is on the other side and what it may do.
     pub peer: Permissions,
     /// "peer 'grenoble' (192.0.2.7:7878)", for messages.
@@ -260,10 +261,20 @@ impl Conn {
         peer: Permissions,
         progress: Arc<dyn Progress>,
     ) -> Arc<Conn> {
-        let label = format!("peer '{}' ({})", peer.name, conn.remote_address());
+        Conn::over(ctx, Box::new(conn), peer, progress)
+    }
+
+    /// A connection with `peer` over `link`, whose peer was authenticated as `peer`.
+    pub fn over(
+        ctx: Arc<NodeCtx>,
+        link: Box<dyn Link>,
+        peer: Permissions,
+        progress: Arc<dyn Progress>,
+    ) -> Arc<Conn> {
+        let label = format!("peer '{}' ({})", peer.name, link.remote());
         Arc::new(Conn {
             ctx,
-            conn,
+            link,
             label,
             remote_name: Mutex::new(peer.name.clone()),
             peer,
@@ -286,12 +297,12 @@ impl Conn {
         tracing::warn!("cut off {}: {why}", self.label);
         let mut reason = why.as_bytes().to_vec();
         reason.truncate(900);
-        self.conn.close(code.varint(), &reason);
+        self.link.close(code, &reason);
     }
 
     /// If the connection is closed, the error that closed it; else `e`.
     pub fn explain(&self, e: Error) -> Error {
-        match self.conn.close_reason() {
+        match self.link.close_reason() {
             Some(quinn::ConnectionError::LocallyClosed) | None => e,
             Some(reason) => connection_error(&self.label, &reason),
         }
@@ -324,7 +335,7 @@ impl Conn {
     }
 
     /// Open a request stream, send `req`, and return the stream to read the answer from.
-    pub async fn request(&self, req: &Message) -> Result<RecvStream> {
+    pub async fn request(&self, req: &Message) -> Result<Receiver> {
         // Paced under the peer's budget; the lock is held while waiting, so that requests go
         // out in the order they were paced.
         if self.ctx.fault != Some(Fault::Flood) {
@@ -335,20 +346,20 @@ impl Conn {
             }
         }
         let (mut send, recv) = self
-            .conn
-            .open_bi()
+            .link
+            .open()
             .await
             .map_err(|e| connection_error(&self.label, &e))?;
         protocol::write(&mut send, req)
             .await
             .map_err(|e| self.explain(e))?;
-        let _ = send.finish();
+        send.finish();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         Ok(recv)
     }
 
     /// Read the next answer frame; a closed connection or an `Error` frame becomes an error.
-    pub async fn answer(&self, recv: &mut RecvStream) -> Result<Message> {
+    pub async fn answer(&self, recv: &mut Receiver) -> Result<Message> {
         match protocol::read_expecting(recv, protocol::Expect::Answer).await {
             Ok(Some(Message::Error(e))) => {
                 let code = Code::from_u16(e.code).unwrap_or(Code::Internal);
@@ -449,7 +460,12 @@ impl Conn {
 
     /// Close cleanly.
     pub fn done(&self) {
-        self.conn.close(Code::Done.varint(), b"done");
+        self.link.close(Code::Done, b"done");
+    }
+
+    /// Traffic figures of the connection.
+    pub fn wire_stats(&self) -> WireStats {
+        self.link.stats()
     }
 }
 
@@ -478,8 +494,35 @@ pub fn check_chunking(label: &str, ours: Chunking, theirs: Chunking) -> Result<(
     ))
 }
 
-/// Send an error answer on a request stream and finish it.
-pub(crate) async fn send_error(send: &mut SendStream, code: Code, message: &str) {
-    let _ = protocol::write(send, &Message::error(code, message)).await;
-    let _ = send.finish();
+/// Run `f` on a blocking thread (storage work, off the async threads).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("a worker thread failed: {e}")))?
 }
+
+/// Cut the peer of `conn` off for misbehaving (`why`, after its label): the error to return.
+fn misbehaved(conn: &Conn, code: Code, why: String) -> Error {
+    conn.cut_off(code, &why);
+    let kind = if code == Code::BadObject {
+        ErrorKind::BadObject
+    } else {
+        ErrorKind::Protocol
+    };
+    Error::new(
+        kind,
+        format!(
+            "{} {why}: cut off; nothing it sent in this transfer was made visible",
+            conn.label
+        ),
+    )
+}
+
+/// Send an error answer on a request stream and finish it.
+pub(crate) async fn send_error(send: &mut Sender, code: Code, message: &str) {
+    let _ = protocol::write(send, &Message::error(code, message)).await;
+    send.finish();
+}
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,7 @@ use puce_core::format::pack::Kind;
 use puce_core::format::tree::{Node, Tree};
 use puce_core::repo::decode_object;
 use puce_core::{SnapshotEntry, SnapshotId};
-use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
 
 use super::{Conn, Fault, check_chunking, send_error, software};
 use crate::error::{Error, ErrorKind, Result};
@@ -17,6 +17,7 @@ use crate::protocol::{
     self, Code, End, GetObjects, GetSnapshots, Hello, ListSpaces, Message, Object, Push,
     SnapshotRecord, SpaceList, SpaceState, Welcome,
 };
+use crate::transport::{Receiver, Sender};
 
 /// Bytes of objects read from packs per hand-off to the sending task.
 const READ_GROUP: usize = 4 << 20;
@@ -25,7 +26,7 @@ const READ_GROUP: usize = 4 << 20;
 /// connection expects `Hello` first.
 pub async fn serve(conn: Arc<Conn>) {
     loop {
-        let (send, recv) = match conn.conn.accept_bi().await {
+        let (send, recv) = match conn.link.accept().await {
             Ok(s) => s,
             Err(e) => {
                 match &e {
@@ -75,7 +76,7 @@ impl From<Error> for Failure {
     }
 }
 
-async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
+async fn handle(conn: Arc<Conn>, mut send: Sender, mut recv: Receiver) {
     let req = match protocol::read_expecting(&mut recv, protocol::Expect::Request).await {
         Ok(Some(m)) => m,
         Ok(None) => {
@@ -98,7 +99,7 @@ async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
         conn.wait_negotiated().await
     };
     let result = match req {
-        Message::Hello(h) if !negotiated && conn.conn.side() == quinn::Side::Server => {
+        Message::Hello(h) if !negotiated && conn.link.accepted() => {
             hello(&conn, &mut send, h).await
         }
         Message::Hello(_) => Err(Failure::CutOff(
@@ -122,7 +123,7 @@ async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
     };
     match result {
         Ok(()) => {
-            let _ = send.finish();
+            send.finish();
         }
         Err(Failure::Refuse(code, why)) => {
             tracing::warn!("refused a request of {}: {why}", conn.label);
@@ -135,13 +136,13 @@ async fn handle(conn: Arc<Conn>, mut send: SendStream, mut recv: RecvStream) {
     }
 }
 
-async fn write(conn: &Conn, send: &mut SendStream, m: &Message) -> Result<(), Failure> {
+async fn write(conn: &Conn, send: &mut Sender, m: &Message) -> Result<(), Failure> {
     protocol::write(send, m)
         .await
         .map_err(|e| Failure::from(conn.explain(e)))
 }
 
-async fn hello(conn: &Arc<Conn>, send: &mut SendStream, h: Hello) -> Result<(), Failure> {
+async fn hello(conn: &Arc<Conn>, send: &mut Sender, h: Hello) -> Result<(), Failure> {
     let version = h.max_version.min(protocol::VERSION);
     if version < h.min_version.max(protocol::MIN_VERSION) {
         let why = format!(
@@ -159,10 +160,8 @@ async fn hello(conn: &Arc<Conn>, send: &mut SendStream, h: Hello) -> Result<(), 
         send_error(send, Code::Incompatible, &e.to_string()).await;
         // Let the answer reach the peer before closing.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
-        conn.conn.close(
-            Code::Incompatible.varint(),
-            b"different chunking parameters",
-        );
+        conn.link
+            .close(Code::Incompatible, b"different chunking parameters");
         return Ok(());
     }
     if let Ok(mut n) = conn.remote_name.lock() {
@@ -236,11 +235,7 @@ fn at_most(what: &str, n: usize, max: usize) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn list_spaces(
-    conn: &Arc<Conn>,
-    send: &mut SendStream,
-    r: ListSpaces,
-) -> Result<(), Failure> {
+async fn list_spaces(conn: &Arc<Conn>, send: &mut Sender, r: ListSpaces) -> Result<(), Failure> {
     if r.spaces.len() > 4096 {
         return Err(Failure::CutOff(
             Code::Protocol,
@@ -299,7 +294,7 @@ async fn list_spaces(
 
 async fn get_snapshots(
     conn: &Arc<Conn>,
-    send: &mut SendStream,
+    send: &mut Sender,
     r: GetSnapshots,
 ) -> Result<(), Failure> {
     at_most(
@@ -358,7 +353,7 @@ async fn get_snapshots(
 /// spaces the peer may read, signed by this node; the others left out without saying why.
 async fn get_forgets(
     conn: &Arc<Conn>,
-    send: &mut SendStream,
+    send: &mut Sender,
     r: protocol::GetForgets,
 ) -> Result<(), Failure> {
     at_most(
@@ -380,11 +375,7 @@ async fn get_forgets(
     write(conn, send, &Message::End(End { count: n })).await
 }
 
-async fn get_objects(
-    conn: &Arc<Conn>,
-    send: &mut SendStream,
-    r: GetObjects,
-) -> Result<(), Failure> {
+async fn get_objects(conn: &Arc<Conn>, send: &mut Sender, r: GetObjects) -> Result<(), Failure> {
     at_most("objects", r.ids.len(), protocol::MAX_OBJECTS_PER_REQUEST)?;
     if let Some(id) = r.ids.iter().find(|id| !conn.is_served(id)) {
         // A node following the protocol asks only for objects reachable from snapshots it was
@@ -403,7 +394,7 @@ async fn get_objects(
 /// without saying why, so the answer reveals nothing of the spaces the peer may not read.
 async fn find_objects(
     conn: &Arc<Conn>,
-    send: &mut SendStream,
+    send: &mut Sender,
     r: protocol::FindObjects,
 ) -> Result<(), Failure> {
     at_most("objects", r.ids.len(), protocol::MAX_OBJECTS_PER_REQUEST)?;
@@ -503,7 +494,7 @@ fn snapshots_digest(snapshots: &[SnapshotEntry]) -> blake3::Hash {
 /// object missing or damaged here is left out (and logged) instead of failing the answer.
 async fn send_objects(
     conn: &Arc<Conn>,
-    send: &mut SendStream,
+    send: &mut Sender,
     ids: Vec<puce_core::ObjectId>,
     skip_bad: bool,
 ) -> Result<(), Failure> {
@@ -512,7 +503,7 @@ async fn send_objects(
         let mut head = u32::MAX.to_le_bytes().to_vec();
         head.push(protocol::MessageType::Object as u8);
         let _ = send.write_all(&head).await;
-        let _ = send.finish();
+        send.finish();
         return Ok(());
     }
     // Objects are read off the async threads in groups of up to READ_GROUP bytes (one
@@ -612,7 +603,7 @@ async fn send_objects(
             // The data goes to QUIC without a copy.
             let head = protocol::object_frame_head(&obj).map_err(Failure::from)?;
             let mut chunks = [bytes::Bytes::from(head), bytes::Bytes::from(obj.data)];
-            send.write_all_chunks(&mut chunks).await.map_err(|e| {
+            send.write_chunks(&mut chunks).await.map_err(|e| {
                 Failure::from(conn.explain(crate::error::Error::new(
                     crate::error::ErrorKind::Network,
                     format!("stream failed: {e}"),
@@ -631,7 +622,7 @@ async fn send_objects(
     write(conn, send, &Message::End(End { count })).await
 }
 
-async fn push(conn: &Arc<Conn>, send: &mut SendStream, r: Push) -> Result<(), Failure> {
+async fn push(conn: &Arc<Conn>, send: &mut Sender, r: Push) -> Result<(), Failure> {
     if !conn.peer.may_push(&r.space) {
         tracing::warn!(
             "refused {}: it asked to push space '{}', which node.toml does not let it write \
