@@ -451,3 +451,43 @@ fn hostile_strings_are_refused_from_peers_and_printed_escaped() {
     );
     b.stop();
 }
+
+/// Issue 14: what a pull holds in memory before it commits is bounded (`MAX_PULL_TREE_BYTES`,
+/// 512 MiB, lowered here to 64 KiB by a debug-build hook): a peer whose new snapshots hold more
+/// directory listings than that is refused with an error saying what to do, nothing becomes
+/// visible, and the same pull within the bound then succeeds.
+#[test]
+fn a_pull_holding_more_directory_listings_than_the_bound_is_refused() {
+    let spaces = r#"{ docs = ["pull", "push"] }"#;
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, spaces);
+    b.add_peer(&a, spaces);
+    // 200 directories of 20 files with long names: about 400 KiB of listings.
+    let src = b.repo.dir.path().join("src");
+    for i in 0..200 {
+        let d = src.join(format!("directory-{i:04}"));
+        fs::create_dir_all(&d).unwrap();
+        for j in 0..20 {
+            let name = format!("a-rather-long-file-name-to-fill-listings-{j:04}.txt");
+            fs::write(d.join(name), format!("{i} {j}")).unwrap();
+        }
+    }
+    b.snapshot(&src, "docs");
+    b.start();
+    a.env
+        .push(("PUCE_TEST_MAX_PULL_TREE_BYTES".into(), "65536".into()));
+    let err = a.sync_fails("grenoble", &["--pull"]);
+    assert!(
+        err.contains("of directory listings") && err.contains("KiB"),
+        "{err}"
+    );
+    assert!(a.snapshot_ids().is_empty(), "a refused snapshot is visible");
+    a.env.clear();
+    a.sync("grenoble", &["--pull"]);
+    assert_eq!(
+        puce_tests::manifest(&a.restored("docs@latest")),
+        puce_tests::manifest(&src)
+    );
+    b.stop();
+}

@@ -173,8 +173,7 @@ fn reach_received(
     receipts: &HashMap<SnapshotId, (Receipt, ObjectId)>,
 ) -> Result<()> {
     let key = reach::peer_key(peer);
-    let delivered: Vec<(SnapshotId, String)> =
-        receipts.keys().map(|s| (*s, key.clone())).collect();
+    let delivered: Vec<(SnapshotId, String)> = receipts.keys().map(|s| (*s, key.clone())).collect();
     let walk: Vec<(SnapshotId, String, ObjectId)> = receipts
         .values()
         .map(|(r, root)| (r.snapshot, reach::space_key(&r.space), *root))

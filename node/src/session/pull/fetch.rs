@@ -1,6 +1,6 @@
 //! Fetching objects for a pull: `GetObjects` batches over several streams at once, each answer
 //! checked to hold the objects asked for, in order, of the kind asked for. Trees are collected
-//! in memory (at most [`MAX_PULL_TREE_BYTES`] of plaintext); data goes to the verifying threads.
+//! in memory (at most [`MAX_PULL_TREE_BYTES`](super::MAX_PULL_TREE_BYTES) of plaintext); data goes to the verifying threads.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use puce_core::ObjectId;
 use puce_core::format::pack::Kind;
 
-use super::MAX_PULL_TREE_BYTES;
+use super::max_pull_tree_bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Code, GetObjects, Message, Object};
 use crate::session::{Conn, misbehaved};
@@ -37,7 +37,7 @@ pub(super) async fn expect_end(conn: &Conn, recv: &mut Receiver, n: usize) -> Re
 #[derive(Clone)]
 pub(super) enum Sink {
     /// Kept in memory (trees), their plaintext bytes counted against
-    /// [`MAX_PULL_TREE_BYTES`].
+    /// [`MAX_PULL_TREE_BYTES`](super::MAX_PULL_TREE_BYTES).
     Collect(Arc<Mutex<Vec<Object>>>, Arc<AtomicU64>),
     /// Handed to the verifying threads (data) in groups of up to `HANDOFF_GROUP` bytes, each
     /// fetching task to one of them; the bounded channels bound memory.
@@ -124,7 +124,8 @@ async fn receive_objects(
         match sink {
             Sink::Collect(v, held) => {
                 let raw = u64::from(o.raw_len);
-                if held.fetch_add(raw, Ordering::AcqRel) + raw > MAX_PULL_TREE_BYTES {
+                let max = max_pull_tree_bytes();
+                if held.fetch_add(raw, Ordering::AcqRel) + raw > max {
                     return Err(Error::new(
                         ErrorKind::Incompatible,
                         format!(
@@ -132,7 +133,7 @@ async fn receive_objects(
                              more than one pull holds in memory: take the snapshots there in \
                              parts (a folder per space) and sync again",
                             conn.label,
-                            bytesize::ByteSize(MAX_PULL_TREE_BYTES).display().iec()
+                            bytesize::ByteSize(max).display().iec()
                         ),
                     ));
                 }

@@ -52,6 +52,19 @@ mod trees;
 /// about three times this. A pull of snapshots with more is refused before it goes further.
 pub const MAX_PULL_TREE_BYTES: u64 = 512 << 20;
 
+/// [`MAX_PULL_TREE_BYTES`], or in debug builds the value of `PUCE_TEST_MAX_PULL_TREE_BYTES`
+/// (a test hook: tests cannot send 512 MiB of listings; release builds ignore it).
+fn max_pull_tree_bytes() -> u64 {
+    if cfg!(debug_assertions)
+        && let Some(n) = std::env::var("PUCE_TEST_MAX_PULL_TREE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    MAX_PULL_TREE_BYTES
+}
+
 /// What a pull did.
 #[derive(Debug, Clone, Default)]
 pub struct PullOutcome {
