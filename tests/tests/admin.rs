@@ -215,18 +215,9 @@ fn reports_have_stable_json_and_sane_numbers() {
     assert!(text.contains("2024-03-07"));
 }
 
-fn chromium() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-}
-
 #[test]
 fn html_reports_render_in_headless_chromium() {
-    let Some(chrome) = chromium() else {
-        eprintln!(
-            "SKIP html_reports_render_in_headless_chromium: no chromium (apt-get install chromium); CI installs it"
-        );
+    let Some(chrome) = puce_tests::require(puce_tests::Need::Chromium) else {
         return;
     };
     let repo = TestRepo::new();
@@ -258,7 +249,7 @@ fn html_reports_render_in_headless_chromium() {
         ];
         let profile = dir.join(format!("chrome-{name}"));
         let url = format!("file://{}", html.display());
-        let dom = Command::new(chrome)
+        let dom = Command::new(&chrome)
             .args(base)
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(["--virtual-time-budget=3000", "--dump-dom", &url])
@@ -275,7 +266,7 @@ fn html_reports_render_in_headless_chromium() {
             assert!(dom.contains(id), "{name}: {id} missing");
         }
         let png = dir.join(format!("{name}.png"));
-        let st = Command::new(chrome)
+        let st = Command::new(&chrome)
             .args(base)
             .arg(format!("--user-data-dir={}", profile.display()))
             .args([

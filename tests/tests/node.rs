@@ -551,13 +551,7 @@ fn the_bandwidth_cap_holds() {
 
 #[test]
 fn nodes_in_network_namespaces_sync_as_separate_hosts() {
-    if let Err(why) = Lan::available() {
-        // CI runs as root: there this test must not skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network namespace test cannot run in CI: {why}"
-        );
-        eprintln!("SKIPPED nodes_in_network_namespaces_sync_as_separate_hosts: {why}");
+    if puce_tests::require(puce_tests::Need::Netns).is_none() {
         return;
     }
     let lan = Lan::new(3);
