@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -302,7 +303,7 @@ impl Need {
                 "run the tests as root; apt-get install iproute2",
             ),
             Need::Garage => (
-                "a garage binary (the S3 server)",
+                "garage, the S3 server",
                 "cargo install garage --locked, or set GARAGE_BIN",
             ),
             Need::Chromium => ("chromium", "apt-get install chromium"),
@@ -379,7 +380,10 @@ pub fn require_for(part: &str, need: Need) -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "{what} cannot run under CI (CI is set): it needs {missing} ({how})"
         );
-        eprintln!("SKIPPED {what}: needs {missing} ({how})");
+        // Straight to stderr: the test harness captures `eprintln!`, and shows it only when a
+        // test fails.
+        let line = format!("SKIPPED {what}: needs {missing} ({how})\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
     found
 }
