@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod garage;
+pub mod golden;
 pub mod node;
 pub mod paused_gc;
 
