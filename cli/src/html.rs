@@ -210,6 +210,17 @@ pub fn page(
     retention: Option<&RetentionReport>,
     generated: &str,
 ) -> String {
+    let mut body = summary(title, dedup, generated);
+    body.push_str(&charts(dedup, growth));
+    if let Some(r) = retention {
+        body.push_str(&retention_section(r));
+    }
+    body.push_str(&dedup_tables(dedup));
+    document(title, &body)
+}
+
+/// The title and the summary line.
+fn summary(title: &str, dedup: &DedupReport, generated: &str) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
@@ -225,6 +236,12 @@ pub fn page(
         dedup.total_ratio,
         output::size(dedup.pack_bytes)
     );
+    body
+}
+
+/// The three charts: growth over time, space per space, dedup savings.
+fn charts(dedup: &DedupReport, growth: &GrowthReport) -> String {
+    let mut body = String::new();
     let proj = match (&growth.full_on, growth.days_to_full) {
         (Some(date), Some(d)) => format!(
             "At {} per day, the {} free on the disk last {:.0} days (until {}).",
@@ -275,32 +292,42 @@ pub fn page(
             ("stored (compressed)".into(), vec![dedup.stored_bytes]),
         ],
     ));
-    if let Some(r) = retention {
-        let _ = write!(
-            body,
-            "<h2>Retention</h2><p>The policy removes {} snapshots and keeps {}; gc then frees {} \
+    body
+}
+
+/// What a retention policy removes and keeps, and why.
+fn retention_section(r: &RetentionReport) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h2>Retention</h2><p>The policy removes {} snapshots and keeps {}; gc then frees {} \
              of {}.</p>",
-            r.removed,
-            r.kept,
-            output::size(r.freed_bytes),
-            output::size(r.stored_bytes)
-        );
-        body.push_str(&table(
-            &["Snapshot", "Time", "Space", "Decision", "Reasons"],
-            r.decisions
-                .iter()
-                .map(|d| {
-                    vec![
-                        d.id.short(8),
-                        output::time(d.time_ns),
-                        d.space.clone(),
-                        if d.keep { "keep" } else { "remove" }.into(),
-                        d.reasons.join(", "),
-                    ]
-                })
-                .collect(),
-        ));
-    }
+        r.removed,
+        r.kept,
+        output::size(r.freed_bytes),
+        output::size(r.stored_bytes)
+    );
+    body.push_str(&table(
+        &["Snapshot", "Time", "Space", "Decision", "Reasons"],
+        r.decisions
+            .iter()
+            .map(|d| {
+                vec![
+                    d.id.short(8),
+                    output::time(d.time_ns),
+                    d.space.clone(),
+                    if d.keep { "keep" } else { "remove" }.into(),
+                    d.reasons.join(", "),
+                ]
+            })
+            .collect(),
+    ));
+    body
+}
+
+/// The tables of the dedup report: spaces, snapshots, largest folders, duplicated files.
+fn dedup_tables(dedup: &DedupReport) -> String {
+    let mut body = String::new();
     body.push_str("<h2>Spaces</h2>");
     body.push_str(&table(
         &[
@@ -380,6 +407,11 @@ pub fn page(
             })
             .collect(),
     ));
+    body
+}
+
+/// The HTML document around `body`: style, and the script that marks the charts rendered.
+fn document(title: &str, body: &str) -> String {
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{}</title>

@@ -37,6 +37,9 @@ use puce_core::backend::{Backend, FileKind, ObjectWriter};
 use puce_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 
+mod cache;
+use cache::RangeCache;
+
 /// Packs larger than this are uploaded in parts.
 pub const MULTIPART_ABOVE: u64 = 16 << 20;
 /// Part size of multipart uploads.
@@ -271,54 +274,6 @@ impl std::fmt::Debug for S3Backend {
 /// Pack windows being fetched (name, start), and the signal that one ended.
 type Fetching = (Mutex<HashSet<(String, u64)>>, Condvar);
 
-/// Recently read ranges, least recently used evicted first, bounded in bytes.
-struct RangeCache {
-    max: usize,
-    used: usize,
-    map: lru::LruCache<(String, u64, usize), Bytes>,
-}
-
-impl RangeCache {
-    fn new(max: usize) -> RangeCache {
-        RangeCache {
-            max,
-            used: 0,
-            map: lru::LruCache::unbounded(),
-        }
-    }
-    fn get(&mut self, k: &(String, u64, usize)) -> Option<Bytes> {
-        self.map.get(k).cloned()
-    }
-    fn put(&mut self, k: (String, u64, usize), v: Bytes) {
-        if v.len() > self.max / 4 {
-            return;
-        }
-        self.used += v.len();
-        if let Some(old) = self.map.put(k, v) {
-            self.used -= old.len();
-        }
-        while self.used > self.max {
-            let Some((_, b)) = self.map.pop_lru() else {
-                break;
-            };
-            self.used -= b.len();
-        }
-    }
-    fn forget(&mut self, name: &str) {
-        let keys: Vec<_> = self
-            .map
-            .iter()
-            .filter(|(k, _)| k.0 == name)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            if let Some(b) = self.map.pop(&k) {
-                self.used -= b.len();
-            }
-        }
-    }
-}
-
 fn map_err(op: &str, what: &str, describe: &str, e: object_store::Error) -> Error {
     match e {
         object_store::Error::NotFound { .. } => {
@@ -537,14 +492,18 @@ impl S3Backend {
                 self.inner.describe
             )));
         }
-        let mut at = offset;
-        while at < end {
-            let w = at / READ_WINDOW * READ_WINDOW;
-            let window = self.window(name, w, (w + READ_WINDOW).min(size))?;
-            let n = (end.min(w + window.len() as u64) - at) as usize;
-            let (from, to) = ((at - w) as usize, (at - offset) as usize);
-            buf[to..to + n].copy_from_slice(&window[from..from + n]);
-            at += n as u64;
+        for p in cache::pieces(offset, end, size) {
+            let window = self.window(name, p.start, p.end)?;
+            let bytes = window.get(p.from..p.from + p.len).ok_or_else(|| {
+                Error::corrupt(format!(
+                    "window {}..{} of {name} in {} is {} bytes (truncated object)",
+                    p.start,
+                    p.end,
+                    self.inner.describe,
+                    window.len()
+                ))
+            })?;
+            buf[p.to..p.to + p.len].copy_from_slice(bytes);
         }
         Ok(())
     }
@@ -655,7 +614,7 @@ impl Backend for S3Backend {
             .ok_or_else(|| Error::invalid("read range overflows"))?;
         // A range inside one aligned window of a pack: served from (or fetched with) the
         // window. Others (a restore's coalesced ranges) are GETs of their own.
-        if kind == FileKind::Pack && end <= offset / READ_WINDOW * READ_WINDOW + READ_WINDOW {
+        if kind == FileKind::Pack && cache::in_one_window(offset, end) {
             return self.read_windowed(name, offset, buf);
         }
         let data = self.get_range(kind, name, offset, end)?;
@@ -693,10 +652,7 @@ impl Backend for S3Backend {
             return;
         };
         for &(offset, len) in ranges {
-            let end = offset.saturating_add(len as u64).min(size);
-            let mut w = offset / READ_WINDOW * READ_WINDOW;
-            while w < end {
-                let w_end = (w + READ_WINDOW).min(size);
+            for (w, w_end) in cache::windows(offset, offset.saturating_add(len as u64), size) {
                 let ck = (name.to_string(), w, (w_end - w) as usize);
                 let cached = self.cache.lock().is_ok_and(|mut c| c.get(&ck).is_some());
                 let claimed = !cached
@@ -725,7 +681,6 @@ impl Backend for S3Backend {
                         release(&ahead, &claim);
                     });
                 }
-                w = w_end;
             }
         }
     }

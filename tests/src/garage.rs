@@ -6,20 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The garage binary, if installed (`cargo install garage --locked`, or `GARAGE_BIN`).
+/// The garage binary, if installed (`cargo install garage --locked`, or `GARAGE_BIN`). Tests
+/// ask for it with [`crate::require`]`(`[`crate::Need::Garage`]`)`.
 pub fn garage_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("GARAGE_BIN") {
-        return Some(PathBuf::from(p));
+    match std::env::var_os("GARAGE_BIN") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => crate::program("garage"),
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("garage"))
-        .find(|p| p.is_file())
 }
 
 fn free_port() -> u16 {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod garage;
+pub mod golden;
 pub mod node;
 pub mod paused_gc;
 
@@ -297,20 +299,119 @@ pub fn env_u64(k: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Whether FUSE mounts can run here (/dev/fuse and fusermount3); if not, say so loudly, and
-/// fail under CI (which installs fuse3), naming `what` needs them.
-pub fn fuse_available(what: &str) -> bool {
-    let ok = Path::new("/dev/fuse").exists()
-        && Command::new("fusermount3")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg = format!("SKIPPED: {what} need /dev/fuse and fusermount3 (apt-get install fuse3)");
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("\n*** {msg} ***\n");
+/// Something an end-to-end test needs from the machine beyond what `cargo test` builds. CI
+/// installs all of them (`.ci/run`) and runs as root, so that nothing skips there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// FUSE mounts: `/dev/fuse` and `fusermount3`.
+    Fuse,
+    /// Network namespaces (`ip netns`): root and iproute2.
+    Netns,
+    /// A Garage S3 server binary.
+    Garage,
+    /// Headless Chromium, to render the HTML reports.
+    Chromium,
+    /// Mounting a small tmpfs: root.
+    Tmpfs,
+    /// Running a command as another user with `setpriv`: root.
+    SwitchUser,
+    /// Root, e.g. to give restored files their owners.
+    Root,
+}
+
+impl Need {
+    /// What it is and how to get it, for the skip line.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Need::Fuse => ("/dev/fuse and fusermount3", "apt-get install fuse3"),
+            Need::Netns => (
+                "root and the `ip` command for network namespaces",
+                "run the tests as root; apt-get install iproute2",
+            ),
+            Need::Garage => (
+                "garage, the S3 server",
+                "cargo install garage --locked, or set GARAGE_BIN",
+            ),
+            Need::Chromium => ("chromium", "apt-get install chromium"),
+            Need::Tmpfs => ("root to mount a small tmpfs", "run the tests as root"),
+            Need::SwitchUser => (
+                "root and setpriv to run puce as another user",
+                "run the tests as root; apt-get install util-linux",
+            ),
+            Need::Root => ("root", "run the tests as root"),
+        }
     }
-    ok
+
+    /// The program it needs, when everything it needs is here.
+    fn find(self) -> Option<PathBuf> {
+        let root = || is_root().then_some(());
+        match self {
+            Need::Fuse => Path::new("/dev/fuse")
+                .exists()
+                .then(|| program("fusermount3"))?
+                .filter(|p| runs(p, "-V")),
+            Need::Netns => root()
+                .and_then(|()| program("ip"))
+                .filter(|p| runs(p, "-V")),
+            Need::Garage => garage::garage_bin(),
+            Need::Chromium => program("chromium").or_else(|| program("chromium-browser")),
+            Need::Tmpfs => root().and_then(|()| program("mount")),
+            Need::SwitchUser => root().and_then(|()| program("setpriv")),
+            Need::Root => root().map(|()| PathBuf::from("/")),
+        }
+    }
+}
+
+/// Whether `bin arg` exits successfully.
+fn runs(bin: &Path, arg: &str) -> bool {
+    Command::new(bin)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Program `name` from `PATH`, or from `~/.cargo/bin` (where `cargo install` puts it).
+pub fn program(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// What the running test needs from the machine: the program it uses (`/` for [`Need::Root`])
+/// when it is here. When it is missing, a developer's machine gets one line on stderr saying
+/// what is missing and how to get it, and `None` (the test returns: skipped); under CI
+/// (`CI` set) the test fails instead, so that nothing skips there unnoticed.
+pub fn require(need: Need) -> Option<PathBuf> {
+    require_for("", need)
+}
+
+/// [`require`] for a part of a test (`part` names it), which the test leaves out when `None`.
+pub fn require_for(part: &str, need: Need) -> Option<PathBuf> {
+    let found = need.find();
+    if found.is_none() {
+        let thread = std::thread::current();
+        // The test harness names each test's thread after the test.
+        let test = thread.name().unwrap_or("this test");
+        let what = if part.is_empty() {
+            test.to_string()
+        } else {
+            format!("{part} in {test}")
+        };
+        let (missing, how) = need.describe();
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} cannot run under CI (CI is set): it needs {missing} ({how})"
+        );
+        // Straight to stderr: the test harness captures `eprintln!`, and shows it only when a
+        // test fails.
+        let line = format!("SKIPPED {what}: needs {missing} ({how})\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    found
 }
 
 /// Whether `p` is a mount point now (from /proc/self/mountinfo).

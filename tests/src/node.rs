@@ -371,7 +371,8 @@ fn ip(args: &[&str]) {
 }
 
 impl Lan {
-    /// `n` hosts (namespaces) on one bridge. Needs root and `ip`.
+    /// `n` hosts (namespaces) on one bridge. Needs root and `ip`: ask with
+    /// [`crate::require`]`(`[`crate::Need::Netns`]`)` first.
     pub fn new(n: usize) -> Lan {
         let id = std::process::id() % 100_000;
         let prefix = format!("puce{id}");
@@ -428,17 +429,6 @@ impl Lan {
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
         lan
-    }
-
-    /// Whether this machine can make namespaces: root and `ip` present.
-    pub fn available() -> Result<(), String> {
-        if !crate::is_root() {
-            return Err("not running as root".into());
-        }
-        match Command::new("ip").arg("-V").output() {
-            Ok(o) if o.status.success() => Ok(()),
-            _ => Err("the `ip` command (iproute2) is missing".into()),
-        }
     }
 }
 

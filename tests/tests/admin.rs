@@ -7,6 +7,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use puce_tests::golden::assert_json_schema;
 use puce_tests::{Manifest, TestRepo, make_tree, manifest, random_bytes};
 
 /// A repository with 6 daily snapshots of a changing folder in space "s".
@@ -67,6 +68,7 @@ fn forget_dry_run_explains_and_changes_nothing() {
         "none",
         "--dry-run",
     ]);
+    assert_json_schema("forget-dry-run", &v);
     let d = v["decisions"].as_array().unwrap();
     assert_eq!(d.len(), 6);
     assert_eq!(d.iter().filter(|d| d["keep"] == true).count(), 2);
@@ -85,9 +87,11 @@ fn stored_policy_is_applied_by_forget() {
     assert_eq!(repo.run(&["forget"]).status.code(), Some(2));
     repo.ok(&["policy", "set", "s", "--keep-daily", "2"]);
     let shown = repo.json(&["policy", "show"]);
+    assert_json_schema("policy-show", &shown);
     assert_eq!(shown[0]["space"], "s");
     assert_eq!(shown[0]["policy"]["keep_daily"], 2);
     let v = repo.json(&["forget"]);
+    assert_json_schema("forget", &v);
     assert_eq!(v["removed"].as_array().unwrap().len(), 4);
     assert_eq!(repo.json(&["snapshots"]).as_array().unwrap().len(), 2);
     repo.ok(&["policy", "unset", "s"]);
@@ -100,6 +104,7 @@ fn retention_report_predicts_exactly_what_gc_frees() {
     let (_, expect) = history(&repo);
     let before = stored(&repo);
     let r = repo.json(&["report", "retention", "--keep-last", "2"]);
+    assert_json_schema("report-retention", &r);
     assert_eq!(r["removed"], 4);
     let freed = r["freed_bytes"].as_u64().unwrap();
     assert!(freed > 1_000_000, "four days of unique data: {freed}");
@@ -107,10 +112,12 @@ fn retention_report_predicts_exactly_what_gc_frees() {
     let plan = repo.json(&["gc", "--dry-run"]);
     assert_eq!(plan["packs_deleted"], 0);
     repo.json(&["forget", "--keep-last", "2"]);
+    assert_json_schema("gc-dry-run", &repo.json(&["gc", "--dry-run"]));
     let packs_before: u64 = repo.json(&["gc", "--dry-run"])["bytes_before"]
         .as_u64()
         .unwrap();
     let g = repo.json(&["gc", "--repack-unused", "0"]);
+    assert_json_schema("gc", &g);
     assert!(g["bytes_freed"].as_u64().unwrap() > 0);
     let after = stored(&repo);
     assert_eq!(
@@ -162,6 +169,7 @@ fn reports_have_stable_json_and_sane_numbers() {
         "2024-03-07T02:00:00Z",
     ]);
     let d = repo.json(&["report", "dedup"]);
+    assert_json_schema("report-dedup", &d);
     for k in [
         "logical_bytes",
         "unique_bytes",
@@ -190,6 +198,7 @@ fn reports_have_stable_json_and_sane_numbers() {
     assert!(snaps[0]["added_bytes"].as_u64().unwrap() > snaps[1]["added_bytes"].as_u64().unwrap());
     assert!(snaps[1]["only_bytes"].as_u64().unwrap() >= 300_000 / 2);
     let g = repo.json(&["report", "growth"]);
+    assert_json_schema("report-growth", &g);
     let days = g["days"].as_array().unwrap();
     assert_eq!(days.len(), 7);
     assert_eq!(
@@ -215,18 +224,56 @@ fn reports_have_stable_json_and_sane_numbers() {
     assert!(text.contains("2024-03-07"));
 }
 
-fn chromium() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
+/// The `--json` output of the commands not pinned above keeps its fields and their types
+/// (golden files in `tests/golden/json/`, see [`puce_tests::golden`]); the values that do
+/// not vary are checked too.
+#[test]
+fn json_outputs_keep_their_golden_schemas() {
+    let repo = TestRepo::new();
+    let other = repo.dir.path().join("other");
+    let v = repo.json(&["init", "--repo", other.to_str().unwrap()]);
+    assert_json_schema("init", &v);
+    assert!(other.join("config").is_file(), "{v}");
+    let src = repo.dir.path().join("src");
+    make_tree(&src, 3);
+    let first = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "s"]);
+    assert_json_schema("snapshot", &first);
+    fs::write(src.join("readme.txt"), "changed").unwrap();
+    fs::remove_file(src.join("docs/empty.txt")).unwrap();
+    fs::write(src.join("new.txt"), "new").unwrap();
+    let second = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "s"]);
+    let snaps = repo.json(&["snapshots"]);
+    assert_json_schema("snapshots", &snaps);
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    let ls = repo.json(&["ls", "s@latest"]);
+    assert_json_schema("ls", &ls);
+    assert!(ls.as_array().unwrap().iter().any(|e| e["path"] == "link"));
+    let (a, b) = (
+        first["id"].as_str().unwrap(),
+        second["id"].as_str().unwrap(),
+    );
+    let d = repo.json(&["diff", a, b]);
+    assert_json_schema("diff", &d);
+    assert_eq!(d["changes"].as_array().unwrap().len(), 3, "{d}");
+    let out = repo.dir.path().join("out");
+    let r = repo.json(&["restore", "s@latest", out.to_str().unwrap()]);
+    assert_json_schema("restore", &r);
+    assert_eq!(r["snapshot"], second["id"]);
+    assert_eq!(manifest(&out), manifest(&src));
+    let c = repo.json(&["check", "--read-data"]);
+    assert_json_schema("check", &c);
+    assert_eq!(c["ok"], true);
+    let ri = repo.json(&["repair", "index"]);
+    assert_json_schema("repair-index", &ri);
+    assert_eq!(ri["snapshots"], 2);
+    let p = repo.json(&["policy", "set", "s", "--keep-daily", "2"]);
+    assert_json_schema("policy-set", &p);
+    assert_eq!(p["policy"]["keep_daily"], 2);
 }
 
 #[test]
 fn html_reports_render_in_headless_chromium() {
-    let Some(chrome) = chromium() else {
-        eprintln!(
-            "SKIP html_reports_render_in_headless_chromium: no chromium (apt-get install chromium); CI installs it"
-        );
+    let Some(chrome) = puce_tests::require(puce_tests::Need::Chromium) else {
         return;
     };
     let repo = TestRepo::new();
@@ -258,7 +305,7 @@ fn html_reports_render_in_headless_chromium() {
         ];
         let profile = dir.join(format!("chrome-{name}"));
         let url = format!("file://{}", html.display());
-        let dom = Command::new(chrome)
+        let dom = Command::new(&chrome)
             .args(base)
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(["--virtual-time-budget=3000", "--dump-dom", &url])
@@ -275,7 +322,7 @@ fn html_reports_render_in_headless_chromium() {
             assert!(dom.contains(id), "{name}: {id} missing");
         }
         let png = dir.join(format!("{name}.png"));
-        let st = Command::new(chrome)
+        let st = Command::new(&chrome)
             .args(base)
             .arg(format!("--user-data-dir={}", profile.display()))
             .args([

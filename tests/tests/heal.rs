@@ -114,6 +114,7 @@ fn flipped_truncated_and_deleted_packs_heal_from_a_peer() {
     // Healed from a.
     let (code, r, err) = repair(&b, "lyon");
     assert_eq!(code, 0, "{r}\n{err}");
+    puce_tests::golden::assert_json_schema("repair-from", &r);
     let h = &r["heal"];
     let healed = h["healed"].as_array().unwrap().len();
     let trees = h["healed"]

@@ -11,7 +11,7 @@ use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::saver::Saver;
 use puce_core::{ObjectId, OpenOptions, Repo};
 use puce_tests::node::{TestNode, wait_for};
-use puce_tests::{TestRepo, fuse_available, is_mounted};
+use puce_tests::{Need, TestRepo, is_mounted, require};
 
 fn file(name: &[u8], chunk: ObjectId) -> Entry {
     Entry {
@@ -171,7 +171,7 @@ fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn a_mount_shows_no_entry_that_escapes() {
-    if !fuse_available("the hostile-tree mount test") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     type Case = (&'static str, Vec<Entry>, Option<Vec<Entry>>);

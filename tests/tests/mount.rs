@@ -1,7 +1,7 @@
 //! `puce mount` with real FUSE mounts: the real `puce` binary, real files, real signals.
 //!
-//! These tests need /dev/fuse and fusermount3 (CI installs fuse3). Without them they say so
-//! loudly and pass only outside CI; with `CI` set they fail instead.
+//! These tests need /dev/fuse and fusermount3 (CI installs fuse3): see [`puce_tests::require`]
+//! for what they do without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use puce_tests::{
-    TestRepo, fuse_available, is_mounted, make_tree, manifest, puce_bin, random_bytes,
+    Need, TestRepo, is_mounted, make_tree, manifest, puce_bin, random_bytes, require,
 };
 
 /// Poll `f` until it is true; panics after a generous deadline (not a timing assertion: the
@@ -135,7 +135,7 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
 
 #[test]
 fn write_read_append_truncate_rename_and_errors() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -241,7 +241,7 @@ fn write_read_append_truncate_rename_and_errors() {
 
 #[test]
 fn snapshot_view_matches_restore_byte_for_byte() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -278,7 +278,7 @@ fn snapshot_view_matches_restore_byte_for_byte() {
 
 #[test]
 fn large_files_concurrent_readers_and_writers() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -342,7 +342,7 @@ fn large_files_concurrent_readers_and_writers() {
 /// change made on the local copy (even one that keeps the size and the modification time).
 #[test]
 fn passthrough_and_mount_handles_of_one_file_agree() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -420,7 +420,7 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
 
 #[test]
 fn commits_while_mounted_and_follows_snapshots_made_elsewhere() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -484,7 +484,7 @@ fn commits_while_mounted_and_follows_snapshots_made_elsewhere() {
 
 #[test]
 fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -566,7 +566,7 @@ fn kill_9_after_close_loses_nothing_and_stale_mount_is_explained() {
 /// mount writes into the repository, is private to the owner (under the common umask 022).
 #[test]
 fn writeback_files_are_private_to_the_owner() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     puce_tests::umask_022();
@@ -600,7 +600,7 @@ fn writeback_files_are_private_to_the_owner() {
 
 #[test]
 fn second_read_write_mount_is_refused_clearly() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -619,7 +619,7 @@ fn second_read_write_mount_is_refused_clearly() {
 
 #[test]
 fn background_mount_and_non_root_user() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::new();
@@ -655,8 +655,7 @@ fn background_mount_and_non_root_user() {
     });
 
     // A non-root user mounts through fusermount3.
-    if !puce_tests::is_root() || Command::new("setpriv").arg("--help").output().is_err() {
-        eprintln!("*** non-root mount not tested: needs root to switch user with setpriv ***");
+    if puce_tests::require_for("the non-root mount", Need::SwitchUser).is_none() {
         return;
     }
     let home = tempfile::Builder::new()
@@ -740,7 +739,7 @@ fn background_mount_and_non_root_user() {
 /// kill. `PUCE_CRASH_ITERS` sets the number of kills (default 6; the full run uses 100).
 #[test]
 fn kill_9_during_commits_at_random_moments() {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let iters: u64 = std::env::var("PUCE_CRASH_ITERS")
@@ -871,7 +870,7 @@ fn a_mount_commit_in_gcs_window_keeps_data_of_its_forgotten_base() {
 }
 
 fn gc_beside_a_mount(forget_base: bool) {
-    if !fuse_available("the FUSE mount tests") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let repo = TestRepo::with_init(&["--pack-size", "1"]);

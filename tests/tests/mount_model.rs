@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use puce_tests::{Rng, TestRepo, fuse_available, is_mounted, random_bytes};
+use puce_tests::{Need, Rng, TestRepo, is_mounted, random_bytes, require};
 
 /// A running mount; killed and unmounted if the test fails.
 struct Guard(Option<Child>, PathBuf);
@@ -192,7 +192,7 @@ fn apply(root: &Path, op: &Op, step: u64) -> Result<(), i32> {
 
 #[test]
 fn random_operations_agree_with_a_plain_directory() {
-    if !fuse_available("the mount model test") {
+    if require(Need::Fuse).is_none() {
         return;
     }
     let ops: u64 = std::env::var("PUCE_MODEL_OPS")

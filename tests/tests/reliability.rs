@@ -181,16 +181,9 @@ fn random_corruption_is_detected_never_returned() {
     }
 }
 
-fn can_mount_tmpfs() -> bool {
-    puce_tests::is_root()
-}
-
 #[test]
 fn full_disk_gives_a_clear_error_and_loses_nothing() {
-    if !can_mount_tmpfs() {
-        eprintln!(
-            "SKIP full_disk_gives_a_clear_error_and_loses_nothing: needs root to mount a small tmpfs"
-        );
+    if puce_tests::require(puce_tests::Need::Tmpfs).is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -6,19 +6,13 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use puce_tests::garage::{Garage, garage_bin};
+use puce_tests::garage::Garage;
 use puce_tests::{Manifest, is_mounted, make_tree, manifest, random_bytes};
 
-/// A Garage server for test `name`, with the test's directory; `None` (and a SKIP line) when
-/// no garage binary is installed.
-fn start_garage(name: &str) -> Option<(tempfile::TempDir, Garage)> {
-    let Some(bin) = garage_bin() else {
-        eprintln!(
-            "SKIP {name}: no garage binary (cargo install garage --locked, or set GARAGE_BIN); \
-             CI installs it"
-        );
-        return None;
-    };
+/// A Garage server for the running test, with the test's directory; `None` when no garage
+/// binary is installed (see [`puce_tests::require`]: the test skips, or fails under CI).
+fn start_garage() -> Option<(tempfile::TempDir, Garage)> {
+    let bin = puce_tests::require(puce_tests::Need::Garage)?;
     let dir = tempfile::tempdir().unwrap();
     let garage = Garage::start(bin, &dir.path().join("garage"), "puce");
     Some((dir, garage))
@@ -79,7 +73,7 @@ fn init(garage: &Garage, dir: &Path, name: &str, extra: &[&str]) -> S3Repo {
 
 #[test]
 fn snapshot_restore_check_gc_and_repair_on_garage() {
-    let Some((dir, garage)) = start_garage("snapshot_restore_check_gc_and_repair_on_garage") else {
+    let Some((dir, garage)) = start_garage() else {
         return;
     };
     let repo = init(&garage, dir.path(), "local", &["--pack-size", "1"]);
@@ -180,7 +174,7 @@ fn snapshot_restore_check_gc_and_repair_on_garage() {
 
 #[test]
 fn garage_killed_during_a_snapshot() {
-    let Some((dir, mut garage)) = start_garage("garage_killed_during_a_snapshot") else {
+    let Some((dir, mut garage)) = start_garage() else {
         return;
     };
     let repo = init(&garage, dir.path(), "local", &["--pack-size", "1"]);
@@ -288,7 +282,7 @@ fn missing_credentials_are_explained() {
 #[test]
 fn a_node_on_garage_replicates_both_ways() {
     use puce_tests::node::TestNode;
-    let Some((dir, garage)) = start_garage("a_node_on_garage_replicates_both_ways") else {
+    let Some((dir, garage)) = start_garage() else {
         return;
     };
     let env: Vec<(String, String)> = garage
@@ -372,10 +366,10 @@ impl Drop for Unmount {
 /// did, and the process died leaving a stale mount).
 #[test]
 fn a_mount_on_garage_serves_commits_and_unmounts_on_sigterm() {
-    if !puce_tests::fuse_available("the mount on Garage test") {
+    if puce_tests::require(puce_tests::Need::Fuse).is_none() {
         return;
     }
-    let Some((dir, garage)) = start_garage("mount") else {
+    let Some((dir, garage)) = start_garage() else {
         return;
     };
     let repo = init(&garage, dir.path(), "m", &[]);

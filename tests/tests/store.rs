@@ -331,6 +331,7 @@ fn corruption_is_detected_and_attributed() {
     let out = repo.run(&["--json", "check", "--read-data"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    puce_tests::golden::assert_json_schema("check-damaged", &v);
     assert_eq!(v["ok"], false);
     assert!(
         v["problems"]

@@ -1,13 +1,13 @@
 //! `puce node init|id|run|status`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use puce_node::config::{CONFIG_FILE, NodeConfig, check_node_name, initial_config};
+use puce_node::config::{CONFIG_FILE, NodeConfig, Peer, check_node_name, initial_config};
 use puce_node::identity::{CERT_FILE, Identity, KEY_FILE};
-use puce_node::state::{NodeState, running_daemon};
-use serde_json::json;
+use puce_node::state::{NodeState, PeerState, running_daemon};
+use serde_json::{Value, json};
 
 use super::Ctx;
 use crate::args::{NodeDirArg, NodeInitArgs};
@@ -121,6 +121,9 @@ pub fn run_daemon(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     Ok(0)
 }
 
+/// Snapshot ids of this repository, by space.
+type BySpace = BTreeMap<String, HashSet<String>>;
+
 pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     let repo = ctx.open()?;
     let dir = node_dir(ctx, &a)?;
@@ -129,72 +132,18 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     let state = NodeState::load(&dir).map_err(node_err)?;
     let daemon = running_daemon(&dir);
     let snaps = repo.snapshots()?;
-    let mut local_by_space: std::collections::BTreeMap<String, HashSet<String>> =
-        Default::default();
+    let mut local_by_space = BySpace::new();
     for s in &snaps {
         local_by_space
             .entry(s.snapshot.space.clone())
             .or_default()
             .insert(s.id.to_hex());
     }
-    let mut peers = Vec::new();
-    for p in &config.peers {
-        let st = state
-            .peers
-            .get(&p.id.to_string())
-            .cloned()
-            .unwrap_or_default();
-        // What is pending, as of the last contact: snapshots here the peer did not have (in
-        // spaces it may read), and snapshots it had that are not here (spaces it may write).
-        let mut pending = Vec::new();
-        let mut spaces: Vec<String> = p.spaces.keys().filter(|s| *s != "*").cloned().collect();
-        if p.has_wildcard() {
-            for s in local_by_space.keys().chain(st.spaces.keys()) {
-                if !spaces.contains(s) {
-                    spaces.push(s.clone());
-                }
-            }
-        }
-        spaces.sort();
-        for space in spaces {
-            let acc = p.access(&space);
-            let local = local_by_space.get(&space).cloned().unwrap_or_default();
-            let known = st.spaces.get(&space);
-            let to_push = if acc.pull {
-                match known {
-                    Some(k) => Some(local.iter().filter(|i| !k.contains(*i)).count()),
-                    None => Some(local.len()),
-                }
-            } else {
-                None
-            };
-            let to_pull = if acc.push {
-                known.map(|k| k.iter().filter(|i| !local.contains(*i)).count())
-            } else {
-                None
-            };
-            pending.push(json!({
-                "space": space,
-                "pull": acc.push,
-                "push": acc.pull,
-                "to_send": to_push,
-                "to_receive": to_pull,
-                "known": known.is_some(),
-            }));
-        }
-        peers.push(json!({
-            "name": p.name,
-            "id": p.id.to_string(),
-            "address": p.address,
-            "last_attempt": st.last_attempt_ns.map(output::time_utc),
-            "last_success": st.last_success_ns.map(output::time_utc),
-            "failures": st.failures,
-            "last_error": st.last_error,
-            "next_sync": st.next_due_ns.map(output::time_utc),
-            "spaces": pending,
-            "last_report": st.last_report,
-        }));
-    }
+    let peers: Vec<Value> = config
+        .peers
+        .iter()
+        .map(|p| peer_status(p, &peer_state(&state, p), &local_by_space))
+        .collect();
     if ctx.json {
         output::json(&json!({
             "name": config.name,
@@ -222,6 +171,85 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         );
         return Ok(0);
     }
+    print_peers(&config, &state, daemon.is_some());
+    println!();
+    print_pending(&peers);
+    for p in &config.peers {
+        if let Some(st) = state.peers.get(&p.id.to_string())
+            && let Some(e) = &st.last_error
+        {
+            println!("\nlast error with '{}': {e}", p.name);
+        }
+    }
+    println!("\n(\"to send\" and \"to receive\" are as of the last contact with each peer.)");
+    Ok(0)
+}
+
+/// What this node knows of peer `p` (nothing yet: the default).
+fn peer_state(state: &NodeState, p: &Peer) -> PeerState {
+    state
+        .peers
+        .get(&p.id.to_string())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The status of peer `p` (its `--json` form): its last contacts, and what is pending as of
+/// the last one: snapshots here the peer did not have (in spaces it may read), and snapshots
+/// it had that are not here (spaces it may write).
+fn peer_status(p: &Peer, st: &PeerState, local_by_space: &BySpace) -> Value {
+    let mut pending = Vec::new();
+    let mut spaces: Vec<String> = p.spaces.keys().filter(|s| *s != "*").cloned().collect();
+    if p.has_wildcard() {
+        for s in local_by_space.keys().chain(st.spaces.keys()) {
+            if !spaces.contains(s) {
+                spaces.push(s.clone());
+            }
+        }
+    }
+    spaces.sort();
+    for space in spaces {
+        let acc = p.access(&space);
+        let local = local_by_space.get(&space).cloned().unwrap_or_default();
+        let known = st.spaces.get(&space);
+        let to_push = if acc.pull {
+            match known {
+                Some(k) => Some(local.iter().filter(|i| !k.contains(*i)).count()),
+                None => Some(local.len()),
+            }
+        } else {
+            None
+        };
+        let to_pull = if acc.push {
+            known.map(|k| k.iter().filter(|i| !local.contains(*i)).count())
+        } else {
+            None
+        };
+        pending.push(json!({
+            "space": space,
+            "pull": acc.push,
+            "push": acc.pull,
+            "to_send": to_push,
+            "to_receive": to_pull,
+            "known": known.is_some(),
+        }));
+    }
+    json!({
+        "name": p.name,
+        "id": p.id.to_string(),
+        "address": p.address,
+        "last_attempt": st.last_attempt_ns.map(output::time_utc),
+        "last_success": st.last_success_ns.map(output::time_utc),
+        "failures": st.failures,
+        "last_error": st.last_error,
+        "next_sync": st.next_due_ns.map(output::time_utc),
+        "spaces": pending,
+        "last_report": st.last_report,
+    })
+}
+
+/// The table of peers: last success and attempt, next sync (when the daemon runs), status.
+fn print_peers(config: &NodeConfig, state: &NodeState, daemon_runs: bool) {
     let mut t = output::table(
         &[
             "PEER",
@@ -233,18 +261,13 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         ],
         &[],
     );
-    for (p, v) in config.peers.iter().zip(&peers) {
-        let st = state
-            .peers
-            .get(&p.id.to_string())
-            .cloned()
-            .unwrap_or_default();
+    for p in &config.peers {
+        let st = peer_state(state, p);
         let status = match (&st.last_error, st.last_attempt_ns) {
             (_, None) => "never synced".to_string(),
             (None, Some(_)) => "ok".to_string(),
             (Some(_), Some(_)) => format!("failing ({} in a row)", st.failures),
         };
-        let _ = v;
         t.add_row(vec![
             p.name.clone(),
             p.address.clone().unwrap_or_else(|| "(calls us)".into()),
@@ -255,19 +278,22 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
                 .map(output::time)
                 .unwrap_or_else(|| "-".into()),
             st.next_due_ns
-                .filter(|_| daemon.is_some())
+                .filter(|_| daemon_runs)
                 .map(output::time)
                 .unwrap_or_else(|| "-".into()),
             status,
         ]);
     }
     output::print_table(&t);
-    println!();
+}
+
+/// The table of what is pending per peer and space, from their statuses ([`peer_status`]).
+fn print_pending(peers: &[Value]) {
     let mut t = output::table(
         &["PEER", "SPACE", "ACCESS", "TO SEND", "TO RECEIVE"],
         &[3, 4],
     );
-    for v in &peers {
+    for v in peers {
         let name = v["name"].as_str().unwrap_or_default();
         if let Some(spaces) = v["spaces"].as_array() {
             for s in spaces {
@@ -295,13 +321,4 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         }
     }
     output::print_table(&t);
-    for p in &config.peers {
-        if let Some(st) = state.peers.get(&p.id.to_string())
-            && let Some(e) = &st.last_error
-        {
-            println!("\nlast error with '{}': {e}", p.name);
-        }
-    }
-    println!("\n(\"to send\" and \"to receive\" are as of the last contact with each peer.)");
-    Ok(0)
 }
