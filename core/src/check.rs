@@ -133,8 +133,76 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
         ..CheckReport::default()
     };
     let mut bad: HashSet<ObjectId> = HashSet::new();
+    // 0. The config, 1. the snapshot files, 2. the packs against the index.
+    check_config(repo, &mut report);
+    let snaps = check_snapshot_files(repo, &mut report)?;
+    let reader = repo.index().reader()?;
+    let good_packs = check_packs(repo, &reader, progress, &mut report, &mut bad)?;
 
-    // 0. The config: what opening the repository restored, and the file as it is now.
+    // 3. Read every object (or a rotating sample of the packs).
+    if opts.read_data {
+        let chosen = match opts.sample {
+            None => good_packs.clone(),
+            Some(share) => {
+                let (chosen, position) = sample_packs(repo, &good_packs, share)?;
+                report.sample = Some(share);
+                report.sample_position = Some(position);
+                chosen
+            }
+        };
+        report.packs_read = chosen.len() as u64;
+        let corrupt = read_all_data(repo, &chosen, opts, progress, &mut report)?;
+        bad.extend(corrupt);
+    }
+
+    // 4. Walk every snapshot's trees.
+    let mut memo: HashMap<ObjectId, bool> = HashMap::new();
+    let mut walk_problems = Vec::new();
+    for (_, s) in &snaps {
+        tree_clean(
+            repo,
+            &reader,
+            s.root,
+            0,
+            &bad,
+            &mut memo,
+            &mut walk_problems,
+        )?;
+    }
+    report.trees = memo.len() as u64;
+    for (kind, detail, obj) in walk_problems {
+        if let Some(o) = obj {
+            bad.insert(o);
+        }
+        report.problem(&kind, detail, obj, None);
+    }
+
+    // 5. Attribute damage to snapshots and paths.
+    for (id, s) in &snaps {
+        if memo.get(&s.root) == Some(&true) {
+            continue;
+        }
+        let mut paths = Vec::new();
+        let mut count = 0u64;
+        damaged_paths(
+            repo, &reader, s.root, b"", &bad, &memo, &mut paths, &mut count,
+        )?;
+        report.affected.push(Affected {
+            id: id.to_hex(),
+            space: s.space.clone(),
+            time_ns: s.time_ns,
+            paths,
+            damaged_paths: count,
+        });
+    }
+    let mut bad: Vec<ObjectId> = bad.into_iter().collect();
+    bad.sort();
+    report.bad_objects = bad;
+    Ok(report)
+}
+
+/// Step 0: the config, as opening the repository restored it and as the file is now.
+fn check_config(repo: &Repo, report: &mut CheckReport) {
     for note in repo.healed() {
         report.problem("config_healed", note.clone(), None, None);
     }
@@ -148,8 +216,13 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
             None,
         ),
     }
+}
 
-    // 1. Snapshot files.
+/// Step 1: every snapshot file decodes and is named by its id; the good ones.
+fn check_snapshot_files(
+    repo: &Repo,
+    report: &mut CheckReport,
+) -> Result<Vec<(SnapshotId, Snapshot)>> {
     let mut snaps: Vec<(SnapshotId, Snapshot)> = Vec::new();
     for (name, _) in repo.backend().list(FileKind::Snapshot)? {
         let id = match SnapshotId::from_hex(&name) {
@@ -180,8 +253,19 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
     }
     report.snapshots = snaps.len() as u64;
 
-    // 2. Packs against the index.
-    let reader = repo.index().reader()?;
+    Ok(snaps)
+}
+
+/// Step 2: the packs against the index (each listed, of the indexed size, with a trailer that
+/// agrees with the index entries); objects whose pack is missing or damaged go to `bad`.
+/// Returns the packs whose trailer reads.
+fn check_packs(
+    repo: &Repo,
+    reader: &IndexReader,
+    progress: &dyn Progress,
+    report: &mut CheckReport,
+    bad: &mut HashSet<ObjectId>,
+) -> Result<Vec<(u32, PackId)>> {
     let indexed = repo.index().packs()?;
     report.packs = indexed.len() as u64;
     report.objects = repo.index().object_count()?;
@@ -270,66 +354,7 @@ pub fn check(repo: &Repo, opts: &CheckOptions, progress: &dyn Progress) -> Resul
         }
     }
 
-    // 3. Read every object (or a rotating sample of the packs).
-    if opts.read_data {
-        let chosen = match opts.sample {
-            None => good_packs.clone(),
-            Some(share) => {
-                let (chosen, position) = sample_packs(repo, &good_packs, share)?;
-                report.sample = Some(share);
-                report.sample_position = Some(position);
-                chosen
-            }
-        };
-        report.packs_read = chosen.len() as u64;
-        let corrupt = read_all_data(repo, &chosen, opts, progress, &mut report)?;
-        bad.extend(corrupt);
-    }
-
-    // 4. Walk every snapshot's trees.
-    let mut memo: HashMap<ObjectId, bool> = HashMap::new();
-    let mut walk_problems = Vec::new();
-    for (_, s) in &snaps {
-        tree_clean(
-            repo,
-            &reader,
-            s.root,
-            0,
-            &bad,
-            &mut memo,
-            &mut walk_problems,
-        )?;
-    }
-    report.trees = memo.len() as u64;
-    for (kind, detail, obj) in walk_problems {
-        if let Some(o) = obj {
-            bad.insert(o);
-        }
-        report.problem(&kind, detail, obj, None);
-    }
-
-    // 5. Attribute damage to snapshots and paths.
-    for (id, s) in &snaps {
-        if memo.get(&s.root) == Some(&true) {
-            continue;
-        }
-        let mut paths = Vec::new();
-        let mut count = 0u64;
-        damaged_paths(
-            repo, &reader, s.root, b"", &bad, &memo, &mut paths, &mut count,
-        )?;
-        report.affected.push(Affected {
-            id: id.to_hex(),
-            space: s.space.clone(),
-            time_ns: s.time_ns,
-            paths,
-            damaged_paths: count,
-        });
-    }
-    let mut bad: Vec<ObjectId> = bad.into_iter().collect();
-    bad.sort();
-    report.bad_objects = bad;
-    Ok(report)
+    Ok(good_packs)
 }
 
 /// The meta key holding the sampled check's rotation: the first 8 bytes of the last pack id read.
