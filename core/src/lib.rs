@@ -38,6 +38,8 @@ pub mod vfs;
 
 #[cfg(test)]
 mod depth_tests;
+#[cfg(test)]
+mod testkit;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use hash::{ChunkId, Hash, ObjectId, PackId, SnapshotId, TreeId};
