@@ -1,17 +1,21 @@
-//! A backend wrapper that fails on demand, for fault tests.
+//! A backend wrapper that fails on demand, for fault tests: run an operation with a budget of
+//! N mutating backend calls, for every N up to what the operation needs, and check that nothing
+//! committed before is lost (`core/src/fault_tests.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::{Backend, FileKind, ObjectWriter};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Wraps a backend; once `budget` mutating operations have succeeded, every further write,
 /// publication or removal fails with an I/O error (as a full disk or a lost server would).
+/// Reads always succeed. Clones share the budget.
 #[derive(Debug, Clone)]
 pub struct FaultBackend<B> {
     inner: Arc<B>,
     budget: Arc<AtomicI64>,
+    spent: Arc<AtomicU64>,
 }
 
 impl<B: Backend> FaultBackend<B> {
@@ -20,7 +24,14 @@ impl<B: Backend> FaultBackend<B> {
         FaultBackend {
             inner: Arc::new(inner),
             budget: Arc::new(AtomicI64::new(budget)),
+            spent: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many mutating operations have succeeded so far: run an operation without a limit,
+    /// and the difference is how many it needs.
+    pub fn spent(&self) -> u64 {
+        self.spent.load(Ordering::SeqCst)
     }
 
     /// Change the remaining budget (negative: unlimited).
@@ -34,19 +45,22 @@ impl<B: Backend> FaultBackend<B> {
     }
 
     fn spend(&self) -> Result<()> {
-        spend(&self.budget)
+        spend(&self.budget, &self.spent)
     }
 }
 
-/// Take one operation from the budget: negative is unlimited, zero refuses.
-fn spend(budget: &AtomicI64) -> Result<()> {
+/// Take one operation from the budget (negative is unlimited, zero refuses) and count it.
+fn spend(budget: &AtomicI64, spent: &AtomicU64) -> Result<()> {
     let r = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
         0 => None,
         b if b < 0 => Some(b),
         b => Some(b - 1),
     });
     match r {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            spent.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
         Err(_) => Err(Error::new(
             ErrorKind::Io,
             "injected fault: storage refused the write",
@@ -91,6 +105,7 @@ impl<B: Backend> Backend for FaultBackend<B> {
         Ok(Box::new(FaultWriter {
             inner: w,
             budget: self.budget.clone(),
+            spent: self.spent.clone(),
         }))
     }
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
@@ -105,6 +120,7 @@ impl<B: Backend> Backend for FaultBackend<B> {
 struct FaultWriter {
     inner: Box<dyn ObjectWriter>,
     budget: Arc<AtomicI64>,
+    spent: Arc<AtomicU64>,
 }
 
 impl std::io::Write for FaultWriter {
@@ -118,7 +134,7 @@ impl std::io::Write for FaultWriter {
 
 impl ObjectWriter for FaultWriter {
     fn finish(self: Box<Self>, name: &str) -> Result<()> {
-        if let Err(e) = spend(&self.budget) {
+        if let Err(e) = spend(&self.budget, &self.spent) {
             self.inner.abort();
             return Err(e);
         }
