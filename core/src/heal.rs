@@ -18,7 +18,9 @@
 //!    the index points at damaged bytes: what could not be healed is reported missing, with
 //!    the files it belongs to, and a later heal (another peer) or snapshot can still supply it.
 //!
-//! This module does no network I/O: sources implement [`ObjectSource`].
+//! [`plan`] decides from the check's findings which records and packs are worked on (step 1's
+//! records, step 2's packs), changing nothing; [`execute`] runs the steps. This module does no
+//! network I/O: sources implement [`ObjectSource`].
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -31,11 +33,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::{Kind, Record};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Node, Tree};
+use crate::gc::GcLock;
 use crate::hash::{ObjectId, PackId, SnapshotId};
-use crate::index::Location;
+use crate::index::{IndexReader, Location};
 use crate::pack::PackWriter;
 use crate::progress::Progress;
-use crate::repo::{Repo, decode_object, verify_object};
+use crate::repo::{Repo, SnapshotEntry, decode_object, verify_object};
 
 /// Objects asked from a source in one call.
 pub const FETCH_BATCH: usize = 64;
@@ -189,7 +192,8 @@ impl Packer<'_> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Vec<(PackId, u64, Vec<Record>)>> {
+    /// Seal the pack being written; returns every pack sealed.
+    fn finish(&mut self) -> Result<Vec<(PackId, u64, Vec<Record>)>> {
         if let Some(w) = self.writer.take() {
             if w.is_empty() {
                 w.abort();
@@ -197,7 +201,7 @@ impl Packer<'_> {
                 self.sealed.push(w.finish()?);
             }
         }
-        Ok(self.sealed)
+        Ok(std::mem::take(&mut self.sealed))
     }
 }
 
@@ -215,15 +219,114 @@ fn bad_snapshots(damage: &CheckReport) -> Vec<SnapshotId> {
     v
 }
 
+/// What a heal will work on, decided from a check's findings and the index before anything is
+/// changed: the snapshot records to fetch again and the damaged packs to salvage and retire.
+/// Holds the repository's gc lock until it is executed ([`execute`]) or dropped.
+pub struct HealPlan<'a> {
+    repo: &'a Repo,
+    _lock: GcLock,
+    /// Damaged snapshot records.
+    snapshots: Vec<SnapshotId>,
+    /// Damaged packs by number, with the objects the index locates in each.
+    members: BTreeMap<u32, Vec<(ObjectId, Location)>>,
+    /// Pack ids by number.
+    names: HashMap<u32, PackId>,
+    /// Objects check found damaged or missing.
+    bad: HashSet<ObjectId>,
+}
+
+impl std::fmt::Debug for HealPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealPlan")
+            .field("snapshots", &self.snapshots)
+            .field("packs", &self.packs().collect::<Vec<_>>())
+            .field("bad", &self.bad.len())
+            .finish()
+    }
+}
+
+impl HealPlan<'_> {
+    /// The damaged snapshot records, to be fetched again.
+    pub fn snapshots(&self) -> &[SnapshotId] {
+        &self.snapshots
+    }
+
+    /// The damaged packs: their good objects are copied, then they are retired.
+    pub fn packs(&self) -> impl Iterator<Item = PackId> + '_ {
+        self.members
+            .keys()
+            .filter_map(|no| self.names.get(no).copied())
+    }
+}
+
+/// Plan a heal of what `damage` (a check of `repo`, usually with `read_data`) found. Takes the
+/// repository's gc lock, which the plan holds; changes nothing.
+pub fn plan<'a>(repo: &'a Repo, damage: &CheckReport) -> Result<HealPlan<'a>> {
+    let lock = crate::gc::gc_lock(repo)?;
+    let packs = repo.index().packs()?;
+    let by_id: HashMap<PackId, u32> = packs.iter().map(|(no, p)| (p.id, *no)).collect();
+    let names: HashMap<u32, PackId> = packs.iter().map(|(no, p)| (*no, p.id)).collect();
+    let reader = repo.index().reader()?;
+    let mut damaged: BTreeSet<u32> = damage
+        .problems
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.kind.as_str(),
+                "missing_pack" | "corrupt_pack" | "corrupt_object" | "index_mismatch"
+            )
+        })
+        .filter_map(|p| p.pack.as_deref())
+        .filter_map(|h| PackId::from_hex(h).ok())
+        .filter_map(|id| by_id.get(&id).copied())
+        .collect();
+    let bad: HashSet<ObjectId> = damage.bad_objects.iter().copied().collect();
+    for id in &damage.bad_objects {
+        if let Some(loc) = reader.get_live(id)? {
+            damaged.insert(loc.pack);
+        }
+    }
+    let mut members: BTreeMap<u32, Vec<(ObjectId, Location)>> = BTreeMap::new();
+    if !damaged.is_empty() {
+        repo.index().for_each_object(|id, loc| {
+            if damaged.contains(&loc.pack) {
+                members.entry(loc.pack).or_default().push((id, loc));
+            }
+            Ok(())
+        })?;
+    }
+    for no in &damaged {
+        members.entry(*no).or_default();
+    }
+    Ok(HealPlan {
+        repo,
+        _lock: lock,
+        snapshots: bad_snapshots(damage),
+        members,
+        names,
+        bad,
+    })
+}
+
 /// Heal what `damage` (a check of `repo`, usually with `read_data`) found, from `sources`,
-/// asked in order. Holds the repository's gc lock throughout.
+/// asked in order: [`plan`], then [`execute`]. Holds the repository's gc lock throughout.
 pub fn heal(
     repo: &Repo,
     damage: &CheckReport,
     sources: &mut [&mut dyn ObjectSource],
     progress: &dyn Progress,
 ) -> Result<HealReport> {
-    let _lock = crate::gc::gc_lock(repo)?;
+    execute(plan(repo, damage)?, sources, progress)
+}
+
+/// Carry out `plan` with copies from `sources`, asked in order (the steps of the module
+/// documentation), then release the gc lock it holds.
+pub fn execute(
+    plan: HealPlan<'_>,
+    sources: &mut [&mut dyn ObjectSource],
+    progress: &dyn Progress,
+) -> Result<HealReport> {
+    let repo = plan.repo;
     let mut report = HealReport {
         sources: sources
             .iter()
@@ -234,9 +337,54 @@ pub fn heal(
             .collect(),
         ..HealReport::default()
     };
-
     // 1. Snapshot records.
-    for id in bad_snapshots(damage) {
+    heal_snapshots(repo, &plan.snapshots, sources, &mut report)?;
+    // 2. Damaged packs: copy their good objects.
+    let mut h = Healer {
+        repo,
+        reader: repo.index().reader()?,
+        packer: Packer {
+            repo,
+            writer: None,
+            sealed: Vec::new(),
+        },
+        moved: Vec::new(),
+        salvaged: HashSet::new(),
+        bad: RefCell::new(plan.bad.clone()),
+        bad_locs: HashMap::new(),
+        retired: Vec::new(),
+        wanted: BTreeMap::new(),
+        visited: HashSet::new(),
+        fetched: HashMap::new(),
+    };
+    report.packs_damaged = plan.members.len() as u64;
+    h.salvage(&plan, &mut report, progress)?;
+    // 3. What the snapshots need.
+    let snaps = repo.snapshots()?;
+    h.find_wanted(&snaps)?;
+    report.objects_wanted = h.wanted.len() as u64;
+    // 4. Fetch, in rounds: a tree received may reveal more that is wanted.
+    h.fetch(sources, &mut report, progress)?;
+    // 5. Seal the new packs, then one index transaction, then delete the damaged files.
+    h.commit(&mut report)?;
+    h.describe(&snaps, &mut report);
+    if !report.is_complete() {
+        // Which snapshots and files are still damaged, as `check` sees them now.
+        let after = check(repo, &CheckOptions::default(), &crate::progress::NoProgress)?;
+        report.affected = after.affected;
+    }
+    Ok(report)
+}
+
+/// Step 1: fetch the damaged snapshot records `ids` again, each checked against its id.
+fn heal_snapshots(
+    repo: &Repo,
+    ids: &[SnapshotId],
+    sources: &mut [&mut dyn ObjectSource],
+    report: &mut HealReport,
+) -> Result<()> {
+    for id in ids {
+        let id = *id;
         let mut healed = false;
         for (i, s) in sources.iter_mut().enumerate() {
             if report.sources[i].error.is_some() {
@@ -266,310 +414,349 @@ pub fn heal(
             report.snapshots_lost.push(id.to_hex());
         }
     }
+    Ok(())
+}
 
-    // 2. Damaged packs: copy their good objects.
-    let packs = repo.index().packs()?;
-    let by_id: HashMap<PackId, u32> = packs.iter().map(|(no, p)| (p.id, *no)).collect();
-    let names: HashMap<u32, PackId> = packs.iter().map(|(no, p)| (*no, p.id)).collect();
-    let reader = repo.index().reader()?;
-    let mut damaged: BTreeSet<u32> = damage
-        .problems
-        .iter()
-        .filter(|p| {
-            matches!(
-                p.kind.as_str(),
-                "missing_pack" | "corrupt_pack" | "corrupt_object" | "index_mismatch"
-            )
-        })
-        .filter_map(|p| p.pack.as_deref())
-        .filter_map(|h| PackId::from_hex(h).ok())
-        .filter_map(|id| by_id.get(&id).copied())
-        .collect();
-    let mut bad: HashSet<ObjectId> = damage.bad_objects.iter().copied().collect();
-    for id in &damage.bad_objects {
-        if let Some(loc) = reader.get_live(id)? {
-            damaged.insert(loc.pack);
-        }
-    }
-    let mut members: BTreeMap<u32, Vec<(ObjectId, Location)>> = BTreeMap::new();
-    if !damaged.is_empty() {
-        repo.index().for_each_object(|id, loc| {
-            if damaged.contains(&loc.pack) {
-                members.entry(loc.pack).or_default().push((id, loc));
-            }
-            Ok(())
-        })?;
-    }
-    for no in &damaged {
-        members.entry(*no).or_default();
-    }
-    report.packs_damaged = members.len() as u64;
-    let mut packer = Packer {
-        repo,
-        writer: None,
-        sealed: Vec::new(),
-    };
-    // Objects copied or fetched into new packs, with their location before.
-    let mut moved: Vec<(ObjectId, Location)> = Vec::new();
-    let mut salvaged: HashSet<ObjectId> = HashSet::new();
-    // Damaged objects of damaged packs, with their location.
-    let mut bad_locs: HashMap<ObjectId, Location> = HashMap::new();
-    let mut retired: Vec<(u32, PackId, Vec<ObjectId>)> = Vec::new();
-    for (no, objs) in &members {
-        let Some(pack) = names.get(no).copied() else {
-            continue;
-        };
-        let data = match repo.backend().read(FileKind::Pack, &pack.to_hex()) {
-            Ok(d) => Some(d),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => {
-                // Not damage as far as we know: do not throw anything away.
-                progress.warn(&format!(
-                    "pack {} cannot be read ({e:#}): left alone",
-                    pack.short(16)
-                ));
-                report.packs_unreadable.push(pack.to_hex());
-                continue;
-            }
-        };
-        let mut objs = objs.clone();
-        objs.sort_by_key(|(_, l)| l.entry);
-        for (id, loc) in &objs {
-            let start = loc.offset as usize;
-            let stored = data
-                .as_deref()
-                .and_then(|d| d.get(start..start.checked_add(loc.stored_len as usize)?));
-            let good = stored.is_some_and(|b| verify_object(id, loc.flags, loc.raw_len, b).is_ok());
-            match stored {
-                Some(b) if good => {
-                    packer.add(*id, loc.kind, loc.flags, loc.raw_len, b)?;
-                    moved.push((*id, *loc));
-                    salvaged.insert(*id);
-                    bad.remove(id);
-                    report.objects_rewritten += 1;
-                }
-                _ => {
-                    bad.insert(*id);
-                    bad_locs.insert(*id, *loc);
-                }
-            }
-        }
-        retired.push((*no, pack, objs.iter().map(|(id, _)| *id).collect()));
+/// Whether `id` is damaged or missing (and not salvaged).
+fn needs(
+    bad: &RefCell<HashSet<ObjectId>>,
+    salvaged: &HashSet<ObjectId>,
+    reader: &IndexReader,
+    id: &ObjectId,
+) -> Result<bool> {
+    Ok(bad.borrow().contains(id) || (!salvaged.contains(id) && !reader.contains(id)?))
+}
+
+/// The state of a heal's execution, from step 2 on.
+struct Healer<'a> {
+    repo: &'a Repo,
+    /// The index as it was when the damaged packs were read.
+    reader: IndexReader,
+    packer: Packer<'a>,
+    /// Objects copied or fetched into new packs, with their location before.
+    moved: Vec<(ObjectId, Location)>,
+    /// Good objects of damaged packs, copied.
+    salvaged: HashSet<ObjectId>,
+    /// Objects damaged or missing.
+    bad: RefCell<HashSet<ObjectId>>,
+    /// Damaged objects of damaged packs, with their location.
+    bad_locs: HashMap<ObjectId, Location>,
+    /// Damaged packs to retire, with the objects the index locates in them.
+    retired: Vec<(u32, PackId, Vec<ObjectId>)>,
+    /// Objects the snapshots need that are damaged or missing, with a place they are used.
+    wanted: BTreeMap<ObjectId, Place>,
+    /// Trees looked at.
+    visited: HashSet<ObjectId>,
+    /// Objects fetched, with the source (its number) and kind.
+    fetched: HashMap<ObjectId, (usize, Kind)>,
+}
+
+impl Healer<'_> {
+    /// Whether `id` is damaged or missing (and not salvaged).
+    fn needs(&self, id: &ObjectId) -> Result<bool> {
+        needs(&self.bad, &self.salvaged, &self.reader, id)
     }
 
-    // 3. What the snapshots need.
-    let snaps = repo.snapshots()?;
-    let bad = RefCell::new(bad);
-    let needs = |id: &ObjectId| -> Result<bool> {
-        Ok(bad.borrow().contains(id) || (!salvaged.contains(id) && !reader.contains(id)?))
-    };
-    let mut wanted: BTreeMap<ObjectId, Place> = BTreeMap::new();
-    let mut visited: HashSet<ObjectId> = HashSet::new();
-    for (si, s) in snaps.iter().enumerate() {
-        let mut stack: Vec<(ObjectId, Vec<u8>)> = vec![(s.snapshot.root, Vec::new())];
-        while let Some((t, path)) = stack.pop() {
-            if !visited.insert(t) {
+    /// Step 2: read each damaged pack once and copy its good objects into new packs.
+    fn salvage(
+        &mut self,
+        plan: &HealPlan<'_>,
+        report: &mut HealReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        for (no, objs) in &plan.members {
+            let Some(pack) = plan.names.get(no).copied() else {
                 continue;
-            }
-            let tree = if needs(&t)? {
-                None
-            } else {
-                match repo.read_tree_with(&reader, &t) {
-                    Ok(tree) => Some(tree),
-                    Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => {
-                        // Damaged where check did not look (a sampled check): heal it too.
-                        if let Some(loc) = reader.get_live(&t)? {
-                            bad_locs.entry(t).or_insert(loc);
-                        }
-                        bad.borrow_mut().insert(t);
-                        None
-                    }
-                    Err(e) => return Err(e),
+            };
+            let data = match self.repo.backend().read(FileKind::Pack, &pack.to_hex()) {
+                Ok(d) => Some(d),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => {
+                    // Not damage as far as we know: do not throw anything away.
+                    progress.warn(&format!(
+                        "pack {} cannot be read ({e:#}): left alone",
+                        pack.short(16)
+                    ));
+                    report.packs_unreadable.push(pack.to_hex());
+                    continue;
                 }
             };
-            match tree {
-                Some(tree) => {
-                    walk_children(&tree, &path, si, &needs, &mut wanted, &mut |id, p| {
-                        stack.push((id, p))
-                    })?
+            let mut objs = objs.clone();
+            objs.sort_by_key(|(_, l)| l.entry);
+            for (id, loc) in &objs {
+                let start = loc.offset as usize;
+                let stored = data
+                    .as_deref()
+                    .and_then(|d| d.get(start..start.checked_add(loc.stored_len as usize)?));
+                let good =
+                    stored.is_some_and(|b| verify_object(id, loc.flags, loc.raw_len, b).is_ok());
+                match stored {
+                    Some(b) if good => {
+                        self.packer.add(*id, loc.kind, loc.flags, loc.raw_len, b)?;
+                        self.moved.push((*id, *loc));
+                        self.salvaged.insert(*id);
+                        self.bad.get_mut().remove(id);
+                        report.objects_rewritten += 1;
+                    }
+                    _ => {
+                        self.bad.get_mut().insert(*id);
+                        self.bad_locs.insert(*id, *loc);
+                    }
                 }
-                None => {
-                    wanted.entry(t).or_insert(Place {
-                        snapshot: si,
-                        path,
+            }
+            self.retired
+                .push((*no, pack, objs.iter().map(|(id, _)| *id).collect()));
+        }
+        Ok(())
+    }
+
+    /// Step 3: walk the snapshots; every object they reach that is damaged or not indexed is
+    /// wanted. A damaged tree hides its children.
+    fn find_wanted(&mut self, snaps: &[SnapshotEntry]) -> Result<()> {
+        for (si, s) in snaps.iter().enumerate() {
+            let mut stack: Vec<(ObjectId, Vec<u8>)> = vec![(s.snapshot.root, Vec::new())];
+            while let Some((t, path)) = stack.pop() {
+                if !self.visited.insert(t) {
+                    continue;
+                }
+                let tree = if self.needs(&t)? {
+                    None
+                } else {
+                    match self.repo.read_tree_with(&self.reader, &t) {
+                        Ok(tree) => Some(tree),
+                        Err(e)
+                            if e.kind() == ErrorKind::Corrupt
+                                || e.kind() == ErrorKind::NotFound =>
+                        {
+                            // Damaged where check did not look (a sampled check): heal it too.
+                            if let Some(loc) = self.reader.get_live(&t)? {
+                                self.bad_locs.entry(t).or_insert(loc);
+                            }
+                            self.bad.borrow_mut().insert(t);
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                match tree {
+                    Some(tree) => {
+                        let needs =
+                            |id: &ObjectId| needs(&self.bad, &self.salvaged, &self.reader, id);
+                        walk_children(&tree, &path, si, &needs, &mut self.wanted, &mut |id, p| {
+                            stack.push((id, p))
+                        })?
+                    }
+                    None => {
+                        self.wanted.entry(t).or_insert(Place {
+                            snapshot: si,
+                            path,
+                            kind: Kind::Tree,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4: ask the sources, in order and in batches, for the wanted objects, until a round
+    /// brings nothing new (a tree received may reveal more that is wanted).
+    fn fetch(
+        &mut self,
+        sources: &mut [&mut dyn ObjectSource],
+        report: &mut HealReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let mut asked: Vec<HashSet<ObjectId>> = vec![HashSet::new(); sources.len()];
+        progress.set_total(self.wanted.len() as u64, 0);
+        loop {
+            let mut any = false;
+            for (si, s) in sources.iter_mut().enumerate() {
+                loop {
+                    if report.sources[si].error.is_some() {
+                        break;
+                    }
+                    let ask: Vec<ObjectId> = self
+                        .wanted
+                        .keys()
+                        .filter(|id| !self.fetched.contains_key(id) && !asked[si].contains(id))
+                        .take(FETCH_BATCH)
+                        .copied()
+                        .collect();
+                    if ask.is_empty() {
+                        break;
+                    }
+                    any = true;
+                    asked[si].extend(ask.iter().copied());
+                    report.sources[si].asked += ask.len() as u64;
+                    match s.fetch_objects(&ask) {
+                        Ok(got) => self.store(si, &ask, got, report, progress)?,
+                        Err(e) => {
+                            report.sources[si].error = Some(format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            if !any {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Verify and store the objects source `si` sent for `ask`; the first that was not asked
+    /// for or does not match its id stops the source being used.
+    fn store(
+        &mut self,
+        si: usize,
+        ask: &[ObjectId],
+        got: Vec<FetchedObject>,
+        report: &mut HealReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let asked_now: HashSet<ObjectId> = ask.iter().copied().collect();
+        for o in got {
+            if !asked_now.contains(&o.id) || self.fetched.contains_key(&o.id) {
+                report.sources[si].rejected += 1;
+                report.sources[si].error =
+                    Some(format!("sent object {}, which was not asked for", o.id));
+                return Ok(());
+            }
+            // Verify before anything is stored; keep the plaintext of trees.
+            let plain = if o.kind == Kind::Tree {
+                decode_object(&o.id, o.flags, o.raw_len, &o.data).and_then(|p| {
+                    Tree::decode(&p)
+                        .map(Some)
+                        .map_err(|e| e.context(format!("tree {}", o.id.short(16))))
+                })
+            } else {
+                verify_object(&o.id, o.flags, o.raw_len, &o.data).map(|_| None)
+            };
+            let tree = match plain {
+                Ok(t) => t,
+                Err(e) => {
+                    report.sources[si].rejected += 1;
+                    report.sources[si].error =
+                        Some(format!("sent a damaged copy of {}: {e:#}", o.id));
+                    return Ok(());
+                }
+            };
+            self.packer.add(o.id, o.kind, o.flags, o.raw_len, &o.data)?;
+            let before = self.bad_locs.get(&o.id).copied();
+            if let Some(loc) = before.or(self.reader.get_live(&o.id)?) {
+                self.moved.push((o.id, loc));
+            }
+            self.fetched.insert(o.id, (si, o.kind));
+            report.sources[si].objects += 1;
+            report.sources[si].bytes += o.data.len() as u64;
+            progress.add(1, o.data.len() as u64);
+            if let Some(tree) = tree {
+                self.look_below(&o.id, &tree)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A wanted tree `id` was received: what it reaches that is damaged or missing is wanted
+    /// too, including below subtrees that are present.
+    fn look_below(&mut self, id: &ObjectId, tree: &Tree) -> Result<()> {
+        let place = self.wanted.get(id).cloned();
+        let (snapshot, path) = place.map(|p| (p.snapshot, p.path)).unwrap_or_default();
+        let needs = |id: &ObjectId| needs(&self.bad, &self.salvaged, &self.reader, id);
+        let mut stack = Vec::new();
+        walk_children(
+            tree,
+            &path,
+            snapshot,
+            &needs,
+            &mut self.wanted,
+            &mut |id, p| stack.push((id, p)),
+        )?;
+        // Subtrees present here may still hide damage below them.
+        while let Some((t, p)) = stack.pop() {
+            if !self.visited.insert(t) {
+                continue;
+            }
+            match self.repo.read_tree_with(&self.reader, &t) {
+                Ok(sub) => walk_children(
+                    &sub,
+                    &p,
+                    snapshot,
+                    &needs,
+                    &mut self.wanted,
+                    &mut |id, q| stack.push((id, q)),
+                )?,
+                Err(_) => {
+                    self.wanted.entry(t).or_insert(Place {
+                        snapshot,
+                        path: p,
                         kind: Kind::Tree,
                     });
                 }
             }
         }
+        Ok(())
     }
-    report.objects_wanted = wanted.len() as u64;
 
-    // 4. Fetch, in rounds: a tree received may reveal more that is wanted.
-    let mut fetched: HashMap<ObjectId, (usize, Kind)> = HashMap::new();
-    let mut asked: Vec<HashSet<ObjectId>> = vec![HashSet::new(); sources.len()];
-    progress.set_total(wanted.len() as u64, 0);
-    loop {
-        let mut any = false;
-        for (si, s) in sources.iter_mut().enumerate() {
-            loop {
-                if report.sources[si].error.is_some() {
-                    break;
-                }
-                let ask: Vec<ObjectId> = wanted
-                    .keys()
-                    .filter(|id| !fetched.contains_key(id) && !asked[si].contains(id))
-                    .take(FETCH_BATCH)
-                    .copied()
-                    .collect();
-                if ask.is_empty() {
-                    break;
-                }
-                any = true;
-                asked[si].extend(ask.iter().copied());
-                report.sources[si].asked += ask.len() as u64;
-                let got = match s.fetch_objects(&ask) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        report.sources[si].error = Some(format!("{e:#}"));
-                        break;
-                    }
-                };
-                let asked_now: HashSet<ObjectId> = ask.iter().copied().collect();
-                for o in got {
-                    if !asked_now.contains(&o.id) || fetched.contains_key(&o.id) {
-                        report.sources[si].rejected += 1;
-                        report.sources[si].error =
-                            Some(format!("sent object {}, which was not asked for", o.id));
-                        break;
-                    }
-                    // Verify before anything is stored; keep the plaintext of trees.
-                    let plain = if o.kind == Kind::Tree {
-                        decode_object(&o.id, o.flags, o.raw_len, &o.data).and_then(|p| {
-                            Tree::decode(&p)
-                                .map(Some)
-                                .map_err(|e| e.context(format!("tree {}", o.id.short(16))))
-                        })
-                    } else {
-                        verify_object(&o.id, o.flags, o.raw_len, &o.data).map(|_| None)
-                    };
-                    let tree = match plain {
-                        Ok(t) => t,
-                        Err(e) => {
-                            report.sources[si].rejected += 1;
-                            report.sources[si].error =
-                                Some(format!("sent a damaged copy of {}: {e:#}", o.id));
-                            break;
-                        }
-                    };
-                    packer.add(o.id, o.kind, o.flags, o.raw_len, &o.data)?;
-                    if let Some(loc) = bad_locs.get(&o.id).copied().or(reader.get_live(&o.id)?) {
-                        moved.push((o.id, loc));
-                    }
-                    fetched.insert(o.id, (si, o.kind));
-                    report.sources[si].objects += 1;
-                    report.sources[si].bytes += o.data.len() as u64;
-                    progress.add(1, o.data.len() as u64);
-                    if let Some(tree) = tree {
-                        let place = wanted.get(&o.id).cloned();
-                        let (snapshot, path) =
-                            place.map(|p| (p.snapshot, p.path)).unwrap_or_default();
-                        let mut subdirs = Vec::new();
-                        walk_children(
-                            &tree,
-                            &path,
-                            snapshot,
-                            &needs,
-                            &mut wanted,
-                            &mut |id, p| subdirs.push((id, p)),
-                        )?;
-                        // Subtrees present here may still hide damage below them.
-                        let mut stack = subdirs;
-                        while let Some((t, p)) = stack.pop() {
-                            if !visited.insert(t) {
-                                continue;
-                            }
-                            match repo.read_tree_with(&reader, &t) {
-                                Ok(sub) => walk_children(
-                                    &sub,
-                                    &p,
-                                    snapshot,
-                                    &needs,
-                                    &mut wanted,
-                                    &mut |id, q| stack.push((id, q)),
-                                )?,
-                                Err(_) => {
-                                    wanted.entry(t).or_insert(Place {
-                                        snapshot,
-                                        path: p,
-                                        kind: Kind::Tree,
-                                    });
-                                }
-                            }
-                        }
-                    }
+    /// Step 5: seal the new packs, then one index transaction, then delete the damaged files.
+    fn commit(&mut self, report: &mut HealReport) -> Result<()> {
+        let new_packs = self.packer.finish()?;
+        report.packs_written = new_packs.len() as u64;
+        let mut dropped: Vec<(ObjectId, Location)> = Vec::new();
+        for (id, loc) in &self.bad_locs {
+            if !self.fetched.contains_key(id) {
+                dropped.push((*id, *loc));
+                if !self.wanted.contains_key(id) {
+                    report.objects_unreferenced_dropped += 1;
                 }
             }
         }
-        if !any {
-            break;
+        let retire: Vec<(u32, Vec<ObjectId>)> = self
+            .retired
+            .iter()
+            .map(|(no, _, m)| (*no, m.clone()))
+            .collect();
+        if !new_packs.is_empty() || !retire.is_empty() || !dropped.is_empty() {
+            self.repo
+                .index()
+                .retire_packs(&new_packs, &self.moved, &dropped, &retire)?;
         }
+        for (_, pack, _) in &self.retired {
+            self.repo.backend().remove(FileKind::Pack, &pack.to_hex())?;
+        }
+        report.packs_retired = self.retired.len() as u64;
+        Ok(())
     }
 
-    // 5. Seal the new packs, then one index transaction, then delete the damaged files.
-    let new_packs = packer.finish()?;
-    report.packs_written = new_packs.len() as u64;
-    let mut dropped: Vec<(ObjectId, Location)> = Vec::new();
-    for (id, loc) in &bad_locs {
-        if !fetched.contains_key(id) {
-            dropped.push((*id, *loc));
-            if !wanted.contains_key(id) {
-                report.objects_unreferenced_dropped += 1;
+    /// The objects healed, and those no source could supply with the first place they are
+    /// used, into `report`.
+    fn describe(&self, snaps: &[SnapshotEntry], report: &mut HealReport) {
+        for (id, (si, kind)) in &self.fetched {
+            report.healed.push(HealedObject {
+                id: id.to_hex(),
+                kind: kind_name(*kind),
+                from: report.sources[*si].name.clone(),
+            });
+        }
+        report.healed.sort_by(|a, b| a.id.cmp(&b.id));
+        for (id, place) in &self.wanted {
+            if self.fetched.contains_key(id) {
+                continue;
             }
+            let s = snaps.get(place.snapshot);
+            report.lost.push(LostObject {
+                id: id.to_hex(),
+                kind: kind_name(place.kind),
+                snapshot: s.map(|s| s.id.to_hex()).unwrap_or_default(),
+                space: s.map(|s| s.snapshot.space.clone()).unwrap_or_default(),
+                path: if place.path.is_empty() {
+                    "/".to_string()
+                } else {
+                    String::from_utf8_lossy(&place.path).into_owned()
+                },
+            });
         }
     }
-    let retire: Vec<(u32, Vec<ObjectId>)> =
-        retired.iter().map(|(no, _, m)| (*no, m.clone())).collect();
-    if !new_packs.is_empty() || !retire.is_empty() || !dropped.is_empty() {
-        repo.index()
-            .retire_packs(&new_packs, &moved, &dropped, &retire)?;
-    }
-    for (_, pack, _) in &retired {
-        repo.backend().remove(FileKind::Pack, &pack.to_hex())?;
-    }
-    report.packs_retired = retired.len() as u64;
-
-    for (id, (si, kind)) in &fetched {
-        report.healed.push(HealedObject {
-            id: id.to_hex(),
-            kind: kind_name(*kind),
-            from: report.sources[*si].name.clone(),
-        });
-    }
-    report.healed.sort_by(|a, b| a.id.cmp(&b.id));
-    for (id, place) in &wanted {
-        if fetched.contains_key(id) {
-            continue;
-        }
-        let s = snaps.get(place.snapshot);
-        report.lost.push(LostObject {
-            id: id.to_hex(),
-            kind: kind_name(place.kind),
-            snapshot: s.map(|s| s.id.to_hex()).unwrap_or_default(),
-            space: s.map(|s| s.snapshot.space.clone()).unwrap_or_default(),
-            path: if place.path.is_empty() {
-                "/".to_string()
-            } else {
-                String::from_utf8_lossy(&place.path).into_owned()
-            },
-        });
-    }
-    if !report.is_complete() {
-        // Which snapshots and files are still damaged, as `check` sees them now.
-        let after = check(repo, &CheckOptions::default(), &crate::progress::NoProgress)?;
-        report.affected = after.affected;
-    }
-    Ok(report)
 }
 
 fn kind_name(k: Kind) -> String {
@@ -691,67 +878,7 @@ mod tests {
     use crate::progress::NoProgress;
     use crate::repo::InitOptions;
     use crate::snapshot::{SnapshotOptions, snapshot};
-
-    /// Another repository as a source; with `tamper`, every object it sends is damaged.
-    struct RepoSource {
-        name: String,
-        repo: Arc<Repo>,
-        tamper: bool,
-    }
-
-    impl ObjectSource for RepoSource {
-        fn name(&self) -> &str {
-            &self.name
-        }
-        fn fetch_objects(&mut self, ids: &[ObjectId]) -> Result<Vec<FetchedObject>> {
-            let reader = self.repo.index().reader()?;
-            let mut out = Vec::new();
-            for id in ids {
-                let Some(loc) = reader.get(id)? else { continue };
-                let mut data = self.repo.read_stored(&reader, &loc)?;
-                if self.tamper
-                    && let Some(b) = data.last_mut()
-                {
-                    *b ^= 1;
-                }
-                out.push(FetchedObject {
-                    id: *id,
-                    kind: loc.kind,
-                    flags: loc.flags,
-                    raw_len: loc.raw_len,
-                    data,
-                });
-            }
-            Ok(out)
-        }
-        fn fetch_snapshot(&mut self, id: &SnapshotId) -> Result<Option<Vec<u8>>> {
-            Ok(self
-                .repo
-                .backend()
-                .read(FileKind::Snapshot, &id.to_hex())
-                .ok())
-        }
-    }
-
-    fn noise(len: usize, mut s: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s as u8
-            })
-            .collect()
-    }
-
-    fn check_data(repo: &Repo) -> CheckReport {
-        let opts = CheckOptions {
-            read_data: true,
-            threads: 1,
-            sample: None,
-        };
-        check(repo, &opts, &NoProgress).unwrap()
-    }
+    use crate::testkit::{RepoSource, check_data, noise};
 
     #[test]
     fn deleted_packs_heal_from_another_repository_and_a_lying_source_is_dropped() {

@@ -39,6 +39,12 @@ pub mod vfs;
 
 #[cfg(test)]
 mod depth_tests;
+#[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod testkit;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use hash::{Hash, ObjectId, PackId, SnapshotId};

@@ -766,3 +766,117 @@ pub fn disk_free(path: &std::path::Path) -> Result<u64> {
         .map_err(|e| crate::Error::io("cannot stat the file system of", path, e.into()))?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::InitOptions;
+    use crate::snapshot::snapshot;
+    use crate::testkit::{Files, noise, snap_opts, write_files};
+
+    /// Stored bytes of the objects the tree `root` itself and the files named `names` directly
+    /// in it are made of.
+    fn stored_of(repo: &Repo, root: &ObjectId, names: &[&str]) -> u64 {
+        let reader = repo.index().reader().unwrap();
+        let stored = |id: &ObjectId| u64::from(reader.get(id).unwrap().unwrap().stored_len);
+        let mut total = stored(root);
+        for e in repo.read_tree(root).unwrap().entries {
+            if let Node::File { chunks, .. } = e.node
+                && names.contains(&String::from_utf8_lossy(&e.name).as_ref())
+            {
+                total += chunks.iter().map(stored).sum::<u64>();
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn figures_of_a_small_known_repository() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
+        let src = d.path().join("src");
+        let a = noise(100_000, 1);
+        let take = |files: &[(&str, &[u8])], space: &str, t: i64| {
+            let files: Files = files
+                .iter()
+                .map(|(p, c)| (p.to_string(), c.to_vec()))
+                .collect();
+            write_files(&src, &files);
+            snapshot(&repo, &src, &snap_opts(space, t), &NoProgress).unwrap()
+        };
+        let s1 = take(&[("a", &a), ("c", b"tiny")], "docs", 1);
+        let s2 = take(
+            &[("a", &a), ("a2", &a), ("d", &noise(50_000, 2))],
+            "docs",
+            2,
+        );
+        take(&[("e", &noise(30_000, 3))], "other", 3);
+
+        let mut c = Census::build(&repo).unwrap();
+        assert_eq!(c.spaces, ["docs", "other"]);
+        assert_eq!(c.missing, 0);
+        let r = dedup(&repo, &c, None, 10).unwrap();
+        assert_eq!(r.logical_bytes, 100_004 + 250_000 + 30_000);
+        assert_eq!(r.unique_bytes, 100_000 + 4 + 50_000 + 30_000);
+        let mut stored = 0u64;
+        repo.index()
+            .for_each_object(|_, loc| {
+                stored += u64::from(loc.stored_len);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(r.stored_bytes, stored, "every object is reachable");
+        let packs: u64 = repo
+            .index()
+            .packs()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.size)
+            .sum();
+        assert_eq!(r.pack_bytes, packs);
+        let docs = &r.spaces[0];
+        assert_eq!((docs.snapshots, docs.latest_bytes), (2, 250_000));
+        assert_eq!(docs.logical_bytes, 350_004);
+        assert_eq!(r.spaces[1].unique_bytes, r.spaces[1].stored_bytes);
+        // `a` twice in the latest snapshot of docs.
+        assert_eq!(r.duplicates.len(), 1, "{:?}", r.duplicates);
+        let dup = &r.duplicates[0];
+        assert_eq!(
+            (dup.size, dup.copies, dup.saved_bytes),
+            (100_000, 2, 100_000)
+        );
+        assert_eq!(dup.paths, ["docs:a", "docs:a2"]);
+        // Only the first snapshot has `c` and its root tree; `a` is shared.
+        let only1 = stored_of(&repo, &s1.snapshot.root, &["c"]);
+        assert_eq!(r.snapshots[0].only_bytes, only1, "{:?}", r.snapshots[0]);
+        let added2 = stored_of(&repo, &s2.snapshot.root, &["d"]);
+        assert_eq!(r.snapshots[1].added_bytes, added2, "{:?}", r.snapshots[1]);
+
+        // Forgetting the first snapshot frees what only it references.
+        let decisions: Vec<Decision> = c
+            .snapshots
+            .iter()
+            .map(|s| Decision {
+                id: s.id,
+                space: s.snapshot.space.clone(),
+                host: s.snapshot.host.clone(),
+                time_ns: s.snapshot.time_ns,
+                keep: s.id != s1.id,
+                reasons: Vec::new(),
+            })
+            .collect();
+        let ret = retention(&mut c, decisions);
+        assert_eq!((ret.removed, ret.kept), (1, 2));
+        assert_eq!((ret.freed_bytes, ret.stored_bytes), (only1, stored));
+
+        // All in one day of 1970: no rate to project from.
+        let g = growth(&c, None, &jiff::tz::TimeZone::UTC, 1 << 30, 0);
+        assert_eq!(g.days.len(), 1);
+        assert_eq!(g.days[0].day, "1970-01-01");
+        assert_eq!(g.days[0].total, stored);
+        assert_eq!(g.days[0].added.values().sum::<u64>(), stored);
+        assert_eq!(g.stored_bytes, stored);
+        assert_eq!((g.bytes_per_day, g.days_to_full), (0.0, None));
+    }
+}

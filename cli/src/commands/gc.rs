@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use puce_core::gc::{GcOptions, GcReport, gc};
+use puce_core::gc::{self, GcOptions, GcReport};
 
 use super::Ctx;
 use crate::args::GcArgs;
@@ -54,12 +54,18 @@ pub fn run(ctx: &Ctx, a: GcArgs) -> Result<i32> {
         ));
     }
     let opts = GcOptions {
-        dry_run: a.dry_run,
         repack_unused: a.repack_unused / 100.0,
         max_wait: Duration::from_secs(a.max_wait),
     };
     let bar = Bar::new("gc", ctx.quiet || ctx.json);
-    let r = gc(&repo, &opts, &bar);
+    // The plan is what --dry-run prints; executing it does the work.
+    let r = gc::plan(&repo, &opts, &bar).and_then(|plan| {
+        if a.dry_run {
+            Ok(plan.report().clone())
+        } else {
+            gc::execute(plan, &bar)
+        }
+    });
     bar.finish();
     let r = r?;
     if ctx.json {

@@ -1,17 +1,60 @@
-//! A backend wrapper that fails on demand, for fault tests.
+//! A backend wrapper that fails on demand, for fault tests: run an operation with a budget of
+//! N mutating backend calls, for every N up to what the operation needs, and check that nothing
+//! committed before is lost (`core/src/fault_tests.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use super::{Backend, FileKind, ObjectWriter};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Wraps a backend; once `budget` mutating operations have succeeded, every further write,
-/// publication or removal fails with an I/O error (as a full disk or a lost server would).
+/// publication or removal fails with an I/O error (as a full disk or a lost server would), or
+/// only the next one does ([`FaultBackend::fail_once_after`]: a transient error). Reads always
+/// succeed. Clones share the budget.
 #[derive(Debug, Clone)]
 pub struct FaultBackend<B> {
     inner: Arc<B>,
-    budget: Arc<AtomicI64>,
+    budget: Arc<Budget>,
+}
+
+/// The operations left, shared by a backend's clones and its writers.
+#[derive(Debug)]
+struct Budget {
+    /// Operations still allowed; negative: unlimited.
+    left: AtomicI64,
+    /// Whether a refusal lifts the limit (a transient fault).
+    once: AtomicBool,
+    /// Operations that succeeded.
+    spent: AtomicU64,
+}
+
+impl Budget {
+    /// Take one operation from the budget (zero refuses) and count it.
+    fn spend(&self) -> Result<()> {
+        let r = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
+                0 => None,
+                b if b < 0 => Some(b),
+                b => Some(b - 1),
+            });
+        match r {
+            Ok(_) => {
+                self.spent.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(_) => {
+                if self.once.load(Ordering::SeqCst) {
+                    self.left.store(-1, Ordering::SeqCst);
+                }
+                Err(Error::new(
+                    ErrorKind::Io,
+                    "injected fault: storage refused the write",
+                ))
+            }
+        }
+    }
 }
 
 impl<B: Backend> FaultBackend<B> {
@@ -19,38 +62,37 @@ impl<B: Backend> FaultBackend<B> {
     pub fn new(inner: B, budget: i64) -> FaultBackend<B> {
         FaultBackend {
             inner: Arc::new(inner),
-            budget: Arc::new(AtomicI64::new(budget)),
+            budget: Arc::new(Budget {
+                left: AtomicI64::new(budget),
+                once: AtomicBool::new(false),
+                spent: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Change the remaining budget (negative: unlimited).
+    /// How many mutating operations have succeeded so far: run an operation without a limit,
+    /// and the difference is how many it needs.
+    pub fn spent(&self) -> u64 {
+        self.budget.spent.load(Ordering::SeqCst)
+    }
+
+    /// Change the remaining budget (negative: unlimited); every operation beyond it fails.
     pub fn set_budget(&self, budget: i64) {
-        self.budget.store(budget, Ordering::SeqCst);
+        self.budget.once.store(false, Ordering::SeqCst);
+        self.budget.left.store(budget, Ordering::SeqCst);
+    }
+
+    /// Allow `n` more operations, refuse the next one, then allow all again.
+    pub fn fail_once_after(&self, n: u64) {
+        self.budget.once.store(true, Ordering::SeqCst);
+        self.budget
+            .left
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
 
     /// The wrapped backend.
     pub fn inner(&self) -> &B {
         &self.inner
-    }
-
-    fn spend(&self) -> Result<()> {
-        spend(&self.budget)
-    }
-}
-
-/// Take one operation from the budget: negative is unlimited, zero refuses.
-fn spend(budget: &AtomicI64) -> Result<()> {
-    let r = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| match b {
-        0 => None,
-        b if b < 0 => Some(b),
-        b => Some(b - 1),
-    });
-    match r {
-        Ok(_) => Ok(()),
-        Err(_) => Err(Error::new(
-            ErrorKind::Io,
-            "injected fault: storage refused the write",
-        )),
     }
 }
 
@@ -83,7 +125,7 @@ impl<B: Backend> Backend for FaultBackend<B> {
         self.inner.will_need(kind, name, ranges)
     }
     fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        self.spend()?;
+        self.budget.spend()?;
         self.inner.write(kind, name, data)
     }
     fn create(&self, kind: FileKind) -> Result<Box<dyn ObjectWriter>> {
@@ -97,14 +139,14 @@ impl<B: Backend> Backend for FaultBackend<B> {
         self.inner.list(kind)
     }
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
-        self.spend()?;
+        self.budget.spend()?;
         self.inner.remove(kind, name)
     }
 }
 
 struct FaultWriter {
     inner: Box<dyn ObjectWriter>,
-    budget: Arc<AtomicI64>,
+    budget: Arc<Budget>,
 }
 
 impl std::io::Write for FaultWriter {
@@ -118,7 +160,7 @@ impl std::io::Write for FaultWriter {
 
 impl ObjectWriter for FaultWriter {
     fn finish(self: Box<Self>, name: &str) -> Result<()> {
-        if let Err(e) = spend(&self.budget) {
+        if let Err(e) = self.budget.spend() {
             self.inner.abort();
             return Err(e);
         }

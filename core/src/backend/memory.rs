@@ -1,4 +1,5 @@
-//! An in-memory backend, for tests.
+//! An in-memory backend, for tests (wrapped in a [`super::fault::FaultBackend`] by the fault
+//! tests).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -32,6 +33,15 @@ impl MemoryBackend {
             .get(&(kind as u8, name.to_string()))
             .cloned()
             .ok_or_else(|| Error::not_found(format!("{}/{name} does not exist", kind.dir())))
+    }
+
+    /// An independent copy of the files as they are now (to give a test a second repository
+    /// with the same content).
+    pub fn fork(&self) -> Result<MemoryBackend> {
+        let files = self.lock()?.clone();
+        Ok(MemoryBackend {
+            files: Arc::new(Mutex::new(files)),
+        })
     }
 
     /// Replace a file's bytes directly (to inject corruption in tests).
