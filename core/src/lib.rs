@@ -27,13 +27,13 @@ pub mod paths;
 pub mod progress;
 pub mod reach;
 pub mod read;
-pub mod recover;
-pub mod repair;
+pub mod orphans;
+pub mod reindex;
 pub mod repo;
 pub mod report;
 pub mod retention;
 pub mod saver;
-pub mod session;
+pub mod writer_session;
 pub mod snapshot;
 pub mod vfs;
 

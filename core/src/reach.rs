@@ -402,7 +402,7 @@ mod tests {
         std::fs::write(src.join("f"), b"some content".repeat(1000)).unwrap();
         let s = snap(&repo, &src, "docs");
         let c = chunks_of(&repo, &s.snapshot.root);
-        crate::repair::rebuild_index(&repo, &crate::progress::NoProgress).unwrap();
+        crate::reindex::rebuild_index(&repo, &crate::progress::NoProgress).unwrap();
         let pres = Presence::for_peer(&repo, &[1; 32], &["docs".into()]).unwrap();
         assert!(!pres.has(&c[0]).unwrap(), "cleared by the rebuild");
         update(&repo).unwrap();

@@ -20,7 +20,7 @@ use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::pack::PackWriter;
 use crate::repo::Repo;
-use crate::session::Session;
+use crate::writer_session::WriterSession;
 
 /// Counters of what a saver stored.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl Shared {
 /// Stores objects into new packs. See the module documentation.
 pub struct Saver {
     repo: Arc<Repo>,
-    session: Option<Session>,
+    session: Option<WriterSession>,
     shared: Arc<Shared>,
     jobs: Option<Sender<Job>>,
     blobs: Option<Sender<ToWriter>>,
@@ -118,7 +118,7 @@ pub struct Saver {
 
 impl Saver {
     /// Start a saver on `repo` with `threads` compression threads, registering a writer session
-    /// described by `what` (see [`crate::session`]). Create the saver before reading anything
+    /// described by `what` (see [`crate::writer_session`]). Create the saver before reading anything
     /// the new objects will build on (a parent snapshot), so that gc spares it.
     pub fn new(repo: Arc<Repo>, threads: usize) -> Result<Saver> {
         Saver::with_session(repo, threads, "write")
@@ -126,7 +126,7 @@ impl Saver {
 
     /// [`Saver::new`] with a description of the session.
     pub fn with_session(repo: Arc<Repo>, threads: usize, what: &str) -> Result<Saver> {
-        let session = Session::begin(&repo, what)?;
+        let session = WriterSession::begin(&repo, what)?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
@@ -376,7 +376,7 @@ impl Saver {
     /// Stop, keeping the writer session registered until the returned guard is dropped or
     /// ended: for callers that must publish something (a snapshot record) after the objects are
     /// durable but before gc may consider them unreferenced.
-    pub fn finish_keep_session(mut self) -> Result<(SaverStats, Session)> {
+    pub fn finish_keep_session(mut self) -> Result<(SaverStats, WriterSession)> {
         self.stop();
         self.shared.check()?;
         let session = self
@@ -744,6 +744,6 @@ mod tests {
         assert!(fresh.contains(&obj(3).0).unwrap());
         assert!(!fresh.contains(&obj(13).0).unwrap());
         assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 1);
-        assert!(crate::session::live_sessions(&repo).unwrap().is_empty());
+        assert!(crate::writer_session::live_sessions(&repo).unwrap().is_empty());
     }
 }

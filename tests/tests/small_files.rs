@@ -166,7 +166,7 @@ fn a_requester_beyond_the_request_budget_is_slowed_down_not_cut_off() {
 /// packs an interrupted process published (as the next pull does first).
 fn chunks_held(a: &TestNode, b: &TestNode) -> u64 {
     let r = puce_core::Repo::open(&a.repo.path()).unwrap();
-    puce_core::recover::index_orphan_packs(&r).unwrap();
+    puce_core::orphans::index_orphan_packs(&r).unwrap();
     let reader = r.index().reader().unwrap();
     let mut held = std::collections::HashSet::new();
     for (_, chunks) in files_and_chunks(&b.repo.path(), "docs@latest") {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use puce_core::check::{CheckOptions, check};
-use puce_core::repair::rebuild_index;
+use puce_core::reindex::rebuild_index;
 use puce_node::heal::repair_now;
 use serde_json::json;
 

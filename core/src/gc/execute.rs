@@ -13,7 +13,7 @@ use crate::index::Location;
 use crate::pack::PackWriter;
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::session;
+use crate::writer_session;
 
 use super::plan::{Marker, PackFate, Plan, Planned};
 use super::{GcOptions, GcReport, pause_for_tests};
@@ -97,12 +97,12 @@ fn wait_for_writers(
     report: &mut GcReport,
     progress: &dyn Progress,
 ) -> Result<bool> {
-    let waiting: Vec<(u64, _)> = session::live_sessions(repo)?;
+    let waiting: Vec<(u64, _)> = writer_session::live_sessions(repo)?;
     report.sessions_waited = waiting.len() as u64;
     let wait_start = Instant::now();
     let mut pending: Vec<u64> = waiting.iter().map(|(id, _)| *id).collect();
     while !pending.is_empty() {
-        pending.retain(|id| session::is_alive(repo.root(), *id));
+        pending.retain(|id| writer_session::is_alive(repo.root(), *id));
         if pending.is_empty() {
             break;
         }

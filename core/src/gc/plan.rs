@@ -14,7 +14,7 @@ use crate::index::{IndexReader, PackInfo, now_ns};
 use crate::pack::read_pack_records;
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::session;
+use crate::writer_session;
 
 use super::{GcLock, GcOptions, GcReport, gc_lock};
 
@@ -185,7 +185,7 @@ pub fn plan(repo: &Arc<Repo>, opts: &GcOptions, progress: &dyn Progress) -> Resu
     // Orphans: packs on storage the index does not list. Listed before the session check (see
     // design.md for why this order makes deleting them safe).
     let listed: Vec<(String, u64)> = repo.backend().list(FileKind::Pack)?;
-    let no_writers = session::live_sessions(repo)?.is_empty();
+    let no_writers = writer_session::live_sessions(repo)?.is_empty();
 
     // 1. Mark.
     let snaps = repo.snapshots()?;

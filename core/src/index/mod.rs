@@ -12,7 +12,7 @@
 //! - `snapshots`: snapshot id -> the snapshot file's bytes (a cache of `snapshots/`).
 //! - `condemned`: objects gc is about to delete (same value as `objects`): readers still find
 //!   them, writers do not (so they store their own copy). See `docs/design.md`.
-//! - `sessions`: writers in progress (see [`crate::session`]), so that gc spares what they use.
+//! - `sessions`: writers in progress (see [`crate::writer_session`]), so that gc spares what they use.
 //! - `meta`: counters (next pack number, next scope number) and the schema version.
 //! - `scopes`, `reach`, `reached`: which objects each space and each peer reaches (see
 //!   [`crate::reach`] and `reach.rs`).
@@ -428,7 +428,7 @@ impl Index {
         Ok(())
     }
 
-    /// Registered writer sessions (possibly including dead ones: see [`crate::session`]).
+    /// Registered writer sessions (possibly including dead ones: see [`crate::writer_session`]).
     pub fn sessions(&self) -> Result<Vec<(u64, SessionInfo)>> {
         let r = self.db.begin_read()?;
         let t = r.open_table(SESSIONS)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use puce_core::session::Session;
+use puce_core::writer_session::WriterSession;
 
 use super::PuceFs;
 use crate::space::Space;
@@ -76,7 +76,7 @@ impl PuceFs {
                 "mount {} (uncommitted changes)",
                 self.cfg.mountpoint.display()
             );
-            match Session::begin(&self.repo, &what) {
+            match WriterSession::begin(&self.repo, &what) {
                 Ok(s) => *held = Some(s),
                 Err(e) => tracing::warn!("cannot register a writer session: {e:#}"),
             }

@@ -13,7 +13,7 @@ use puce_core::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use puce_core::index::now_ns;
 use puce_core::merge::{Conflict, merge3};
 use puce_core::saver::{Saver, SaverStats};
-use puce_core::session::Session;
+use puce_core::writer_session::WriterSession;
 use puce_core::snapshot::edit::{Content, Edit, EditTree};
 use puce_core::{Error, ObjectId, Result, SnapshotEntry, SnapshotId};
 
@@ -210,7 +210,7 @@ impl PuceFs {
         ours: ObjectId,
         latest: Option<&SnapshotEntry>,
         saved: &mut SaverStats,
-        sessions: &mut Vec<Session>,
+        sessions: &mut Vec<WriterSession>,
     ) -> Result<Merged> {
         let base_id = base.map(|b| b.id);
         let Some(l) = latest.filter(|l| Some(l.id) != base_id) else {

@@ -39,7 +39,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use puce_core::format::tree::Tree;
 use puce_core::index::{IndexReader, now_ns};
 use puce_core::paths::NameError;
-use puce_core::session::Session;
+use puce_core::writer_session::WriterSession;
 use puce_core::{Error, ObjectId, Repo, Result};
 
 pub use attr::Attr;
@@ -154,7 +154,7 @@ pub struct PuceFs {
     prefetch: Mutex<Option<Sender<Prefetch>>>,
     counts: Mutex<HashMap<ObjectId, Counts>>,
     /// A writer session held while some space has uncommitted changes (none while idle).
-    pending_session: Mutex<Option<Session>>,
+    pending_session: Mutex<Option<WriterSession>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> FsResult<MutexGuard<'_, T>> {

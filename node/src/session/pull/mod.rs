@@ -150,7 +150,7 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
         let saver = Saver::with_session(repo.clone(), 1, &what)?;
         // Packs an interrupted transfer published but did not index hold data this node has:
         // index them rather than fetch it again.
-        puce_core::recover::index_orphan_packs(&repo)?;
+        puce_core::orphans::index_orphan_packs(&repo)?;
         // What the peer may be told this node holds (the presence rule), up to date.
         reach::update(&repo)?;
         // The data the peer sends is recorded as known to it as soon as it is indexed, so

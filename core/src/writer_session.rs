@@ -18,7 +18,7 @@ use crate::repo::Repo;
 
 /// A registered writer session; unregistered on drop.
 #[derive(Debug)]
-pub struct Session {
+pub struct WriterSession {
     id: u64,
     path: PathBuf,
     lock: Option<File>,
@@ -28,9 +28,9 @@ fn locks_dir(root: &Path) -> PathBuf {
     root.join("locks")
 }
 
-impl Session {
+impl WriterSession {
     /// Register a session doing `what` on `repo`.
-    pub fn begin(repo: &Repo, what: &str) -> Result<Session> {
+    pub fn begin(repo: &Repo, what: &str) -> Result<WriterSession> {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).map_err(|e| Error::other(format!("no random source: {e}")))?;
         let id = u64::from_le_bytes(b) >> 1;
@@ -52,7 +52,7 @@ impl Session {
             what: what.to_string(),
         };
         repo.index().add_session(id, &info)?;
-        Ok(Session {
+        Ok(WriterSession {
             id,
             path,
             lock: Some(f),
@@ -83,7 +83,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for WriterSession {
     fn drop(&mut self) {
         // Without the repository at hand the row stays; gc sees the lock is free and removes it.
         let _ = self.finish(None);
