@@ -12,9 +12,10 @@ use std::collections::HashSet;
 use crate::backend::FileKind;
 use crate::error::{ErrorKind, Result};
 use crate::format::forget::Forget;
+use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
 use crate::index::now_ns;
-use crate::repo::{Repo, SnapshotEntry};
+use crate::repo::Repo;
 
 /// Forget snapshots `ids` for good: write their forget records (unsigned: this repository's
 /// own decision), then forget them ([`crate::gc::forget`]; the objects go at the next gc).

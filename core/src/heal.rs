@@ -32,13 +32,14 @@ use crate::check::{Affected, CheckOptions, CheckReport, check};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::{Kind, Record};
 use crate::format::snapshot::Snapshot;
+use crate::format::snapshot::SnapshotEntry;
 use crate::format::tree::{Node, Tree};
 use crate::gc::GcLock;
 use crate::hash::{ObjectId, PackId, SnapshotId};
 use crate::index::{IndexReader, Location};
 use crate::pack::PackWriter;
 use crate::progress::Progress;
-use crate::repo::{Repo, SnapshotEntry, decode_object, verify_object};
+use crate::repo::{Repo, decode_object, verify_object};
 
 /// Objects asked from a source in one call.
 pub const FETCH_BATCH: usize = 64;

@@ -6,8 +6,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
-use crate::repo::SnapshotEntry;
 
 /// The heads of `space` in `all`: its snapshots that no snapshot of the space has as a parent,
 /// oldest first (by time, then id).

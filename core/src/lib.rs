@@ -22,20 +22,20 @@ pub mod heal;
 pub mod history;
 pub mod index;
 pub mod merge;
+pub mod orphans;
 pub mod pack;
 pub mod paths;
 pub mod progress;
 pub mod reach;
 pub mod read;
-pub mod orphans;
 pub mod reindex;
 pub mod repo;
 pub mod report;
 pub mod retention;
 pub mod saver;
-pub mod writer_session;
 pub mod snapshot;
 pub mod vfs;
+pub mod writer_session;
 
 #[cfg(test)]
 mod depth_tests;
@@ -47,5 +47,6 @@ mod model_tests;
 mod testkit;
 
 pub use error::{Error, ErrorKind, Result, ResultExt};
+pub use format::snapshot::SnapshotEntry;
 pub use hash::{Hash, ObjectId, PackId, SnapshotId};
-pub use repo::{InitOptions, OpenOptions, Repo, SnapshotEntry};
+pub use repo::{InitOptions, OpenOptions, Repo};

@@ -29,10 +29,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use crate::backend::FileKind;
 use crate::error::{ErrorKind, Result};
 use crate::format::receipt::Receipt;
+use crate::format::snapshot::SnapshotEntry;
 use crate::format::tree::Node;
 use crate::hash::{Hash, ObjectId, SnapshotId};
 use crate::index::{IndexReader, ReachReader};
-use crate::repo::{Repo, SnapshotEntry};
+use crate::repo::Repo;
 
 /// Objects added to a scope per index transaction while walking.
 const BATCH: usize = 100_000;

@@ -10,7 +10,7 @@ use crate::chunking::ChunkerParams;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::config::{Compression, Config};
 use crate::format::pack::{FLAG_ZSTD, MAX_OBJECT};
-use crate::format::snapshot::Snapshot;
+use crate::format::snapshot::{Snapshot, SnapshotEntry};
 use crate::format::space::SpaceSettings;
 use crate::format::tree::Tree;
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId, is_hex_prefix};
@@ -57,15 +57,6 @@ impl Default for OpenOptions {
             cache_dir: None,
         }
     }
-}
-
-/// A snapshot with its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotEntry {
-    /// The id.
-    pub id: SnapshotId,
-    /// The record.
-    pub snapshot: Snapshot,
 }
 
 /// An open repository.

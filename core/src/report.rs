@@ -13,10 +13,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::format::snapshot::SnapshotEntry;
 use crate::format::tree::{MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::{Hash, ObjectId, SnapshotId};
 use crate::index::IndexReader;
-use crate::repo::{Repo, SnapshotEntry};
+use crate::repo::Repo;
 use crate::retention::Decision;
 
 /// Folders deeper than this are attributed to their ancestor at this depth.

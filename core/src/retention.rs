@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::format::policy::{Policy, Within};
 
 use crate::error::{Error, Result};
+use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
-use crate::repo::SnapshotEntry;
 
 /// How snapshots are grouped before a policy applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -744,6 +744,10 @@ mod tests {
         assert!(fresh.contains(&obj(3).0).unwrap());
         assert!(!fresh.contains(&obj(13).0).unwrap());
         assert_eq!(repo.backend().list(FileKind::Pack).unwrap().len(), 1);
-        assert!(crate::writer_session::live_sessions(&repo).unwrap().is_empty());
+        assert!(
+            crate::writer_session::live_sessions(&repo)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

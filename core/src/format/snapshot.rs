@@ -65,6 +65,15 @@ pub struct Snapshot {
     pub origin: String,
 }
 
+/// A snapshot record with its id (the BLAKE3 of its encoded file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// The id.
+    pub id: SnapshotId,
+    /// The record.
+    pub snapshot: Snapshot,
+}
+
 impl Snapshot {
     /// Encode as the bytes of a snapshot file.
     pub fn encode(&self) -> Result<Vec<u8>> {

@@ -49,12 +49,13 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::format::pack::Kind;
+use crate::format::snapshot::SnapshotEntry;
 use crate::format::snapshot::{Snapshot, Summary};
 use crate::format::tree::{MAX_TREE_DEPTH, Node, Tree, too_deep};
 use crate::hash::{ObjectId, SnapshotId};
 use crate::history;
 use crate::index::IndexReader;
-use crate::repo::{Repo, SnapshotEntry};
+use crate::repo::Repo;
 use crate::saver::Saver;
 
 mod name;

@@ -13,8 +13,8 @@ use puce_core::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use puce_core::index::now_ns;
 use puce_core::merge::{Conflict, merge3};
 use puce_core::saver::{Saver, SaverStats};
-use puce_core::writer_session::WriterSession;
 use puce_core::snapshot::edit::{Content, Edit, EditTree};
+use puce_core::writer_session::WriterSession;
 use puce_core::{Error, ObjectId, Result, SnapshotEntry, SnapshotId};
 
 use super::PuceFs;

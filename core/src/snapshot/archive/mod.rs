@@ -20,11 +20,12 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded};
 
 use crate::error::{Error, Result};
+use crate::format::snapshot::SnapshotEntry;
 use crate::format::snapshot::{MAX_TAGS, Snapshot, check_label, check_space_name};
 use crate::hash::SnapshotId;
 use crate::index::now_ns;
 use crate::progress::Progress;
-use crate::repo::{Repo, SnapshotEntry};
+use crate::repo::Repo;
 use crate::saver::Saver;
 
 mod read;
