@@ -17,10 +17,11 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId};
 use crate::index::IndexReader;
+use crate::pack::codec::decode_object;
 use crate::pack::read_pack_records;
 use crate::paths::{join, path_depth};
 use crate::progress::Progress;
-use crate::repo::{Repo, decode_object};
+use crate::repo::Repo;
 
 /// Options of a check.
 #[derive(Debug, Clone, Default)]

@@ -38,8 +38,9 @@ use crate::gc::GcLock;
 use crate::hash::{ObjectId, PackId, SnapshotId};
 use crate::index::{IndexReader, Location};
 use crate::pack::PackWriter;
+use crate::pack::codec::{decode_object, verify_object};
 use crate::progress::Progress;
-use crate::repo::{Repo, decode_object, verify_object};
+use crate::repo::Repo;
 
 /// Objects asked from a source in one call.
 pub const FETCH_BATCH: usize = 64;

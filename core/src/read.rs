@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::format::pack::FLAG_ZSTD;
 use crate::hash::ObjectId;
 use crate::index::{IndexReader, Location};
-use crate::repo::{Repo, decompress_append, verify};
+use crate::pack::codec::{decompress_append, verify};
+use crate::repo::Repo;
 
 /// Largest run read at once (bounds the buffer whatever the caller asks).
 pub const MAX_RUN: usize = 64 << 20;

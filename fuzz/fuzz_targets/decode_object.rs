@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use puce_core::ObjectId;
-use puce_core::repo::decode_object;
+use puce_core::pack::codec::decode_object;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 5 {

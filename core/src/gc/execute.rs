@@ -155,7 +155,7 @@ fn retire_doomed(repo: &Repo, doomed: &[&Planned]) -> Result<(u64, u64, u64)> {
                     .get(start..end)
                     .ok_or_else(|| Error::corrupt(format!("pack {} is truncated", p.id)))?;
                 // Verify before copying: gc must not spread damage.
-                crate::repo::decode_object(&r.id, r.flags, r.raw_len, stored)
+                crate::pack::codec::decode_object(&r.id, r.flags, r.raw_len, stored)
                     .map_err(|e| e.context(format!("gc: pack {}", p.id.short(16))))?;
                 let w = match writer.as_mut() {
                     Some(w) => w,

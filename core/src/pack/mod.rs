@@ -1,5 +1,6 @@
 //! Writing and reading pack files.
 
+pub mod codec;
 pub mod reader;
 pub mod writer;
 
@@ -14,7 +15,7 @@ mod tests {
     use crate::error::ErrorKind;
     use crate::format::pack::{FLAG_ZSTD, Kind};
     use crate::hash::{ObjectId, PackId};
-    use crate::repo::decode_object;
+    use crate::pack::codec::decode_object;
 
     /// A pack of three objects (one compressed) in `backend`; returns its id and the objects'
     /// plaintexts.

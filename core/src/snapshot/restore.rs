@@ -469,7 +469,7 @@ fn run_plan(
                                     if last.as_ref().is_none_or(|(id, _)| *id != p.id) {
                                         let from = (u64::from(p.offset) - start) as usize;
                                         let stored = &buf[from..from + p.stored_len as usize];
-                                        let plain = crate::repo::decode_object(
+                                        let plain = crate::pack::codec::decode_object(
                                             &p.id, p.flags, p.raw_len, stored,
                                         )
                                         .map_err(|e| e.context(format!("pack {}", &name[..16])))?;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use puce_core::backend::FileKind;
 use puce_core::format::pack::Kind;
 use puce_core::format::tree::{Node, Tree};
-use puce_core::repo::decode_object;
+use puce_core::pack::codec::decode_object;
 use puce_core::{SnapshotEntry, SnapshotId};
 use tokio::io::AsyncWriteExt;
 
@@ -536,7 +536,7 @@ async fn send_objects(
                 let mut data = repo.read_stored(&reader, &loc)?;
                 if skip_bad {
                     // Never hand out damaged bytes to a node that is healing.
-                    puce_core::repo::verify_object(&id, loc.flags, loc.raw_len, &data)?;
+                    puce_core::pack::codec::verify_object(&id, loc.flags, loc.raw_len, &data)?;
                 }
                 if loc.kind == Kind::Tree {
                     // Children of a served tree may be asked for next.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use puce_core::ObjectId;
 use puce_core::format::pack::Kind;
-use puce_core::repo::verify_object;
+use puce_core::pack::codec::verify_object;
 use puce_core::saver::Saver;
 
 use super::fetch::{Batches, CHUNK_BATCH, Sink, fetch_all};

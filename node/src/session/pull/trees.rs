@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use puce_core::ObjectId;
 use puce_core::format::tree::{MAX_TREE_DEPTH, Node, Tree};
-use puce_core::repo::decode_object;
+use puce_core::pack::codec::decode_object;
 
 use super::fetch::fetch_parallel;
 use super::list::Received;
