@@ -68,9 +68,13 @@ fn repair_index_refuses_to_run_beside_gc() {
     let repo = TestRepo::with_init(&["--pack-size", "1"]);
     let src = repo.dir.path().join("src");
     make_tree(&src, 15);
-    fs::write(src.join("old.bin"), random_bytes(3_000_000, 1)).unwrap();
-    let old = repo.snapshot(&src, "docs");
-    fs::remove_file(src.join("old.bin")).unwrap();
+    // The forgotten snapshot holds only old.bin, so its packs hold nothing else and gc deletes
+    // them (with other files read in parallel, chunks of both could share every pack, and gc
+    // would only repack).
+    let only_old = repo.dir.path().join("old");
+    fs::create_dir_all(&only_old).unwrap();
+    fs::write(only_old.join("old.bin"), random_bytes(3_000_000, 1)).unwrap();
+    let old = repo.snapshot(&only_old, "docs");
     repo.snapshot(&src, "docs");
     repo.ok(&["-q", "forget", &old]);
     let gc = PausedGc::start(&repo, &["--repack-unused", "0"]);
