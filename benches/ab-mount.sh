@@ -9,7 +9,8 @@
 #   cp-a:     `cp -a` of the version into spaces/;
 #   commit:   from SIGTERM until the mount has committed that copy and exited.
 # Usage: benches/ab-mount.sh OLD_PUCE NEW_PUCE [CORPUS_VERSION_DIR]
-# Needs: fusermount3, tar, python3. Prints a table (Markdown) with medians and new/old ratios.
+# Needs: fusermount3, tar, python3. Prints a table (Markdown) with medians and new/old ratios;
+# TIMES=FILE keeps every run's figures (lines "label metric seconds"), to pool several runs.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
 OLD=$(realpath "$1")
@@ -71,6 +72,7 @@ for ((r = 1; r <= RUNS; r++)); do
   echo "run $r/$RUNS" >&2
   if ((r % 2)); then run "$OLD" old; run "$NEW" new; else run "$NEW" new; run "$OLD" old; fi
 done
+[ -n "${TIMES:-}" ] && cat "$W/times" >> "$TIMES"
 python3 - "$W/times" <<'EOF'
 import statistics, sys
 t = {}
