@@ -534,13 +534,7 @@ fn read_all_data(
     progress: &dyn Progress,
     report: &mut CheckReport,
 ) -> Result<HashSet<ObjectId>> {
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        opts.threads
-    };
+    let threads = crate::worker_threads(opts.threads);
     let next = Mutex::new(0usize);
     let out: Mutex<(HashSet<ObjectId>, Vec<Problem>, u64)> =
         Mutex::new((HashSet::new(), Vec::new(), 0));

@@ -50,3 +50,14 @@ pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use format::snapshot::SnapshotEntry;
 pub use hash::{Hash, ObjectId, PackId, SnapshotId};
 pub use repo::{InitOptions, OpenOptions, Repo};
+
+/// Worker threads for a task given `asked` (an option's value): `asked`, or one per core when
+/// it is 0 (2 when the core count is unknown).
+pub(crate) fn worker_threads(asked: usize) -> usize {
+    if asked != 0 {
+        return asked;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}

@@ -116,13 +116,7 @@ pub fn snapshot(
         None => default_space(&source),
     };
     check_strings(&space, opts)?;
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        opts.threads
-    };
+    let threads = crate::worker_threads(opts.threads);
     // Register the writer session before choosing the parent: gc spares what it reuses.
     let saver = Saver::with_session(repo.clone(), threads, &format!("snapshot {space}"))?;
     let parent: Option<SnapshotEntry> = match &opts.parent {

@@ -89,6 +89,7 @@ async fn receive_objects(
 ) -> Result<u64> {
     let mut group_bytes = 0usize;
     let mut received = 0u64;
+    let max_trees = max_pull_tree_bytes();
     for want in ids {
         let o = match conn.answer(recv).await? {
             Message::Object(o) => o,
@@ -124,8 +125,7 @@ async fn receive_objects(
         match sink {
             Sink::Collect(v, held) => {
                 let raw = u64::from(o.raw_len);
-                let max = max_pull_tree_bytes();
-                if held.fetch_add(raw, Ordering::AcqRel) + raw > max {
+                if held.fetch_add(raw, Ordering::AcqRel) + raw > max_trees {
                     return Err(Error::new(
                         ErrorKind::Incompatible,
                         format!(
@@ -133,7 +133,7 @@ async fn receive_objects(
                              more than one pull holds in memory: take the snapshots there in \
                              parts (a folder per space) and sync again",
                             conn.label,
-                            bytesize::ByteSize(max).display().iec()
+                            bytesize::ByteSize(max_trees).display().iec()
                         ),
                     ));
                 }
