@@ -61,6 +61,16 @@ pub(crate) struct SpaceState {
     pub(crate) retry_at: Option<Instant>,
 }
 
+impl SpaceState {
+    /// The staged state of local file `id`, made if the space has none yet.
+    pub(crate) fn staged(&mut self, id: u64) -> Arc<Staged> {
+        self.staged
+            .entry(id)
+            .or_insert_with(|| Arc::new(Staged::new(id)))
+            .clone()
+    }
+}
+
 /// One space.
 pub struct Space {
     /// Its name.

@@ -422,10 +422,7 @@ impl PuceFs {
                     Some((oid, f)) if *oid == id => f.set_modified(system_time(t))?,
                     _ => self.wb()?.open_local(id)?.set_modified(system_time(t))?,
                 }
-                st.staged
-                    .entry(id)
-                    .or_insert_with(|| Arc::new(Staged::new(id)))
-                    .bump();
+                st.staged(id).bump();
                 self.changed(&space, &mut st);
             }
             let mut mode = a.mode.map(|m| m & 0o7777);
@@ -487,12 +484,7 @@ impl PuceFs {
         match st.tree.content(&FsTrees(self), path)? {
             Content::Local(id) => {
                 let f = self.wb()?.open_local(id)?;
-                let staged = st
-                    .staged
-                    .entry(id)
-                    .or_insert_with(|| Arc::new(Staged::new(id)))
-                    .clone();
-                Ok((staged, f))
+                Ok((st.staged(id), f))
             }
             Content::Stored { chunks, .. } => {
                 let (id, f) = self.wb()?.new_local()?;

@@ -176,13 +176,8 @@ impl PuceFs {
                     match st.tree.content(&FsTrees(self), &path)? {
                         Content::Local(id) => {
                             let f = self.wb()?.open_local(id)?;
-                            let staged = st
-                                .staged
-                                .entry(id)
-                                .or_insert_with(|| Arc::new(Staged::new(id)))
-                                .clone();
                             FileState::Staged {
-                                staged,
+                                staged: st.staged(id),
                                 file: Arc::new(f),
                             }
                         }
