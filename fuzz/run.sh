@@ -5,11 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-30}
 export RUSTC_BOOTSTRAP=1
+# Build every target first: a build that fails (a full disk, a missing tool) says so here, not
+# as a crash of the first regression.
+echo "building the fuzz targets"
+if ! cargo fuzz build >/tmp/fuzz-build.log 2>&1; then
+  tail -40 /tmp/fuzz-build.log >&2
+  echo "the fuzz targets did not build (log above; free disk: $(df -h . | tail -1))" >&2
+  exit 1
+fi
 # Replay the cases that once crashed.
 for f in regressions/*; do
   [ -e "$f" ] || continue
   t=$(basename "$f" | sed 's/-.*//')
-  cargo fuzz run "$t" "$f" >/dev/null 2>&1 || { echo "regression $f fails again" >&2; exit 1; }
+  if ! cargo fuzz run "$t" "$f" >/tmp/fuzz-replay.log 2>&1; then
+    tail -40 /tmp/fuzz-replay.log >&2
+    echo "regression $f fails again (log above)" >&2
+    exit 1
+  fi
 done
 for t in $(cargo fuzz list); do
   mkdir -p corpus/$t
