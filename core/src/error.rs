@@ -175,17 +175,26 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if f.alternate() {
-            let mut cur: Option<&(dyn std::error::Error + 'static)> =
-                std::error::Error::source(self);
-            while let Some(e) = cur {
-                write!(f, ": {e}")?;
-                cur = e.source();
-            }
-        }
-        Ok(())
+        write_with_causes(f, &self.message, std::error::Error::source(self))
     }
+}
+
+/// Write `message`, then, in the alternate form (`{:#}`), each cause in the chain from
+/// `source`, separated by `: ` (the display of every puce error type).
+pub fn write_with_causes(
+    f: &mut fmt::Formatter<'_>,
+    message: &str,
+    source: Option<&(dyn std::error::Error + 'static)>,
+) -> fmt::Result {
+    f.write_str(message)?;
+    if f.alternate() {
+        let mut cur = source;
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Error {

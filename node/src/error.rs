@@ -127,16 +127,7 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if f.alternate() {
-            let mut cur: Option<&(dyn std::error::Error + 'static)> =
-                std::error::Error::source(self);
-            while let Some(e) = cur {
-                write!(f, ": {e}")?;
-                cur = e.source();
-            }
-        }
-        Ok(())
+        puce_core::error::write_with_causes(f, &self.message, std::error::Error::source(self))
     }
 }
 
