@@ -242,6 +242,21 @@ pub fn receipts(repo: &Repo) -> Result<Vec<Receipt>> {
     Ok(out)
 }
 
+/// The first receipt of each snapshot received from a peer (when it first arrived here, and
+/// from whom).
+pub fn arrivals(repo: &Repo) -> Result<HashMap<SnapshotId, Receipt>> {
+    let mut out: HashMap<SnapshotId, Receipt> = HashMap::new();
+    for r in receipts(repo)? {
+        match out.get(&r.snapshot) {
+            Some(first) if first.arrived_ns <= r.arrived_ns => {}
+            _ => {
+                out.insert(r.snapshot, r);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Snapshots `forgotten` are gone: empty the scopes they were part of (their spaces', their
 /// senders') so that these are rebuilt from what remains, and remove their receipts.
 pub fn forget(repo: &Repo, forgotten: &[SnapshotEntry]) -> Result<()> {

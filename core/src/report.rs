@@ -863,6 +863,7 @@ mod tests {
                 space: s.snapshot.space.clone(),
                 host: s.snapshot.host.clone(),
                 time_ns: s.snapshot.time_ns,
+                claimed_ns: None,
                 keep: s.id != s1.id,
                 reasons: Vec::new(),
             })

@@ -12,6 +12,12 @@
 //! - `keep_tags` keeps every snapshot carrying one of the tags;
 //! - a snapshot is kept if any rule keeps it; the reasons are recorded.
 //!
+//! Snapshots received from peers are dated by the peer: a compromised or badly set peer could
+//! date them years ahead, and the newest snapshots of a group would then be those, pushing the
+//! real history out of every `keep_*` window. Retention therefore uses, for a received
+//! snapshot, the earlier of its own time and its arrival here (its first receipt); the
+//! decision says when it did ([`Decision::claimed_ns`]).
+//!
 //! Differences from restic, on purpose: an empty policy keeps everything (restic refuses to run);
 //! buckets use the given time zone (the CLI passes the system's, as restic does); durations use
 //! restic's syntax (`1y2m3d4h`, where `m` is months) and also accept `w` for weeks.
@@ -27,6 +33,16 @@ pub use crate::format::policy::{Policy, Within};
 use crate::error::{Error, Result};
 use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
+
+/// How far past its arrival a received snapshot may be dated before it is flagged as dated
+/// ahead ([`dated_ahead`]): clocks differ, and a snapshot may wait before it is sent.
+pub const DATED_AHEAD_SLACK_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// Whether a snapshot dated `time_ns` that arrived from a peer at `arrived_ns` claims a time
+/// more than a day after its arrival: flagged (`puce node status`), counted at its arrival.
+pub fn dated_ahead(time_ns: i64, arrived_ns: i64) -> bool {
+    time_ns.saturating_sub(arrived_ns) > DATED_AHEAD_SLACK_NS
+}
 
 /// How snapshots are grouped before a policy applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +63,12 @@ pub struct Decision {
     pub space: String,
     /// Its host.
     pub host: String,
-    /// When it was taken.
+    /// The time retention used: when it was taken, or when it arrived from a peer if that is
+    /// earlier.
     pub time_ns: i64,
+    /// The time the snapshot itself claims, when retention used its (earlier) arrival time
+    /// instead.
+    pub claimed_ns: Option<i64>,
     /// Kept or removed.
     pub keep: bool,
     /// The rules that keep it (empty when removed).
@@ -89,13 +109,17 @@ fn bucket(z: &Zoned, b: Bucket) -> (i32, i32, i32, i32) {
     }
 }
 
+/// A snapshot and the time retention uses for it.
+type Dated<'a> = (&'a SnapshotEntry, i64);
+
 /// Decide one group (any order in; decisions come out newest first).
-fn decide_group(group: &[&SnapshotEntry], policy: &Policy, tz: &TimeZone) -> Result<Vec<Decision>> {
-    let mut snaps: Vec<&SnapshotEntry> = group.to_vec();
-    snaps.sort_by_key(|s| std::cmp::Reverse((s.snapshot.time_ns, s.id)));
-    let zs: Vec<Zoned> = snaps
+fn decide_group(group: &[Dated<'_>], policy: &Policy, tz: &TimeZone) -> Result<Vec<Decision>> {
+    let mut dated: Vec<Dated<'_>> = group.to_vec();
+    dated.sort_by_key(|(s, t)| std::cmp::Reverse((*t, s.id)));
+    let snaps: Vec<&SnapshotEntry> = dated.iter().map(|(s, _)| *s).collect();
+    let zs: Vec<Zoned> = dated
         .iter()
-        .map(|s| zoned(s.snapshot.time_ns, tz))
+        .map(|(_, t)| zoned(*t, tz))
         .collect::<Result<_>>()?;
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
     if policy.is_empty() {
@@ -151,30 +175,37 @@ fn decide_group(group: &[&SnapshotEntry], policy: &Policy, tz: &TimeZone) -> Res
             }
         }
     }
-    Ok(snaps
+    Ok(dated
         .iter()
         .zip(reasons)
-        .map(|(s, reasons)| Decision {
+        .map(|((s, t), reasons)| Decision {
             id: s.id,
             space: s.snapshot.space.clone(),
             host: s.snapshot.host.clone(),
-            time_ns: s.snapshot.time_ns,
+            time_ns: *t,
+            claimed_ns: (*t != s.snapshot.time_ns).then_some(s.snapshot.time_ns),
             keep: !reasons.is_empty(),
             reasons,
         })
         .collect())
 }
 
-/// Apply `policy_for(space)` to every group of `snapshots`. Returns decisions grouped by
-/// (space, host) key order, newest first within a group.
+/// Apply `policy_for(space)` to every group of `snapshots`, `arrived(id)` being when a
+/// snapshot received from a peer first arrived here (`None` for snapshots made here). Returns
+/// decisions grouped by (space, host) key order, newest first within a group.
 pub fn decide(
     snapshots: &[SnapshotEntry],
+    arrived: &dyn Fn(&SnapshotId) -> Option<i64>,
     group_by: GroupBy,
     tz: &TimeZone,
     policy_for: &dyn Fn(&str) -> Option<Policy>,
 ) -> Result<Vec<Decision>> {
-    let mut groups: BTreeMap<(String, String), Vec<&SnapshotEntry>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String), Vec<Dated<'_>>> = BTreeMap::new();
     for s in snapshots {
+        let t = match arrived(&s.id) {
+            Some(a) => s.snapshot.time_ns.min(a),
+            None => s.snapshot.time_ns,
+        };
         let host = match group_by {
             GroupBy::Space => String::new(),
             GroupBy::SpaceHost => s.snapshot.host.clone(),
@@ -182,7 +213,7 @@ pub fn decide(
         groups
             .entry((s.snapshot.space.clone(), host))
             .or_default()
-            .push(s);
+            .push((s, t));
     }
     let mut out = Vec::new();
     for ((space, _), group) in groups {
@@ -199,6 +230,7 @@ mod tests {
     use super::*;
     use crate::format::snapshot::{Snapshot, Summary};
     use crate::hash::{Hash, ObjectId};
+    use std::collections::HashMap;
 
     /// Snapshots of one space at the given UTC times ("YYYY-MM-DDTHH:MM"), with optional tags.
     fn snaps(times: &[(&str, &[&str])]) -> Vec<SnapshotEntry> {
@@ -255,7 +287,7 @@ mod tests {
     /// Render decisions as "time K reasons" / "time -" lines, oldest first, for golden tables.
     fn render(policy: &Policy) -> Vec<String> {
         let h = history();
-        let mut d = decide(&h, GroupBy::Space, &TimeZone::UTC, &|_| {
+        let mut d = decide(&h, &|_| None, GroupBy::Space, &TimeZone::UTC, &|_| {
             Some(policy.clone())
         })
         .unwrap();
@@ -271,6 +303,61 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// Issue 18: a peer with push sends two snapshots dated 2030; they arrive after the last
+    /// real one. Retention uses their arrival time: `keep_daily 3` still keeps the real
+    /// history's last three days (with the claimed dates, it kept the two forged days and one
+    /// real one).
+    #[test]
+    fn received_snapshots_dated_after_their_arrival_count_at_their_arrival() {
+        let mut h = history();
+        let mut arrived = HashMap::new();
+        for (mut s, at) in snaps(&[("2030-01-01T00:00", &[]), ("2030-01-02T00:00", &[])])
+            .into_iter()
+            .zip(["2024-03-10T04:00:00Z", "2024-03-10T05:00:00Z"])
+        {
+            // Ids apart from the history's (`snaps` numbers from 0).
+            s.id = SnapshotId(Hash::of(s.id.0.as_bytes()));
+            let at: Timestamp = at.parse().unwrap();
+            arrived.insert(s.id, at.as_nanosecond() as i64);
+            h.push(s);
+        }
+        let p = Policy {
+            keep_daily: Some(3),
+            ..Policy::default()
+        };
+        let d = decide(
+            &h,
+            &|id| arrived.get(id).copied(),
+            GroupBy::Space,
+            &TimeZone::UTC,
+            &|_| Some(p.clone()),
+        )
+        .unwrap();
+        let kept: Vec<String> = d
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| {
+                let t = Timestamp::from_nanosecond(i128::from(d.time_ns)).unwrap();
+                format!(
+                    "{} {}",
+                    t.strftime("%Y-%m-%dT%H:%M"),
+                    d.claimed_ns.is_some()
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "2024-03-10T05:00 true",
+                "2024-03-09T02:00 false",
+                "2024-03-08T02:00 false"
+            ]
+        );
+        let forged: Vec<&Decision> = d.iter().filter(|d| d.claimed_ns.is_some()).collect();
+        assert_eq!(forged.len(), 2);
+        assert!(forged.iter().all(|d| d.claimed_ns.unwrap() > d.time_ns));
     }
 
     fn kept(policy: &Policy) -> Vec<String> {
@@ -425,9 +512,15 @@ mod tests {
             keep_last: Some(1),
             ..Policy::default()
         };
-        let d = decide(&h, GroupBy::SpaceHost, &TimeZone::UTC, &|_| Some(p.clone())).unwrap();
+        let d = decide(&h, &|_| None, GroupBy::SpaceHost, &TimeZone::UTC, &|_| {
+            Some(p.clone())
+        })
+        .unwrap();
         assert_eq!(d.iter().filter(|d| d.keep).count(), 2);
-        let d = decide(&h, GroupBy::Space, &TimeZone::UTC, &|_| Some(p.clone())).unwrap();
+        let d = decide(&h, &|_| None, GroupBy::Space, &TimeZone::UTC, &|_| {
+            Some(p.clone())
+        })
+        .unwrap();
         assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
     }
 
@@ -439,10 +532,13 @@ mod tests {
             keep_daily: Some(-1),
             ..Policy::default()
         };
-        let utc = decide(&h, GroupBy::Space, &TimeZone::UTC, &|_| Some(p.clone())).unwrap();
+        let utc = decide(&h, &|_| None, GroupBy::Space, &TimeZone::UTC, &|_| {
+            Some(p.clone())
+        })
+        .unwrap();
         assert_eq!(utc.iter().filter(|d| d.keep).count(), 1);
         let paris = TimeZone::get("Europe/Paris").unwrap();
-        let local = decide(&h, GroupBy::Space, &paris, &|_| Some(p.clone())).unwrap();
+        let local = decide(&h, &|_| None, GroupBy::Space, &paris, &|_| Some(p.clone())).unwrap();
         assert_eq!(local.iter().filter(|d| d.keep).count(), 2);
     }
 

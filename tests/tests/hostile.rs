@@ -12,6 +12,7 @@ use puce_core::saver::Saver;
 use puce_core::{ObjectId, OpenOptions, Repo};
 use puce_tests::node::{TestNode, wait_for};
 use puce_tests::{Need, TestRepo, is_mounted, require};
+use serde_json::json;
 
 fn file(name: &[u8], chunk: ObjectId) -> Entry {
     Entry {
@@ -490,4 +491,80 @@ fn a_pull_holding_more_directory_listings_than_the_bound_is_refused() {
         puce_tests::manifest(&src)
     );
     b.stop();
+}
+
+/// Issue 18: a peer with push dates the snapshots it sends years ahead, so that they would be
+/// the newest of their space and push the real history out of every `keep_*` window of the
+/// holder's next `forget`. Retention counts a received snapshot at the earlier of its own time
+/// and its arrival, and `node status` flags snapshots dated more than a day after arriving.
+#[test]
+fn snapshots_dated_ahead_by_a_peer_do_not_push_real_history_out_of_retention() {
+    let spaces = r#"{ docs = ["pull", "push"] }"#;
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, spaces);
+    b.add_peer(&a, spaces);
+    let src = a.repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let times = [
+        "2024-03-01T02:00:00Z",
+        "2024-03-02T02:00:00Z",
+        "2024-03-03T02:00:00Z",
+        "2030-01-01T00:00:00Z",
+        "2030-01-02T00:00:00Z",
+    ];
+    let mut ids = Vec::new();
+    for (i, t) in times.iter().enumerate() {
+        std::fs::write(src.join("minutes.txt"), format!("version {i}")).unwrap();
+        let v = a.json(&[
+            "snapshot",
+            src.to_str().unwrap(),
+            "--space",
+            "docs",
+            "--time",
+            t,
+        ]);
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    b.start();
+    a.sync("grenoble", &["--space", "docs", "--push"]);
+    b.stop();
+    assert_eq!(b.snapshot_ids().len(), 5);
+
+    // Four days: the two forged snapshots arrived today (one day), then the three real days.
+    let v = b.json(&["forget", "--keep-daily", "4", "--dry-run"]);
+    println!("{v:#}");
+    let removed: Vec<&str> = v["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    for (id, t) in ids.iter().zip(times).take(3) {
+        assert!(
+            !removed.contains(&id.as_str()),
+            "the real snapshot of {t} would be removed"
+        );
+    }
+    for d in v["decisions"].as_array().unwrap() {
+        let forged = ids[3..].contains(&d["id"].as_str().unwrap().to_string());
+        assert_eq!(d["claimed_time"].is_string(), forged, "{d}");
+    }
+
+    let st = b.json(&["node", "status"]);
+    let mut flagged: Vec<&str> = st["dated_ahead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!((&f["space"], &f["from"]), (&json!("docs"), &json!("lyon")));
+            f["snapshot"].as_str().unwrap()
+        })
+        .collect();
+    flagged.sort_unstable();
+    let mut forged: Vec<&str> = ids[3..].iter().map(String::as_str).collect();
+    forged.sort_unstable();
+    assert_eq!(flagged, forged);
+    let text = b.ok(&["node", "status"]);
+    assert!(text.contains("flagged: snapshot"), "{text}");
 }

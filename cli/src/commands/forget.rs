@@ -45,8 +45,11 @@ pub fn decisions(
                 .map(|(_, s)| s.policy.clone()),
         }
     };
+    // Received snapshots count at the earlier of their own time and their arrival here.
+    let arrivals = puce_core::reach::arrivals(repo)?;
     Ok(decide(
         snaps,
+        &|id| arrivals.get(id).map(|r| r.arrived_ns),
         group_by(g),
         &jiff::tz::TimeZone::system(),
         &lookup,
@@ -58,7 +61,14 @@ pub fn print_decisions(decisions: &[Decision]) {
     for d in decisions {
         t.add_row(vec![
             Cell::new(d.id.short(8)),
-            Cell::new(output::time(d.time_ns)),
+            Cell::new(match d.claimed_ns {
+                Some(c) => format!(
+                    "{} (arrived; dated {})",
+                    output::time(d.time_ns),
+                    output::time(c)
+                ),
+                None => output::time(d.time_ns),
+            }),
             Cell::new(&d.space),
             Cell::new(printable(&d.host)),
             Cell::new(if d.keep { "keep" } else { "remove" }),
@@ -75,6 +85,7 @@ pub fn decisions_json(decisions: &[Decision]) -> serde_json::Value {
             .map(|d| json!({
                 "id": d.id.to_hex(),
                 "time": output::time_utc(d.time_ns),
+                "claimed_time": d.claimed_ns.map(output::time_utc),
                 "space": d.space,
                 "host": d.host,
                 "keep": d.keep,

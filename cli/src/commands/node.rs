@@ -144,6 +144,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         .iter()
         .map(|p| peer_status(p, &peer_state(&state, p), &local_by_space))
         .collect();
+    let ahead = dated_ahead(&repo, &snaps)?;
     if ctx.json {
         output::json(&json!({
             "name": config.name,
@@ -151,6 +152,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
             "listen": config.listen.to_string(),
             "daemon": daemon.as_ref().map(|d| json!({"pid": d.pid, "listen": d.listen, "since": output::time_utc(d.started_ns)})),
             "peers": peers,
+            "dated_ahead": ahead,
         }))?;
         return Ok(0);
     }
@@ -174,6 +176,17 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     print_peers(&config, &state, daemon.is_some());
     println!();
     print_pending(&peers);
+    for a in &ahead {
+        println!(
+            "\nflagged: snapshot {} of space '{}' from '{}' is dated {}, after it arrived ({}); \
+             retention counts it at its arrival",
+            a["snapshot"].as_str().unwrap_or_default(),
+            a["space"].as_str().unwrap_or_default(),
+            a["from"].as_str().unwrap_or_default(),
+            a["time"].as_str().unwrap_or_default(),
+            a["arrived"].as_str().unwrap_or_default(),
+        );
+    }
     for p in &config.peers {
         if let Some(st) = state.peers.get(&p.id.to_string())
             && let Some(e) = &st.last_error
@@ -183,6 +196,27 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     }
     println!("\n(\"to send\" and \"to receive\" are as of the last contact with each peer.)");
     Ok(0)
+}
+
+/// Snapshots received from peers that claim a time more than a day after their arrival (a
+/// peer's wrong clock, or a compromised peer pushing real history out of retention).
+fn dated_ahead(repo: &puce_core::Repo, snaps: &[puce_core::SnapshotEntry]) -> Result<Vec<Value>> {
+    let arrivals = puce_core::reach::arrivals(repo)?;
+    Ok(snaps
+        .iter()
+        .filter_map(|s| {
+            let r = arrivals.get(&s.id)?;
+            puce_core::retention::dated_ahead(s.snapshot.time_ns, r.arrived_ns).then(|| {
+                json!({
+                    "snapshot": s.id.to_hex(),
+                    "space": s.snapshot.space,
+                    "from": r.sender_name,
+                    "time": output::time_utc(s.snapshot.time_ns),
+                    "arrived": output::time_utc(r.arrived_ns),
+                })
+            })
+        })
+        .collect())
 }
 
 /// What this node knows of peer `p` (nothing yet: the default).
