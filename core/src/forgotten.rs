@@ -12,8 +12,10 @@ use std::collections::HashSet;
 use crate::backend::FileKind;
 use crate::error::{ErrorKind, Result};
 use crate::format::forget::Forget;
+use crate::format::lineage::{self, Lineage};
 use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
+use crate::history;
 use crate::index::now_ns;
 use crate::repo::Repo;
 
@@ -87,6 +89,43 @@ pub fn read(repo: &Repo, id: &SnapshotId) -> Result<Option<Forget>> {
     }
 }
 
+/// Write the lineage records of snapshots about to be forgotten (those with parents), durably,
+/// before their snapshot records are removed ([`crate::format::lineage`]).
+pub fn record_lineage(repo: &Repo, gone: &[SnapshotEntry]) -> Result<()> {
+    for s in gone.iter().filter(|s| !s.snapshot.parents.is_empty()) {
+        let l = Lineage {
+            snapshot: s.id,
+            space: s.snapshot.space.clone(),
+            parents: s.snapshot.parents.clone(),
+        };
+        repo.backend()
+            .write(FileKind::Forget, &l.file_name(), &l.encode()?)?;
+    }
+    Ok(())
+}
+
+/// The parents of every forgotten snapshot that had some (a damaged lineage record is left
+/// out, with a warning: its children's ancestry stops there, as before lineage records).
+pub fn lineage(repo: &Repo) -> Result<history::Lineage> {
+    let mut out = history::Lineage::new();
+    for (name, _) in repo.backend().list(FileKind::Forget)? {
+        if !name.ends_with(lineage::SUFFIX) {
+            continue;
+        }
+        let read = repo
+            .backend()
+            .read(FileKind::Forget, &name)
+            .and_then(|b| Lineage::decode(&b));
+        match read {
+            Ok(l) => {
+                out.insert(l.snapshot, l.parents);
+            }
+            Err(e) => tracing::warn!("lineage record forgets/{name} left out: {e:#}"),
+        }
+    }
+    Ok(out)
+}
+
 /// The snapshots with a forget record (by file name; names that are not snapshot ids are
 /// ignored).
 pub fn ids(repo: &Repo) -> Result<HashSet<SnapshotId>> {
@@ -112,6 +151,53 @@ mod tests {
         crate::snapshot::archive::snapshot(repo, src, &opts, &crate::progress::NoProgress)
             .unwrap()
             .id
+    }
+
+    /// Retention thins a history in its middle: forgetting v2 of v1 <- v2 <- v3 must not make
+    /// v1 a head again (no snapshot names it as a parent any more), or the next sync merges
+    /// v1's old state into v3: files deleted since come back, changed ones become conflict
+    /// copies.
+    #[test]
+    fn forgetting_the_middle_of_a_history_leaves_one_head() {
+        use crate::testkit::{Files, snap_opts, write_files};
+        let d = tempfile::tempdir().unwrap();
+        let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
+        let src = d.path().join("src");
+        let mut ids = Vec::new();
+        for (t, files) in [
+            (1, vec![("a", "1"), ("b", "1")]),
+            (2, vec![("a", "1")]),
+            (3, vec![("a", "2")]),
+        ] {
+            let files: Files = files
+                .into_iter()
+                .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+                .collect();
+            write_files(&src, &files);
+            let opts = snap_opts("docs", t * 1_000_000_000);
+            let out = crate::snapshot::archive::snapshot(
+                &repo,
+                &src,
+                &opts,
+                &crate::progress::NoProgress,
+            );
+            ids.push(out.unwrap().id);
+        }
+        forget(&repo, &[ids[1]]).unwrap();
+        let all = repo.snapshots().unwrap();
+        let heads: Vec<SnapshotId> = crate::history::heads(&all, &lineage(&repo).unwrap(), "docs")
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(heads, vec![ids[2]], "v1 became a head again");
+        let merged = crate::merge::merge_heads(&repo, "docs").unwrap();
+        assert!(merged.is_none(), "merged: {merged:?}");
+        assert_eq!(repo.latest("docs").unwrap().map(|s| s.id), Some(ids[2]));
+        // Forgetting the head itself leaves its parent the head, as before.
+        forget(&repo, &[ids[2]]).unwrap();
+        let all = repo.snapshots().unwrap();
+        let heads = crate::history::heads(&all, &lineage(&repo).unwrap(), "docs");
+        assert_eq!(heads.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[0]]);
     }
 
     #[test]

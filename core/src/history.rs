@@ -9,14 +9,31 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
 
-/// The heads of `space` in `all`: its snapshots that no snapshot of the space has as a parent,
-/// oldest first (by time, then id).
-pub fn heads<'a>(all: &'a [SnapshotEntry], space: &str) -> Vec<&'a SnapshotEntry> {
+/// The parents forgotten snapshots had, by snapshot ([`crate::forgotten::lineage`]).
+pub type Lineage = HashMap<SnapshotId, Vec<SnapshotId>>;
+
+/// The heads of `space` in `all`: its snapshots that no snapshot of the space descends from,
+/// oldest first (by time, then id). Descent is through parents, and through the parents
+/// forgotten snapshots had (`lineage`): forgetting the middle of a history leaves the snapshot
+/// before it an ancestor, not a head.
+pub fn heads<'a>(
+    all: &'a [SnapshotEntry],
+    lineage: &Lineage,
+    space: &str,
+) -> Vec<&'a SnapshotEntry> {
     let in_space: Vec<&SnapshotEntry> = all.iter().filter(|s| s.snapshot.space == space).collect();
-    let parents: HashSet<SnapshotId> = in_space
+    let mut parents: HashSet<SnapshotId> = HashSet::new();
+    let mut stack: Vec<SnapshotId> = in_space
         .iter()
         .flat_map(|s| s.snapshot.parents.iter().copied())
         .collect();
+    while let Some(p) = stack.pop() {
+        if parents.insert(p)
+            && let Some(pp) = lineage.get(&p)
+        {
+            stack.extend(pp.iter().copied());
+        }
+    }
     let mut out: Vec<&SnapshotEntry> = in_space
         .into_iter()
         .filter(|s| !parents.contains(&s.id))
@@ -27,8 +44,12 @@ pub fn heads<'a>(all: &'a [SnapshotEntry], space: &str) -> Vec<&'a SnapshotEntry
 
 /// The latest state of `space`: the newest of its heads (by time, then id), so that a
 /// snapshot whose clock ran behind its parent's is still the latest once it is the only head.
-pub fn latest<'a>(all: &'a [SnapshotEntry], space: &str) -> Option<&'a SnapshotEntry> {
-    heads(all, space).into_iter().next_back()
+pub fn latest<'a>(
+    all: &'a [SnapshotEntry],
+    lineage: &Lineage,
+    space: &str,
+) -> Option<&'a SnapshotEntry> {
+    heads(all, lineage, space).into_iter().next_back()
 }
 
 /// `id` and every snapshot reachable from it through parents that `all` holds.
@@ -153,7 +174,10 @@ mod tests {
             snap("b1", 3, &["r"], "b"),
             snap("a2", 4, &["a1"], "a"),
         ];
-        let h: Vec<SnapshotId> = heads(&all, "s").iter().map(|s| s.id).collect();
+        let h: Vec<SnapshotId> = heads(&all, &Lineage::new(), "s")
+            .iter()
+            .map(|s| s.id)
+            .collect();
         assert_eq!(h, vec![id("b1"), id("a2")]);
         assert_eq!(merge_base(&all, id("a2"), id("b1")), Some(id("r")));
         assert_eq!(merge_base(&all, id("a2"), id("a1")), Some(id("a1")));
@@ -162,11 +186,14 @@ mod tests {
         m.snapshot.host.clear();
         all.push(m);
         assert_eq!(author(&all, id("m")), "a"); // a2 (t=4) is newer than b1 (t=3)
-        assert_eq!(heads(&all, "s").len(), 1);
+        assert_eq!(heads(&all, &Lineage::new(), "s").len(), 1);
         // A snapshot whose clock is behind its parent's is still the latest once it is the
         // only head.
         all.push(snap("a3", 0, &["m"], "a"));
-        assert_eq!(latest(&all, "s").map(|s| s.id), Some(id("a3")));
+        assert_eq!(
+            latest(&all, &Lineage::new(), "s").map(|s| s.id),
+            Some(id("a3"))
+        );
         assert_eq!(author(&all, id("a3")), "a");
         // Unrelated histories have no base.
         let all = vec![snap("x", 1, &[], "a"), snap("y", 2, &[], "b")];

@@ -520,7 +520,8 @@ impl Repo {
     /// node whose clock is behind the one that took its parent.
     pub fn latest(&self, space: &str) -> Result<Option<SnapshotEntry>> {
         let all = self.snapshots()?;
-        Ok(crate::history::latest(&all, space).cloned())
+        let lineage = crate::forgotten::lineage(self)?;
+        Ok(crate::history::latest(&all, &lineage, space).cloned())
     }
 
     /// Find a snapshot by `SPACE@latest`, `SPACE@latest~N` or a unique id prefix.

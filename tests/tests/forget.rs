@@ -148,3 +148,52 @@ fn a_forget_by_a_peer_that_may_only_read_the_space_is_not_applied() {
     assert!(b.snapshot_ids().contains(&old), "{}", b.log());
     assert!(!has_forget_record(&b, &old));
 }
+
+/// Retention thins a history in its middle: lyon forgets v2 of v1 <- v2 <- v3 (v2 deleted a
+/// file, v3 changed another). No snapshot names v1 as a parent any more; it must stay an
+/// ancestor, not become a head: before lineage records, the next sync merged v1's old state
+/// into v3 on both nodes (the deleted file came back, the changed one as a conflict copy).
+#[test]
+fn forgetting_the_middle_of_a_history_does_not_merge_the_old_state_back() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, BOTH);
+    b.start();
+    let src = a.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("minutes.txt"), b"first").unwrap();
+    fs::write(src.join("old.txt"), b"to be deleted").unwrap();
+    let _v1 = a.snapshot(&src, "docs");
+    fs::remove_file(src.join("old.txt")).unwrap();
+    let v2 = a.snapshot(&src, "docs");
+    fs::write(src.join("minutes.txt"), b"second").unwrap();
+    let v3 = a.snapshot(&src, "docs");
+    a.sync("grenoble", &[]);
+    assert_eq!(b.snapshot_ids().len(), 3);
+
+    a.ok(&["forget", &v2]);
+    for _ in 0..2 {
+        let r = a.sync("grenoble", &[]);
+        for s in r["spaces"].as_array().unwrap() {
+            assert_eq!(s["merges"], 0, "a sync merged: {r}");
+        }
+    }
+    for n in [&a, &b] {
+        let ids = n.snapshot_ids();
+        assert_eq!(ids.len(), 2, "{}: {ids:?}\n{}", n.name, b.log());
+        assert!(!ids.contains(&v2), "{}: {ids:?}", n.name);
+        let out = n.restored("docs@latest");
+        let mut names: Vec<String> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["minutes.txt"], "{}: docs@latest", n.name);
+        assert_eq!(fs::read(out.join("minutes.txt")).unwrap(), b"second");
+        let latest = n.json(&["snapshots"]);
+        let latest = latest.as_array().unwrap().last().unwrap()["id"].clone();
+        assert_eq!(latest, serde_json::json!(v3), "{}", n.name);
+    }
+    b.stop();
+}

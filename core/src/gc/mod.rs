@@ -170,6 +170,8 @@ pub fn forget(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
         .into_iter()
         .filter(|s| ids.contains(&s.id))
         .collect();
+    // Before the records go: their children's ancestry runs through them.
+    crate::forgotten::record_lineage(repo, &gone)?;
     for id in ids {
         repo.backend().remove(FileKind::Snapshot, &id.to_hex())?;
     }

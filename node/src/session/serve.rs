@@ -248,12 +248,12 @@ async fn list_spaces(conn: &Arc<Conn>, send: &mut Sender, r: ListSpaces) -> Resu
         }
     }
     let repo = conn.ctx.repo.clone();
-    let all = blocking(move || {
+    let (all, lineage) = blocking(move || {
         // A snapshot with a forget record (its forget interrupted) is not offered.
         let forgotten = puce_core::forgotten::ids(&repo)?;
         let mut all = repo.snapshots()?;
         all.retain(|s| !forgotten.contains(&s.id));
-        Ok(all)
+        Ok((all, puce_core::forgotten::lineage(&repo)?))
     })
     .await?;
     let groups = by_space(&all);
@@ -279,7 +279,7 @@ async fn list_spaces(conn: &Arc<Conn>, send: &mut Sender, r: ListSpaces) -> Resu
     let mut spaces = Vec::new();
     for name in names {
         let snaps = groups.get(name.as_str()).cloned().unwrap_or_default();
-        let heads = puce_core::history::heads(&all, &name)
+        let heads = puce_core::history::heads(&all, &lineage, &name)
             .iter()
             .map(|s| s.id)
             .collect();

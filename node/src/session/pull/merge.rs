@@ -34,9 +34,10 @@ pub(super) fn tally(reports: &mut [SpaceReport], records: &[Received], stored: S
 /// were up to date.
 pub(super) async fn merge(p: &Pull<'_>, reports: &mut [SpaceReport]) -> Result<()> {
     let r2 = p.repo.clone();
-    let all = blocking(move || Ok(r2.snapshots()?)).await?;
+    let (all, lineage) =
+        blocking(move || Ok((r2.snapshots()?, puce_core::forgotten::lineage(&r2)?))).await?;
     for r in reports {
-        if puce_core::history::heads(&all, &r.space).len() < 2 {
+        if puce_core::history::heads(&all, &lineage, &r.space).len() < 2 {
             if r.snapshots == 0 {
                 r.result = "up to date".into();
             }
