@@ -8,11 +8,15 @@
 //! made before it returns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use puce_tests::{Manifest, Need, expect_ok, make_tree, manifest, puce_bin, require, workspace};
+use puce_tests::{
+    Manifest, Need, expect_ok, make_tree, manifest, puce_bin, require, require_for, workspace,
+};
 
 const STATE: &str = "/var/lib/puce";
 const REPO: &str = "/var/lib/puce/repo";
@@ -138,6 +142,9 @@ fn debian_package_installs_upgrades_keeps_data_and_purges() {
         &["snapshot"],
         as_puce(&["snapshot", snap, "--space", "pkg"]),
     );
+    if require_for("the mount as puce-mount@.service runs it", Need::Fuse).is_some() {
+        mount_as_the_unit_does(tmp.path());
+    }
     let id = expect_ok("as puce: ", &["node", "id"], as_puce(&["node", "id"]));
     let before = state();
     assert!(
@@ -174,6 +181,82 @@ fn debian_package_installs_upgrades_keeps_data_and_purges() {
     // `check` writes into the stat cache (`~puce/.cache`): what remove and purge keep is the
     // state as it is now.
     remove_and_purge(&deb2, &state());
+}
+
+/// `puce mount` as `puce-mount@.service` runs it: as the puce user, with no way to gain a
+/// privilege and CAP_SYS_ADMIN as its only capability (mount(2) without fusermount3), other
+/// users let in. A file written through it by root is committed when SIGTERM stops it.
+fn mount_as_the_unit_does(tmp: &Path) {
+    let mp = tmp.join("shared");
+    std::fs::create_dir(&mp).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", "puce", "--regid", "puce", "--init-groups"])
+        .args(["--inh-caps", "+sys_admin", "--ambient-caps", "+sys_admin"])
+        .args(["--bounding-set", "-all,+sys_admin", "--no-new-privs", "--"])
+        .args([
+            "env",
+            "HOME=/var/lib/puce",
+            &format!("PUCE_REPO={REPO}"),
+            BIN,
+            "mount",
+        ])
+        .arg(&mp)
+        .args(["--allow-other", "--notify-ready"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_default();
+    if !line.starts_with("ready ") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the mount as the unit runs it did not start (stdout {line:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let written = std::fs::create_dir(mp.join("spaces/unit"))
+        .and_then(|()| std::fs::write(mp.join("spaces/unit/hello.txt"), b"through the unit\n"));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the mount did not stop within 120 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    written.unwrap_or_else(|e| panic!("cannot write through the mount as root: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !puce_tests::is_mounted(&mp),
+        "{} still mounted",
+        mp.display()
+    );
+    let cat = expect_ok(
+        "as puce: ",
+        &["cat"],
+        as_puce(&["cat", "unit@latest:hello.txt"]),
+    );
+    assert_eq!(cat, "through the unit\n");
 }
 
 /// Remove keeps everything; purge keeps a state directory that holds data and says so; purge
@@ -275,7 +358,8 @@ fn check_installed() {
     assert!(uid < 1000, "puce is not a system user: {user:?}");
     let md = std::fs::metadata(STATE).unwrap();
     assert!(md.is_dir());
-    assert_eq!(md.permissions().mode() & 0o7777, 0o700, "mode of {STATE}");
+    let mode = format!("{:o}", md.permissions().mode() & 0o7777);
+    assert_eq!(mode, "700", "mode of {STATE}");
     assert_eq!(md.uid(), uid, "owner of {STATE}");
     assert_eq!(
         std::fs::read_dir(STATE).unwrap().count(),
