@@ -2,6 +2,7 @@
 # Build the Debian package of puce (docs/guide.md, "The Debian package") and print its path.
 #
 #   packaging/build-deb.sh          release build, then target/debian/puce_<version>-1_<arch>.deb
+#                                   (the binary stripped of its debug line tables)
 #
 # Settings (environment):
 #   PROFILE=dev    package the debug binary already built (`cargo test --workspace` builds it),
@@ -25,7 +26,8 @@ case "$profile" in
   release)
     cargo build --release --locked -p puce-cli
     dir=$target/release
-    extra=()
+    # Stripped: the release profile keeps line tables (for profiling), five times the size.
+    extra=(--strip)
     ;;
   dev)
     dir=$target/debug
