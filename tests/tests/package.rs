@@ -71,8 +71,8 @@ fn build(out: &Path, revision: u32) -> PathBuf {
     assert!(
         deb.is_file()
             && deb
-                .to_string_lossy()
-                .ends_with(&format!("-{revision}_amd64.deb")),
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(&format!("-{revision}_"))),
         "build-deb.sh printed {text:?}, not the path of a .deb of revision {revision}"
     );
     deb
