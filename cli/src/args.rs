@@ -4,9 +4,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The version `puce --version` prints: the crate version and the commit built (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PUCE_COMMIT"),
+    ")"
+);
+
 /// puce: a deduplicating store for an association's shared folders.
 #[derive(Debug, Parser)]
-#[command(name = "puce", version, about, max_term_width = 100)]
+#[command(name = "puce", version = VERSION, about, max_term_width = 100)]
 pub struct Cli {
     /// Repository directory [default: $XDG_DATA_HOME/puce/repo, created on first use]
     #[arg(long, global = true, env = "PUCE_REPO", value_name = "PATH")]
@@ -65,6 +73,23 @@ pub enum Command {
     Node(NodeCommand),
     /// Sync spaces with a peer node now: PEER [--space S] [--pull | --push]
     Sync(SyncArgs),
+    /// Write the man pages or shell completions into a folder (for packagers)
+    #[command(subcommand, hide = true)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Man pages: puce.1 and one page per subcommand (puce-snapshot.1, ...)
+    Man {
+        /// Folder to write into (created if needed)
+        dir: PathBuf,
+    },
+    /// Completions for bash (puce.bash), zsh (_puce) and fish (puce.fish)
+    Completions {
+        /// Folder to write into (created if needed)
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

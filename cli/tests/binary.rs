@@ -12,4 +12,9 @@ fn the_binary_runs_and_prints_its_version() {
     assert!(out.status.success(), "{out:?}");
     let v = String::from_utf8(out.stdout).unwrap();
     assert!(v.starts_with("puce "), "{v}");
+    // The commit it was built from (build.rs), or "unknown" outside a git checkout.
+    assert!(
+        v.contains(" (commit ") && v.trim_end().ends_with(')'),
+        "{v}"
+    );
 }

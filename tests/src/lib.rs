@@ -317,6 +317,10 @@ pub enum Need {
     SwitchUser,
     /// Root, e.g. to give restored files their owners.
     Root,
+    /// Installing the Debian package on this machine: root, dpkg, cargo-deb, systemd-analyze,
+    /// man, and no puce package, `puce` user or `/var/lib/puce` already here (the test makes
+    /// and purges them).
+    DebPackage,
 }
 
 impl Need {
@@ -339,6 +343,12 @@ impl Need {
                 "run the tests as root; apt-get install util-linux",
             ),
             Need::Root => ("root", "run the tests as root"),
+            Need::DebPackage => (
+                "root, dpkg, cargo-deb, systemd-analyze, man, and no puce package, puce user or \
+                 /var/lib/puce on the machine",
+                "run the tests as root; cargo install cargo-deb --version 3.8.0 --locked; \
+                 apt-get install systemd man-db; `dpkg --purge puce` first",
+            ),
         }
     }
 
@@ -358,6 +368,26 @@ impl Need {
             Need::Tmpfs => root().and_then(|()| program("mount")),
             Need::SwitchUser => root().and_then(|()| program("setpriv")),
             Need::Root => root().map(|()| PathBuf::from("/")),
+            Need::DebPackage => root()
+                .filter(|()| {
+                    ["dpkg", "systemd-analyze", "man"]
+                        .iter()
+                        .all(|p| program(p).is_some())
+                })
+                .filter(|()| {
+                    !Command::new("dpkg")
+                        .args(["-s", "puce"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                })
+                .filter(|()| {
+                    !Path::new("/var/lib/puce").exists()
+                        && !fs::read_to_string("/etc/passwd")
+                            .unwrap_or_default()
+                            .lines()
+                            .any(|l| l.starts_with("puce:"))
+                })
+                .and_then(|()| program("cargo-deb")),
         }
     }
 }

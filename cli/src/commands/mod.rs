@@ -12,6 +12,7 @@ mod check;
 mod diff;
 mod forget;
 mod gc;
+mod generate;
 mod init;
 mod ls;
 mod mount;
@@ -149,6 +150,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Node(NodeCommand::Run(a)) => node::run_daemon(&ctx, a),
         Command::Node(NodeCommand::Status(a)) => node::run_status(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),
+        Command::Generate(c) => generate::run(&c),
     }
 }
 
