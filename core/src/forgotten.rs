@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use crate::backend::FileKind;
 use crate::error::{ErrorKind, Result};
 use crate::format::forget::Forget;
+use crate::format::hold::{self, Hold};
 use crate::format::lineage::{self, Lineage};
 use crate::format::snapshot::SnapshotEntry;
 use crate::hash::SnapshotId;
@@ -62,14 +63,77 @@ pub fn apply(repo: &Repo, records: &[Forget]) -> Result<Vec<SnapshotId>> {
     Ok(gone)
 }
 
-/// Snapshots among `snaps` that have a forget record (a forget not finished yet).
+/// Snapshots among `snaps` that have a forget record (a forget not finished yet), except those
+/// a hold keeps ([`hold`]) until a time not reached yet.
 pub fn interrupted(repo: &Repo, snaps: &[SnapshotEntry]) -> Result<Vec<SnapshotId>> {
     let forgotten = ids(repo)?;
+    let now = hold_now();
+    let held: HashSet<SnapshotId> = holds(repo)?
+        .into_iter()
+        .filter(|h| h.until_ns > now)
+        .map(|h| h.snapshot)
+        .collect();
     Ok(snaps
         .iter()
         .map(|s| s.id)
-        .filter(|i| forgotten.contains(i))
+        .filter(|i| forgotten.contains(i) && !held.contains(i))
         .collect())
+}
+
+/// Put off the forgets `records` (each with the time until which its snapshot is kept) of
+/// snapshots held here: for each, a hold record, the lineage record, then the forget record,
+/// each durably and in that order (a forget record without its hold would be finished as an
+/// interrupted forget). The snapshot then counts as forgotten (not listed, not offered, not a
+/// head), while its record and data stay until the hold ends; the next forget or sync after
+/// that finishes the forget ([`interrupted`]).
+pub fn hold(repo: &Repo, records: &[(Forget, i64)], peer: &str) -> Result<()> {
+    let snaps = repo.snapshots()?;
+    for (f, until_ns) in records {
+        let Some(s) = snaps.iter().find(|s| s.id == f.snapshot) else {
+            continue;
+        };
+        let h = Hold {
+            snapshot: f.snapshot,
+            until_ns: *until_ns,
+            peer: peer.to_string(),
+        };
+        repo.backend()
+            .write(FileKind::Forget, &h.file_name(), &h.encode()?)?;
+        // Also without parents: the lineage record is what keeps it from being a head.
+        write_lineage(repo, s)?;
+        if read(repo, &f.snapshot)?.is_none() {
+            record(repo, f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every hold record (damaged ones are reported as errors: a hold must not silently end).
+pub fn holds(repo: &Repo) -> Result<Vec<Hold>> {
+    let mut out = Vec::new();
+    for (name, _) in repo.backend().list(FileKind::Forget)? {
+        if name.ends_with(hold::SUFFIX) {
+            let b = repo.backend().read(FileKind::Forget, &name)?;
+            out.push(
+                Hold::decode(&b).map_err(|e| e.context(format!("hold record forgets/{name}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The time holds are compared with: now, or in debug builds `PUCE_TEST_DAYS_LATER` days after
+/// now (a test hook, so that end-to-end tests can see a protection period end).
+pub fn hold_now() -> i64 {
+    let mut now = now_ns();
+    if cfg!(debug_assertions)
+        && let Some(days) = std::env::var("PUCE_TEST_DAYS_LATER")
+            .ok()
+            .and_then(|d| d.parse::<i64>().ok())
+    {
+        now = now.saturating_add(days.saturating_mul(86_400 * 1_000_000_000));
+    }
+    now
 }
 
 /// Write a forget record (durably).
@@ -93,15 +157,19 @@ pub fn read(repo: &Repo, id: &SnapshotId) -> Result<Option<Forget>> {
 /// before their snapshot records are removed ([`crate::format::lineage`]).
 pub fn record_lineage(repo: &Repo, gone: &[SnapshotEntry]) -> Result<()> {
     for s in gone.iter().filter(|s| !s.snapshot.parents.is_empty()) {
-        let l = Lineage {
-            snapshot: s.id,
-            space: s.snapshot.space.clone(),
-            parents: s.snapshot.parents.clone(),
-        };
-        repo.backend()
-            .write(FileKind::Forget, &l.file_name(), &l.encode()?)?;
+        write_lineage(repo, s)?;
     }
     Ok(())
+}
+
+fn write_lineage(repo: &Repo, s: &SnapshotEntry) -> Result<()> {
+    let l = Lineage {
+        snapshot: s.id,
+        space: s.snapshot.space.clone(),
+        parents: s.snapshot.parents.clone(),
+    };
+    repo.backend()
+        .write(FileKind::Forget, &l.file_name(), &l.encode()?)
 }
 
 /// The parents of every forgotten snapshot that had some (a damaged lineage record is left
@@ -198,6 +266,50 @@ mod tests {
         let all = repo.snapshots().unwrap();
         let heads = crate::history::heads(&all, &lineage(&repo).unwrap(), "docs");
         assert_eq!(heads.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[0]]);
+    }
+
+    /// A hold keeps the snapshot (record and data) but it counts as forgotten: not a head (its
+    /// parent is), not finished by a forget until the hold ends, then finished.
+    #[test]
+    fn a_held_forget_keeps_the_snapshot_until_its_hold_ends() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"one").unwrap();
+        let a = snap(&repo, &src, "docs");
+        std::fs::write(src.join("f"), b"two").unwrap();
+        let b = snap(&repo, &src, "docs");
+        let f = |id| Forget {
+            snapshot: id,
+            space: "docs".into(),
+            time_ns: 1,
+            signer: None,
+        };
+        let heads = |repo: &Repo| -> Vec<SnapshotId> {
+            let all = repo.snapshots().unwrap();
+            let l = lineage(repo).unwrap();
+            crate::history::heads(&all, &l, "docs")
+                .iter()
+                .map(|s| s.id)
+                .collect()
+        };
+        assert_eq!(heads(&repo), vec![b]);
+        hold(&repo, &[(f(b), i64::MAX)], "lyon").unwrap();
+        assert_eq!(heads(&repo), vec![a], "the held snapshot is still a head");
+        forget(&repo, &[]).unwrap();
+        assert_eq!(
+            repo.snapshots().unwrap().len(),
+            2,
+            "a forget ended the hold"
+        );
+        assert_eq!(holds(&repo).unwrap()[0].peer, "lyon");
+        // Held until a time now past: the next forget finishes it.
+        hold(&repo, &[(f(a), 1)], "lyon").unwrap();
+        forget(&repo, &[]).unwrap();
+        let left: Vec<SnapshotId> = repo.snapshots().unwrap().iter().map(|s| s.id).collect();
+        assert_eq!(left, vec![b]);
+        assert!(heads(&repo).is_empty());
     }
 
     #[test]

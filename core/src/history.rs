@@ -21,7 +21,12 @@ pub fn heads<'a>(
     lineage: &Lineage,
     space: &str,
 ) -> Vec<&'a SnapshotEntry> {
-    let in_space: Vec<&SnapshotEntry> = all.iter().filter(|s| s.snapshot.space == space).collect();
+    // A snapshot with a lineage record is forgotten, or kept only by a hold: it is never a
+    // head, and only the snapshots that remain make their ancestors ancestors.
+    let in_space: Vec<&SnapshotEntry> = all
+        .iter()
+        .filter(|s| s.snapshot.space == space && !lineage.contains_key(&s.id))
+        .collect();
     let mut parents: HashSet<SnapshotId> = HashSet::new();
     let mut stack: Vec<SnapshotId> = in_space
         .iter()

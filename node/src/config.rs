@@ -38,6 +38,10 @@ pub struct Peer {
     pub address: Option<String>,
     /// Per space, what it may do; the space `*` stands for every space not named.
     pub spaces: BTreeMap<String, Access>,
+    /// Protection period (`keep_min`): a forget this peer sends is applied only once the
+    /// snapshot has been here that long (since it arrived, or was taken here); until then the
+    /// snapshot is kept, held ([`puce_core::forgotten::hold`]).
+    pub keep_min: Option<Duration>,
 }
 
 impl Peer {
@@ -170,6 +174,7 @@ struct RawPeer {
     address: Option<String>,
     #[serde(default)]
     spaces: BTreeMap<String, Vec<String>>,
+    keep_min: Option<String>,
 }
 
 /// Check a node name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (it ends up in file
@@ -443,11 +448,18 @@ fn parse_peers(raw: Vec<RawPeer>) -> Result<Vec<Peer>> {
             }
             spaces.insert(space, a);
         }
+        let keep_min = p
+            .keep_min
+            .as_deref()
+            .map(crate::scheduler::parse_duration)
+            .transpose()
+            .map_err(|e| e.context(format!("{what}: keep_min")))?;
         peers.push(Peer {
             name: p.name,
             id,
             address: p.address,
             spaces,
+            keep_min,
         });
     }
     Ok(peers)
@@ -523,6 +535,10 @@ repair = true
 # #   "push": it may write the space into this node (data flows from it).
 # # "*" stands for every space not named. Unlisted spaces are not shared.
 # spaces = { documents = ["pull", "push"], compta = ["pull"] }
+# # Protection period: a forget this peer sends (its snapshots, in spaces it may push) is
+# # applied only once the snapshot has been here that long; until then it is kept and can be
+# # restored by id (`puce node status` lists it). Against a peer that is broken into.
+# keep_min = "30d"
 "#;
 
 #[cfg(test)]
@@ -613,11 +629,16 @@ mod tests {
     #[test]
     fn wildcard_and_errors() {
         let ok = format!(
-            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\n",
+            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\nkeep_min = \"30d\"\n",
             id_text()
         );
         let c = NodeConfig::parse(&ok).unwrap();
         assert_eq!(c.bandwidth, Some(2 << 20));
+        assert_eq!(c.peers[0].keep_min, Some(Duration::from_secs(30 * 86400)));
+        let e = NodeConfig::parse(&ok.replace("30d", "a month"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keep_min") && e.contains("bad duration"), "{e}");
         assert_eq!(
             c.peers[0].access("x"),
             Access {

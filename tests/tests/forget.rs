@@ -197,3 +197,68 @@ fn forgetting_the_middle_of_a_history_does_not_merge_the_old_state_back() {
     }
     b.stop();
 }
+
+/// Issue 18: lyon forgets a snapshot and collects its data (or an intruder on lyon does).
+/// Grenoble gives lyon a protection period of 30 days: it keeps the snapshot (not listed, not
+/// a head, restorable by id, its data kept by gc) and applies lyon's forget only once the
+/// snapshot has been there 30 days (seen with the debug-build clock hook
+/// `PUCE_TEST_DAYS_LATER`); then gc frees its data.
+#[test]
+fn a_peers_forget_waits_for_the_protection_period() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, &format!("{BOTH}\nkeep_min = \"30d\""));
+    let src = a.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("report.bin"), puce_tests::random_bytes(1 << 20, 1)).unwrap();
+    let old = a.snapshot(&src, "docs");
+    fs::write(src.join("report.bin"), puce_tests::random_bytes(1 << 20, 2)).unwrap();
+    let new = a.snapshot(&src, "docs");
+    b.start();
+    a.sync("grenoble", &[]);
+    forget_and_prune(&a, &old);
+    a.sync("grenoble", &[]);
+    assert!(b.log().contains("kept here until"), "{}", b.log());
+    assert_eq!(
+        b.snapshot_ids(),
+        vec![new.clone()],
+        "the held snapshot is listed"
+    );
+    let st = b.json(&["node", "status"]);
+    assert_eq!(st["held"][0]["snapshot"], serde_json::json!(old), "{st}");
+    let gc = b.json(&["gc"]);
+    assert_eq!(
+        gc["bytes_freed"], 0,
+        "gc freed data of the held snapshot: {gc}"
+    );
+    let kept = b.restored(&old);
+    assert_eq!(
+        fs::read(kept.join("report.bin")).unwrap(),
+        puce_tests::random_bytes(1 << 20, 1)
+    );
+    // Syncing again does not shorten the period.
+    a.sync("grenoble", &[]);
+    assert!(b.restored(&old).join("report.bin").exists());
+
+    // 31 days later, the forget is applied at the next sync, and gc frees the data.
+    b.stop();
+    b.start_with(&[("PUCE_TEST_DAYS_LATER", "31")]);
+    a.sync("grenoble", &[]);
+    b.stop();
+    let out = b.run(&[
+        "restore",
+        &old,
+        a.repo.dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "the held snapshot was kept after its period"
+    );
+    let gc = b.json(&["gc"]);
+    assert!(
+        gc["bytes_freed"].as_u64().unwrap() >= 1 << 20,
+        "gc did not free the forgotten data: {gc}"
+    );
+    assert_eq!(b.snapshot_ids(), vec![new]);
+}

@@ -145,6 +145,19 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         .map(|p| peer_status(p, &peer_state(&state, p), &local_by_space))
         .collect();
     let ahead = dated_ahead(&repo, &snaps)?;
+    // Snapshots a peer forgot that the protection period (keep_min) still keeps here.
+    let now = puce_core::forgotten::hold_now();
+    let held: Vec<Value> = puce_core::forgotten::holds(&repo)?
+        .into_iter()
+        .filter(|h| h.until_ns > now && snaps.iter().any(|s| s.id == h.snapshot))
+        .map(|h| {
+            json!({
+                "snapshot": h.snapshot.to_hex(),
+                "peer": h.peer,
+                "until": output::time_utc(h.until_ns),
+            })
+        })
+        .collect();
     if ctx.json {
         output::json(&json!({
             "name": config.name,
@@ -153,6 +166,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
             "daemon": daemon.as_ref().map(|d| json!({"pid": d.pid, "listen": d.listen, "since": output::time_utc(d.started_ns)})),
             "peers": peers,
             "dated_ahead": ahead,
+            "held": held,
         }))?;
         return Ok(0);
     }
@@ -176,6 +190,15 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     print_peers(&config, &state, daemon.is_some());
     println!();
     print_pending(&peers);
+    for h in &held {
+        println!(
+            "\nheld: snapshot {} was forgotten by '{}'; its protection period keeps it until {} \
+             (restore it by id meanwhile)",
+            h["snapshot"].as_str().unwrap_or_default(),
+            h["peer"].as_str().unwrap_or_default(),
+            h["until"].as_str().unwrap_or_default(),
+        );
+    }
     for a in &ahead {
         println!(
             "\nflagged: snapshot {} of space '{}' from '{}' is dated {}, after it arrived ({}); \

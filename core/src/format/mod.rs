@@ -4,6 +4,7 @@
 pub mod config;
 pub mod envelope;
 pub mod forget;
+pub mod hold;
 pub mod lineage;
 pub mod pack;
 pub mod policy;

@@ -21,6 +21,7 @@ use puce_core::{SnapshotEntry, SnapshotId};
 
 use super::{Conn, Fault, blocking, misbehaved};
 use crate::auth::Permissions;
+use crate::config::Peer;
 use crate::error::Result;
 use crate::identity::{Identity, NodeId};
 use crate::protocol::{self, Code, GetForgets, Message, SpaceList};
@@ -94,7 +95,12 @@ pub async fn before_pull(
     local: &[SnapshotEntry],
 ) -> Result<HashSet<SnapshotId>> {
     let repo = conn.ctx.repo.clone();
-    let known = blocking(move || Ok(forgotten::ids(&repo)?)).await?;
+    let label = conn.label.clone();
+    let known = blocking(move || {
+        finish_ended_holds(&repo, &label)?;
+        Ok(forgotten::ids(&repo)?)
+    })
+    .await?;
     let listed: HashSet<(SnapshotId, &str)> = list
         .spaces
         .iter()
@@ -169,7 +175,12 @@ pub async fn before_pull(
     }
     let repo = conn.ctx.repo.clone();
     let label = conn.label.clone();
+    let peer = conn.ctx.config.peer_by_id(&conn.peer.id).cloned();
     blocking(move || {
+        let accepted = match &peer {
+            Some(p) => put_off(&repo, p, accepted)?,
+            None => accepted,
+        };
         if accepted.is_empty() {
             return Ok(forgotten::ids(&repo)?);
         }
@@ -192,6 +203,66 @@ pub async fn before_pull(
         Ok(forgotten::ids(&repo)?)
     })
     .await
+}
+
+/// Finish the forgets whose protection period has ended (their holds), before a pull of
+/// `label` (that peer or another) decides what is new.
+fn finish_ended_holds(repo: &puce_core::Repo, label: &str) -> Result<()> {
+    let now = forgotten::hold_now();
+    if !forgotten::holds(repo)?.iter().any(|h| h.until_ns <= now) {
+        return Ok(());
+    }
+    let gone = forgotten::apply(repo, &[])?;
+    for id in &gone {
+        tracing::info!(
+            "forgot snapshot {id}: its protection period has ended (before a pull from {label})"
+        );
+    }
+    if !gone.is_empty() {
+        puce_core::reach::update(repo)?;
+    }
+    Ok(())
+}
+
+/// The protection period of `peer` (`keep_min`): of its forget `records`, those of snapshots
+/// that have not been here that long are put off (held, [`forgotten::hold`]) and logged; the
+/// others are returned, to be applied now. A snapshot has been here since its first arrival
+/// from a peer (its receipt), or since it was taken if it was taken here.
+fn put_off(repo: &puce_core::Repo, peer: &Peer, records: Vec<Forget>) -> Result<Vec<Forget>> {
+    let Some(keep_min) = peer.keep_min else {
+        return Ok(records);
+    };
+    let keep_ns = i64::try_from(keep_min.as_nanos()).unwrap_or(i64::MAX);
+    let arrivals = puce_core::reach::arrivals(repo)?;
+    let snaps = repo.snapshots()?;
+    let now = forgotten::hold_now();
+    let (mut due, mut held) = (Vec::new(), Vec::new());
+    for f in records {
+        let since = match arrivals.get(&f.snapshot) {
+            Some(r) => r.arrived_ns,
+            None => snaps
+                .iter()
+                .find(|s| s.id == f.snapshot)
+                .map_or(now, |s| s.snapshot.time_ns.min(now)),
+        };
+        let until = since.saturating_add(keep_ns);
+        if until > now {
+            tracing::warn!(
+                "peer '{}' forgot snapshot {} of space '{}'; kept here until {} by its                  protection period (keep_min in node.toml); it can be restored by id meanwhile",
+                peer.name,
+                f.snapshot,
+                f.space,
+                jiff::Timestamp::from_nanosecond(i128::from(until))
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| until.to_string())
+            );
+            held.push((f, until));
+        } else {
+            due.push(f);
+        }
+    }
+    forgotten::hold(repo, &held, &peer.name)?;
+    Ok(due)
 }
 
 /// The records to answer `GetForgets` with: for each id (once) with a forget record here in a
