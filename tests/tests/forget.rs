@@ -237,8 +237,11 @@ fn a_peers_forget_waits_for_the_protection_period() {
         fs::read(kept.join("report.bin")).unwrap(),
         puce_tests::random_bytes(1 << 20, 1)
     );
-    // Syncing again does not shorten the period.
+    // Syncing again does not shorten the period; grenoble's own retention does not decide on
+    // the held snapshot.
     a.sync("grenoble", &[]);
+    let v = b.json(&["forget", "--keep-last", "1"]);
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
     assert!(b.restored(&old).join("report.bin").exists());
 
     // 31 days later, the forget is applied at the next sync, and gc frees the data.

@@ -98,9 +98,14 @@ pub fn decisions_json(decisions: &[Decision]) -> serde_json::Value {
 pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let all = repo.snapshots()?;
+    // Snapshots with a forget record are already forgotten: finished below if their forget was
+    // interrupted, or kept by a peer's protection period (a hold) until it ends. A policy
+    // decides on the others.
+    let forgotten = puce_core::forgotten::ids(&repo)?;
     let in_scope: Vec<SnapshotEntry> = all
         .iter()
         .filter(|s| a.spaces.is_empty() || a.spaces.contains(&s.snapshot.space))
+        .filter(|s| !forgotten.contains(&s.id))
         .cloned()
         .collect();
     let (remove, decisions): (Vec<_>, Vec<Decision>) = if !a.snapshots.is_empty() {

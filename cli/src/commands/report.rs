@@ -220,10 +220,13 @@ fn growth(ctx: &Ctx, a: ReportArgs) -> Result<i32> {
 fn retention(ctx: &Ctx, a: RetentionReportArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let mut c = Census::build(&repo)?;
+    // As `forget` does: snapshots already forgotten (or held) are not decided on.
+    let forgotten = puce_core::forgotten::ids(&repo)?;
     let in_scope: Vec<_> = c
         .snapshots
         .iter()
         .filter(|s| a.spaces.is_empty() || a.spaces.contains(&s.snapshot.space))
+        .filter(|s| !forgotten.contains(&s.id))
         .cloned()
         .collect();
     let ds = decisions(&repo, &in_scope, &a.policy, a.group_by)?;
