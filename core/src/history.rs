@@ -47,6 +47,43 @@ pub fn heads<'a>(
     out
 }
 
+/// Share of its parent's files a snapshot may drop before it is flagged as a mass deletion.
+pub const MASS_DELETION_SHARE: f64 = 0.30;
+
+/// A snapshot that holds far fewer files than its parent (a wrong `rm -rf`, or an intruder
+/// emptying a space): flagged, never refused (history keeps the parent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shrink {
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// Its parent with the most files.
+    pub parent: SnapshotId,
+    /// Files in that parent.
+    pub files_before: u64,
+    /// Files in the snapshot.
+    pub files_after: u64,
+}
+
+/// Whether `s` drops more than [`MASS_DELETION_SHARE`] of the files of its largest parent in
+/// `all`, as the records' summaries count them (written by whoever took the snapshot: a peer
+/// could understate the drop).
+pub fn shrink(all: &[SnapshotEntry], s: &SnapshotEntry) -> Option<Shrink> {
+    let parent = s
+        .snapshot
+        .parents
+        .iter()
+        .filter_map(|p| all.iter().find(|e| e.id == *p))
+        .max_by_key(|p| p.snapshot.summary.files)?;
+    let (before, after) = (parent.snapshot.summary.files, s.snapshot.summary.files);
+    let dropped = before.saturating_sub(after) as f64;
+    (before > 0 && dropped > before as f64 * MASS_DELETION_SHARE).then_some(Shrink {
+        snapshot: s.id,
+        parent: parent.id,
+        files_before: before,
+        files_after: after,
+    })
+}
+
 /// The latest state of `space`: the newest of its heads (by time, then id), so that a
 /// snapshot whose clock ran behind its parent's is still the latest once it is the only head.
 pub fn latest<'a>(
@@ -203,6 +240,29 @@ mod tests {
         // Unrelated histories have no base.
         let all = vec![snap("x", 1, &[], "a"), snap("y", 2, &[], "b")];
         assert_eq!(merge_base(&all, id("x"), id("y")), None);
+    }
+
+    #[test]
+    fn a_snapshot_dropping_more_than_30_percent_of_its_parents_files_is_flagged() {
+        let with_files = |name, parents: &[&str], files| {
+            let mut s = snap(name, 1, parents, "a");
+            s.snapshot.summary.files = files;
+            s
+        };
+        let all = vec![
+            with_files("p", &[], 100),
+            with_files("q", &[], 10),
+            with_files("keep", &["p"], 70),
+            with_files("rm", &["p"], 69),
+            with_files("merge", &["q", "p"], 60),
+            with_files("root", &[], 0),
+        ];
+        let flagged: Vec<(SnapshotId, u64)> = all
+            .iter()
+            .filter_map(|s| shrink(&all, s))
+            .map(|f| (f.snapshot, f.files_before))
+            .collect();
+        assert_eq!(flagged, vec![(id("rm"), 100), (id("merge"), 100)]);
     }
 
     #[test]

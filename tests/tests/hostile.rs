@@ -568,3 +568,49 @@ fn snapshots_dated_ahead_by_a_peer_do_not_push_real_history_out_of_retention() {
     let text = b.ok(&["node", "status"]);
     assert!(text.contains("flagged: snapshot"), "{text}");
 }
+
+/// Issue 18: a sync that removes a large share of a space (a wrong `rm -rf` on the owner, or
+/// an intruder emptying it) is accepted, history keeping the previous state, but flagged in
+/// the holder's log and `node status`.
+#[test]
+fn a_snapshot_removing_most_files_is_accepted_and_flagged() {
+    let spaces = r#"{ docs = ["pull", "push"] }"#;
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, spaces);
+    b.add_peer(&a, spaces);
+    let src = a.repo.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..10 {
+        std::fs::write(src.join(format!("file-{i}.txt")), format!("file {i}")).unwrap();
+    }
+    let full = a.snapshot(&src, "docs");
+    // Three files gone: 30 %, not flagged.
+    for i in 0..3 {
+        std::fs::remove_file(src.join(format!("file-{i}.txt"))).unwrap();
+    }
+    a.snapshot(&src, "docs");
+    b.start();
+    a.sync("grenoble", &["--space", "docs", "--push"]);
+    for i in 3..7 {
+        std::fs::remove_file(src.join(format!("file-{i}.txt"))).unwrap();
+    }
+    let emptied = a.snapshot(&src, "docs");
+    a.sync("grenoble", &["--space", "docs", "--push"]);
+    b.stop();
+    assert_eq!(b.snapshot_ids().len(), 3, "history kept");
+    assert!(
+        b.log().contains("flagged as a mass deletion"),
+        "{}",
+        b.log()
+    );
+    let st = b.json(&["node", "status"]);
+    let flagged = st["mass_deletions"].as_array().unwrap();
+    assert_eq!(flagged.len(), 1, "{st}");
+    assert_eq!(flagged[0]["snapshot"], json!(emptied));
+    assert_eq!(
+        (&flagged[0]["files_before"], &flagged[0]["files_after"]),
+        (&json!(7), &json!(3))
+    );
+    assert_eq!(puce_tests::manifest(&b.restored(&full)).len(), 10);
+}

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use puce_core::SnapshotEntry;
 use puce_node::config::{CONFIG_FILE, NodeConfig, Peer, check_node_name, initial_config};
 use puce_node::identity::{CERT_FILE, Identity, KEY_FILE};
 use puce_node::state::{NodeState, PeerState, running_daemon};
@@ -144,7 +145,9 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         .iter()
         .map(|p| peer_status(p, &peer_state(&state, p), &local_by_space))
         .collect();
-    let ahead = dated_ahead(&repo, &snaps)?;
+    let arrivals = puce_core::reach::arrivals(&repo)?;
+    let ahead = dated_ahead(&snaps, &arrivals);
+    let shrinks = mass_deletions(&snaps, &arrivals);
     // Snapshots a peer forgot that the protection period (keep_min) still keeps here.
     let now = puce_core::forgotten::hold_now();
     let held: Vec<Value> = puce_core::forgotten::holds(&repo)?
@@ -167,6 +170,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
             "peers": peers,
             "dated_ahead": ahead,
             "held": held,
+            "mass_deletions": shrinks,
         }))?;
         return Ok(0);
     }
@@ -199,6 +203,18 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
             h["until"].as_str().unwrap_or_default(),
         );
     }
+    for m in &shrinks {
+        println!(
+            "\nflagged: snapshot {} of space '{}' from '{}' holds {} files, its parent {} held {} \
+             (a mass deletion? the parent is kept)",
+            m["snapshot"].as_str().unwrap_or_default(),
+            m["space"].as_str().unwrap_or_default(),
+            m["from"].as_str().unwrap_or_default(),
+            m["files_after"],
+            m["parent"].as_str().unwrap_or_default(),
+            m["files_before"],
+        );
+    }
     for a in &ahead {
         println!(
             "\nflagged: snapshot {} of space '{}' from '{}' is dated {}, after it arrived ({}); \
@@ -223,9 +239,8 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
 
 /// Snapshots received from peers that claim a time more than a day after their arrival (a
 /// peer's wrong clock, or a compromised peer pushing real history out of retention).
-fn dated_ahead(repo: &puce_core::Repo, snaps: &[puce_core::SnapshotEntry]) -> Result<Vec<Value>> {
-    let arrivals = puce_core::reach::arrivals(repo)?;
-    Ok(snaps
+fn dated_ahead(snaps: &[SnapshotEntry], arrivals: &Arrivals) -> Vec<Value> {
+    snaps
         .iter()
         .filter_map(|s| {
             let r = arrivals.get(&s.id)?;
@@ -239,8 +254,32 @@ fn dated_ahead(repo: &puce_core::Repo, snaps: &[puce_core::SnapshotEntry]) -> Re
                 })
             })
         })
-        .collect())
+        .collect()
 }
+
+/// Snapshots received from peers that hold far fewer files than their parent
+/// ([`puce_core::history::shrink`]).
+fn mass_deletions(snaps: &[SnapshotEntry], arrivals: &Arrivals) -> Vec<Value> {
+    snaps
+        .iter()
+        .filter_map(|s| {
+            let r = arrivals.get(&s.id)?;
+            let f = puce_core::history::shrink(snaps, s)?;
+            Some(json!({
+                "snapshot": s.id.to_hex(),
+                "space": s.snapshot.space,
+                "from": r.sender_name,
+                "parent": f.parent.to_hex(),
+                "files_before": f.files_before,
+                "files_after": f.files_after,
+            }))
+        })
+        .collect()
+}
+
+/// When each received snapshot first arrived ([`puce_core::reach::arrivals`]).
+type Arrivals =
+    std::collections::HashMap<puce_core::SnapshotId, puce_core::format::receipt::Receipt>;
 
 /// What this node knows of peer `p` (nothing yet: the default).
 fn peer_state(state: &NodeState, p: &Peer) -> PeerState {

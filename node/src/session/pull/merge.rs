@@ -30,12 +30,31 @@ pub(super) fn tally(reports: &mut [SpaceReport], records: &[Received], stored: S
     }
 }
 
-/// Stage 7: merge the heads of each space of `reports` that has several, and say which spaces
-/// were up to date.
-pub(super) async fn merge(p: &Pull<'_>, reports: &mut [SpaceReport]) -> Result<()> {
+/// Stage 7: flag received snapshots that drop a large share of their parent's files (logged;
+/// `puce node status` lists them), merge the heads of each space of `reports` that has
+/// several, and say which spaces were up to date.
+pub(super) async fn merge(
+    p: &Pull<'_>,
+    reports: &mut [SpaceReport],
+    records: &[Received],
+) -> Result<()> {
     let r2 = p.repo.clone();
     let (all, lineage) =
         blocking(move || Ok((r2.snapshots()?, puce_core::forgotten::lineage(&r2)?))).await?;
+    for r in records {
+        if let Some(f) = puce_core::history::shrink(&all, &r.entry) {
+            tracing::warn!(
+                "space '{}': snapshot {} from {} holds {} files, its parent {} held {}: \
+                 flagged as a mass deletion (history keeps the parent; `puce node status`)",
+                r.entry.snapshot.space,
+                f.snapshot,
+                p.conn.label,
+                f.files_after,
+                f.parent,
+                f.files_before
+            );
+        }
+    }
     for r in reports {
         if puce_core::history::heads(&all, &lineage, &r.space).len() < 2 {
             if r.snapshots == 0 {

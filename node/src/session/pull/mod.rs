@@ -213,7 +213,7 @@ impl Pull<'_> {
         tracing::debug!("pull: committed after {:?}", self.t0.elapsed());
         let mut reports = listed.reports;
         merge::tally(&mut reports, &records, data.plus(tree_stats));
-        merge::merge(self, &mut reports).await?;
+        merge::merge(self, &mut reports, &records).await?;
         Ok(PullOutcome {
             reports,
             peer_spaces: listed.peer_spaces,
