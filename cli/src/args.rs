@@ -409,6 +409,23 @@ pub enum NodeCommand {
     Run(NodeDirArg),
     /// Show peers, last successful syncs and what is pending
     Status(NodeDirArg),
+    /// Forget the snapshots a peer delivered since a time (junk from a compromised peer)
+    Drop(NodeDropArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeDropArgs {
+    #[command(flatten)]
+    pub dir: NodeDirArg,
+    /// The peer: its name in node.toml, or its id
+    pub peer: String,
+    /// Snapshots that arrived from it at or after this time (RFC 3339, e.g.
+    /// 2026-12-01T00:00:00Z)
+    #[arg(long)]
+    pub since: String,
+    /// Only list what would be dropped
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

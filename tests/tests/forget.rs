@@ -265,3 +265,51 @@ fn a_peers_forget_waits_for_the_protection_period() {
     );
     assert_eq!(b.snapshot_ids(), vec![new]);
 }
+
+/// Issue 18: a compromised lyon fills grenoble with junk snapshots. Grenoble's admin drops
+/// what lyon delivered since a time, after a dry run: those snapshots are forgotten for good
+/// (a sync does not bring them back), the earlier ones stay, each drop is logged.
+#[test]
+fn an_admin_drops_what_a_peer_delivered_since_a_time() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, BOTH);
+    let src = a.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("minutes.txt"), b"real").unwrap();
+    let real = a.snapshot(&src, "docs");
+    b.start();
+    a.sync("grenoble", &[]);
+    let mut junk = Vec::new();
+    let mut since = None;
+    for i in 0..2 {
+        fs::write(src.join("junk.bin"), puce_tests::random_bytes(4096, i)).unwrap();
+        junk.push(a.snapshot(&src, "docs"));
+        let r = a.sync("grenoble", &["--push"]);
+        since.get_or_insert(r["started_ns"].as_i64().unwrap());
+    }
+    b.stop();
+    let since = jiff::Timestamp::from_nanosecond(i128::from(since.unwrap())).unwrap();
+    let since = since.to_string();
+
+    let dry = b.json(&["node", "drop", "lyon", "--since", &since, "--dry-run"]);
+    let listed: Vec<&str> = dry["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshot"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, junk, "{dry}");
+    puce_tests::golden::assert_json_schema("node-drop", &dry);
+    assert_eq!(b.snapshot_ids().len(), 3, "the dry run dropped something");
+    b.ok(&["node", "drop", "lyon", "--since", &since]);
+    assert_eq!(b.snapshot_ids(), vec![real.clone()]);
+    let log = fs::read_to_string(b.node_dir().join("drops.log")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(log.contains(&junk[0]) && log.contains("'lyon'"), "{log}");
+    b.start();
+    a.sync("grenoble", &[]);
+    b.stop();
+    assert_eq!(b.snapshot_ids(), vec![real], "a dropped snapshot came back");
+}

@@ -149,6 +149,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Node(NodeCommand::Id(a)) => node::run_id(&ctx, a),
         Command::Node(NodeCommand::Run(a)) => node::run_daemon(&ctx, a),
         Command::Node(NodeCommand::Status(a)) => node::run_status(&ctx, a),
+        Command::Node(NodeCommand::Drop(a)) => node::run_drop(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),
         Command::Generate(c) => generate::run(&c),
     }

@@ -11,7 +11,7 @@ use puce_node::state::{NodeState, PeerState, running_daemon};
 use serde_json::{Value, json};
 
 use super::Ctx;
-use crate::args::{NodeDirArg, NodeInitArgs};
+use crate::args::{NodeDirArg, NodeDropArgs, NodeInitArgs};
 use crate::output;
 
 /// The node directory: `--node-dir`, `PUCE_NODE_DIR`, or `REPO/node`.
@@ -119,6 +119,88 @@ pub fn run_daemon(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     let repo = ctx.open()?;
     let dir = node_dir(ctx, &a)?;
     puce_node::daemon::run(repo, &dir).map_err(node_err)?;
+    Ok(0)
+}
+
+/// `puce node drop PEER --since TIME`: forget, for good, the snapshots that arrived from the
+/// peer at or after `since` (their receipts say when), with a dry run first; each drop is
+/// appended to `drops.log` in the node directory.
+pub fn run_drop(ctx: &Ctx, a: NodeDropArgs) -> Result<i32> {
+    let since: jiff::Timestamp = a.since.parse().map_err(|e| {
+        puce_core::Error::invalid(format!(
+            "bad --since '{}': {e} (use e.g. 2026-12-01T00:00:00Z)",
+            a.since
+        ))
+    })?;
+    let since_ns = since.as_nanosecond() as i64;
+    let repo = ctx.open()?;
+    let dir = node_dir(ctx, &a.dir)?;
+    let config = NodeConfig::load(&dir).map_err(node_err)?;
+    let peer = config.find_peer(&a.peer).map_err(node_err)?;
+    let forgotten = puce_core::forgotten::ids(&repo)?;
+    let mut drop: Vec<puce_core::format::receipt::Receipt> = puce_core::reach::receipts(&repo)?
+        .into_iter()
+        .filter(|r| r.sender == peer.id.0 && r.arrived_ns >= since_ns)
+        .filter(|r| !forgotten.contains(&r.snapshot))
+        .collect();
+    drop.sort_by_key(|r| (r.arrived_ns, r.snapshot));
+    drop.dedup_by_key(|r| r.snapshot);
+    let ids: Vec<puce_core::SnapshotId> = drop.iter().map(|r| r.snapshot).collect();
+    if !a.dry_run && !ids.is_empty() {
+        puce_core::forgotten::forget(&repo, &ids)?;
+        let mut log = String::new();
+        for r in &drop {
+            log.push_str(&format!(
+                "{} dropped snapshot {} of space '{}' delivered by '{}' at {}\n",
+                output::time_utc(puce_core::index::now_ns()),
+                r.snapshot.to_hex(),
+                r.space,
+                peer.name,
+                output::time_utc(r.arrived_ns)
+            ));
+        }
+        use std::io::Write as _;
+        let path = dir.join("drops.log");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        f.write_all(log.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let list: Vec<Value> = drop
+        .iter()
+        .map(|r| {
+            json!({
+                "snapshot": r.snapshot.to_hex(),
+                "space": r.space,
+                "arrived": output::time_utc(r.arrived_ns),
+            })
+        })
+        .collect();
+    if ctx.json {
+        output::json(&json!({ "dry_run": a.dry_run, "peer": peer.name, "snapshots": list }))?;
+        return Ok(0);
+    }
+    let verb = if a.dry_run { "would drop" } else { "dropped" };
+    for r in &drop {
+        println!(
+            "{verb} snapshot {} of space '{}', delivered by '{}' at {}",
+            r.snapshot.short(8),
+            r.space,
+            peer.name,
+            output::time(r.arrived_ns)
+        );
+    }
+    println!("{verb} {} snapshots", drop.len());
+    if !a.dry_run && !drop.is_empty() {
+        println!(
+            "logged in {}; run `puce gc` to free the space they held",
+            dir.join("drops.log").display()
+        );
+    }
     Ok(0)
 }
 
