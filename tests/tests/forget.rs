@@ -313,3 +313,75 @@ fn an_admin_drops_what_a_peer_delivered_since_a_time() {
     b.stop();
     assert_eq!(b.snapshot_ids(), vec![real], "a dropped snapshot came back");
 }
+
+/// Issue 18, the break-in: an intruder on lyon pushes a forged snapshot dated years ahead
+/// that deletes everything, then forgets the real history and runs gc, and syncs. Grenoble,
+/// which gives lyon a protection period, still restores every snapshot it held, and says what
+/// it flagged: the forged date, the mass deletion, the held snapshots.
+#[test]
+fn a_break_in_on_the_owner_does_not_destroy_the_holders_copy() {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, BOTH);
+    b.add_peer(&a, &format!("{BOTH}\nkeep_min = \"30d\""));
+    let src = a.repo.dir.path().join("src");
+    make_tree(&src, 7);
+    let v1 = a.snapshot(&src, "docs");
+    fs::write(src.join("minutes.txt"), b"second version").unwrap();
+    let v2 = a.snapshot(&src, "docs");
+    b.start();
+    a.sync("grenoble", &[]);
+    let before: Vec<_> = [&v1, &v2]
+        .iter()
+        .map(|id| puce_tests::manifest(&b.restored(id)))
+        .collect();
+
+    // The intruder: everything deleted, dated 2030, then the real history forgotten.
+    fs::remove_dir_all(&src).unwrap();
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("README.txt"), b"your files are gone").unwrap();
+    let forged = a.json(&[
+        "snapshot",
+        src.to_str().unwrap(),
+        "--space",
+        "docs",
+        "--time",
+        "2030-01-01T00:00:00Z",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.sync("grenoble", &[]);
+    a.ok(&["forget", &v1, &v2, "--prune"]);
+    a.sync("grenoble", &[]);
+    b.stop();
+
+    for (id, m) in [&v1, &v2].iter().zip(&before) {
+        assert_eq!(
+            &puce_tests::manifest(&b.restored(id)),
+            m,
+            "grenoble lost snapshot {id}"
+        );
+    }
+    b.ok(&["check", "--read-data"]);
+    let st = b.json(&["node", "status"]);
+    println!("{st:#}");
+    let ids = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = st[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["snapshot"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut real = vec![v1.clone(), v2.clone()];
+    real.sort();
+    assert_eq!(ids("held"), real);
+    assert_eq!(ids("dated_ahead"), vec![forged.clone()]);
+    assert_eq!(ids("mass_deletions"), vec![forged]);
+    // Retention on grenoble does not let the forged date push the real history out either.
+    let v = b.json(&["forget", "--keep-daily", "1", "--dry-run"]);
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
+}
