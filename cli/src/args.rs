@@ -65,6 +65,31 @@ pub enum Command {
     Node(NodeCommand),
     /// Sync spaces with a peer node now: PEER [--space S] [--pull | --push]
     Sync(SyncArgs),
+    /// Rules per space for this node: how many copies the sites must hold
+    #[command(subcommand)]
+    Space(SpaceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpaceCommand {
+    /// Set the replica rule of a space: this node plus at least COPIES-1 peers hold its
+    /// latest snapshots (checked by `puce report replicas` and the daemon's metrics)
+    Set {
+        /// The space
+        space: String,
+        /// Copies wanted, this node's included
+        #[arg(long, value_name = "N")]
+        copies: u32,
+        #[command(flatten)]
+        dir: NodeDirArg,
+    },
+    /// Remove the replica rule of a space
+    Unset {
+        /// The space
+        space: String,
+        #[command(flatten)]
+        dir: NodeDirArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +163,18 @@ pub enum ReportCommand {
     Retention(RetentionReportArgs),
     /// Stored bytes over time, growth rate, and when the disk fills
     Growth(ReportArgs),
+    /// Which nodes hold which heads of each space, how old each copy is, and whether the
+    /// replica rules hold (exit status 1 when one is broken)
+    Replicas(ReplicasArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicasArgs {
+    /// Only this space
+    #[arg(long)]
+    pub space: Option<String>,
+    #[command(flatten)]
+    pub dir: NodeDirArg,
 }
 
 #[derive(Debug, Args)]

@@ -84,8 +84,20 @@ pub struct NodeConfig {
     pub checkpoint: u64,
     /// The daemon's scheduled check of the data, if any.
     pub check: Option<CheckSchedule>,
+    /// The Prometheus metrics endpoint, if any (`[metrics]`).
+    pub metrics: Option<MetricsConfig>,
     /// The peers.
     pub peers: Vec<Peer>,
+}
+
+/// `[metrics]` in `node.toml`: where the daemon serves its metrics, and how often it
+/// recomputes the repository figures (a walk of every snapshot, never done per scrape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// TCP address of the HTTP endpoint (`/metrics`).
+    pub listen: SocketAddr,
+    /// Time between two computations of the repository figures.
+    pub refresh: Duration,
 }
 
 /// The daemon's regular check: `[check]` in `node.toml`.
@@ -115,6 +127,7 @@ struct Raw {
     #[serde(default)]
     transfer: RawTransfer,
     check: Option<RawCheck>,
+    metrics: Option<RawMetrics>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -160,6 +173,13 @@ struct RawCheck {
     interval: Option<String>,
     sample: Option<String>,
     repair: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+    refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +363,7 @@ impl NodeConfig {
                 })
             }
         };
+        let metrics = raw.metrics.map(parse_metrics).transpose()?;
         let peers = parse_peers(raw.peers)?;
         Ok(NodeConfig {
             name: raw.node.name,
@@ -354,6 +375,7 @@ impl NodeConfig {
             streams,
             checkpoint,
             check,
+            metrics,
             peers,
         })
     }
@@ -386,6 +408,28 @@ impl NodeConfig {
             ),
         ))
     }
+}
+
+/// The `[metrics]` section.
+fn parse_metrics(m: RawMetrics) -> Result<MetricsConfig> {
+    let listen = m.listen.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "[metrics] listen = {:?} is not an address: write IP:PORT, e.g. \
+                 \"127.0.0.1:9464\"",
+                m.listen
+            ),
+        )
+    })?;
+    let refresh = parse_duration(m.refresh.as_deref().unwrap_or("1h"))?;
+    if refresh < Duration::from_secs(1) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "[metrics] refresh must be at least 1s",
+        ));
+    }
+    Ok(MetricsConfig { listen, refresh })
 }
 
 /// The `[[peer]]` sections: names and ids each once, addresses HOST:PORT, known permissions.
@@ -509,6 +553,15 @@ sample = "5%"
 # and rewrite the damaged packs; what no peer has is logged with its files.
 repair = true
 
+# [metrics]
+# # Serve Prometheus metrics over HTTP at http://ADDRESS/metrics (off without
+# # this section). Keep it on loopback or a private network: anyone who can
+# # reach it sees the peers' names and the sizes of the spaces.
+# listen = "127.0.0.1:9464"
+# # How often the repository figures (sizes, dedup, growth) are recomputed: a
+# # walk of every snapshot, run in the background, never per scrape.
+# refresh = "1h"
+
 # One [[peer]] section per node this one talks to. A connection from a key that
 # is not listed here is refused.
 #
@@ -549,6 +602,26 @@ mod tests {
             })
         );
         assert!(c.peers.is_empty());
+        assert_eq!(c.metrics, None);
+        // The example's [metrics] section, uncommented, parses.
+        let metrics: String = EXAMPLE
+            .split("# [metrics]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("# #"))
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = NodeConfig::parse(&format!("[node]\nname = \"x\"\n[metrics]\n{metrics}")).unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(MetricsConfig {
+                listen: "127.0.0.1:9464".parse().unwrap(),
+                refresh: Duration::from_secs(3600),
+            })
+        );
         // The example's peer section, uncommented, parses too.
         let uncommented: String = EXAMPLE
             .lines()
@@ -675,6 +748,14 @@ mod tests {
             (
                 "[node]\nname = \"a\"\n[check]\ninterval = \"0s\"\n",
                 "must not be 0",
+            ),
+            (
+                "[node]\nname = \"a\"\n[metrics]\nlisten = \"9464\"\n",
+                "[metrics] listen",
+            ),
+            (
+                "[node]\nname = \"a\"\n[metrics]\nlisten = \"127.0.0.1:1\"\nrefresh = \"0s\"\n",
+                "at least 1s",
             ),
         ];
         for (text, want) in cases {

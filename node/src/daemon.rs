@@ -45,14 +45,43 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
         let addr = endpoint
             .local_addr()
             .map_err(|e| Error::internal(format!("no local address: {e}")))?;
+        let started_ns = now_ns();
         let _lock = DaemonLock::acquire(
             &ctx.dir,
             &DaemonInfo {
                 pid: std::process::id(),
                 listen: addr.to_string(),
-                started_ns: now_ns(),
+                started_ns,
             },
         )?;
+        let mut schedules = Vec::new();
+        if let Some(m) = ctx.config.metrics {
+            let listener = tokio::net::TcpListener::bind(m.listen).await.map_err(|e| {
+                Error::new(
+                    crate::ErrorKind::Config,
+                    format!(
+                        "cannot serve the metrics on {} ([metrics] listen in node.toml): {e}",
+                        m.listen
+                    ),
+                )
+            })?;
+            let cache = crate::metrics::Cache::default();
+            tracing::info!(
+                "metrics on http://{}/metrics",
+                listener.local_addr().unwrap_or(m.listen)
+            );
+            schedules.push(tokio::spawn(crate::metrics::refresh_loop(
+                ctx.clone(),
+                cache.clone(),
+                m.refresh,
+            )));
+            schedules.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                ctx.clone(),
+                cache,
+                started_ns,
+            )));
+        }
         tracing::info!(
             "node '{}' ({}) listening on {addr} (UDP); {} peers; windows: {}; bandwidth cap: {}",
             ctx.config.name,
@@ -77,7 +106,6 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
             tracing::warn!("test fault active: {f:?} (PUCE_TEST_FAULT)");
         }
         let accept = tokio::spawn(accept_loop(ctx.clone(), endpoint.clone()));
-        let mut schedules = Vec::new();
         for p in ctx.config.peers.iter().filter(|p| p.address.is_some()) {
             schedules.push(tokio::spawn(schedule(ctx.clone(), p.clone())));
         }
@@ -404,6 +432,8 @@ async fn run_check(
     let mut st = CheckState {
         ok: report.is_ok(),
         problems: problems.len() as u64,
+        packs_read: report.packs_read,
+        coverage: report.sample_position,
         ..CheckState::default()
     };
     tracing::info!(

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 pub mod garage;
 pub mod golden;
+pub mod http;
 pub mod node;
 pub mod paused_gc;
 
@@ -317,6 +318,8 @@ pub enum Need {
     SwitchUser,
     /// Root, e.g. to give restored files their owners.
     Root,
+    /// Prometheus's `promtool`, to validate the metrics page.
+    Promtool,
 }
 
 impl Need {
@@ -339,6 +342,7 @@ impl Need {
                 "run the tests as root; apt-get install util-linux",
             ),
             Need::Root => ("root", "run the tests as root"),
+            Need::Promtool => ("promtool", "apt-get install prometheus"),
         }
     }
 
@@ -358,6 +362,7 @@ impl Need {
             Need::Tmpfs => root().and_then(|()| program("mount")),
             Need::SwitchUser => root().and_then(|()| program("setpriv")),
             Need::Root => root().map(|()| PathBuf::from("/")),
+            Need::Promtool => program("promtool"),
         }
     }
 }

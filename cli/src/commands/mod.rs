@@ -18,6 +18,7 @@ mod mount;
 mod node;
 mod policy;
 mod repair;
+mod replicas;
 mod report;
 mod restore;
 mod snapshot;
@@ -149,6 +150,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Node(NodeCommand::Run(a)) => node::run_daemon(&ctx, a),
         Command::Node(NodeCommand::Status(a)) => node::run_status(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),
+        Command::Space(c) => replicas::run_space(&ctx, c),
     }
 }
 
