@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub check: Option<CheckSchedule>,
     /// The Prometheus metrics endpoint, if any (`[metrics]`).
     pub metrics: Option<MetricsConfig>,
+    /// Notifications, if any (`[notify]`).
+    pub notify: Option<NotifyConfig>,
     /// The peers.
     pub peers: Vec<Peer>,
 }
@@ -98,6 +100,43 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// Time between two computations of the repository figures.
     pub refresh: Duration,
+}
+
+/// `[notify]` in `node.toml`: where the daemon sends its notifications
+/// ([`crate::notify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// URL a JSON document is POSTed to for each notification.
+    pub webhook: Option<String>,
+    /// `topic` field of the JSON document (for ntfy).
+    pub topic: Option<String>,
+    /// Email over SMTP.
+    pub email: Option<EmailConfig>,
+    /// Time allowed after a sync was due before "no successful sync" is raised.
+    pub grace: Duration,
+    /// Time between two evaluations of the events.
+    pub every: Duration,
+    /// Send a weekly digest.
+    pub digest: bool,
+}
+
+/// `[notify.email]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// SMTP server host name.
+    pub server: String,
+    /// Its port (587 by default: submission with STARTTLS).
+    pub port: u16,
+    /// STARTTLS required (true, the default) or no TLS at all (only for a server on loopback).
+    pub starttls: bool,
+    /// Sender address.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// SMTP user name, if the server wants one.
+    pub username: Option<String>,
+    /// File holding the password (its first line).
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// The daemon's regular check: `[check]` in `node.toml`.
@@ -128,6 +167,7 @@ struct Raw {
     transfer: RawTransfer,
     check: Option<RawCheck>,
     metrics: Option<RawMetrics>,
+    notify: Option<RawNotify>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -180,6 +220,29 @@ struct RawCheck {
 struct RawMetrics {
     listen: String,
     refresh: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Option<String>,
+    topic: Option<String>,
+    email: Option<RawEmail>,
+    grace: Option<String>,
+    every: Option<String>,
+    digest: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    server: String,
+    port: Option<u16>,
+    tls: Option<String>,
+    from: String,
+    to: Vec<String>,
+    username: Option<String>,
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,6 +427,7 @@ impl NodeConfig {
             }
         };
         let metrics = raw.metrics.map(parse_metrics).transpose()?;
+        let notify = raw.notify.map(parse_notify).transpose()?;
         let peers = parse_peers(raw.peers)?;
         Ok(NodeConfig {
             name: raw.node.name,
@@ -376,6 +440,7 @@ impl NodeConfig {
             checkpoint,
             check,
             metrics,
+            notify,
             peers,
         })
     }
@@ -430,6 +495,67 @@ fn parse_metrics(m: RawMetrics) -> Result<MetricsConfig> {
         ));
     }
     Ok(MetricsConfig { listen, refresh })
+}
+
+/// The `[notify]` section.
+fn parse_notify(n: RawNotify) -> Result<NotifyConfig> {
+    let bad = |m: String| Error::new(ErrorKind::Config, format!("[notify] {m}"));
+    if let Some(w) = &n.webhook
+        && !(w.starts_with("https://") || w.starts_with("http://"))
+    {
+        return Err(bad(format!(
+            "webhook = {w:?} is not an http(s) URL, e.g. \"https://ntfy.sh\""
+        )));
+    }
+    let email = match n.email {
+        None => None,
+        Some(e) => {
+            let starttls = match e.tls.as_deref().unwrap_or("starttls") {
+                "starttls" => true,
+                "none" => false,
+                other => {
+                    return Err(bad(format!(
+                        "email.tls = {other:?}: use \"starttls\" (or \"none\" for a server on \
+                         loopback)"
+                    )));
+                }
+            };
+            if e.to.is_empty() {
+                return Err(bad("email.to lists no recipient".into()));
+            }
+            if e.username.is_some() != e.password_file.is_some() {
+                return Err(bad(
+                    "email: give both username and password_file, or neither".into(),
+                ));
+            }
+            Some(EmailConfig {
+                server: e.server,
+                port: e.port.unwrap_or(587),
+                starttls,
+                from: e.from,
+                to: e.to,
+                username: e.username,
+                password_file: e.password_file,
+            })
+        }
+    };
+    if n.webhook.is_none() && email.is_none() {
+        return Err(bad(
+            "sends nowhere: set webhook and/or [notify.email]".into()
+        ));
+    }
+    let every = parse_duration(n.every.as_deref().unwrap_or("5m"))?;
+    if every < Duration::from_secs(1) {
+        return Err(bad("every must be at least 1s".into()));
+    }
+    Ok(NotifyConfig {
+        webhook: n.webhook,
+        topic: n.topic,
+        email,
+        grace: parse_duration(n.grace.as_deref().unwrap_or("1d"))?,
+        every,
+        digest: n.digest.unwrap_or(false),
+    })
 }
 
 /// The `[[peer]]` sections: names and ids each once, addresses HOST:PORT, known permissions.
@@ -752,6 +878,18 @@ mod tests {
             (
                 "[node]\nname = \"a\"\n[metrics]\nlisten = \"9464\"\n",
                 "[metrics] listen",
+            ),
+            (
+                "[node]\nname = \"a\"\n[notify]\ngrace = \"1d\"\n",
+                "sends nowhere",
+            ),
+            (
+                "[node]\nname = \"a\"\n[notify]\nwebhook = \"ntfy.sh\"\n",
+                "not an http(s) URL",
+            ),
+            (
+                "[node]\nname = \"a\"\n[notify.email]\nserver = \"m\"\nfrom = \"a@b\"\nto = []\n",
+                "no recipient",
             ),
             (
                 "[node]\nname = \"a\"\n[metrics]\nlisten = \"127.0.0.1:1\"\nrefresh = \"0s\"\n",

@@ -18,6 +18,7 @@ pub mod error;
 pub mod heal;
 pub mod identity;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod replicas;
 pub mod report;

@@ -4,7 +4,8 @@
 //!
 //! What counts as a copy, as of the last contact with each node:
 //! - this node: it holds the heads; its data counts as checked when the daemon's last check
-//!   ran within the check period and left nothing unhealed;
+//!   ran within the check period and found nothing, or healed what it found (nothing lost, no
+//!   error);
 //! - a peer: it held every head, complete, as of the last contact within the check period. A
 //!   peer lists in `SpaceList` only snapshots it committed, which it does only once everything
 //!   they reach is durable (`docs/protocol.md`); a pushed snapshot is committed when `PushDone`
@@ -192,7 +193,7 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
             && fresh(c.last_ns)
             && c.lost == 0
             && c.error.is_none()
-            && (c.ok || c.healed >= c.problems)
+            && (c.ok || c.healed > 0)
     });
     copies.push(Copy {
         node: k.config.name.clone(),

@@ -68,7 +68,14 @@ pub struct CheckState {
     pub lost: u64,
     /// The error that stopped the check or the heal, if any.
     pub error: Option<String>,
+    /// Damaged files, `space:path` (the first [`MAX_PATHS`]).
+    pub damaged_paths: Vec<String>,
+    /// Files whose damage no peer could heal, `space:path` (the first [`MAX_PATHS`]).
+    pub lost_paths: Vec<String>,
 }
+
+/// Most paths kept in [`CheckState`].
+pub const MAX_PATHS: usize = 20;
 
 /// The whole state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

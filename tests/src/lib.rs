@@ -320,6 +320,8 @@ pub enum Need {
     Root,
     /// Prometheus's `promtool`, to validate the metrics page.
     Promtool,
+    /// Python with `aiosmtpd`, a real SMTP server for the email notifications.
+    Aiosmtpd,
 }
 
 impl Need {
@@ -343,6 +345,7 @@ impl Need {
             ),
             Need::Root => ("root", "run the tests as root"),
             Need::Promtool => ("promtool", "apt-get install prometheus"),
+            Need::Aiosmtpd => ("python3 with aiosmtpd", "apt-get install python3-aiosmtpd"),
         }
     }
 
@@ -363,6 +366,12 @@ impl Need {
             Need::SwitchUser => root().and_then(|()| program("setpriv")),
             Need::Root => root().map(|()| PathBuf::from("/")),
             Need::Promtool => program("promtool"),
+            Need::Aiosmtpd => program("python3").filter(|p| {
+                Command::new(p)
+                    .args(["-c", "import aiosmtpd"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            }),
         }
     }
 }
