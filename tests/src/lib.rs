@@ -366,12 +366,17 @@ impl Need {
             Need::SwitchUser => root().and_then(|()| program("setpriv")),
             Need::Root => root().map(|()| PathBuf::from("/")),
             Need::Promtool => program("promtool"),
-            Need::Aiosmtpd => program("python3").filter(|p| {
-                Command::new(p)
-                    .args(["-c", "import aiosmtpd"])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            }),
+            // Debian's package installs for the system Python, which a python3 earlier in PATH
+            // (pyenv, a venv) may not be.
+            Need::Aiosmtpd => [Some(PathBuf::from("/usr/bin/python3")), program("python3")]
+                .into_iter()
+                .flatten()
+                .find(|p| {
+                    Command::new(p)
+                        .args(["-c", "import aiosmtpd"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                }),
         }
     }
 }
