@@ -116,8 +116,8 @@ pub struct NotifyConfig {
     pub grace: Duration,
     /// Time between two evaluations of the events.
     pub every: Duration,
-    /// Send a weekly digest.
-    pub digest: bool,
+    /// Time between two digests (a summary for a non-technical reader), if any.
+    pub digest: Option<Duration>,
 }
 
 /// `[notify.email]`.
@@ -230,7 +230,7 @@ struct RawNotify {
     email: Option<RawEmail>,
     grace: Option<String>,
     every: Option<String>,
-    digest: Option<bool>,
+    digest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -554,7 +554,7 @@ fn parse_notify(n: RawNotify) -> Result<NotifyConfig> {
         email,
         grace: parse_duration(n.grace.as_deref().unwrap_or("1d"))?,
         every,
-        digest: n.digest.unwrap_or(false),
+        digest: n.digest.as_deref().map(parse_duration).transpose()?,
     })
 }
 

@@ -255,7 +255,7 @@ impl Drop for Smtp {
 }
 
 #[test]
-fn a_broken_replica_rule_is_emailed_once_through_a_real_smtp_server() {
+fn a_broken_replica_rule_and_the_weekly_digest_are_emailed_once_through_a_real_smtp_server() {
     let mut b = TestNode::new("grenoble");
     let Some(smtp) = Smtp::start(b.repo.dir.path()) else {
         return;
@@ -265,7 +265,7 @@ fn a_broken_replica_rule_is_emailed_once_through_a_real_smtp_server() {
     b.snapshot(&src, "docs");
     b.ok(&["space", "set", "docs", "--copies", "2"]);
     b.extra = format!(
-        "[notify]\nevery = \"1s\"\n[notify.email]\nserver = \"127.0.0.1\"\nport = {}\n\
+        "[notify]\nevery = \"1s\"\ndigest = \"7d\"\n[notify.email]\nserver = \"127.0.0.1\"\nport = {}\n\
          tls = \"none\"\nfrom = \"puce@grenoble.example.org\"\n\
          to = [\"admins@example.org\", \"treasurer@example.org\"]\n",
         smtp.port
@@ -297,6 +297,22 @@ fn a_broken_replica_rule_is_emailed_once_through_a_real_smtp_server() {
         mail.contains("grenoble (the daemon does not check the data"),
         "{mail}"
     );
-    assert_eq!(mail.matches("Subject:").count(), 1, "sent once: {mail}");
+    // The digest, once a week: the first one with the first evaluation.
+    assert!(
+        mail.contains("Subject: [puce grenoble] Weekly summary: 1 thing(s) need a person"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains(
+            "What is safe: - Nothing can be confirmed yet.  What needs a person: - Space 'docs' \
+             has 0 of the 2 copies its rule wants"
+        ),
+        "{mail}"
+    );
+    assert_eq!(
+        mail.matches("Subject:").count(),
+        2,
+        "each sent once: {mail}"
+    );
     b.stop();
 }

@@ -57,6 +57,8 @@ pub struct NotifyState {
     pub running: bool,
     /// When a daemon first evaluated the events here: the reference of "never synced".
     pub since_ns: Option<i64>,
+    /// When the last digest was sent (all channels), ns since the epoch.
+    pub last_digest_ns: Option<i64>,
 }
 
 impl NotifyState {
@@ -542,7 +544,7 @@ async fn round(
     let figures = cache.lock().ok().and_then(|c| c.clone());
     let c2 = ctx.clone();
     let cfg2 = cfg.clone();
-    let (now, unknown, sent) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (now, unknown, sent, digest) = tokio::task::spawn_blocking(move || -> Result<_> {
         let st = NodeState::load(&c2.dir)?;
         let rules = SpaceRules::load(&c2.dir)?;
         let snapshots = c2.repo.snapshots()?;
@@ -579,11 +581,17 @@ async fn round(
         } else {
             &[]
         };
-        Ok((
-            events(&facts, &cfg2),
-            unknown,
-            NotifyState::load(&c2.dir)?.sent,
-        ))
+        let now = events(&facts, &cfg2);
+        let notify = NotifyState::load(&c2.dir)?;
+        let digest = cfg2
+            .digest
+            .filter(|every| {
+                notify
+                    .last_digest_ns
+                    .is_none_or(|t| now_ns.saturating_sub(t) >= nanos(*every))
+            })
+            .map(|_| digest(&facts, &now));
+        Ok((now, unknown, notify.sent, digest))
     })
     .await
     .map_err(|e| Error::internal(format!("the notify thread failed: {e}")))??;
@@ -621,7 +629,102 @@ async fn round(
             })?;
         }
     }
+    if let Some((title, text)) = digest {
+        let n = Notice {
+            key: "digest".into(),
+            status: "digest",
+            kind: "digest",
+            severity: "info",
+            title,
+            message: text,
+            record: None,
+        };
+        let mut all = true;
+        for ch in channels {
+            let topic = match ch {
+                Channel::Webhook { topic, .. } => topic.as_deref(),
+                Channel::Email(_) => None,
+            };
+            let json = webhook_body(node, topic, &n, now_ns());
+            let body = email_body(node, &n);
+            if let Err(e) = ch.send(node, &n.title, &body, json).await {
+                tracing::warn!("notify: cannot send the digest by {}: {e:#}", ch.name());
+                all = false;
+            }
+        }
+        // Sent once it reached every channel (a channel that failed gets it at the next round,
+        // the others again).
+        if all {
+            tracing::info!("notify: sent the digest");
+            NotifyState::update(&ctx.dir, |s| s.last_digest_ns = Some(now_ns()))?;
+        }
+    }
     Ok(now.len())
+}
+
+/// The digest, for a reader who is not an admin: what is safe, and what needs a person.
+fn digest(f: &Facts, now: &[Event]) -> (String, String) {
+    let mut safe = Vec::new();
+    for r in f.replicas {
+        let holders: Vec<&str> = r
+            .copies
+            .iter()
+            .filter(|c| c.counts)
+            .map(|c| c.node.as_str())
+            .collect();
+        if r.ok != Some(false) && !holders.is_empty() {
+            safe.push(format!(
+                "- '{}' is kept at {} place{} ({}).",
+                r.space,
+                holders.len(),
+                if holders.len() == 1 { "" } else { "s" },
+                holders.join(", ")
+            ));
+        }
+    }
+    for p in &f.ctx.config.peers {
+        if let Some(t) = f
+            .state
+            .peers
+            .get(&p.id.to_string())
+            .and_then(|s| s.last_success_ns)
+        {
+            safe.push(format!(
+                "- The last exchange with {} went well, on {}.",
+                p.name,
+                date(t)
+            ));
+        }
+    }
+    if let Some(c) = &f.state.check
+        && c.ok
+    {
+        safe.push(format!(
+            "- The stored data was verified on {} and is intact.",
+            c.last_ns.map(date).unwrap_or_default()
+        ));
+    }
+    let human: Vec<String> = now.iter().map(|e| format!("- {}", e.title)).collect();
+    let title = if human.is_empty() {
+        "Weekly summary: all is well".to_string()
+    } else {
+        format!("Weekly summary: {} thing(s) need a person", human.len())
+    };
+    let text = format!(
+        "What is safe:\n{}\n\nWhat needs a person:\n{}\n\nEach of these was also sent as a \
+         separate notification when it happened, with details for the admins.",
+        if safe.is_empty() {
+            "- Nothing can be confirmed yet.".to_string()
+        } else {
+            safe.join("\n")
+        },
+        if human.is_empty() {
+            "- Nothing.".to_string()
+        } else {
+            human.join("\n")
+        }
+    );
+    (title, text)
 }
 
 /// The plain text of an email, in lines of at most 72 characters where words allow (so that
