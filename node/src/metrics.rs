@@ -4,6 +4,7 @@
 //! never slows a sync:
 //! - peers and checks from the node state (`state.json`, a small file);
 //! - disk free from one `statvfs`;
+//! - the replica rules from the snapshot records and receipts (read, no tree walked);
 //! - the repository figures (sizes, dedup, snapshots per space, growth) from a cache that a
 //!   background task recomputes every `refresh` (a walk of every snapshot, never per scrape).
 //!
