@@ -76,6 +76,9 @@ pub enum Command {
     /// Write the man pages or shell completions into a folder (for packagers)
     #[command(subcommand, hide = true)]
     Generate(GenerateCommand),
+    /// Rules per space for this node: how many copies the sites must hold
+    #[command(subcommand)]
+    Space(SpaceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +92,28 @@ pub enum GenerateCommand {
     Completions {
         /// Folder to write into (created if needed)
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpaceCommand {
+    /// Set the replica rule of a space: this node plus at least COPIES-1 peers hold its
+    /// latest snapshots (checked by `puce report replicas` and the daemon's metrics)
+    Set {
+        /// The space
+        space: String,
+        /// Copies wanted, this node's included
+        #[arg(long, value_name = "N")]
+        copies: u32,
+        #[command(flatten)]
+        dir: NodeDirArg,
+    },
+    /// Remove the replica rule of a space
+    Unset {
+        /// The space
+        space: String,
+        #[command(flatten)]
+        dir: NodeDirArg,
     },
 }
 
@@ -163,6 +188,18 @@ pub enum ReportCommand {
     Retention(RetentionReportArgs),
     /// Stored bytes over time, growth rate, and when the disk fills
     Growth(ReportArgs),
+    /// Which nodes hold which heads of each space, how old each copy is, and whether the
+    /// replica rules hold (exit status 1 when one is broken)
+    Replicas(ReplicasArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicasArgs {
+    /// Only this space
+    #[arg(long)]
+    pub space: Option<String>,
+    #[command(flatten)]
+    pub dir: NodeDirArg,
 }
 
 #[derive(Debug, Args)]

@@ -88,8 +88,59 @@ pub struct NodeConfig {
     pub checkpoint: u64,
     /// The daemon's scheduled check of the data, if any.
     pub check: Option<CheckSchedule>,
+    /// The Prometheus metrics endpoint, if any (`[metrics]`).
+    pub metrics: Option<MetricsConfig>,
+    /// Notifications, if any (`[notify]`).
+    pub notify: Option<NotifyConfig>,
     /// The peers.
     pub peers: Vec<Peer>,
+}
+
+/// `[metrics]` in `node.toml`: where the daemon serves its metrics, and how often it
+/// recomputes the repository figures (a walk of every snapshot, never done per scrape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// TCP address of the HTTP endpoint (`/metrics`).
+    pub listen: SocketAddr,
+    /// Time between two computations of the repository figures.
+    pub refresh: Duration,
+}
+
+/// `[notify]` in `node.toml`: where the daemon sends its notifications
+/// ([`crate::notify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// URL a JSON document is POSTed to for each notification.
+    pub webhook: Option<String>,
+    /// `topic` field of the JSON document (for ntfy).
+    pub topic: Option<String>,
+    /// Email over SMTP.
+    pub email: Option<EmailConfig>,
+    /// Time allowed after a sync was due before "no successful sync" is raised.
+    pub grace: Duration,
+    /// Time between two evaluations of the events.
+    pub every: Duration,
+    /// Time between two digests (a summary for a non-technical reader), if any.
+    pub digest: Option<Duration>,
+}
+
+/// `[notify.email]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// SMTP server host name.
+    pub server: String,
+    /// Its port (587 by default: submission with STARTTLS).
+    pub port: u16,
+    /// STARTTLS required (true, the default) or no TLS at all (only for a server on loopback).
+    pub starttls: bool,
+    /// Sender address.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// SMTP user name, if the server wants one.
+    pub username: Option<String>,
+    /// File holding the password (its first line).
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// The daemon's regular check: `[check]` in `node.toml`.
@@ -119,6 +170,8 @@ struct Raw {
     #[serde(default)]
     transfer: RawTransfer,
     check: Option<RawCheck>,
+    metrics: Option<RawMetrics>,
+    notify: Option<RawNotify>,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
 }
@@ -164,6 +217,36 @@ struct RawCheck {
     interval: Option<String>,
     sample: Option<String>,
     repair: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+    refresh: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Option<String>,
+    topic: Option<String>,
+    email: Option<RawEmail>,
+    grace: Option<String>,
+    every: Option<String>,
+    digest: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    server: String,
+    port: Option<u16>,
+    tls: Option<String>,
+    from: String,
+    to: Vec<String>,
+    username: Option<String>,
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +431,8 @@ impl NodeConfig {
                 })
             }
         };
+        let metrics = raw.metrics.map(parse_metrics).transpose()?;
+        let notify = raw.notify.map(parse_notify).transpose()?;
         let peers = parse_peers(raw.peers)?;
         Ok(NodeConfig {
             name: raw.node.name,
@@ -359,6 +444,8 @@ impl NodeConfig {
             streams,
             checkpoint,
             check,
+            metrics,
+            notify,
             peers,
         })
     }
@@ -391,6 +478,89 @@ impl NodeConfig {
             ),
         ))
     }
+}
+
+/// The `[metrics]` section.
+fn parse_metrics(m: RawMetrics) -> Result<MetricsConfig> {
+    let listen = m.listen.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "[metrics] listen = {:?} is not an address: write IP:PORT, e.g. \
+                 \"127.0.0.1:9464\"",
+                m.listen
+            ),
+        )
+    })?;
+    let refresh = parse_duration(m.refresh.as_deref().unwrap_or("1h"))?;
+    if refresh < Duration::from_secs(1) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "[metrics] refresh must be at least 1s",
+        ));
+    }
+    Ok(MetricsConfig { listen, refresh })
+}
+
+/// The `[notify]` section.
+fn parse_notify(n: RawNotify) -> Result<NotifyConfig> {
+    let bad = |m: String| Error::new(ErrorKind::Config, format!("[notify] {m}"));
+    if let Some(w) = &n.webhook
+        && !(w.starts_with("https://") || w.starts_with("http://"))
+    {
+        return Err(bad(format!(
+            "webhook = {w:?} is not an http(s) URL, e.g. \"https://ntfy.sh\""
+        )));
+    }
+    let email = match n.email {
+        None => None,
+        Some(e) => {
+            let starttls = match e.tls.as_deref().unwrap_or("starttls") {
+                "starttls" => true,
+                "none" => false,
+                other => {
+                    return Err(bad(format!(
+                        "email.tls = {other:?}: use \"starttls\" (or \"none\" for a server on \
+                         loopback)"
+                    )));
+                }
+            };
+            if e.to.is_empty() {
+                return Err(bad("email.to lists no recipient".into()));
+            }
+            if e.username.is_some() != e.password_file.is_some() {
+                return Err(bad(
+                    "email: give both username and password_file, or neither".into(),
+                ));
+            }
+            Some(EmailConfig {
+                server: e.server,
+                port: e.port.unwrap_or(587),
+                starttls,
+                from: e.from,
+                to: e.to,
+                username: e.username,
+                password_file: e.password_file,
+            })
+        }
+    };
+    if n.webhook.is_none() && email.is_none() {
+        return Err(bad(
+            "sends nowhere: set webhook and/or [notify.email]".into()
+        ));
+    }
+    let every = parse_duration(n.every.as_deref().unwrap_or("5m"))?;
+    if every < Duration::from_secs(1) {
+        return Err(bad("every must be at least 1s".into()));
+    }
+    Ok(NotifyConfig {
+        webhook: n.webhook,
+        topic: n.topic,
+        email,
+        grace: parse_duration(n.grace.as_deref().unwrap_or("1d"))?,
+        every,
+        digest: n.digest.as_deref().map(parse_duration).transpose()?,
+    })
 }
 
 /// The `[[peer]]` sections: names and ids each once, addresses HOST:PORT, known permissions.
@@ -521,6 +691,15 @@ sample = "5%"
 # and rewrite the damaged packs; what no peer has is logged with its files.
 repair = true
 
+# [metrics]
+# # Serve Prometheus metrics over HTTP at http://ADDRESS/metrics (off without
+# # this section). Keep it on loopback or a private network: anyone who can
+# # reach it sees the peers' names and the sizes of the spaces.
+# listen = "127.0.0.1:9464"
+# # How often the repository figures (sizes, dedup, growth) are recomputed: a
+# # walk of every snapshot, run in the background, never per scrape.
+# refresh = "1h"
+
 # One [[peer]] section per node this one talks to. A connection from a key that
 # is not listed here is refused.
 #
@@ -565,6 +744,26 @@ mod tests {
             })
         );
         assert!(c.peers.is_empty());
+        assert_eq!(c.metrics, None);
+        // The example's [metrics] section, uncommented, parses.
+        let metrics: String = EXAMPLE
+            .split("# [metrics]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("# #"))
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = NodeConfig::parse(&format!("[node]\nname = \"x\"\n[metrics]\n{metrics}")).unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(MetricsConfig {
+                listen: "127.0.0.1:9464".parse().unwrap(),
+                refresh: Duration::from_secs(3600),
+            })
+        );
         // The example's peer section, uncommented, parses too.
         let uncommented: String = EXAMPLE
             .lines()
@@ -696,6 +895,26 @@ mod tests {
             (
                 "[node]\nname = \"a\"\n[check]\ninterval = \"0s\"\n",
                 "must not be 0",
+            ),
+            (
+                "[node]\nname = \"a\"\n[metrics]\nlisten = \"9464\"\n",
+                "[metrics] listen",
+            ),
+            (
+                "[node]\nname = \"a\"\n[notify]\ngrace = \"1d\"\n",
+                "sends nowhere",
+            ),
+            (
+                "[node]\nname = \"a\"\n[notify]\nwebhook = \"ntfy.sh\"\n",
+                "not an http(s) URL",
+            ),
+            (
+                "[node]\nname = \"a\"\n[notify.email]\nserver = \"m\"\nfrom = \"a@b\"\nto = []\n",
+                "no recipient",
+            ),
+            (
+                "[node]\nname = \"a\"\n[metrics]\nlisten = \"127.0.0.1:1\"\nrefresh = \"0s\"\n",
+                "at least 1s",
             ),
         ];
         for (text, want) in cases {

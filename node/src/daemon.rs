@@ -45,14 +45,66 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
         let addr = endpoint
             .local_addr()
             .map_err(|e| Error::internal(format!("no local address: {e}")))?;
+        let started_ns = now_ns();
         let _lock = DaemonLock::acquire(
             &ctx.dir,
             &DaemonInfo {
                 pid: std::process::id(),
                 listen: addr.to_string(),
-                started_ns: now_ns(),
+                started_ns,
             },
         )?;
+        let mut schedules = Vec::new();
+        // The previous daemon stopped cleanly if it cleared this flag.
+        let after_crash = crate::notify::NotifyState::update(&ctx.dir, |s| {
+            std::mem::replace(&mut s.running, true)
+        })?;
+        if after_crash {
+            tracing::warn!("the previous daemon did not stop cleanly (killed or crashed)");
+        }
+        // The repository figures, for the metrics and the disk forecast of the notifications.
+        let cache = crate::metrics::Cache::default();
+        if ctx.config.metrics.is_some() || ctx.config.notify.is_some() {
+            let refresh = ctx
+                .config
+                .metrics
+                .map_or(Duration::from_secs(3600), |m| m.refresh);
+            schedules.push(tokio::spawn(crate::metrics::refresh_loop(
+                ctx.clone(),
+                cache.clone(),
+                refresh,
+            )));
+        }
+        if let Some(n) = &ctx.config.notify {
+            schedules.push(tokio::spawn(crate::notify::run(
+                ctx.clone(),
+                n.clone(),
+                cache.clone(),
+                started_ns,
+                after_crash,
+            )));
+        }
+        if let Some(m) = ctx.config.metrics {
+            let listener = tokio::net::TcpListener::bind(m.listen).await.map_err(|e| {
+                Error::new(
+                    crate::ErrorKind::Config,
+                    format!(
+                        "cannot serve the metrics on {} ([metrics] listen in node.toml): {e}",
+                        m.listen
+                    ),
+                )
+            })?;
+            tracing::info!(
+                "metrics on http://{}/metrics",
+                listener.local_addr().unwrap_or(m.listen)
+            );
+            schedules.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                ctx.clone(),
+                cache,
+                started_ns,
+            )));
+        }
         tracing::info!(
             "node '{}' ({}) listening on {addr} (UDP); {} peers; windows: {}; bandwidth cap: {}",
             ctx.config.name,
@@ -77,7 +129,6 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
             tracing::warn!("test fault active: {f:?} (PUCE_TEST_FAULT)");
         }
         let accept = tokio::spawn(accept_loop(ctx.clone(), endpoint.clone()));
-        let mut schedules = Vec::new();
         for p in ctx.config.peers.iter().filter(|p| p.address.is_some()) {
             schedules.push(tokio::spawn(schedule(ctx.clone(), p.clone())));
         }
@@ -92,6 +143,9 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
         accept.abort();
         endpoint.close(Code::ShuttingDown.varint(), b"node is stopping");
         let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
+        if let Err(e) = crate::notify::NotifyState::update(&ctx.dir, |s| s.running = false) {
+            tracing::warn!("cannot record the clean stop: {e:#}");
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -404,6 +458,8 @@ async fn run_check(
     let mut st = CheckState {
         ok: report.is_ok(),
         problems: problems.len() as u64,
+        packs_read: report.packs_read,
+        coverage: report.sample_position,
         ..CheckState::default()
     };
     tracing::info!(
@@ -420,6 +476,12 @@ async fn run_check(
     if report.is_ok() {
         return st;
     }
+    st.damaged_paths = report
+        .affected
+        .iter()
+        .flat_map(|a| a.paths.iter().map(move |p| format!("{}:{p}", a.space)))
+        .take(crate::state::MAX_PATHS)
+        .collect();
     for p in problems.iter().take(50) {
         tracing::warn!("check: {}", p.detail);
     }
@@ -460,6 +522,12 @@ async fn run_check(
             crate::heal::log_report(&h);
             st.healed = h.healed.len() as u64;
             st.lost = h.lost.len() as u64;
+            st.lost_paths = h
+                .lost
+                .iter()
+                .map(|l| format!("{}:{}", l.space, l.path))
+                .take(crate::state::MAX_PATHS)
+                .collect();
         }
         Err(e) => {
             tracing::warn!("cannot heal the damage: {e:#}");

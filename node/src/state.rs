@@ -41,12 +41,14 @@ pub struct PeerState {
     pub next_due_ns: Option<i64>,
     /// Per space: the snapshot ids the peer had at the last contact (hex).
     pub spaces: BTreeMap<String, Vec<String>>,
+    /// Per space: the last time it was moved (either way) without error, ns since the epoch.
+    pub space_success_ns: BTreeMap<String, i64>,
     /// The last report.
     pub last_report: Option<SyncReport>,
 }
 
 /// The daemon's last data check.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct CheckState {
     /// When it started, ns since the epoch.
@@ -55,16 +57,28 @@ pub struct CheckState {
     pub ok: bool,
     /// Problems found.
     pub problems: u64,
+    /// Packs read.
+    pub packs_read: u64,
+    /// How far the rotation of sampled checks is through the packs (0 to 1): the share of the
+    /// data checked by this check and the ones since the rotation last started over.
+    pub coverage: Option<f64>,
     /// Objects healed from peers afterwards.
     pub healed: u64,
     /// Objects no peer could supply.
     pub lost: u64,
     /// The error that stopped the check or the heal, if any.
     pub error: Option<String>,
+    /// Damaged files, `space:path` (the first [`MAX_PATHS`]).
+    pub damaged_paths: Vec<String>,
+    /// Files whose damage no peer could heal, `space:path` (the first [`MAX_PATHS`]).
+    pub lost_paths: Vec<String>,
 }
 
+/// Most paths kept in [`CheckState`].
+pub const MAX_PATHS: usize = 20;
+
 /// The whole state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct NodeState {
     /// Per peer id (readable form).
@@ -100,6 +114,13 @@ fn lock(dir: &Path, name: &str, op: FlockOperation) -> Result<File> {
         }
     })?;
     Ok(f)
+}
+
+/// Run `f` under the state lock (for the other files of the node directory the CLI and the
+/// daemon both write).
+pub(crate) fn locked<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _guard = lock(dir, STATE_LOCK, FlockOperation::LockExclusive)?;
+    f()
 }
 
 impl NodeState {

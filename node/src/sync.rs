@@ -116,6 +116,7 @@ pub async fn sync_with(
         started_ns,
         r.as_ref().err(),
         &peer_spaces,
+        &report.spaces,
         Some(&report),
     );
     if let Some(own) = own {
@@ -437,13 +438,15 @@ async fn push(conn: &Arc<Conn>, space: &str) -> Result<SpaceReport> {
 }
 
 /// Record an attempt with `peer` in the node state (errors are logged, not returned: the state
-/// only serves `puce node status` and the schedule).
+/// only serves `puce node status`, the metrics and the schedule). `moved`: the spaces moved,
+/// whose successes are recorded per space.
 pub(crate) fn record(
     dir: &Path,
     peer: &Peer,
     started_ns: i64,
     err: Option<&Error>,
     peer_spaces: &[crate::protocol::SpaceState],
+    moved: &[SpaceReport],
     report: Option<&SyncReport>,
 ) {
     let r = NodeState::update(dir, |st| {
@@ -467,6 +470,11 @@ pub(crate) fn record(
                 s.snapshots.iter().map(|i| i.to_hex()).collect(),
             );
         }
+        for s in moved {
+            if s.result == "ok" || s.result == "up to date" {
+                p.space_success_ns.insert(s.space.clone(), started_ns);
+            }
+        }
         if let Some(r) = report {
             p.last_report = Some(r.clone());
         }
@@ -482,5 +490,14 @@ pub(crate) fn record_incoming(conn: &Conn, res: Result<(), &Error>, out: Option<
         return;
     };
     let spaces = out.map(|o| o.peer_spaces.as_slice()).unwrap_or(&[]);
-    record(&conn.ctx.dir, peer, now_ns(), res.err(), spaces, None);
+    let moved = out.map(|o| o.reports.as_slice()).unwrap_or(&[]);
+    record(
+        &conn.ctx.dir,
+        peer,
+        now_ns(),
+        res.err(),
+        spaces,
+        moved,
+        None,
+    );
 }

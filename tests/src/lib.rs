@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 pub mod garage;
 pub mod golden;
+pub mod http;
 pub mod node;
 pub mod paused_gc;
 
@@ -321,6 +322,10 @@ pub enum Need {
     /// man, and no puce package, `puce` user or `/var/lib/puce` already here (the test makes
     /// and purges them).
     DebPackage,
+    /// Prometheus's `promtool`, to validate the metrics page.
+    Promtool,
+    /// Python with `aiosmtpd`, a real SMTP server for the email notifications.
+    Aiosmtpd,
 }
 
 impl Need {
@@ -349,6 +354,8 @@ impl Need {
                 "run the tests as root; cargo install cargo-deb --version 3.8.0 --locked; \
                  apt-get install systemd man-db; `dpkg --purge puce` first",
             ),
+            Need::Promtool => ("promtool", "apt-get install prometheus"),
+            Need::Aiosmtpd => ("python3 with aiosmtpd", "apt-get install python3-aiosmtpd"),
         }
     }
 
@@ -388,6 +395,18 @@ impl Need {
                             .any(|l| l.starts_with("puce:"))
                 })
                 .and_then(|()| program("cargo-deb")),
+            Need::Promtool => program("promtool"),
+            // Debian's package installs for the system Python, which a python3 earlier in PATH
+            // (pyenv, a venv) may not be.
+            Need::Aiosmtpd => [Some(PathBuf::from("/usr/bin/python3")), program("python3")]
+                .into_iter()
+                .flatten()
+                .find(|p| {
+                    Command::new(p)
+                        .args(["-c", "import aiosmtpd"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                }),
         }
     }
 }

@@ -19,6 +19,7 @@ mod mount;
 mod node;
 mod policy;
 mod repair;
+mod replicas;
 mod report;
 mod restore;
 mod snapshot;
@@ -152,6 +153,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Node(NodeCommand::Drop(a)) => node::run_drop(&ctx, a),
         Command::Sync(a) => sync::run(&ctx, a),
         Command::Generate(c) => generate::run(&c),
+        Command::Space(c) => replicas::run_space(&ctx, c),
     }
 }
 

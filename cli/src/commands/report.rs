@@ -37,6 +37,7 @@ pub fn run(ctx: &Ctx, c: ReportCommand) -> Result<i32> {
         ReportCommand::Dedup(a) => dedup(ctx, a),
         ReportCommand::Growth(a) => growth(ctx, a),
         ReportCommand::Retention(a) => retention(ctx, a),
+        ReportCommand::Replicas(a) => super::replicas::run_report(ctx, a),
     }
 }
 

@@ -1,0 +1,174 @@
+//! `puce space set|unset` (replica rules) and `puce report replicas`.
+
+use anyhow::Result;
+use puce_node::config::NodeConfig;
+use puce_node::identity::Identity;
+use puce_node::replicas::{Known, SpaceReplicas, SpaceRule, SpaceRules, check_period, evaluate};
+use puce_node::state::NodeState;
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::node::{node_dir, node_err};
+use crate::args::{ReplicasArgs, SpaceCommand};
+use crate::output;
+
+pub fn run_space(ctx: &Ctx, c: SpaceCommand) -> Result<i32> {
+    match c {
+        SpaceCommand::Set { space, copies, dir } => {
+            let dir = node_dir(ctx, &dir)?;
+            SpaceRules::set(&dir, &space, Some(SpaceRule { copies })).map_err(node_err)?;
+            if ctx.json {
+                output::json(&json!({"space": space, "copies": copies}))?;
+            } else if !ctx.quiet {
+                println!(
+                    "space '{space}': {copies} copies wanted (this node and {} peers); see \
+                     `puce report replicas`",
+                    copies - 1
+                );
+            }
+        }
+        SpaceCommand::Unset { space, dir } => {
+            let dir = node_dir(ctx, &dir)?;
+            SpaceRules::set(&dir, &space, None).map_err(node_err)?;
+            if !ctx.quiet && !ctx.json {
+                println!("space '{space}' has no replica rule now");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_report(ctx: &Ctx, a: ReplicasArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let dir = node_dir(ctx, &a.dir)?;
+    let config = NodeConfig::load(&dir).map_err(node_err)?;
+    let id = Identity::load(&dir).map_err(node_err)?;
+    let state = NodeState::load(&dir).map_err(node_err)?;
+    let rules = SpaceRules::load(&dir).map_err(node_err)?;
+    let snapshots = repo.snapshots()?;
+    let receipts = puce_core::reach::receipts(&repo)?;
+    let lineage = puce_core::forgotten::lineage(&repo)?;
+    let now = puce_core::index::now_ns();
+    let k = Known {
+        config: &config,
+        id: id.id().to_string(),
+        state: &state,
+        snapshots: &snapshots,
+        receipts: &receipts,
+        lineage: &lineage,
+        rules: &rules,
+        now_ns: now,
+    };
+    let mut spaces = evaluate(&k);
+    if let Some(s) = &a.space {
+        spaces.retain(|r| &r.space == s);
+        if spaces.is_empty() {
+            anyhow::bail!(puce_core::Error::not_found(format!(
+                "space '{s}' has no snapshots here and no rule (see `puce snapshots`)"
+            )));
+        }
+    }
+    let broken = spaces.iter().any(|s| s.ok == Some(false));
+    let period = check_period(&config);
+    if ctx.json {
+        output::json(&json!({
+            "ok": !broken,
+            "check_period_seconds": period.as_secs(),
+            "spaces": spaces.iter().map(|s| space_json(s, now)).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        print(&spaces, now, period);
+    }
+    Ok(i32::from(broken))
+}
+
+fn age_seconds(as_of: Option<i64>, now: i64) -> Option<u64> {
+    as_of.map(|t| (now.saturating_sub(t).max(0) / 1_000_000_000) as u64)
+}
+
+fn space_json(s: &SpaceReplicas, now: i64) -> Value {
+    json!({
+        "space": s.space,
+        "heads": s.heads,
+        "copies_wanted": s.wanted,
+        "copies": s.counted,
+        "ok": s.ok,
+        "nodes": s.copies.iter().map(|c| json!({
+            "node": c.node,
+            "id": c.id,
+            "this_node": c.this_node,
+            "heads": c.heads,
+            "complete": c.complete,
+            "as_of": c.as_of_ns.map(output::time_utc),
+            "age_seconds": age_seconds(c.as_of_ns, now),
+            "checked": c.checked,
+            "counts": c.counts,
+            "why_not": c.why_not,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A duration for people: `3 d`, `5 h`, `12 min`, `40 s`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s >= 2 * 86400 => format!("{} d", s / 86400),
+        s if s >= 2 * 3600 => format!("{} h", s / 3600),
+        s if s >= 120 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+fn print(spaces: &[SpaceReplicas], now: i64, period: std::time::Duration) {
+    for (i, s) in spaces.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let rule = match (s.wanted, s.ok) {
+            (Some(w), Some(true)) => format!("{} of {w} copies wanted: ok", s.counted),
+            (Some(w), _) => format!("{} of {w} copies wanted: RULE BROKEN", s.counted),
+            (None, _) => format!("{} copies (no rule: `puce space set`)", s.counted),
+        };
+        println!(
+            "space '{}': {rule}; heads {}",
+            s.space,
+            s.heads
+                .iter()
+                .map(|h| h.get(..8).unwrap_or(h))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut t = output::table(
+            &["NODE", "HEADS", "AS OF", "AGE", "CHECKED", "COUNTS"],
+            &[3],
+        );
+        for c in &s.copies {
+            t.add_row(vec![
+                if c.this_node {
+                    format!("{} (this node)", c.node)
+                } else {
+                    c.node.clone()
+                },
+                format!("{}/{}", c.heads.len(), s.heads.len()),
+                c.as_of_ns.map(output::time).unwrap_or_else(|| "-".into()),
+                age_seconds(c.as_of_ns, now)
+                    .map(age)
+                    .unwrap_or_else(|| "-".into()),
+                match c.checked {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "unknown".into(),
+                },
+                match &c.why_not {
+                    None => "yes".to_string(),
+                    Some(w) => format!("no: {w}"),
+                },
+            ]);
+        }
+        output::print_table(&t);
+    }
+    println!(
+        "\n(A copy counts when complete and confirmed within the check period, {}; this \
+         node's only if its data was checked in it. Peers do not report their checks.)",
+        age(period.as_secs())
+    );
+}
