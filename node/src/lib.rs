@@ -15,6 +15,7 @@ pub mod bandwidth;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod flags;
 pub mod heal;
 pub mod identity;
 pub mod metrics;

@@ -316,3 +316,67 @@ fn a_broken_replica_rule_and_the_weekly_digest_are_emailed_once_through_a_real_s
     );
     b.stop();
 }
+
+/// Issue 18's flags reach the admins: a snapshot from lyon dated years ahead that deletes most
+/// files is notified as `dated_ahead` and `mass_deletion`, once each.
+#[test]
+fn a_forged_date_and_a_mass_deletion_are_notified() {
+    let hook = Receiver::start();
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, r#"{ docs = ["pull", "push"] }"#);
+    b.add_peer(&a, r#"{ docs = ["pull", "push"] }"#);
+    let src = a.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..10 {
+        fs::write(src.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    a.snapshot(&src, "docs");
+    for i in 0..9 {
+        fs::remove_file(src.join(format!("f{i}"))).unwrap();
+    }
+    let v = a.json(&[
+        "snapshot",
+        src.to_str().unwrap(),
+        "--space",
+        "docs",
+        "--time",
+        "2031-01-01T00:00:00Z",
+    ]);
+    let forged = v["id"].as_str().unwrap().to_string();
+    notify_config(&mut b, &hook, false);
+    start_and_evaluate(&mut b);
+    a.sync("grenoble", &["--push"]);
+    let (ahead, deleted) = (
+        format!("dated_ahead/{forged}"),
+        format!("mass_deletion/{forged}"),
+    );
+    wait_logged(&b, &hook, "the two flags", || {
+        !about(&hook, &ahead).is_empty() && !about(&hook, &deleted).is_empty()
+    });
+    let got = hook.received();
+    let msg = |key: &str| got.iter().find(|v| v["key"] == key).unwrap().clone();
+    assert_eq!(msg(&deleted)["event"], "mass_deletion");
+    assert!(
+        msg(&deleted)["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds 1 files; the one before it held 10"),
+        "{}",
+        msg(&deleted)
+    );
+    assert!(
+        msg(&ahead)["message"]
+            .as_str()
+            .unwrap()
+            .contains("2031-01-01"),
+        "{}",
+        msg(&ahead)
+    );
+    // Evaluated again, after a restart too: each sent once.
+    b.stop();
+    start_and_evaluate(&mut b);
+    assert_eq!(about(&hook, &ahead).len(), 1, "{:#?}", keys(&hook));
+    assert_eq!(about(&hook, &deleted).len(), 1, "{:#?}", keys(&hook));
+    b.stop();
+}

@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use puce_core::SnapshotEntry;
 use puce_node::config::{CONFIG_FILE, NodeConfig, Peer, check_node_name, initial_config};
 use puce_node::identity::{CERT_FILE, Identity, KEY_FILE};
 use puce_node::state::{NodeState, PeerState, running_daemon};
@@ -227,21 +226,30 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         .iter()
         .map(|p| peer_status(p, &peer_state(&state, p), &local_by_space))
         .collect();
-    let arrivals = puce_core::reach::arrivals(&repo)?;
-    let ahead = dated_ahead(&snaps, &arrivals);
-    let shrinks = mass_deletions(&snaps, &arrivals);
-    // Snapshots a peer forgot that the protection period (keep_min) still keeps here.
-    let now = puce_core::forgotten::hold_now();
-    let held: Vec<Value> = puce_core::forgotten::holds(&repo)?
-        .into_iter()
-        .filter(|h| h.until_ns > now && snaps.iter().any(|s| s.id == h.snapshot))
-        .map(|h| {
+    // What is flagged about the snapshots peers sent (the JSON form keeps times as text).
+    let flags = puce_node::flags::flags(&repo, &snaps).map_err(node_err)?;
+    let ahead: Vec<Value> = flags
+        .dated_ahead
+        .iter()
+        .map(|a| {
             json!({
-                "snapshot": h.snapshot.to_hex(),
-                "peer": h.peer,
-                "until": output::time_utc(h.until_ns),
+                "snapshot": a.snapshot,
+                "space": a.space,
+                "from": a.from,
+                "time": output::time_utc(a.time_ns),
+                "arrived": output::time_utc(a.arrived_ns),
             })
         })
+        .collect();
+    let shrinks: Vec<Value> = flags
+        .mass_deletions
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap_or_default())
+        .collect();
+    let held: Vec<Value> = flags
+        .held
+        .iter()
+        .map(|h| json!({"snapshot": h.snapshot, "peer": h.peer, "until": output::time_utc(h.until_ns)}))
         .collect();
     if ctx.json {
         output::json(&json!({
@@ -318,50 +326,6 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     println!("\n(\"to send\" and \"to receive\" are as of the last contact with each peer.)");
     Ok(0)
 }
-
-/// Snapshots received from peers that claim a time more than a day after their arrival (a
-/// peer's wrong clock, or a compromised peer pushing real history out of retention).
-fn dated_ahead(snaps: &[SnapshotEntry], arrivals: &Arrivals) -> Vec<Value> {
-    snaps
-        .iter()
-        .filter_map(|s| {
-            let r = arrivals.get(&s.id)?;
-            puce_core::retention::dated_ahead(s.snapshot.time_ns, r.arrived_ns).then(|| {
-                json!({
-                    "snapshot": s.id.to_hex(),
-                    "space": s.snapshot.space,
-                    "from": r.sender_name,
-                    "time": output::time_utc(s.snapshot.time_ns),
-                    "arrived": output::time_utc(r.arrived_ns),
-                })
-            })
-        })
-        .collect()
-}
-
-/// Snapshots received from peers that hold far fewer files than their parent
-/// ([`puce_core::history::shrink`]).
-fn mass_deletions(snaps: &[SnapshotEntry], arrivals: &Arrivals) -> Vec<Value> {
-    snaps
-        .iter()
-        .filter_map(|s| {
-            let r = arrivals.get(&s.id)?;
-            let f = puce_core::history::shrink(snaps, s)?;
-            Some(json!({
-                "snapshot": s.id.to_hex(),
-                "space": s.snapshot.space,
-                "from": r.sender_name,
-                "parent": f.parent.to_hex(),
-                "files_before": f.files_before,
-                "files_after": f.files_after,
-            }))
-        })
-        .collect()
-}
-
-/// When each received snapshot first arrived ([`puce_core::reach::arrivals`]).
-type Arrivals =
-    std::collections::HashMap<puce_core::SnapshotId, puce_core::format::receipt::Receipt>;
 
 /// What this node knows of peer `p` (nothing yet: the default).
 fn peer_state(state: &NodeState, p: &Peer) -> PeerState {

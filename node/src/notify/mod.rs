@@ -99,7 +99,8 @@ pub struct Event {
     /// What it is about, stable while it lasts: `sync/PEER/SPACE`, `damage`, `disk`,
     /// `conflicts/PEER/TIME`, `crash/TIME`, `replicas/SPACE`.
     pub key: String,
-    /// `sync_stale`, `damage`, `disk_full`, `conflicts`, `crash`, `replicas`.
+    /// `sync_stale`, `damage`, `disk_full`, `conflicts`, `crash`, `replicas`, `dated_ahead`,
+    /// `mass_deletion`, `held`.
     pub kind: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
@@ -125,6 +126,8 @@ pub struct Facts<'a> {
     pub free: Option<u64>,
     /// The replicas of each space.
     pub replicas: &'a [crate::replicas::SpaceReplicas],
+    /// What is flagged about the snapshots peers sent ([`crate::flags`]).
+    pub flags: &'a crate::flags::Flags,
     /// When this daemon started.
     pub started_ns: i64,
     /// Since when the events are evaluated here ([`NotifyState::since_ns`]).
@@ -155,6 +158,68 @@ fn human(d: Duration) -> String {
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The events of what is flagged about the snapshots peers sent: a snapshot dated ahead, a
+/// mass deletion, a snapshot held by a protection period.
+fn flag_events(flags: &crate::flags::Flags, out: &mut Vec<Event>) {
+    for a in &flags.dated_ahead {
+        out.push(Event {
+            key: format!("dated_ahead/{}", a.snapshot),
+            kind: "dated_ahead",
+            severity: "warning",
+            state: "flagged".into(),
+            title: format!("A snapshot from {} is dated in the future", a.from),
+            message: format!(
+                "Snapshot {} of space '{}' from {} claims {} but arrived {}: a wrong clock on \
+                 that node, or someone there trying to push the real history out of retention \
+                 (retention counts it at its arrival). Ask that node's admins.",
+                a.snapshot,
+                a.space,
+                a.from,
+                date(a.time_ns),
+                date(a.arrived_ns)
+            ),
+            one_off: false,
+        });
+    }
+    for m in &flags.mass_deletions {
+        out.push(Event {
+            key: format!("mass_deletion/{}", m.snapshot),
+            kind: "mass_deletion",
+            severity: "critical",
+            state: "flagged".into(),
+            title: format!(
+                "Space '{}': most files deleted in a snapshot from {}",
+                m.space, m.from
+            ),
+            message: format!(
+                "Snapshot {} from {} holds {} files; the one before it held {}. The earlier \
+                 snapshot is kept and can be restored (puce restore {}). Check with that \
+                 node's admins whether the deletion was wanted.",
+                m.snapshot, m.from, m.files_after, m.files_before, m.parent
+            ),
+            one_off: false,
+        });
+    }
+    for h in &flags.held {
+        out.push(Event {
+            key: format!("held/{}", h.snapshot),
+            kind: "held",
+            severity: "warning",
+            state: format!("until {}", h.until_ns),
+            title: format!("{} forgot a snapshot its protection period keeps", h.peer),
+            message: format!(
+                "{} forgot snapshot {}; it is kept here until {} (keep_min in node.toml) and \
+                 can be restored by id meanwhile. If that node was not meant to forget it, \
+                 check it for a break-in.",
+                h.peer,
+                h.snapshot,
+                date(h.until_ns)
+            ),
+            one_off: false,
+        });
+    }
 }
 
 /// The events in progress.
@@ -271,6 +336,7 @@ pub fn events(f: &Facts, cfg: &NotifyConfig) -> Vec<Event> {
             one_off: true,
         });
     }
+    flag_events(f.flags, &mut out);
     for r in f.replicas {
         if let (Some(w), Some(false)) = (r.wanted, r.ok) {
             let missing: Vec<String> = r
@@ -566,12 +632,14 @@ async fn round(
             None => NotifyState::update(&c2.dir, |s| *s.since_ns.get_or_insert(now_ns))?,
         };
         let free = puce_core::report::disk_free(c2.repo.root()).ok();
+        let flags = crate::flags::flags(&c2.repo, &snapshots)?;
         let facts = Facts {
             ctx: &c2,
             state: &st,
             figures: figures.as_ref(),
             free,
             replicas: &replicas,
+            flags: &flags,
             started_ns,
             since_ns,
             after_crash,
