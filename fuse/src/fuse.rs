@@ -90,7 +90,7 @@ fn attr(a: &Attr, blksize: u32) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: t,
         mtime: t,
-        ctime: t,
+        ctime: time(a.ctime_ns),
         crtime: t,
         kind: file_type(a.kind),
         perm: (a.perm & 0o7777) as u16,

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 pub mod garage;
 pub mod golden;
+pub mod mount;
 pub mod node;
 pub mod paused_gc;
 

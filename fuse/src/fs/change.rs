@@ -79,6 +79,7 @@ impl PuceFs {
             size: 0,
             local: None,
             target: None,
+            ctime_ns: now_ns(),
         };
         Ok(Self::info_attr_of(ino, &info, (0, meta.mtime_ns)))
     }
@@ -423,6 +424,7 @@ impl PuceFs {
                     _ => self.wb()?.open_local(id)?.set_modified(system_time(t))?,
                 }
                 st.staged(id).bump();
+                st.tree.touch(&path)?;
                 self.changed(&space, &mut st);
             }
             let mut mode = a.mode.map(|m| m & 0o7777);
@@ -449,13 +451,13 @@ impl PuceFs {
                 .tree
                 .lookup(&FsTrees(self), &path)?
                 .ok_or(FsError::NOENT)?;
-            drop(st);
             match (&open, info.local) {
                 (Some((oid, f)), Some(id)) if *oid == id => {
                     let md = f.metadata()?;
-                    Ok(Self::info_attr_of(ino, &info, (md.len(), mtime_of(&md))))
+                    let a = Self::info_attr_of(ino, &info, (md.len(), mtime_of(&md)));
+                    self.space_attr(a, &st, &path)
                 }
-                _ => self.info_attr(ino, &info),
+                _ => self.space_info_attr(ino, &info, &st, &path),
             }
         }
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree};
 use crate::hash::ObjectId;
-use crate::index::IndexReader;
+use crate::index::{IndexReader, now_ns};
 use crate::paths;
 use crate::repo::Repo;
 
@@ -104,6 +104,7 @@ impl ENode {
                     Content::Stored { .. } => None,
                 },
                 target: None,
+                ctime_ns: 0,
             },
             ENode::Symlink { meta, target } => Info {
                 kind: NodeKind::Symlink,
@@ -111,6 +112,7 @@ impl ENode {
                 size: target.len() as u64,
                 local: None,
                 target: Some(target.clone()),
+                ctime_ns: 0,
             },
             ENode::Dir { meta, .. } => Info {
                 kind: NodeKind::Dir,
@@ -118,6 +120,7 @@ impl ENode {
                 size: 0,
                 local: None,
                 target: None,
+                ctime_ns: 0,
             },
         }
     }
@@ -132,6 +135,7 @@ fn info_of_entry(e: &Entry) -> Info {
             size: *size,
             local: None,
             target: None,
+            ctime_ns: 0,
         },
         Node::Symlink { target } => Info {
             kind: NodeKind::Symlink,
@@ -139,6 +143,7 @@ fn info_of_entry(e: &Entry) -> Info {
             size: target.len() as u64,
             local: None,
             target: Some(target.clone()),
+            ctime_ns: 0,
         },
         Node::Dir { .. } => Info {
             kind: NodeKind::Dir,
@@ -146,6 +151,7 @@ fn info_of_entry(e: &Entry) -> Info {
             size: 0,
             local: None,
             target: None,
+            ctime_ns: 0,
         },
     }
 }
@@ -173,6 +179,11 @@ fn show(comps: &[&[u8]]) -> String {
     String::from_utf8_lossy(&comps.join(&b'/')).into_owned()
 }
 
+/// Whether `path` is `top` or below it (both `/`-joined).
+fn paths_below(path: &[u8], top: &[u8]) -> bool {
+    path.starts_with(top) && (path.len() == top.len() || path[top.len()] == b'/')
+}
+
 /// A walk position for read-only lookups: either inside loaded nodes or inside stored trees.
 enum At<'a> {
     Loaded(&'a BTreeMap<Vec<u8>, ENode>),
@@ -184,6 +195,10 @@ enum At<'a> {
 pub struct EditTree {
     root: Dir,
     changed: bool,
+    /// When each entry changed through [`EditTree::apply`] last (its *change time*, `ctime`),
+    /// by path; entries not changed since the tree was created are not in it. In memory only:
+    /// trees store no change time.
+    changed_at: BTreeMap<Vec<u8>, i64>,
 }
 
 impl EditTree {
@@ -195,6 +210,7 @@ impl EditTree {
                 None => Dir::Loaded(BTreeMap::new()),
             },
             changed: false,
+            changed_at: BTreeMap::new(),
         }
     }
 
@@ -287,19 +303,87 @@ impl EditTree {
                 size: 0,
                 local: None,
                 target: None,
+                ctime_ns: 0,
             }));
         };
-        Ok(match self.dir_at(src, parent)? {
+        let info = match self.dir_at(src, parent)? {
             At::Loaded(m) => m.get(*name).map(ENode::info),
             At::Stored(t) => t.get(name).map(info_of_entry),
-        })
+        };
+        Ok(info.map(|mut i| {
+            i.ctime_ns = self
+                .changed_at
+                .get(&comps.join(&b'/'))
+                .copied()
+                .unwrap_or(0);
+            i
+        }))
+    }
+
+    /// How many subdirectories the directory at `path` holds (a directory's link count is 2
+    /// plus this).
+    pub fn subdirs(&self, src: &dyn TreeSource, path: &[u8]) -> EResult<u32> {
+        let comps = split_path(path)?;
+        let n = match self.dir_at(src, &comps)? {
+            At::Loaded(m) => m
+                .values()
+                .filter(|n| matches!(n, ENode::Dir { .. }))
+                .count(),
+            At::Stored(t) => t.entries.iter().filter(|e| e.is_dir()).count(),
+        };
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Note that the entry at `path` changed now, by a change not applied through this tree
+    /// (a new modification time set on its local content).
+    pub fn touch(&mut self, path: &[u8]) -> EResult<()> {
+        let comps = split_path(path)?;
+        self.note_change(&comps);
+        Ok(())
+    }
+
+    /// Note that the entry at `comps` changed now.
+    fn note_change(&mut self, comps: &[&[u8]]) {
+        self.changed_at.insert(comps.join(&b'/'), now_ns());
+    }
+
+    /// Move the change times of `from` and everything below it to `to`.
+    fn move_changes(&mut self, from: &[&[u8]], to: &[&[u8]]) {
+        let (from, to) = (from.join(&b'/'), to.join(&b'/'));
+        self.changed_at.retain(|k, _| !paths_below(k, &to));
+        let moved: Vec<(Vec<u8>, i64)> = self
+            .changed_at
+            .iter()
+            .filter(|(k, _)| paths_below(k, &from))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (k, v) in moved {
+            self.changed_at.remove(&k);
+            let mut nk = to.clone();
+            nk.extend_from_slice(&k[from.len()..]);
+            self.changed_at.insert(nk, v);
+        }
     }
 
     /// The entries of the directory at `path`, in name order.
     pub fn list(&self, src: &dyn TreeSource, path: &[u8]) -> EResult<Vec<(Vec<u8>, Info)>> {
         let comps = split_path(path)?;
+        let prefix = comps.join(&b'/');
+        let changed = |name: &[u8]| {
+            self.changed_at
+                .get(&paths::join(&prefix, name))
+                .copied()
+                .unwrap_or(0)
+        };
         Ok(match self.dir_at(src, &comps)? {
-            At::Loaded(m) => m.iter().map(|(k, v)| (k.clone(), v.info())).collect(),
+            At::Loaded(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let mut i = v.info();
+                    i.ctime_ns = changed(k);
+                    (k.clone(), i)
+                })
+                .collect(),
             At::Stored(t) => t
                 .entries
                 .iter()
@@ -401,6 +485,7 @@ impl EditTree {
         }
         m.insert(name.to_vec(), node);
         self.touch_dir(src, parent, time_ns)?;
+        self.note_change(&comps);
         self.changed = true;
         Ok(())
     }
@@ -480,6 +565,7 @@ impl EditTree {
                     }
                     None => return Err(EditError::NotFound(show(&comps))),
                 }
+                self.note_change(&comps);
                 self.changed = true;
                 Ok(())
             }
@@ -505,6 +591,8 @@ impl EditTree {
                     (Some(_), false) => {}
                 }
                 m.remove(*name);
+                let gone = comps.join(&b'/');
+                self.changed_at.retain(|k, _| !paths_below(k, &gone));
                 self.touch_dir(src, parent, *time_ns)?;
                 self.changed = true;
                 Ok(())
@@ -545,6 +633,7 @@ impl EditTree {
                 if let Some(v) = mtime_ns {
                     meta.mtime_ns = *v;
                 }
+                self.note_change(&comps);
                 self.changed = true;
                 Ok(())
             }
@@ -607,6 +696,8 @@ impl EditTree {
         self.dir_mut(src, tparent)?.insert(tname.to_vec(), node);
         self.touch_dir(src, fparent, time_ns)?;
         self.touch_dir(src, tparent, time_ns)?;
+        self.move_changes(&fc, &tc);
+        self.note_change(&tc);
         self.changed = true;
         Ok(())
     }

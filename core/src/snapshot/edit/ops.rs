@@ -70,6 +70,9 @@ pub struct Info {
     pub local: Option<u64>,
     /// The symlink target.
     pub target: Option<Vec<u8>>,
+    /// When the entry last changed through the edit tree (ns since the epoch), 0 if it did not
+    /// since the tree was made: its `ctime` is then the caller's to choose.
+    pub ctime_ns: i64,
 }
 
 /// One edit, serialisable (the FUSE mount's journal records these). Paths are relative to the
