@@ -468,7 +468,7 @@ fn tree_clean(
                     clean = false;
                 }
             }
-            Node::Symlink { .. } => {}
+            _ => {} // symlinks and special files: no content
         }
     }
     memo.insert(id, clean);
@@ -520,7 +520,7 @@ fn damaged_paths(
                     damaged_paths(repo, reader, *tree, &p, bad, memo, out, count)?;
                 }
             }
-            Node::Symlink { .. } => {}
+            _ => {} // symlinks and special files: no content
         }
     }
     Ok(())

@@ -807,7 +807,7 @@ fn walk_children(
                     descend(*tree, p);
                 }
             }
-            Node::Symlink { .. } => {}
+            _ => {} // symlinks and special files: no content
         }
     }
     Ok(())
@@ -861,7 +861,7 @@ pub fn find_reachable(
                         }
                     }
                     Node::Dir { tree } => stack.push(*tree),
-                    Node::Symlink { .. } => {}
+                    _ => {} // symlinks and special files: no content
                 }
             }
             if left.is_empty() {

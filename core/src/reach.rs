@@ -90,7 +90,7 @@ impl Pending {
                     Node::Dir { tree } => stack.push((*tree, false)),
                     // Inserting a chunk already in the scope costs no more than looking it up.
                     Node::File { chunks, .. } => out.extend(chunks.iter().copied()),
-                    Node::Symlink { .. } => {}
+                    _ => {} // symlinks and special files: no content
                 }
             }
         }

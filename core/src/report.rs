@@ -247,7 +247,7 @@ impl Census {
                     };
                     self.walk(repo, reader, *tree, snap, space, sub, depth + 1)?;
                 }
-                Node::Symlink { .. } => {}
+                _ => {} // symlinks and special files: no content
             }
         }
         Ok(())
@@ -294,7 +294,7 @@ impl Census {
                             }
                         }
                         Node::Dir { tree } => stack.push(*tree),
-                        Node::Symlink { .. } => {}
+                        _ => {} // symlinks and special files: no content
                     }
                 }
             }

@@ -470,7 +470,7 @@ pub fn files_and_chunks(repo: &Path, spec: &str) -> Vec<(String, Vec<puce_core::
             match e.node {
                 Node::File { chunks, .. } => out.push((p, chunks)),
                 Node::Dir { tree } => stack.push((tree, p)),
-                Node::Symlink { .. } => {}
+                _ => {} // symlinks and special files: no content
             }
         }
     }

@@ -65,7 +65,7 @@ pub fn keep_reachable(repo: &Repo, root: &ObjectId, bases: &[SnapshotId]) -> Res
                     }
                 }
                 Node::Dir { tree } => stack.push(tree),
-                Node::Symlink { .. } => {}
+                _ => {} // symlinks and special files: no content
             }
         }
     }

@@ -99,7 +99,7 @@ impl Marker {
                         }
                     }
                     Node::Dir { tree } => stack.push(tree),
-                    Node::Symlink { .. } => {}
+                    _ => {} // symlinks and special files: no content
                 }
             }
         }

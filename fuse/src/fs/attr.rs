@@ -35,16 +35,14 @@ pub struct Attr {
     /// Change time (`ctime`), ns since the epoch: never before `mtime_ns`
     /// (docs/fuse-semantics.md, "Times").
     pub ctime_ns: i64,
+    /// Device number of a device node (Linux `dev_t`), else 0.
+    pub rdev: u64,
     /// Whether the kernel may cache it for long (immutable snapshot content).
     pub immutable: bool,
 }
 
 pub(super) fn kind_of(n: &Node) -> NodeKind {
-    match n {
-        Node::File { .. } => NodeKind::File,
-        Node::Dir { .. } => NodeKind::Dir,
-        Node::Symlink { .. } => NodeKind::Symlink,
-    }
+    NodeKind::of(n)
 }
 
 /// The link count of a directory holding `subdirs` directories: its name, its `.`, and the
@@ -77,6 +75,7 @@ impl PuceFs {
             gid: self.owner.1,
             mtime_ns,
             ctime_ns: mtime_ns,
+            rdev: 0,
             immutable: false,
         }
     }
@@ -119,6 +118,10 @@ impl PuceFs {
             gid: e.gid,
             mtime_ns: e.mtime_ns,
             ctime_ns: e.mtime_ns,
+            rdev: match e.node {
+                Node::CharDevice { rdev } | Node::BlockDevice { rdev } => rdev,
+                _ => 0,
+            },
             immutable: true,
         })
     }
@@ -180,6 +183,7 @@ impl PuceFs {
             gid: info.meta.gid,
             mtime_ns,
             ctime_ns: mtime_ns.max(info.ctime_ns),
+            rdev: info.rdev,
             immutable: false,
         }
     }
@@ -223,6 +227,7 @@ impl PuceFs {
             gid: self.owner.1,
             mtime_ns,
             ctime_ns: mtime_ns,
+            rdev: 0,
             immutable: false,
         })
     }

@@ -74,12 +74,8 @@ impl PuceFs {
             |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == kind),
         );
         let info = puce_core::snapshot::edit::Info {
-            kind,
-            meta: *meta,
-            size: 0,
-            local: None,
-            target: None,
             ctime_ns: now_ns(),
+            ..puce_core::snapshot::edit::Info::new(kind, *meta)
         };
         Ok(Self::info_attr_of(ino, &info, (0, meta.mtime_ns)))
     }

@@ -414,6 +414,8 @@ impl PuceFs {
                     c.symlinks += s.symlinks;
                     c.bytes += s.bytes;
                 }
+                // Fifos, sockets, devices: counted as (empty) files.
+                _ => c.files += 1,
             }
         }
         let mut m = lerr(self.counts.lock())?;

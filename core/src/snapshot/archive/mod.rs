@@ -228,6 +228,7 @@ mod tests {
                 }
                 Node::Symlink { target } => target.clone(),
                 Node::Dir { .. } => Vec::new(),
+                other => format!("{other:?}").into_bytes(),
             };
             out.insert(p.to_vec(), (e.type_char(), e.mode, data));
             Ok(())

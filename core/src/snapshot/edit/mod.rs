@@ -49,9 +49,26 @@ impl TreeSource for RepoTrees<'_> {
 
 #[derive(Debug, Clone)]
 enum ENode {
-    File { meta: Meta, content: Content },
-    Symlink { meta: Meta, target: Vec<u8> },
-    Dir { meta: Meta, dir: Dir },
+    File {
+        meta: Meta,
+        content: Content,
+        link: Option<u64>,
+    },
+    Symlink {
+        meta: Meta,
+        target: Vec<u8>,
+        link: Option<u64>,
+    },
+    Dir {
+        meta: Meta,
+        dir: Dir,
+    },
+    /// A fifo, socket or device: its stored node, kept as it is.
+    Special {
+        meta: Meta,
+        node: Node,
+        link: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +79,7 @@ enum Dir {
 
 impl ENode {
     fn from_entry(e: &Entry) -> ENode {
-        let meta = Meta::of(e);
+        let (meta, link) = (Meta::of(e), e.link);
         match &e.node {
             Node::File { size, chunks } => ENode::File {
                 meta,
@@ -70,31 +87,37 @@ impl ENode {
                     size: *size,
                     chunks: chunks.clone(),
                 },
+                link,
             },
             Node::Symlink { target } => ENode::Symlink {
                 meta,
                 target: target.clone(),
+                link,
             },
             Node::Dir { tree } => ENode::Dir {
                 meta,
                 dir: Dir::Stored(*tree),
+            },
+            node => ENode::Special {
+                meta,
+                node: node.clone(),
+                link,
             },
         }
     }
 
     fn meta_mut(&mut self) -> &mut Meta {
         match self {
-            ENode::File { meta, .. } | ENode::Symlink { meta, .. } | ENode::Dir { meta, .. } => {
-                meta
-            }
+            ENode::File { meta, .. }
+            | ENode::Symlink { meta, .. }
+            | ENode::Dir { meta, .. }
+            | ENode::Special { meta, .. } => meta,
         }
     }
 
     fn info(&self) -> Info {
         match self {
-            ENode::File { meta, content } => Info {
-                kind: NodeKind::File,
-                meta: *meta,
+            ENode::File { meta, content, .. } => Info {
                 size: match content {
                     Content::Stored { size, .. } => *size,
                     Content::Local(_) => 0,
@@ -103,55 +126,46 @@ impl ENode {
                     Content::Local(id) => Some(*id),
                     Content::Stored { .. } => None,
                 },
-                target: None,
-                ctime_ns: 0,
+                ..Info::new(NodeKind::File, *meta)
             },
-            ENode::Symlink { meta, target } => Info {
-                kind: NodeKind::Symlink,
-                meta: *meta,
+            ENode::Symlink { meta, target, .. } => Info {
                 size: target.len() as u64,
-                local: None,
                 target: Some(target.clone()),
-                ctime_ns: 0,
+                ..Info::new(NodeKind::Symlink, *meta)
             },
-            ENode::Dir { meta, .. } => Info {
-                kind: NodeKind::Dir,
-                meta: *meta,
-                size: 0,
-                local: None,
-                target: None,
-                ctime_ns: 0,
+            ENode::Dir { meta, .. } => Info::new(NodeKind::Dir, *meta),
+            ENode::Special { meta, node, .. } => Info {
+                rdev: rdev_of(node),
+                ..Info::new(NodeKind::of(node), *meta)
             },
         }
     }
 }
 
+/// The device number of a device node, 0 for the other kinds.
+fn rdev_of(node: &Node) -> u64 {
+    match node {
+        Node::CharDevice { rdev } | Node::BlockDevice { rdev } => *rdev,
+        _ => 0,
+    }
+}
+
 fn info_of_entry(e: &Entry) -> Info {
     let meta = Meta::of(e);
+    let kind = NodeKind::of(&e.node);
     match &e.node {
         Node::File { size, .. } => Info {
-            kind: NodeKind::File,
-            meta,
             size: *size,
-            local: None,
-            target: None,
-            ctime_ns: 0,
+            ..Info::new(kind, meta)
         },
         Node::Symlink { target } => Info {
-            kind: NodeKind::Symlink,
-            meta,
             size: target.len() as u64,
-            local: None,
             target: Some(target.clone()),
-            ctime_ns: 0,
+            ..Info::new(kind, meta)
         },
-        Node::Dir { .. } => Info {
-            kind: NodeKind::Dir,
-            meta,
-            size: 0,
-            local: None,
-            target: None,
-            ctime_ns: 0,
+        node => Info {
+            rdev: rdev_of(node),
+            ..Info::new(kind, meta)
         },
     }
 }
@@ -173,6 +187,11 @@ pub fn split_path(path: &[u8]) -> EResult<Vec<&[u8]>> {
         )));
     }
     Ok(out)
+}
+
+/// The error for content asked of a symlink or special file.
+fn not_a_file(comps: &[&[u8]]) -> EditError {
+    EditError::Invalid(format!("'{}' is not a regular file", show(comps)))
 }
 
 fn show(comps: &[&[u8]]) -> String {
@@ -292,19 +311,15 @@ impl EditTree {
     pub fn lookup(&self, src: &dyn TreeSource, path: &[u8]) -> EResult<Option<Info>> {
         let comps = split_path(path)?;
         let Some((name, parent)) = comps.split_last() else {
-            return Ok(Some(Info {
-                kind: NodeKind::Dir,
-                meta: Meta {
+            return Ok(Some(Info::new(
+                NodeKind::Dir,
+                Meta {
                     mode: 0o755,
                     mtime_ns: 0,
                     uid: 0,
                     gid: 0,
                 },
-                size: 0,
-                local: None,
-                target: None,
-                ctime_ns: 0,
-            }));
+            )));
         };
         let info = match self.dir_at(src, parent)? {
             At::Loaded(m) => m.get(*name).map(ENode::info),
@@ -402,10 +417,7 @@ impl EditTree {
             At::Loaded(m) => m.get(*name).map(|n| match n {
                 ENode::File { content, .. } => Ok(content.clone()),
                 ENode::Dir { .. } => Err(EditError::IsADirectory(show(&comps))),
-                ENode::Symlink { .. } => Err(EditError::Invalid(format!(
-                    "'{}' is a symbolic link",
-                    show(&comps)
-                ))),
+                ENode::Symlink { .. } | ENode::Special { .. } => Err(not_a_file(&comps)),
             }),
             At::Stored(t) => t.get(name).map(|e| match &e.node {
                 Node::File { size, chunks } => Ok(Content::Stored {
@@ -413,10 +425,7 @@ impl EditTree {
                     chunks: chunks.clone(),
                 }),
                 Node::Dir { .. } => Err(EditError::IsADirectory(show(&comps))),
-                Node::Symlink { .. } => Err(EditError::Invalid(format!(
-                    "'{}' is a symbolic link",
-                    show(&comps)
-                ))),
+                _ => Err(not_a_file(&comps)),
             }),
         };
         node.unwrap_or_else(|| Err(EditError::NotFound(show(&comps))))
@@ -530,6 +539,7 @@ impl EditTree {
                     ENode::Symlink {
                         meta: *meta,
                         target: target.clone(),
+                        link: None,
                     },
                     *time_ns,
                 )
@@ -545,6 +555,7 @@ impl EditTree {
                 ENode::File {
                     meta: *meta,
                     content: content.clone(),
+                    link: None,
                 },
                 *time_ns,
             ),
@@ -557,11 +568,8 @@ impl EditTree {
                 match m.get_mut(*name) {
                     Some(ENode::File { content: c, .. }) => *c = content.clone(),
                     Some(ENode::Dir { .. }) => return Err(EditError::IsADirectory(show(&comps))),
-                    Some(ENode::Symlink { .. }) => {
-                        return Err(EditError::Invalid(format!(
-                            "'{}' is a symbolic link",
-                            show(&comps)
-                        )));
+                    Some(ENode::Symlink { .. } | ENode::Special { .. }) => {
+                        return Err(not_a_file(&comps));
                     }
                     None => return Err(EditError::NotFound(show(&comps))),
                 }

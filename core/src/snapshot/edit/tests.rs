@@ -69,6 +69,7 @@ impl Env {
                 Node::Symlink { target } => {
                     format!("l {}", String::from_utf8_lossy(target))
                 }
+                other => format!("{other:?}"),
             };
             out.insert(String::from_utf8_lossy(p).into_owned(), d);
             Ok(())

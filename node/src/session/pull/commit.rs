@@ -225,7 +225,7 @@ fn check_complete(repo: &Repo, roots: &[ObjectId]) -> Result<HashMap<ObjectId, V
                         }
                     }
                 }
-                Node::Symlink { .. } => {}
+                _ => {} // symlinks and special files: no content
             }
         }
     }

@@ -159,7 +159,7 @@ async fn next_wave(
                     next_dirs.push(*tree);
                 }
                 Node::File { chunks: c, .. } => new_chunks.extend(c.iter().copied()),
-                Node::Symlink { .. } => {}
+                _ => {} // symlinks and special files: no content
             }
         }
         pending.insert(o.id, PendingTree { obj: o, subdirs });
