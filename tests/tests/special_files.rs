@@ -120,6 +120,17 @@ fn fifos_sockets_devices_and_hard_links_are_snapshotted_and_restored() {
         snaps[0]["tree"], snaps[1]["tree"],
         "an unchanged folder must give the same root tree: {snaps}"
     );
+    // One file changed beside them: `diff` names only it (an unchanged fifo, socket or device
+    // was once reported as a type change).
+    fs::write(src.join("plain"), b"changed").unwrap();
+    repo.snapshot(&src, "s");
+    let diff = repo.ok(&["diff", "s@latest~1", "s@latest"]);
+    let changes: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with(['+', '-', 'M', 'T']))
+        .collect();
+    assert_eq!(changes.len(), 1, "{diff}");
+    assert!(changes[0].contains("plain"), "{diff}");
 }
 
 #[test]
