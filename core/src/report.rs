@@ -247,7 +247,12 @@ impl Census {
                     };
                     self.walk(repo, reader, *tree, snap, space, sub, depth + 1)?;
                 }
-                _ => {} // symlinks and special files: no content
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
         Ok(())
@@ -294,7 +299,12 @@ impl Census {
                             }
                         }
                         Node::Dir { tree } => stack.push(*tree),
-                        _ => {} // symlinks and special files: no content
+                        // No content.
+                        Node::Symlink { .. }
+                        | Node::Fifo
+                        | Node::Socket
+                        | Node::CharDevice { .. }
+                        | Node::BlockDevice { .. } => {}
                     }
                 }
             }

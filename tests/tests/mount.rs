@@ -10,11 +10,11 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use puce_tests::mount::{Mount, unsafe_free_kill, wait_for};
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use puce_tests::mount::{Mount, wait_for};
 use puce_tests::{
     Need, TestRepo, is_mounted, make_tree, manifest, puce_bin, random_bytes, require,
 };

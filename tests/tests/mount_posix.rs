@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -119,7 +119,7 @@ fn ctime_moves_with_every_change_and_never_goes_backwards() {
         assert!(c > last, "{what} did not move ctime: {c} after {last}");
         last = c;
     };
-    fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
     moved("chmod", &f);
     let mtime = mtime_ns(&f);
     if is_root() {
@@ -154,4 +154,139 @@ fn ctime_moves_with_every_change_and_never_goes_backwards() {
     assert_eq!(mtime_ns(&d.join("g")), 1_000_000 * 1_000_000_000);
     assert!(ctime_ns(&d.join("other")) >= last);
     drop(m.stop());
+}
+
+fn file_type(p: &Path) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = fs::symlink_metadata(p).unwrap().file_type();
+    match () {
+        _ if ft.is_fifo() => "fifo",
+        _ if ft.is_socket() => "socket",
+        _ if ft.is_char_device() => "char",
+        _ if ft.is_file() => "file",
+        _ if ft.is_dir() => "dir",
+        _ => "other",
+    }
+}
+
+#[test]
+fn fifos_and_sockets_are_made_listed_renamed_and_removed_through_the_mount() {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::{Read, Write};
+    if require(Need::Fuse).is_none() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mk = |p: &Path, kind, dev| {
+        rustix::fs::mknodat(rustix::fs::CWD, p, kind, Mode::from_raw_mode(0o640), dev)
+            .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()))
+    };
+    mk(&src.join("stored-pipe"), FileType::Fifo, 0);
+    if is_root() {
+        mk(
+            &src.join("null"),
+            FileType::CharacterDevice,
+            rustix::fs::makedev(1, 3),
+        );
+    }
+    repo.snapshot(&src, "docs");
+    let mnt = repo.dir.path().join("mnt");
+    let m = Mount::start(&repo, &mnt, &[]);
+    let d = m.space("docs");
+    let snap = only_snapshot(&m, "docs");
+
+    // What snapshots hold is shown as what it is, under snapshots/ and in the space.
+    for dir in [&d, &snap] {
+        assert_eq!(file_type(&dir.join("stored-pipe")), "fifo");
+        if is_root() {
+            let null = dir.join("null");
+            assert_eq!(file_type(&null), "char");
+            assert_eq!(
+                fs::symlink_metadata(&null).unwrap().rdev(),
+                rustix::fs::makedev(1, 3)
+            );
+            // The mount is nodev: a device node seen through it opens nothing.
+            assert_eq!(errno_of(fs::File::open(&null)), libc::EACCES);
+        }
+    }
+
+    // A fifo made through the mount carries data between two processes' handles.
+    let pipe = d.join("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    assert_eq!(file_type(&pipe), "fifo");
+    assert_eq!(
+        fs::metadata(&pipe).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    // Reader first, not blocking; then the writer finds it.
+    let mut r = fs::File::from(
+        rustix::fs::open(&pipe, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()).unwrap(),
+    );
+    let mut w = fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+    w.write_all(b"through the fifo").unwrap();
+    drop(w);
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"through the fifo");
+    drop(r); // an open handle would keep the mount from stopping
+
+    // A socket bound in the mount accepts a connection through its path.
+    let sock = d.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    assert_eq!(file_type(&sock), "socket");
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(b"hello").unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    drop((c, s, listener));
+
+    // Renamed and removed like files; devices refused.
+    fs::rename(&pipe, d.join("pipe2")).unwrap();
+    let sock2 = d.join("sock2");
+    drop(std::os::unix::net::UnixListener::bind(&sock2).unwrap());
+    fs::remove_file(&sock2).unwrap();
+    assert_eq!(
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("dev"),
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(1, 3),
+        )
+        .map_err(|e| e.raw_os_error()),
+        Err(libc::EPERM)
+    );
+    drop(m.stop());
+
+    // Committed: a snapshot holds them, a new mount shows them, restore makes the fifo.
+    let ls = repo.json(&["ls", "docs@latest"]);
+    let kind = |p: &str| {
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == p)
+            .map(|e| e["type"].as_str().unwrap().to_string())
+    };
+    assert_eq!(kind("pipe2").as_deref(), Some("fifo"), "{ls}");
+    assert_eq!(kind("sock").as_deref(), Some("socket"), "{ls}");
+    assert_eq!(kind("stored-pipe").as_deref(), Some("fifo"), "{ls}");
+    assert_eq!(kind("pipe"), None);
+    assert_eq!(kind("sock2"), None);
+    let m = Mount::start(&repo, &mnt, &[]);
+    assert_eq!(file_type(&m.space("docs").join("pipe2")), "fifo");
+    drop(m.stop());
+    let out = repo.dir.path().join("out");
+    repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
+    assert_eq!(file_type(&out.join("pipe2")), "fifo");
 }

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use puce_core::ObjectId;
+use puce_core::format::tree::Node;
 use puce_core::index::now_ns;
 use puce_core::snapshot::edit::{Content, Edit, Meta, NodeKind};
 
@@ -232,7 +233,8 @@ impl PuceFs {
         self.lookup(parent, name)
     }
 
-    /// `mknod`: regular files only.
+    /// `mknod`: regular files, fifos and sockets. Device nodes are refused (`EPERM`): the
+    /// mount is `nodev`, so one made here could never be used through it.
     pub fn mknod(
         &self,
         caller: Caller,
@@ -241,13 +243,28 @@ impl PuceFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            // Pipes, sockets and devices cannot be stored in a snapshot.
-            return Err(FsError::PERM);
-        }
-        let (attr, fh) = self.create(caller, parent, name, mode, umask, libc::O_WRONLY)?;
-        self.release(fh);
-        Ok(attr)
+        let node = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => {
+                let (attr, fh) = self.create(caller, parent, name, mode, umask, libc::O_WRONLY)?;
+                self.release(fh);
+                return Ok(attr);
+            }
+            libc::S_IFIFO => Node::Fifo,
+            libc::S_IFSOCK => Node::Socket,
+            _ => return Err(FsError::PERM),
+        };
+        check_name(name)?;
+        let meta = self.new_meta(caller, mode, umask);
+        self.in_space(parent, |space, st, path| {
+            let edit = Edit::Mknod {
+                path: join(&path, name),
+                meta,
+                node,
+                time_ns: meta.mtime_ns,
+            };
+            self.record(space, st, edit)
+        })?;
+        self.lookup(parent, name)
     }
 
     /// `create`: a new regular file, opened. Returns its attributes and a handle.

@@ -559,24 +559,7 @@ impl EditTree {
                 },
                 *time_ns,
             ),
-            Edit::SetContent { path, content } => {
-                let comps = split_path(path)?;
-                let Some((name, parent)) = comps.split_last() else {
-                    return Err(EditError::IsADirectory("/".into()));
-                };
-                let m = self.dir_mut(src, parent)?;
-                match m.get_mut(*name) {
-                    Some(ENode::File { content: c, .. }) => *c = content.clone(),
-                    Some(ENode::Dir { .. }) => return Err(EditError::IsADirectory(show(&comps))),
-                    Some(ENode::Symlink { .. } | ENode::Special { .. }) => {
-                        return Err(not_a_file(&comps));
-                    }
-                    None => return Err(EditError::NotFound(show(&comps))),
-                }
-                self.note_change(&comps);
-                self.changed = true;
-                Ok(())
-            }
+            Edit::SetContent { path, content } => self.set_content(src, path, content),
             Edit::Remove { path, dir, time_ns } => {
                 let comps = split_path(path)?;
                 let Some((name, parent)) = comps.split_last() else {
@@ -611,6 +594,24 @@ impl EditTree {
                 noreplace,
                 time_ns,
             } => self.rename(src, from, to, *noreplace, *time_ns),
+            Edit::Mknod {
+                path,
+                meta,
+                node,
+                time_ns,
+            } => {
+                if !node.is_special() {
+                    return Err(EditError::Invalid(
+                        "only fifos, sockets and devices are made by a node edit".into(),
+                    ));
+                }
+                let node = ENode::Special {
+                    meta: *meta,
+                    node: node.clone(),
+                    link: None,
+                };
+                self.insert_new(src, path, node, *time_ns)
+            }
             Edit::SetMeta {
                 path,
                 mode,
@@ -646,6 +647,32 @@ impl EditTree {
                 Ok(())
             }
         }
+    }
+
+    /// Replace the content of the regular file at `path`.
+    fn set_content(&mut self, src: &dyn TreeSource, path: &[u8], content: &Content) -> EResult<()> {
+        let comps = split_path(path)?;
+        let Some((name, parent)) = comps.split_last() else {
+            return Err(EditError::IsADirectory("/".into()));
+        };
+        let m = self.dir_mut(src, parent)?;
+        match m.get_mut(*name) {
+            Some(ENode::File {
+                content: c, link, ..
+            }) => {
+                // Its other names (if any) keep the old content: no longer one file.
+                *c = content.clone();
+                *link = None;
+            }
+            Some(ENode::Dir { .. }) => return Err(EditError::IsADirectory(show(&comps))),
+            Some(ENode::Symlink { .. } | ENode::Special { .. }) => {
+                return Err(not_a_file(&comps));
+            }
+            None => return Err(EditError::NotFound(show(&comps))),
+        }
+        self.note_change(&comps);
+        self.changed = true;
+        Ok(())
     }
 
     fn rename(

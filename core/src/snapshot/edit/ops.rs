@@ -200,6 +200,18 @@ pub enum Edit {
         /// New modification time.
         mtime_ns: Option<i64>,
     },
+    /// Create a fifo, socket or device node (which must not exist): `node` is its tree node.
+    Mknod {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Its metadata.
+        meta: Meta,
+        /// What it is: [`Node::Fifo`], [`Node::Socket`] or a device.
+        node: Node,
+        /// Time of the change.
+        time_ns: i64,
+    },
 }
 
 /// Why an edit was refused; each variant is one errno.

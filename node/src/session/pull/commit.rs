@@ -225,7 +225,12 @@ fn check_complete(repo: &Repo, roots: &[ObjectId]) -> Result<HashMap<ObjectId, V
                         }
                     }
                 }
-                _ => {} // symlinks and special files: no content
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
     }
