@@ -330,6 +330,10 @@ pub struct RestoreArgs {
     /// may come from a partner)
     #[arg(long)]
     pub preserve_suid: bool,
+    /// Create the device nodes the snapshot holds (needs root; not by default: a snapshot may
+    /// come from a partner, and a device node gives access to this machine's hardware)
+    #[arg(long)]
+    pub preserve_devices: bool,
 }
 
 #[derive(Debug, Args)]

@@ -468,7 +468,12 @@ fn tree_clean(
                     clean = false;
                 }
             }
-            Node::Symlink { .. } => {}
+            // No content.
+            Node::Symlink { .. }
+            | Node::Fifo
+            | Node::Socket
+            | Node::CharDevice { .. }
+            | Node::BlockDevice { .. } => {}
         }
     }
     memo.insert(id, clean);
@@ -520,7 +525,12 @@ fn damaged_paths(
                     damaged_paths(repo, reader, *tree, &p, bad, memo, out, count)?;
                 }
             }
-            Node::Symlink { .. } => {}
+            // No content.
+            Node::Symlink { .. }
+            | Node::Fifo
+            | Node::Socket
+            | Node::CharDevice { .. }
+            | Node::BlockDevice { .. } => {}
         }
     }
     Ok(())

@@ -29,6 +29,7 @@ fn dir_entry(name: &[u8], tree: ObjectId) -> Entry {
         mtime_ns: 0,
         uid: 0,
         gid: 0,
+        link: None,
         node: Node::Dir { tree },
     }
 }
@@ -45,6 +46,7 @@ fn forge(repo: &Arc<Repo>, depth: usize, leaf: &[u8]) -> (SnapshotId, ObjectId) 
             mtime_ns: 0,
             uid: 0,
             gid: 0,
+            link: None,
             node: Node::Symlink {
                 target: b"x".to_vec(),
             },

@@ -807,7 +807,12 @@ fn walk_children(
                     descend(*tree, p);
                 }
             }
-            Node::Symlink { .. } => {}
+            // No content.
+            Node::Symlink { .. }
+            | Node::Fifo
+            | Node::Socket
+            | Node::CharDevice { .. }
+            | Node::BlockDevice { .. } => {}
         }
     }
     Ok(())
@@ -861,7 +866,12 @@ pub fn find_reachable(
                         }
                     }
                     Node::Dir { tree } => stack.push(*tree),
-                    Node::Symlink { .. } => {}
+                    // No content.
+                    Node::Symlink { .. }
+                    | Node::Fifo
+                    | Node::Socket
+                    | Node::CharDevice { .. }
+                    | Node::BlockDevice { .. } => {}
                 }
             }
             if left.is_empty() {

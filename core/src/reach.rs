@@ -90,7 +90,12 @@ impl Pending {
                     Node::Dir { tree } => stack.push((*tree, false)),
                     // Inserting a chunk already in the scope costs no more than looking it up.
                     Node::File { chunks, .. } => out.extend(chunks.iter().copied()),
-                    Node::Symlink { .. } => {}
+                    // No content.
+                    Node::Symlink { .. }
+                    | Node::Fifo
+                    | Node::Socket
+                    | Node::CharDevice { .. }
+                    | Node::BlockDevice { .. } => {}
                 }
             }
         }

@@ -247,7 +247,12 @@ impl Census {
                     };
                     self.walk(repo, reader, *tree, snap, space, sub, depth + 1)?;
                 }
-                Node::Symlink { .. } => {}
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
         Ok(())
@@ -294,7 +299,12 @@ impl Census {
                             }
                         }
                         Node::Dir { tree } => stack.push(*tree),
-                        Node::Symlink { .. } => {}
+                        // No content.
+                        Node::Symlink { .. }
+                        | Node::Fifo
+                        | Node::Socket
+                        | Node::CharDevice { .. }
+                        | Node::BlockDevice { .. } => {}
                     }
                 }
             }

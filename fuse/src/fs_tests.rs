@@ -213,7 +213,7 @@ fn writes_commit_and_survive_a_crash() {
         // Unsupported things say so.
         assert_eq!(fs.link().unwrap_err(), FsError::PERM);
         assert_eq!(
-            fs.mknod(ME, docs, b"fifo", libc::S_IFIFO | 0o644, 0)
+            fs.mknod(ME, docs, b"dev", libc::S_IFCHR | 0o644, 0)
                 .unwrap_err(),
             FsError::PERM
         );

@@ -79,7 +79,17 @@ fn file_type(k: NodeKind) -> FileType {
         NodeKind::File => FileType::RegularFile,
         NodeKind::Dir => FileType::Directory,
         NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
     }
+}
+
+/// A device number as the kernel's FUSE interface takes it (its 32-bit `new_encode_dev`).
+fn kernel_dev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
 fn attr(a: &Attr, blksize: u32) -> FileAttr {
@@ -90,14 +100,14 @@ fn attr(a: &Attr, blksize: u32) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: t,
         mtime: t,
-        ctime: t,
+        ctime: time(a.ctime_ns),
         crtime: t,
         kind: file_type(a.kind),
         perm: (a.perm & 0o7777) as u16,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: kernel_dev(a.rdev),
         blksize,
         flags: 0,
     }

@@ -48,6 +48,9 @@ pub(crate) struct SpaceState {
     pub(crate) base: Option<SnapshotEntry>,
     /// The latest snapshot plus the changes.
     pub(crate) tree: EditTree,
+    /// The least `ctime` of the space's entries: the time of the newest snapshot it showed
+    /// (an entry not changed since changed at the latest then), never lowered.
+    pub(crate) ctime_floor: i64,
     /// The changes since `base`, as journaled.
     pub(crate) edits: Vec<Edit>,
     pub(crate) journal: Option<Journal>,
@@ -62,6 +65,15 @@ pub(crate) struct SpaceState {
 }
 
 impl SpaceState {
+    /// Show `tree`, the edit tree over `base`, from now on.
+    pub(crate) fn set_base(&mut self, base: Option<SnapshotEntry>, tree: EditTree) {
+        if let Some(b) = &base {
+            self.ctime_floor = self.ctime_floor.max(b.snapshot.time_ns);
+        }
+        self.base = base;
+        self.tree = tree;
+    }
+
     /// The staged state of local file `id`, made if the space has none yet.
     pub(crate) fn staged(&mut self, id: u64) -> Arc<Staged> {
         self.staged
@@ -87,6 +99,7 @@ impl Space {
             name: Arc::from(name),
             st: Mutex::new(SpaceState {
                 tree: EditTree::new(base.as_ref().map(|b| b.snapshot.root)),
+                ctime_floor: base.as_ref().map_or(0, |b| b.snapshot.time_ns),
                 base,
                 edits: Vec::new(),
                 journal: None,

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 pub mod garage;
 pub mod golden;
 pub mod http;
+pub mod mount;
 pub mod node;
 pub mod paused_gc;
 

@@ -470,7 +470,12 @@ pub fn files_and_chunks(repo: &Path, spec: &str) -> Vec<(String, Vec<puce_core::
             match e.node {
                 Node::File { chunks, .. } => out.push((p, chunks)),
                 Node::Dir { tree } => stack.push((tree, p)),
-                Node::Symlink { .. } => {}
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
     }

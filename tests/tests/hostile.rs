@@ -21,6 +21,7 @@ fn file(name: &[u8], chunk: ObjectId) -> Entry {
         mtime_ns: 0,
         uid: 0,
         gid: 0,
+        link: None,
         node: Node::File {
             size: 6,
             chunks: vec![chunk],
@@ -98,6 +99,7 @@ fn dir(name: &[u8]) -> Entry {
         mtime_ns: 0,
         uid: 0,
         gid: 0,
+        link: None,
         node: Node::Dir {
             tree: ObjectId::default(),
         },
@@ -275,6 +277,7 @@ fn forge_deep(
         mtime_ns: 0,
         uid: 0,
         gid: 0,
+        link: None,
         node: Node::Symlink {
             target: b"x".to_vec(),
         },

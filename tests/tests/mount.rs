@@ -10,117 +10,14 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use puce_tests::mount::{Mount, wait_for};
 use puce_tests::{
     Need, TestRepo, is_mounted, make_tree, manifest, puce_bin, random_bytes, require,
 };
-
-/// Poll `f` until it is true; panics after a generous deadline (not a timing assertion: the
-/// condition is what is tested, the deadline only stops a hung test).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A running `puce mount`.
-struct Mount {
-    child: Option<Child>,
-    dir: PathBuf,
-    stderr: PathBuf,
-    /// Leave a stale mount in place on drop (after `kill9`).
-    leave_stale: bool,
-}
-
-impl Mount {
-    fn start(repo: &TestRepo, dir: &Path, extra: &[&str]) -> Mount {
-        Mount::start_cmd(repo.cmd(), dir, extra)
-    }
-
-    fn start_cmd(mut cmd: Command, dir: &Path, extra: &[&str]) -> Mount {
-        fs::create_dir_all(dir).unwrap();
-        let stderr = dir.with_extension("log");
-        cmd.args(["mount", dir.to_str().unwrap(), "--poll", "0.2"]);
-        if !extra.contains(&"--commit-delay") {
-            cmd.args(["--commit-delay", "0.2"]);
-        }
-        let child = cmd
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut m = Mount {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            stderr,
-            leave_stale: false,
-        };
-        wait_for("the mount to appear", || {
-            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
-                panic!("puce mount exited early ({st}): {}", m.log());
-            }
-            is_mounted(&m.dir)
-        });
-        m
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn space(&self, s: &str) -> PathBuf {
-        self.dir.join("spaces").join(s)
-    }
-
-    /// SIGTERM: commit and unmount; wait for the process.
-    fn stop(mut self) -> String {
-        let mut c = self.child.take().unwrap();
-        unsafe_free_kill(c.id(), "TERM");
-        let st = c.wait().unwrap();
-        assert!(st.success(), "puce mount exited with {st}: {}", self.log());
-        assert!(!is_mounted(&self.dir));
-        self.log()
-    }
-
-    /// SIGKILL: the process dies at once, leaving a stale mount.
-    fn kill9(mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-        self.leave_stale = true;
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if !self.leave_stale && is_mounted(&self.dir) {
-            let _ = Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(&self.dir)
-                .status();
-        }
-    }
-}
-
-fn unsafe_free_kill(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
 
 fn snapshot_count(repo: &TestRepo, space: &str) -> usize {
     repo.json(&["snapshots", "--space", space])
@@ -209,9 +106,14 @@ fn write_read_append_truncate_rename_and_errors() {
         errno_of(fs::hard_link(d.join("new.txt"), d.join("hard"))),
         libc::EPERM
     );
-    let fifo = Command::new("mkfifo").arg(d.join("fifo")).output().unwrap();
-    assert!(!fifo.status.success());
-    assert!(!d.join("fifo").exists());
+    // (Fifos and sockets are made: tests/tests/mount_posix.rs; devices are not.)
+    let dev = Command::new("mknod")
+        .arg(d.join("dev"))
+        .args(["c", "1", "3"])
+        .output()
+        .unwrap();
+    assert!(!dev.status.success());
+    assert!(!d.join("dev").exists());
     assert_eq!(
         errno_of(fs::write(m.dir.join("snapshots/x"), b"")),
         libc::EROFS

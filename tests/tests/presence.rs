@@ -96,6 +96,7 @@ fn forge_snapshot(repo_path: &Path, space: &str, data: &[u8]) {
         mtime_ns: 0,
         uid: 0,
         gid: 0,
+        link: None,
         node: Node::File {
             size: data.len() as u64,
             chunks,

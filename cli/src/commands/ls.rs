@@ -27,6 +27,10 @@ fn entry_json(path: &[u8], e: &Entry) -> serde_json::Value {
         Node::File { .. } => "file",
         Node::Dir { .. } => "dir",
         Node::Symlink { .. } => "symlink",
+        Node::Fifo => "fifo",
+        Node::Socket => "socket",
+        Node::CharDevice { .. } => "char_device",
+        Node::BlockDevice { .. } => "block_device",
     };
     let mut v = json!({
         "path": String::from_utf8_lossy(path),
@@ -37,8 +41,13 @@ fn entry_json(path: &[u8], e: &Entry) -> serde_json::Value {
         "uid": e.uid,
         "gid": e.gid,
     });
-    if let Node::Symlink { target } = &e.node {
-        v["target"] = json!(String::from_utf8_lossy(target));
+    match &e.node {
+        Node::Symlink { target } => v["target"] = json!(String::from_utf8_lossy(target)),
+        Node::CharDevice { rdev } | Node::BlockDevice { rdev } => v["rdev"] = json!(rdev),
+        _ => {}
+    }
+    if let Some(group) = e.link {
+        v["link_group"] = json!(format!("{group:016x}"));
     }
     v
 }
@@ -154,6 +163,9 @@ pub fn run_cat(ctx: &Ctx, a: CatArgs) -> Result<i32> {
         Node::Symlink { target } => out.write_all(target)?,
         Node::Dir { .. } => bail!(puce_core::Error::invalid(format!(
             "'{path}' is a directory"
+        ))),
+        _ => bail!(puce_core::Error::invalid(format!(
+            "'{path}' is a fifo, socket or device: it has no content"
         ))),
     }
     out.flush()?;

@@ -27,6 +27,7 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         &RestoreOptions {
             threads: a.threads,
             preserve_suid: a.preserve_suid,
+            preserve_devices: a.preserve_devices,
         },
         &bar,
     );
@@ -44,6 +45,13 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         for m in &stats.messages {
             eprintln!("error: {}", printable(m));
         }
+        if stats.devices_skipped > 0 {
+            eprintln!(
+                "warning: {} device nodes in the snapshot were not created (a snapshot may come \
+                 from a partner); restore them with --preserve-devices (as root) if you trust it",
+                stats.devices_skipped
+            );
+        }
         if !ctx.quiet {
             println!(
                 "restored {} files, {} dirs, {} symlinks ({}) from {} into {} in {:.2} s",
@@ -55,6 +63,13 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
                 a.target.display(),
                 ms as f64 / 1000.0
             );
+            if stats.specials + stats.hard_links + stats.sockets_skipped > 0 {
+                println!(
+                    "also {} fifos and device nodes, {} hard links; {} sockets not made (their \
+                     program makes them)",
+                    stats.specials, stats.hard_links, stats.sockets_skipped
+                );
+            }
         }
     }
     if stats.errors > 0 {

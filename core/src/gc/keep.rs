@@ -65,7 +65,12 @@ pub fn keep_reachable(repo: &Repo, root: &ObjectId, bases: &[SnapshotId]) -> Res
                     }
                 }
                 Node::Dir { tree } => stack.push(tree),
-                Node::Symlink { .. } => {}
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
     }

@@ -99,7 +99,12 @@ impl Marker {
                         }
                     }
                     Node::Dir { tree } => stack.push(tree),
-                    Node::Symlink { .. } => {}
+                    // No content.
+                    Node::Symlink { .. }
+                    | Node::Fifo
+                    | Node::Socket
+                    | Node::CharDevice { .. }
+                    | Node::BlockDevice { .. } => {}
                 }
             }
         }

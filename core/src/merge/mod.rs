@@ -217,6 +217,8 @@ fn summarize(store: &mut dyn TreeStore, root: ObjectId) -> Result<Summary> {
                     let s = walk(store, *tree, memo, depth + 1)?;
                     v = (v.0 + s.0, v.1 + s.1, v.2 + s.2, v.3 + s.3);
                 }
+                // Fifos, sockets, devices: counted as (empty) files.
+                _ => v.0 += 1,
             }
         }
         memo.insert(id, v);

@@ -61,6 +61,7 @@ fn build(store: &mut Mem, spec: &[&str]) -> ObjectId {
                     mtime_ns: T0,
                     uid: 0,
                     gid: 0,
+                    link: None,
                     node: Node::Dir {
                         tree: put(store, sub),
                     },
@@ -83,6 +84,7 @@ fn build(store: &mut Mem, spec: &[&str]) -> ObjectId {
                 mtime_ns: T0,
                 uid: 0,
                 gid: 0,
+                link: None,
                 node: Node::Symlink {
                     target: target.as_bytes().to_vec(),
                 },
@@ -99,6 +101,7 @@ fn build(store: &mut Mem, spec: &[&str]) -> ObjectId {
                 mtime_ns: T0 + secs * 1_000_000_000,
                 uid: 0,
                 gid: 0,
+                link: None,
                 node: Node::File {
                     size: content.len() as u64,
                     chunks: vec![ObjectId(Hash::of(content.as_bytes()))],
@@ -132,6 +135,10 @@ fn flatten(store: &mut Mem, id: ObjectId, contents: &[&str]) -> Vec<String> {
                 Node::Symlink { target } => {
                     out.push(format!("{p}->{}", String::from_utf8_lossy(&target)))
                 }
+                other @ (Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. }) => out.push(format!("{p} {other:?}")),
                 Node::File { chunks, .. } => {
                     let c = contents
                         .iter()
@@ -482,6 +489,7 @@ mod pending {
                     }
                     Node::Dir { .. } => "/".into(),
                     Node::Symlink { .. } => "@".into(),
+                    other => format!("{other:?}"),
                 };
                 out.insert(String::from_utf8_lossy(p).into_owned(), d);
                 Ok(())

@@ -224,7 +224,11 @@ impl Differ<'_> {
                     Ok(())
                 }
             }
-            (Node::Symlink { target: a }, Node::Symlink { target: b }) => {
+            (a, b)
+                if matches!(a, Node::Symlink { .. }) && matches!(b, Node::Symlink { .. })
+                    || a.is_special() && std::mem::discriminant(a) == std::mem::discriminant(b) =>
+            {
+                // Same kind: the target or device number is what may differ.
                 if a != b {
                     self.emit(p, ChangeKind::Modified, Some(x), Some(y))
                 } else if meta_differs {

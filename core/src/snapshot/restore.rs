@@ -21,6 +21,7 @@ use crossbeam_channel::bounded;
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use serde::Serialize;
 
+use super::restore_special::{Links, Made, make_special};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::ObjectId;
@@ -37,6 +38,9 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Restore the set-user-ID and set-group-ID bits of files (dropped by default).
     pub preserve_suid: bool,
+    /// Create device nodes (not by default: a snapshot may come from a partner; they are then
+    /// counted in [`RestoreStats::devices_skipped`]).
+    pub preserve_devices: bool,
 }
 
 /// The set-user-ID and set-group-ID bits.
@@ -51,6 +55,14 @@ pub struct RestoreStats {
     pub dirs: u64,
     /// Symbolic links created.
     pub symlinks: u64,
+    /// Fifos and device nodes created.
+    pub specials: u64,
+    /// Names made hard links to a file restored under another name.
+    pub hard_links: u64,
+    /// Sockets not made (the program that listens makes its socket).
+    pub sockets_skipped: u64,
+    /// Device nodes not made (only with [`RestoreOptions::preserve_devices`]).
+    pub devices_skipped: u64,
     /// Bytes written.
     pub bytes: u64,
     /// Entries that could not be restored.
@@ -101,23 +113,23 @@ fn ts(ns: i64) -> rustix::fs::Timespec {
     }
 }
 
-fn times(ns: i64) -> Timestamps {
+pub(super) fn times(ns: i64) -> Timestamps {
     Timestamps {
         last_access: ts(ns),
         last_modification: ts(ns),
     }
 }
 
-fn is_root() -> bool {
+pub(super) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-fn name_os(name: &[u8]) -> &std::ffi::OsStr {
+pub(super) fn name_os(name: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(name)
 }
 
 /// Remove whatever is at `name` in `dir` unless it is a directory (then error).
-fn clear_slot(dir: &OwnedFd, name: &[u8], display: &Path) -> Result<()> {
+pub(super) fn clear_slot(dir: &OwnedFd, name: &[u8], display: &Path) -> Result<()> {
     match rustix::fs::statat(dir, name_os(name), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => {
             if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
@@ -237,6 +249,8 @@ struct Walk<'a> {
     stats: RestoreStats,
     sh: &'a Shared,
     progress: &'a dyn Progress,
+    links: Links,
+    preserve_devices: bool,
 }
 
 impl Walk<'_> {
@@ -268,6 +282,10 @@ impl Walk<'_> {
     fn entry(&mut self, dir: &Arc<OwnedFd>, rel: &Path, e: Entry) -> Result<()> {
         check_name(&e.name)?;
         let display = self.target.join(rel);
+        if self.links.is_later(&e, dir, &display) {
+            self.progress.add(1, 0);
+            return Ok(());
+        }
         match &e.node {
             Node::File { .. } if self.plan.is_some() => {
                 if let Err(er) = self.plan_file(dir, rel, &display, e) {
@@ -326,6 +344,16 @@ impl Walk<'_> {
                     }
                     Err(er) => self.sh.error(er),
                 }
+            }
+            _ => {
+                let mask = self.sh.file_mode_mask;
+                match make_special(dir, &e, &display, self.preserve_devices, mask) {
+                    Ok(Made::Created) => self.stats.specials += 1,
+                    Ok(Made::Socket) => self.stats.sockets_skipped += 1,
+                    Ok(Made::Device) => self.stats.devices_skipped += 1,
+                    Err(er) => self.sh.error(er),
+                }
+                self.progress.add(1, 0);
             }
         }
         Ok(())
@@ -649,100 +677,106 @@ pub fn restore(
             Resolved::Entry(e) => e.is_dir(),
         };
     let (tx, rx) = bounded::<Job>(threads * 16);
-    let (mut stats, dirs) = std::thread::scope(|scope| -> Result<(RestoreStats, Vec<DirMeta>)> {
-        for _ in 0..threads {
-            let rx = rx.clone();
-            let sh = &sh;
-            scope.spawn(move || {
-                let mut reader = None;
-                for (n, job) in rx.into_iter().enumerate() {
-                    if sh.stop.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if n % 64 == 0 || reader.is_none() {
-                        match repo.index().reader() {
-                            Ok(r) => reader = Some(r),
-                            Err(e) => {
-                                sh.error(e);
-                                continue;
+    let (mut stats, dirs, links) =
+        std::thread::scope(|scope| -> Result<(RestoreStats, Vec<DirMeta>, Links)> {
+            for _ in 0..threads {
+                let rx = rx.clone();
+                let sh = &sh;
+                scope.spawn(move || {
+                    let mut reader = None;
+                    for (n, job) in rx.into_iter().enumerate() {
+                        if sh.stop.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        if n % 64 == 0 || reader.is_none() {
+                            match repo.index().reader() {
+                                Ok(r) => reader = Some(r),
+                                Err(e) => {
+                                    sh.error(e);
+                                    continue;
+                                }
                             }
                         }
+                        let Some(r) = reader.as_ref() else { continue };
+                        let bytes = match &job.entry.node {
+                            Node::File { size, .. } => *size,
+                            _ => 0,
+                        };
+                        match restore_file(repo, r, &job, sh) {
+                            Ok(()) => progress.add(1, bytes),
+                            Err(e) => sh.error(e),
+                        }
                     }
-                    let Some(r) = reader.as_ref() else { continue };
-                    let bytes = match &job.entry.node {
-                        Node::File { size, .. } => *size,
-                        _ => 0,
-                    };
-                    match restore_file(repo, r, &job, sh) {
-                        Ok(()) => progress.add(1, bytes),
-                        Err(e) => sh.error(e),
-                    }
-                }
-            });
-        }
-        drop(rx);
-        let mut walk = Walk {
-            repo,
-            reader: repo.index().reader()?,
-            target,
-            jobs: tx,
-            plan: by_pack.then(Plan::default),
-            dirs: Vec::new(),
-            stats: RestoreStats::default(),
-            sh: &sh,
-            progress,
-        };
-        let res = match what {
-            Resolved::Root(tree) => {
-                let fd = Arc::new(open_target_dir(target)?);
-                walk.stats.dirs += 1;
-                walk.tree(fd, Path::new(""), *tree)
+                });
             }
-            Resolved::Entry(e) => {
-                if let Node::Dir { tree } = &e.node {
+            drop(rx);
+            let mut walk = Walk {
+                repo,
+                reader: repo.index().reader()?,
+                target,
+                jobs: tx,
+                plan: by_pack.then(Plan::default),
+                dirs: Vec::new(),
+                stats: RestoreStats::default(),
+                sh: &sh,
+                progress,
+                links: Links::default(),
+                preserve_devices: opts.preserve_devices,
+            };
+            let res = match what {
+                Resolved::Root(tree) => {
                     let fd = Arc::new(open_target_dir(target)?);
                     walk.stats.dirs += 1;
-                    walk.dirs.push(DirMeta {
-                        rel: PathBuf::new(),
-                        entry: e.clone(),
-                    });
                     walk.tree(fd, Path::new(""), *tree)
-                } else if target.is_dir() {
-                    let fd = Arc::new(open_target_dir(target)?);
-                    walk.entry(&fd, Path::new(name_os(&e.name)), e.clone())
-                } else {
-                    let parent = target
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    let name = target.file_name().ok_or_else(|| {
-                        Error::invalid(format!("{} is not a file name", target.display()))
-                    })?;
-                    let fd = Arc::new(open_target_dir(parent)?);
-                    let mut e = e.clone();
-                    e.name = name.as_bytes().to_vec();
-                    let rel = PathBuf::from(name);
-                    walk.target = parent;
-                    walk.entry(&fd, &rel, e)
                 }
+                Resolved::Entry(e) => {
+                    if let Node::Dir { tree } = &e.node {
+                        let fd = Arc::new(open_target_dir(target)?);
+                        walk.stats.dirs += 1;
+                        walk.dirs.push(DirMeta {
+                            rel: PathBuf::new(),
+                            entry: e.clone(),
+                        });
+                        walk.tree(fd, Path::new(""), *tree)
+                    } else if target.is_dir() {
+                        let fd = Arc::new(open_target_dir(target)?);
+                        walk.entry(&fd, Path::new(name_os(&e.name)), e.clone())
+                    } else {
+                        let parent = target
+                            .parent()
+                            .filter(|p| !p.as_os_str().is_empty())
+                            .unwrap_or(Path::new("."));
+                        let name = target.file_name().ok_or_else(|| {
+                            Error::invalid(format!("{} is not a file name", target.display()))
+                        })?;
+                        let fd = Arc::new(open_target_dir(parent)?);
+                        let mut e = e.clone();
+                        e.name = name.as_bytes().to_vec();
+                        let rel = PathBuf::from(name);
+                        walk.target = parent;
+                        walk.entry(&fd, &rel, e)
+                    }
+                }
+            };
+            let Walk {
+                jobs,
+                dirs,
+                stats,
+                plan,
+                links,
+                ..
+            } = walk;
+            drop(jobs);
+            res?;
+            if let Some(plan) = plan {
+                let root = open_target_dir(target)?;
+                run_plan(repo, &root, target, plan, threads, &sh, progress)?;
             }
-        };
-        let Walk {
-            jobs,
-            dirs,
-            stats,
-            plan,
-            ..
-        } = walk;
-        drop(jobs);
-        res?;
-        if let Some(plan) = plan {
-            let root = open_target_dir(target)?;
-            run_plan(repo, &root, target, plan, threads, &sh, progress)?;
-        }
-        // Workers finish when the channel drains; the scope joins them. Then directories.
-        Ok((stats, dirs))
-    })?;
+            // Workers finish when the channel drains; the scope joins them. Then hard links and
+            // directories.
+            Ok((stats, dirs, links))
+        })?;
+    stats.hard_links = links.make(|e| sh.error(e));
     if let Ok(mut f) = sh.fatal.lock()
         && let Some(e) = f.take()
     {
@@ -791,6 +825,7 @@ mod tests {
                 mtime_ns: 0,
                 uid,
                 gid: uid,
+                link: None,
                 node: Node::Dir {
                     tree: ObjectId::default(),
                 },

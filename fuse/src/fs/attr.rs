@@ -8,9 +8,10 @@ use puce_core::format::tree::{Entry, Node};
 use puce_core::snapshot::edit::NodeKind;
 
 use super::file::FileState;
+use super::stored::FsTrees;
 use super::{PuceFs, lock};
 use crate::error::{FsError, FsResult};
-use crate::space::Space;
+use crate::space::{Space, SpaceState};
 
 /// Attributes of an inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,16 +32,23 @@ pub struct Attr {
     pub gid: u32,
     /// Modification time, ns since the epoch.
     pub mtime_ns: i64,
+    /// Change time (`ctime`), ns since the epoch: never before `mtime_ns`
+    /// (docs/fuse-semantics.md, "Times").
+    pub ctime_ns: i64,
+    /// Device number of a device node (Linux `dev_t`), else 0.
+    pub rdev: u64,
     /// Whether the kernel may cache it for long (immutable snapshot content).
     pub immutable: bool,
 }
 
 pub(super) fn kind_of(n: &Node) -> NodeKind {
-    match n {
-        Node::File { .. } => NodeKind::File,
-        Node::Dir { .. } => NodeKind::Dir,
-        Node::Symlink { .. } => NodeKind::Symlink,
-    }
+    NodeKind::of(n)
+}
+
+/// The link count of a directory holding `subdirs` directories: its name, its `.`, and the
+/// `..` of each subdirectory (as on ext4).
+pub(super) fn dir_nlink(subdirs: usize) -> u32 {
+    u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2)
 }
 
 pub(super) fn mtime_of(md: &std::fs::Metadata) -> i64 {
@@ -66,22 +74,80 @@ impl PuceFs {
             uid: self.owner.0,
             gid: self.owner.1,
             mtime_ns,
+            ctime_ns: mtime_ns,
+            rdev: 0,
             immutable: false,
         }
     }
 
-    pub(super) fn entry_attr(ino: u64, e: &Entry) -> Attr {
+    /// [`PuceFs::fixed_attr`] of a directory holding `subdirs` directories.
+    pub(super) fn fixed_dir_attr(
+        &self,
+        ino: u64,
+        perm: u32,
+        mtime_ns: i64,
+        subdirs: usize,
+    ) -> Attr {
         Attr {
+            nlink: dir_nlink(subdirs),
+            ..self.fixed_attr(ino, perm, mtime_ns)
+        }
+    }
+
+    /// Attributes of a snapshot entry. A snapshot keeps no change time: its entries' `ctime`
+    /// is their `mtime`. A directory's link count reads its tree (through the tree cache; the
+    /// listing that usually follows needs it anyway).
+    pub(super) fn entry_attr(&self, ino: u64, e: &Entry) -> FsResult<Attr> {
+        let nlink = match &e.node {
+            Node::Dir { tree } => dir_nlink(
+                self.tree(tree)?
+                    .entries
+                    .iter()
+                    .filter(|e| e.is_dir())
+                    .count(),
+            ),
+            _ => 1,
+        };
+        Ok(Attr {
             ino,
             kind: kind_of(&e.node),
             size: e.size(),
             perm: e.mode & 0o7777,
-            nlink: if e.is_dir() { 2 } else { 1 },
+            nlink,
             uid: e.uid,
             gid: e.gid,
             mtime_ns: e.mtime_ns,
+            ctime_ns: e.mtime_ns,
+            rdev: match e.node {
+                Node::CharDevice { rdev } | Node::BlockDevice { rdev } => rdev,
+                _ => 0,
+            },
             immutable: true,
+        })
+    }
+
+    /// Attributes of the entry at `path` of a space, `info` being what its edit tree says:
+    /// see [`PuceFs::space_attr`].
+    pub(super) fn space_info_attr(
+        &self,
+        ino: u64,
+        info: &puce_core::snapshot::edit::Info,
+        st: &SpaceState,
+        path: &[u8],
+    ) -> FsResult<Attr> {
+        let a = self.info_attr(ino, info)?;
+        self.space_attr(a, st, path)
+    }
+
+    /// Complete the attributes `a` of the entry at `path` of a space: its `ctime` is at least
+    /// the space's floor (what is not changed since the space's snapshot was loaded changed at
+    /// the latest when that snapshot was taken), and a directory counts its subdirectories.
+    pub(super) fn space_attr(&self, mut a: Attr, st: &SpaceState, path: &[u8]) -> FsResult<Attr> {
+        a.ctime_ns = a.ctime_ns.max(st.ctime_floor);
+        if a.kind == NodeKind::Dir {
+            a.nlink = dir_nlink(st.tree.subdirs(&FsTrees(self), path)? as usize);
         }
+        Ok(a)
     }
 
     fn local_attr(&self, id: u64) -> FsResult<(u64, i64)> {
@@ -116,6 +182,8 @@ impl PuceFs {
             uid: info.meta.uid,
             gid: info.meta.gid,
             mtime_ns,
+            ctime_ns: mtime_ns.max(info.ctime_ns),
+            rdev: info.rdev,
             immutable: false,
         }
     }
@@ -127,7 +195,12 @@ impl PuceFs {
             .as_ref()
             .map(|b| b.snapshot.time_ns)
             .unwrap_or(self.started_ns);
-        Ok(self.fixed_attr(ino, 0o755, t))
+        let subdirs = st.tree.subdirs(&FsTrees(self), b"")?;
+        let a = self.fixed_dir_attr(ino, 0o755, t, subdirs as usize);
+        Ok(Attr {
+            ctime_ns: a.ctime_ns.max(st.ctime_floor),
+            ..a
+        })
     }
 
     /// Attributes of an unlinked inode that is still open.
@@ -153,6 +226,8 @@ impl PuceFs {
             uid: self.owner.0,
             gid: self.owner.1,
             mtime_ns,
+            ctime_ns: mtime_ns,
+            rdev: 0,
             immutable: false,
         })
     }

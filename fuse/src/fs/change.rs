@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
 use puce_core::ObjectId;
+use puce_core::format::tree::Node;
 use puce_core::index::now_ns;
 use puce_core::snapshot::edit::{Content, Edit, Meta, NodeKind};
 
@@ -74,11 +75,8 @@ impl PuceFs {
             |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == kind),
         );
         let info = puce_core::snapshot::edit::Info {
-            kind,
-            meta: *meta,
-            size: 0,
-            local: None,
-            target: None,
+            ctime_ns: now_ns(),
+            ..puce_core::snapshot::edit::Info::new(kind, *meta)
         };
         Ok(Self::info_attr_of(ino, &info, (0, meta.mtime_ns)))
     }
@@ -235,7 +233,8 @@ impl PuceFs {
         self.lookup(parent, name)
     }
 
-    /// `mknod`: regular files only.
+    /// `mknod`: regular files, fifos and sockets. Device nodes are refused (`EPERM`): the
+    /// mount is `nodev`, so one made here could never be used through it.
     pub fn mknod(
         &self,
         caller: Caller,
@@ -244,13 +243,28 @@ impl PuceFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            // Pipes, sockets and devices cannot be stored in a snapshot.
-            return Err(FsError::PERM);
-        }
-        let (attr, fh) = self.create(caller, parent, name, mode, umask, libc::O_WRONLY)?;
-        self.release(fh);
-        Ok(attr)
+        let node = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => {
+                let (attr, fh) = self.create(caller, parent, name, mode, umask, libc::O_WRONLY)?;
+                self.release(fh);
+                return Ok(attr);
+            }
+            libc::S_IFIFO => Node::Fifo,
+            libc::S_IFSOCK => Node::Socket,
+            _ => return Err(FsError::PERM),
+        };
+        check_name(name)?;
+        let meta = self.new_meta(caller, mode, umask);
+        self.in_space(parent, |space, st, path| {
+            let edit = Edit::Mknod {
+                path: join(&path, name),
+                meta,
+                node,
+                time_ns: meta.mtime_ns,
+            };
+            self.record(space, st, edit)
+        })?;
+        self.lookup(parent, name)
     }
 
     /// `create`: a new regular file, opened. Returns its attributes and a handle.
@@ -423,6 +437,7 @@ impl PuceFs {
                     _ => self.wb()?.open_local(id)?.set_modified(system_time(t))?,
                 }
                 st.staged(id).bump();
+                st.tree.touch(&path)?;
                 self.changed(&space, &mut st);
             }
             let mut mode = a.mode.map(|m| m & 0o7777);
@@ -449,13 +464,13 @@ impl PuceFs {
                 .tree
                 .lookup(&FsTrees(self), &path)?
                 .ok_or(FsError::NOENT)?;
-            drop(st);
             match (&open, info.local) {
                 (Some((oid, f)), Some(id)) if *oid == id => {
                     let md = f.metadata()?;
-                    Ok(Self::info_attr_of(ino, &info, (md.len(), mtime_of(&md))))
+                    let a = Self::info_attr_of(ino, &info, (md.len(), mtime_of(&md)));
+                    self.space_attr(a, &st, &path)
                 }
-                _ => self.info_attr(ino, &info),
+                _ => self.space_info_attr(ino, &info, &st, &path),
             }
         }
     }

@@ -346,8 +346,7 @@ impl PuceFs {
         let live: HashSet<u64> = t.local_ids().into_iter().collect();
         st.staged
             .retain(|id, _| live.contains(id) || open.contains(id));
-        st.tree = t;
-        st.base = new_base.clone();
+        st.set_base(new_base.clone(), t);
         st.dirty = !kept.is_empty();
         st.retry_at = None;
         if !st.dirty {
@@ -415,6 +414,8 @@ impl PuceFs {
                     c.symlinks += s.symlinks;
                     c.bytes += s.bytes;
                 }
+                // Fifos, sockets, devices: counted as (empty) files.
+                _ => c.files += 1,
             }
         }
         let mut m = lerr(self.counts.lock())?;

@@ -72,8 +72,10 @@ impl PuceFs {
                 self.wake();
                 return Ok(());
             }
-            st.tree = EditTree::new(Some(latest.snapshot.root));
-            st.base = Some(latest.clone());
+            st.set_base(
+                Some(latest.clone()),
+                EditTree::new(Some(latest.snapshot.root)),
+            );
             st.edits.clear();
         }
         tracing::info!(

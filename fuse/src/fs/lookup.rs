@@ -88,11 +88,16 @@ impl PuceFs {
 
     /// Look `name` up in directory `parent`, counting a kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if name.len() > puce_core::paths::MAX_NAME_LEN {
+            // As a local file system answers: no such name can exist.
+            return Err(FsError::NAMETOOLONG);
+        }
         let p = self.inode(parent)?;
         match (&p.kind, parent) {
             (Kind::Fixed, ROOT) => match name {
-                b"spaces" => Ok(self.fixed_attr(SPACES, 0o755, self.started_ns)),
-                b"snapshots" => Ok(self.fixed_attr(SNAPSHOTS, 0o555, self.started_ns)),
+                b"spaces" | b"snapshots" => {
+                    self.getattr(if name == b"spaces" { SPACES } else { SNAPSHOTS })
+                }
                 _ => Err(FsError::NOENT),
             },
             (Kind::Fixed, SPACES) => {
@@ -124,7 +129,8 @@ impl PuceFs {
                     Kind::SnapSpace(Arc::from(s)),
                     |k| matches!(k, Kind::SnapSpace(_)),
                 );
-                Ok(self.fixed_attr(ino, 0o555, self.started_ns))
+                let n = snaps.by_space.get(s).map_or(0, Vec::len);
+                Ok(self.fixed_dir_attr(ino, 0o555, self.started_ns, n))
             }
             (Kind::SnapSpace(space), _) => {
                 let snaps = self.snap_list()?;
@@ -146,7 +152,7 @@ impl PuceFs {
                     kind,
                     |k| matches!(k, Kind::SnapRoot { id, .. } if *id == e.id),
                 );
-                Ok(self.fixed_attr(ino, 0o555, e.snapshot.time_ns))
+                self.snap_root_attr(ino, &e.snapshot.root, e.snapshot.time_ns)
             }
             (Kind::SnapRoot { .. } | Kind::SnapNode { .. }, _) => {
                 let tree_id = PuceFs::snap_tree(&p.kind).ok_or(FsError::NOTDIR)?;
@@ -165,7 +171,7 @@ impl PuceFs {
                 };
                 let ino = lock(&self.inodes)?
                     .lookup(parent, name, kind, |k| matches!(k, Kind::SnapNode { .. }));
-                Ok(PuceFs::entry_attr(ino, e))
+                self.entry_attr(ino, e)
             }
             (Kind::SpaceRoot(s) | Kind::SpaceNode(s, _), _) => {
                 let space = self.space(s).ok_or(FsError::STALE)?;
@@ -183,10 +189,20 @@ impl PuceFs {
                     Kind::SpaceNode(s.clone(), nk),
                     |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == nk),
                 );
-                self.info_attr(ino, &info)
+                self.space_info_attr(ino, &info, &st, &child)
             }
             _ => Err(FsError::NOTDIR),
         }
+    }
+
+    fn snap_root_attr(&self, ino: u64, root: &ObjectId, time_ns: i64) -> FsResult<Attr> {
+        let subdirs = self
+            .tree(root)?
+            .entries
+            .iter()
+            .filter(|e| e.is_dir())
+            .count();
+        Ok(self.fixed_dir_attr(ino, 0o555, time_ns, subdirs))
     }
 
     pub(super) fn space_path(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -214,18 +230,31 @@ impl PuceFs {
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let i = self.inode(ino)?;
         match &i.kind {
-            Kind::Fixed => Ok(self.fixed_attr(
-                ino,
-                if ino == SNAPSHOTS { 0o555 } else { 0o755 },
-                self.started_ns,
-            )),
+            Kind::Fixed => {
+                let subdirs = match ino {
+                    ROOT => 2,
+                    SPACES => {
+                        let spaces = self.spaces.read().map_err(|_| FsError::IO)?;
+                        spaces.keys().filter(|s| self.visible(s)).count()
+                    }
+                    _ => {
+                        let snaps = self.snap_list()?;
+                        snaps.by_space.keys().filter(|s| self.visible(s)).count()
+                    }
+                };
+                let perm = if ino == SNAPSHOTS { 0o555 } else { 0o755 };
+                Ok(self.fixed_dir_attr(ino, perm, self.started_ns, subdirs))
+            }
             Kind::SpaceRoot(s) => {
                 let space = self.space(s).ok_or(FsError::STALE)?;
                 self.space_root_attr(ino, &space)
             }
-            Kind::SnapSpace(_) => Ok(self.fixed_attr(ino, 0o555, self.started_ns)),
-            Kind::SnapRoot { time_ns, .. } => Ok(self.fixed_attr(ino, 0o555, *time_ns)),
-            Kind::SnapNode { entry, .. } => Ok(PuceFs::entry_attr(ino, entry)),
+            Kind::SnapSpace(s) => {
+                let n = self.snap_list()?.by_space.get(&**s).map_or(0, Vec::len);
+                Ok(self.fixed_dir_attr(ino, 0o555, self.started_ns, n))
+            }
+            Kind::SnapRoot { root, time_ns, .. } => self.snap_root_attr(ino, root, *time_ns),
+            Kind::SnapNode { entry, .. } => self.entry_attr(ino, entry),
             Kind::SpaceNode(s, _) => {
                 let space = self.space(s).ok_or(FsError::STALE)?;
                 let st = space.lock()?;
@@ -235,7 +264,7 @@ impl PuceFs {
                             .tree
                             .lookup(&FsTrees(self), &path)?
                             .ok_or(FsError::NOENT)?;
-                        self.info_attr(ino, &info)
+                        self.space_info_attr(ino, &info, &st, &path)
                     }
                     None => {
                         drop(st);

@@ -545,7 +545,7 @@ async fn send_objects(
                     c.allow_objects(tree.entries.iter().flat_map(|e| match &e.node {
                         Node::Dir { tree } => vec![*tree],
                         Node::File { chunks, .. } => chunks.clone(),
-                        Node::Symlink { .. } => vec![],
+                        _ => vec![], // symlinks and special files: no content
                     }));
                 } else if c.ctx.fault == Some(Fault::CorruptData)
                     && let Some(b) = data.last_mut()

@@ -149,6 +149,9 @@ fn contents(repo: &Repo, root: ObjectId) -> BTreeMap<String, Vec<u8>> {
                 Node::Symlink { target } => {
                     out.insert(path, target);
                 }
+                other => {
+                    out.insert(path, format!("{other:?}").into_bytes());
+                }
             }
         }
     }
@@ -209,6 +212,7 @@ fn entry(name: &str, node: Node) -> Entry {
         uid: 0,
         gid: 0,
         node,
+        link: None,
     }
 }
 

@@ -89,7 +89,40 @@ fn base_entry(name: &[u8], md: &Metadata, node: Node) -> Entry {
         uid: md.uid(),
         gid: md.gid(),
         node,
+        link: link_group(md),
     }
+}
+
+/// The hard-link group of a non-directory with several names: the same for every name of one
+/// file (it is derived from the device and inode numbers, hashed, so that they do not leak),
+/// and the same in the next snapshot, so that unchanged trees keep their ids.
+fn link_group(md: &Metadata) -> Option<u64> {
+    if md.is_dir() || md.nlink() < 2 {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&md.dev().to_le_bytes());
+    key[8..].copy_from_slice(&md.ino().to_le_bytes());
+    let h = ObjectId::of(&key);
+    let mut g = [0u8; 8];
+    g.copy_from_slice(&h.as_bytes()[..8]);
+    Some(u64::from_le_bytes(g))
+}
+
+/// The node of a fifo, socket or device, `None` for anything else.
+fn special_node(md: &Metadata) -> Option<Node> {
+    let ft = md.file_type();
+    Some(if ft.is_fifo() {
+        Node::Fifo
+    } else if ft.is_socket() {
+        Node::Socket
+    } else if ft.is_char_device() {
+        Node::CharDevice { rdev: md.rdev() }
+    } else if ft.is_block_device() {
+        Node::BlockDevice { rdev: md.rdev() }
+    } else {
+        return None;
+    })
 }
 
 /// The walk's state: pending directories (a slab), the job queue, what is counted so far.
@@ -343,17 +376,13 @@ impl<'a> Walker<'a> {
                         self.warn(msg);
                     }
                 }
+            } else if let Some(node) = special_node(&md) {
+                // Counted as (empty) files: the summary has no counter of its own for them.
+                self.summary.files += 1;
+                self.progress.add(1, 0);
+                self.push_slot(me, Some(base_entry(&name, &md, node)))?;
             } else {
-                let what = if ft.is_fifo() {
-                    "named pipe"
-                } else if ft.is_socket() {
-                    "socket"
-                } else if ft.is_block_device() || ft.is_char_device() {
-                    "device"
-                } else {
-                    "special file"
-                };
-                let msg = format!("skipped {what} {}", child.display());
+                let msg = format!("skipped special file {}", child.display());
                 self.warn(msg);
             }
             self.drain_done(false)?;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree};
 use crate::hash::ObjectId;
-use crate::index::IndexReader;
+use crate::index::{IndexReader, now_ns};
 use crate::paths;
 use crate::repo::Repo;
 
@@ -49,9 +49,26 @@ impl TreeSource for RepoTrees<'_> {
 
 #[derive(Debug, Clone)]
 enum ENode {
-    File { meta: Meta, content: Content },
-    Symlink { meta: Meta, target: Vec<u8> },
-    Dir { meta: Meta, dir: Dir },
+    File {
+        meta: Meta,
+        content: Content,
+        link: Option<u64>,
+    },
+    Symlink {
+        meta: Meta,
+        target: Vec<u8>,
+        link: Option<u64>,
+    },
+    Dir {
+        meta: Meta,
+        dir: Dir,
+    },
+    /// A fifo, socket or device: its stored node, kept as it is.
+    Special {
+        meta: Meta,
+        node: Node,
+        link: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +79,7 @@ enum Dir {
 
 impl ENode {
     fn from_entry(e: &Entry) -> ENode {
-        let meta = Meta::of(e);
+        let (meta, link) = (Meta::of(e), e.link);
         match &e.node {
             Node::File { size, chunks } => ENode::File {
                 meta,
@@ -70,31 +87,37 @@ impl ENode {
                     size: *size,
                     chunks: chunks.clone(),
                 },
+                link,
             },
             Node::Symlink { target } => ENode::Symlink {
                 meta,
                 target: target.clone(),
+                link,
             },
             Node::Dir { tree } => ENode::Dir {
                 meta,
                 dir: Dir::Stored(*tree),
+            },
+            node => ENode::Special {
+                meta,
+                node: node.clone(),
+                link,
             },
         }
     }
 
     fn meta_mut(&mut self) -> &mut Meta {
         match self {
-            ENode::File { meta, .. } | ENode::Symlink { meta, .. } | ENode::Dir { meta, .. } => {
-                meta
-            }
+            ENode::File { meta, .. }
+            | ENode::Symlink { meta, .. }
+            | ENode::Dir { meta, .. }
+            | ENode::Special { meta, .. } => meta,
         }
     }
 
     fn info(&self) -> Info {
         match self {
-            ENode::File { meta, content } => Info {
-                kind: NodeKind::File,
-                meta: *meta,
+            ENode::File { meta, content, .. } => Info {
                 size: match content {
                     Content::Stored { size, .. } => *size,
                     Content::Local(_) => 0,
@@ -103,49 +126,46 @@ impl ENode {
                     Content::Local(id) => Some(*id),
                     Content::Stored { .. } => None,
                 },
-                target: None,
+                ..Info::new(NodeKind::File, *meta)
             },
-            ENode::Symlink { meta, target } => Info {
-                kind: NodeKind::Symlink,
-                meta: *meta,
+            ENode::Symlink { meta, target, .. } => Info {
                 size: target.len() as u64,
-                local: None,
                 target: Some(target.clone()),
+                ..Info::new(NodeKind::Symlink, *meta)
             },
-            ENode::Dir { meta, .. } => Info {
-                kind: NodeKind::Dir,
-                meta: *meta,
-                size: 0,
-                local: None,
-                target: None,
+            ENode::Dir { meta, .. } => Info::new(NodeKind::Dir, *meta),
+            ENode::Special { meta, node, .. } => Info {
+                rdev: rdev_of(node),
+                ..Info::new(NodeKind::of(node), *meta)
             },
         }
     }
 }
 
+/// The device number of a device node, 0 for the other kinds.
+fn rdev_of(node: &Node) -> u64 {
+    match node {
+        Node::CharDevice { rdev } | Node::BlockDevice { rdev } => *rdev,
+        _ => 0,
+    }
+}
+
 fn info_of_entry(e: &Entry) -> Info {
     let meta = Meta::of(e);
+    let kind = NodeKind::of(&e.node);
     match &e.node {
         Node::File { size, .. } => Info {
-            kind: NodeKind::File,
-            meta,
             size: *size,
-            local: None,
-            target: None,
+            ..Info::new(kind, meta)
         },
         Node::Symlink { target } => Info {
-            kind: NodeKind::Symlink,
-            meta,
             size: target.len() as u64,
-            local: None,
             target: Some(target.clone()),
+            ..Info::new(kind, meta)
         },
-        Node::Dir { .. } => Info {
-            kind: NodeKind::Dir,
-            meta,
-            size: 0,
-            local: None,
-            target: None,
+        node => Info {
+            rdev: rdev_of(node),
+            ..Info::new(kind, meta)
         },
     }
 }
@@ -169,8 +189,18 @@ pub fn split_path(path: &[u8]) -> EResult<Vec<&[u8]>> {
     Ok(out)
 }
 
+/// The error for content asked of a symlink or special file.
+fn not_a_file(comps: &[&[u8]]) -> EditError {
+    EditError::Invalid(format!("'{}' is not a regular file", show(comps)))
+}
+
 fn show(comps: &[&[u8]]) -> String {
     String::from_utf8_lossy(&comps.join(&b'/')).into_owned()
+}
+
+/// Whether `path` is `top` or below it (both `/`-joined).
+fn paths_below(path: &[u8], top: &[u8]) -> bool {
+    path.starts_with(top) && (path.len() == top.len() || path[top.len()] == b'/')
 }
 
 /// A walk position for read-only lookups: either inside loaded nodes or inside stored trees.
@@ -184,6 +214,10 @@ enum At<'a> {
 pub struct EditTree {
     root: Dir,
     changed: bool,
+    /// When each entry changed through [`EditTree::apply`] last (its *change time*, `ctime`),
+    /// by path; entries not changed since the tree was created are not in it. In memory only:
+    /// trees store no change time.
+    changed_at: BTreeMap<Vec<u8>, i64>,
 }
 
 impl EditTree {
@@ -195,6 +229,7 @@ impl EditTree {
                 None => Dir::Loaded(BTreeMap::new()),
             },
             changed: false,
+            changed_at: BTreeMap::new(),
         }
     }
 
@@ -276,30 +311,94 @@ impl EditTree {
     pub fn lookup(&self, src: &dyn TreeSource, path: &[u8]) -> EResult<Option<Info>> {
         let comps = split_path(path)?;
         let Some((name, parent)) = comps.split_last() else {
-            return Ok(Some(Info {
-                kind: NodeKind::Dir,
-                meta: Meta {
+            return Ok(Some(Info::new(
+                NodeKind::Dir,
+                Meta {
                     mode: 0o755,
                     mtime_ns: 0,
                     uid: 0,
                     gid: 0,
                 },
-                size: 0,
-                local: None,
-                target: None,
-            }));
+            )));
         };
-        Ok(match self.dir_at(src, parent)? {
+        let info = match self.dir_at(src, parent)? {
             At::Loaded(m) => m.get(*name).map(ENode::info),
             At::Stored(t) => t.get(name).map(info_of_entry),
-        })
+        };
+        Ok(info.map(|mut i| {
+            i.ctime_ns = self
+                .changed_at
+                .get(&comps.join(&b'/'))
+                .copied()
+                .unwrap_or(0);
+            i
+        }))
+    }
+
+    /// How many subdirectories the directory at `path` holds (a directory's link count is 2
+    /// plus this).
+    pub fn subdirs(&self, src: &dyn TreeSource, path: &[u8]) -> EResult<u32> {
+        let comps = split_path(path)?;
+        let n = match self.dir_at(src, &comps)? {
+            At::Loaded(m) => m
+                .values()
+                .filter(|n| matches!(n, ENode::Dir { .. }))
+                .count(),
+            At::Stored(t) => t.entries.iter().filter(|e| e.is_dir()).count(),
+        };
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Note that the entry at `path` changed now, by a change not applied through this tree
+    /// (a new modification time set on its local content).
+    pub fn touch(&mut self, path: &[u8]) -> EResult<()> {
+        let comps = split_path(path)?;
+        self.note_change(&comps);
+        Ok(())
+    }
+
+    /// Note that the entry at `comps` changed now.
+    fn note_change(&mut self, comps: &[&[u8]]) {
+        self.changed_at.insert(comps.join(&b'/'), now_ns());
+    }
+
+    /// Move the change times of `from` and everything below it to `to`.
+    fn move_changes(&mut self, from: &[&[u8]], to: &[&[u8]]) {
+        let (from, to) = (from.join(&b'/'), to.join(&b'/'));
+        self.changed_at.retain(|k, _| !paths_below(k, &to));
+        let moved: Vec<(Vec<u8>, i64)> = self
+            .changed_at
+            .iter()
+            .filter(|(k, _)| paths_below(k, &from))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (k, v) in moved {
+            self.changed_at.remove(&k);
+            let mut nk = to.clone();
+            nk.extend_from_slice(&k[from.len()..]);
+            self.changed_at.insert(nk, v);
+        }
     }
 
     /// The entries of the directory at `path`, in name order.
     pub fn list(&self, src: &dyn TreeSource, path: &[u8]) -> EResult<Vec<(Vec<u8>, Info)>> {
         let comps = split_path(path)?;
+        let prefix = comps.join(&b'/');
+        let changed = |name: &[u8]| {
+            self.changed_at
+                .get(&paths::join(&prefix, name))
+                .copied()
+                .unwrap_or(0)
+        };
         Ok(match self.dir_at(src, &comps)? {
-            At::Loaded(m) => m.iter().map(|(k, v)| (k.clone(), v.info())).collect(),
+            At::Loaded(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let mut i = v.info();
+                    i.ctime_ns = changed(k);
+                    (k.clone(), i)
+                })
+                .collect(),
             At::Stored(t) => t
                 .entries
                 .iter()
@@ -318,10 +417,7 @@ impl EditTree {
             At::Loaded(m) => m.get(*name).map(|n| match n {
                 ENode::File { content, .. } => Ok(content.clone()),
                 ENode::Dir { .. } => Err(EditError::IsADirectory(show(&comps))),
-                ENode::Symlink { .. } => Err(EditError::Invalid(format!(
-                    "'{}' is a symbolic link",
-                    show(&comps)
-                ))),
+                ENode::Symlink { .. } | ENode::Special { .. } => Err(not_a_file(&comps)),
             }),
             At::Stored(t) => t.get(name).map(|e| match &e.node {
                 Node::File { size, chunks } => Ok(Content::Stored {
@@ -329,10 +425,7 @@ impl EditTree {
                     chunks: chunks.clone(),
                 }),
                 Node::Dir { .. } => Err(EditError::IsADirectory(show(&comps))),
-                Node::Symlink { .. } => Err(EditError::Invalid(format!(
-                    "'{}' is a symbolic link",
-                    show(&comps)
-                ))),
+                _ => Err(not_a_file(&comps)),
             }),
         };
         node.unwrap_or_else(|| Err(EditError::NotFound(show(&comps))))
@@ -401,6 +494,7 @@ impl EditTree {
         }
         m.insert(name.to_vec(), node);
         self.touch_dir(src, parent, time_ns)?;
+        self.note_change(&comps);
         self.changed = true;
         Ok(())
     }
@@ -445,6 +539,7 @@ impl EditTree {
                     ENode::Symlink {
                         meta: *meta,
                         target: target.clone(),
+                        link: None,
                     },
                     *time_ns,
                 )
@@ -460,29 +555,11 @@ impl EditTree {
                 ENode::File {
                     meta: *meta,
                     content: content.clone(),
+                    link: None,
                 },
                 *time_ns,
             ),
-            Edit::SetContent { path, content } => {
-                let comps = split_path(path)?;
-                let Some((name, parent)) = comps.split_last() else {
-                    return Err(EditError::IsADirectory("/".into()));
-                };
-                let m = self.dir_mut(src, parent)?;
-                match m.get_mut(*name) {
-                    Some(ENode::File { content: c, .. }) => *c = content.clone(),
-                    Some(ENode::Dir { .. }) => return Err(EditError::IsADirectory(show(&comps))),
-                    Some(ENode::Symlink { .. }) => {
-                        return Err(EditError::Invalid(format!(
-                            "'{}' is a symbolic link",
-                            show(&comps)
-                        )));
-                    }
-                    None => return Err(EditError::NotFound(show(&comps))),
-                }
-                self.changed = true;
-                Ok(())
-            }
+            Edit::SetContent { path, content } => self.set_content(src, path, content),
             Edit::Remove { path, dir, time_ns } => {
                 let comps = split_path(path)?;
                 let Some((name, parent)) = comps.split_last() else {
@@ -505,6 +582,8 @@ impl EditTree {
                     (Some(_), false) => {}
                 }
                 m.remove(*name);
+                let gone = comps.join(&b'/');
+                self.changed_at.retain(|k, _| !paths_below(k, &gone));
                 self.touch_dir(src, parent, *time_ns)?;
                 self.changed = true;
                 Ok(())
@@ -515,6 +594,24 @@ impl EditTree {
                 noreplace,
                 time_ns,
             } => self.rename(src, from, to, *noreplace, *time_ns),
+            Edit::Mknod {
+                path,
+                meta,
+                node,
+                time_ns,
+            } => {
+                if !node.is_special() {
+                    return Err(EditError::Invalid(
+                        "only fifos, sockets and devices are made by a node edit".into(),
+                    ));
+                }
+                let node = ENode::Special {
+                    meta: *meta,
+                    node: node.clone(),
+                    link: None,
+                };
+                self.insert_new(src, path, node, *time_ns)
+            }
             Edit::SetMeta {
                 path,
                 mode,
@@ -545,10 +642,37 @@ impl EditTree {
                 if let Some(v) = mtime_ns {
                     meta.mtime_ns = *v;
                 }
+                self.note_change(&comps);
                 self.changed = true;
                 Ok(())
             }
         }
+    }
+
+    /// Replace the content of the regular file at `path`.
+    fn set_content(&mut self, src: &dyn TreeSource, path: &[u8], content: &Content) -> EResult<()> {
+        let comps = split_path(path)?;
+        let Some((name, parent)) = comps.split_last() else {
+            return Err(EditError::IsADirectory("/".into()));
+        };
+        let m = self.dir_mut(src, parent)?;
+        match m.get_mut(*name) {
+            Some(ENode::File {
+                content: c, link, ..
+            }) => {
+                // Its other names (if any) keep the old content: no longer one file.
+                *c = content.clone();
+                *link = None;
+            }
+            Some(ENode::Dir { .. }) => return Err(EditError::IsADirectory(show(&comps))),
+            Some(ENode::Symlink { .. } | ENode::Special { .. }) => {
+                return Err(not_a_file(&comps));
+            }
+            None => return Err(EditError::NotFound(show(&comps))),
+        }
+        self.note_change(&comps);
+        self.changed = true;
+        Ok(())
     }
 
     fn rename(
@@ -607,6 +731,8 @@ impl EditTree {
         self.dir_mut(src, tparent)?.insert(tname.to_vec(), node);
         self.touch_dir(src, fparent, time_ns)?;
         self.touch_dir(src, tparent, time_ns)?;
+        self.move_changes(&fc, &tc);
+        self.note_change(&tc);
         self.changed = true;
         Ok(())
     }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind};
-use crate::format::tree::Entry;
+use crate::format::tree::{Entry, Node};
 use crate::hash::ObjectId;
 
 /// Metadata of an entry, as stored in trees.
@@ -55,6 +55,29 @@ pub enum NodeKind {
     Dir,
     /// Symbolic link.
     Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix domain socket.
+    Socket,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+}
+
+impl NodeKind {
+    /// The kind of a stored node.
+    pub fn of(node: &Node) -> NodeKind {
+        match node {
+            Node::File { .. } => NodeKind::File,
+            Node::Dir { .. } => NodeKind::Dir,
+            Node::Symlink { .. } => NodeKind::Symlink,
+            Node::Fifo => NodeKind::Fifo,
+            Node::Socket => NodeKind::Socket,
+            Node::CharDevice { .. } => NodeKind::CharDevice,
+            Node::BlockDevice { .. } => NodeKind::BlockDevice,
+        }
+    }
 }
 
 /// What [`EditTree::lookup`] and [`EditTree::list`] tell about an entry (no chunk lists).
@@ -70,6 +93,26 @@ pub struct Info {
     pub local: Option<u64>,
     /// The symlink target.
     pub target: Option<Vec<u8>>,
+    /// When the entry last changed through the edit tree (ns since the epoch), 0 if it did not
+    /// since the tree was made: its `ctime` is then the caller's to choose.
+    pub ctime_ns: i64,
+    /// The device number of a device node, else 0.
+    pub rdev: u64,
+}
+
+impl Info {
+    /// An entry of `kind` with `meta`, every other field empty.
+    pub fn new(kind: NodeKind, meta: Meta) -> Info {
+        Info {
+            kind,
+            meta,
+            size: 0,
+            local: None,
+            target: None,
+            ctime_ns: 0,
+            rdev: 0,
+        }
+    }
 }
 
 /// One edit, serialisable (the FUSE mount's journal records these). Paths are relative to the
@@ -156,6 +199,18 @@ pub enum Edit {
         gid: Option<u32>,
         /// New modification time.
         mtime_ns: Option<i64>,
+    },
+    /// Create a fifo, socket or device node (which must not exist): `node` is its tree node.
+    Mknod {
+        /// Path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Its metadata.
+        meta: Meta,
+        /// What it is: [`Node::Fifo`], [`Node::Socket`] or a device.
+        node: Node,
+        /// Time of the change.
+        time_ns: i64,
     },
 }
 

@@ -69,6 +69,7 @@ impl Env {
                 Node::Symlink { target } => {
                     format!("l {}", String::from_utf8_lossy(target))
                 }
+                other => format!("{other:?}"),
             };
             out.insert(String::from_utf8_lossy(p).into_owned(), d);
             Ok(())
@@ -257,6 +258,29 @@ fn golden_edit_encoding() {
         content: Content::Local(0x0102),
         time_ns: -1,
     };
+    let mk = Edit::Mknod {
+        path: b"p".to_vec(),
+        meta: Meta {
+            mode: 0o644,
+            mtime_ns: 1,
+            uid: 1000,
+            gid: 100,
+        },
+        node: Node::Fifo,
+        time_ns: 1,
+    };
+    let expect = [
+        "07",   // Edit::Mknod
+        "0170", // path "p"
+        "a403", // mode 0o644
+        "02",   // mtime 1 (zigzag)
+        "e807", // uid 1000
+        "64",   // gid 100
+        "03",   // Node::Fifo (the tree's node encoding)
+        "02",   // time 1 (zigzag)
+    ]
+    .concat();
+    assert_eq!(hexdump(&postcard::to_stdvec(&mk).unwrap()), expect);
     let bytes = postcard::to_stdvec(&ed).unwrap();
     let expect = [
         "02",       // Edit::Create

@@ -64,25 +64,32 @@ impl Writer<'_> {
         }
         let mut entries = Vec::with_capacity(m.len());
         for (name, n) in m {
-            let (meta, node) = match n {
-                ENode::File { meta, content } => match content {
+            let (meta, node, link) = match n {
+                ENode::File {
+                    meta,
+                    content,
+                    link,
+                } => match content {
                     Content::Stored { size, chunks } => (
                         *meta,
                         Node::File {
                             size: *size,
                             chunks: chunks.clone(),
                         },
+                        *link,
                     ),
                     Content::Local(id) => {
                         let (size, chunks, mtime_ns) = self.local(*id)?;
-                        (Meta { mtime_ns, ..*meta }, Node::File { size, chunks })
+                        let node = Node::File { size, chunks };
+                        (Meta { mtime_ns, ..*meta }, node, *link)
                     }
                 },
-                ENode::Symlink { meta, target } => (
+                ENode::Symlink { meta, target, link } => (
                     *meta,
                     Node::Symlink {
                         target: target.clone(),
                     },
+                    *link,
                 ),
                 ENode::Dir { meta, dir } => (
                     *meta,
@@ -92,7 +99,9 @@ impl Writer<'_> {
                             Dir::Loaded(m) => self.dir(m, depth + 1)?,
                         },
                     },
+                    None,
                 ),
+                ENode::Special { meta, node, link } => (*meta, node.clone(), *link),
             };
             entries.push(Entry {
                 name: name.clone(),
@@ -101,6 +110,7 @@ impl Writer<'_> {
                 uid: meta.uid,
                 gid: meta.gid,
                 node,
+                link,
             });
         }
         let bytes = Tree { entries }.encode()?;

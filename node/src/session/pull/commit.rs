@@ -225,7 +225,12 @@ fn check_complete(repo: &Repo, roots: &[ObjectId]) -> Result<HashMap<ObjectId, V
                         }
                     }
                 }
-                Node::Symlink { .. } => {}
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
     }

@@ -159,7 +159,12 @@ async fn next_wave(
                     next_dirs.push(*tree);
                 }
                 Node::File { chunks: c, .. } => new_chunks.extend(c.iter().copied()),
-                Node::Symlink { .. } => {}
+                // No content.
+                Node::Symlink { .. }
+                | Node::Fifo
+                | Node::Socket
+                | Node::CharDevice { .. }
+                | Node::BlockDevice { .. } => {}
             }
         }
         pending.insert(o.id, PendingTree { obj: o, subdirs });
