@@ -198,6 +198,9 @@ pub struct ReplicasArgs {
     /// Only this space
     #[arg(long)]
     pub space: Option<String>,
+    /// Also write a self-contained HTML page
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub dir: NodeDirArg,
 }

@@ -202,6 +202,42 @@ fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
     s
 }
 
+/// A section of a page of tables ([`tables_page`]): a heading, a status line (green when `ok`,
+/// red when not), a table.
+pub struct Section {
+    pub heading: String,
+    pub status: String,
+    pub ok: Option<bool>,
+    pub head: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A page of tables without charts (`report replicas --html`).
+pub fn tables_page(title: &str, generated: &str, sections: &[Section]) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h1>{}</h1><p class=\"meta\">Generated {} by puce.</p>",
+        esc(title),
+        esc(generated)
+    );
+    for sec in sections {
+        let color = match sec.ok {
+            Some(true) => "#2e7d32",
+            Some(false) => "#c62828",
+            None => "#555",
+        };
+        let _ = write!(
+            body,
+            "<h2>{}</h2><p style=\"color:{color};font-weight:bold\">{}</p>",
+            esc(&sec.heading),
+            esc(&sec.status)
+        );
+        body.push_str(&table(&sec.head, sec.rows.clone()));
+    }
+    document(title, &body)
+}
+
 /// The whole page: the three charts every report carries, then the report's own tables.
 pub fn page(
     title: &str,

@@ -375,6 +375,18 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     );
     let m = samples(&scrape(&addr));
     assert_eq!(value(&m, &format!("puce_space_replica_rule_ok{rule}")), 0.0);
+    // The same as a page for people, escaped.
+    let page = b.repo.dir.path().join("replicas.html");
+    let out = b.run(&["report", "replicas", "--html", page.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    assert!(html.contains("1 of 3 copies wanted: RULE BROKEN"), "{html}");
+    assert!(
+        html.contains("<td>paris</td>") && html.contains("held 0 of 1 heads"),
+        "{html}"
+    );
+    assert!(html.contains("grenoble (this node)"), "{html}");
     b.stop();
     c.stop();
     a.stop();

@@ -70,6 +70,15 @@ pub fn run_report(ctx: &Ctx, a: ReplicasArgs) -> Result<i32> {
     }
     let broken = spaces.iter().any(|s| s.ok == Some(false));
     let period = check_period(&config);
+    if let Some(p) = &a.html {
+        let page = crate::html::tables_page(
+            &format!("puce: replicas on node '{}'", config.name),
+            &output::time(now),
+            &spaces.iter().map(|s| section(s, now)).collect::<Vec<_>>(),
+        );
+        std::fs::write(p, page)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    }
     if ctx.json {
         output::json(&json!({
             "ok": !broken,
@@ -80,6 +89,44 @@ pub fn run_report(ctx: &Ctx, a: ReplicasArgs) -> Result<i32> {
         print(&spaces, now, period);
     }
     Ok(i32::from(broken))
+}
+
+/// The rule's state of space `s`, in words.
+fn rule_text(s: &SpaceReplicas) -> String {
+    match (s.wanted, s.ok) {
+        (Some(w), Some(true)) => format!("{} of {w} copies wanted: ok", s.counted),
+        (Some(w), _) => format!("{} of {w} copies wanted: RULE BROKEN", s.counted),
+        (None, _) => format!("{} copies (no rule: `puce space set`)", s.counted),
+    }
+}
+
+/// Space `s` as a section of the HTML page: one row per node.
+fn section(s: &SpaceReplicas, now: i64) -> crate::html::Section {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    crate::html::Section {
+        heading: format!("space '{}'", s.space),
+        status: rule_text(s),
+        ok: s.ok,
+        head: vec!["node", "complete", "as of", "checked", "counts", "why not"],
+        rows: s
+            .copies
+            .iter()
+            .map(|c| {
+                vec![
+                    if c.this_node {
+                        format!("{} (this node)", c.node)
+                    } else {
+                        c.node.clone()
+                    },
+                    yes_no(c.complete),
+                    age_seconds(c.as_of_ns, now).map_or("never".into(), |a| age(a) + " ago"),
+                    c.checked.map_or("unknown".into(), yes_no),
+                    yes_no(c.counts),
+                    c.why_not.clone().unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    }
 }
 
 fn age_seconds(as_of: Option<i64>, now: i64) -> Option<u64> {
@@ -123,11 +170,7 @@ fn print(spaces: &[SpaceReplicas], now: i64, period: std::time::Duration) {
         if i > 0 {
             println!();
         }
-        let rule = match (s.wanted, s.ok) {
-            (Some(w), Some(true)) => format!("{} of {w} copies wanted: ok", s.counted),
-            (Some(w), _) => format!("{} of {w} copies wanted: RULE BROKEN", s.counted),
-            (None, _) => format!("{} copies (no rule: `puce space set`)", s.counted),
-        };
+        let rule = rule_text(s);
         println!(
             "space '{}': {rule}; heads {}",
             s.space,
