@@ -268,10 +268,9 @@ mod tests {
         assert_eq!(heads.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[0]]);
     }
 
-    /// A hold keeps the snapshot (record and data) but it counts as forgotten: not a head (its
-    /// parent is), not finished by a forget until the hold ends, then finished.
-    #[test]
-    fn a_held_forget_keeps_the_snapshot_until_its_hold_ends() {
+    /// A repository (in the returned folder) with two snapshots of `docs`, the second a child
+    /// of the first.
+    fn two_snapshots() -> (tempfile::TempDir, Arc<Repo>, SnapshotId, SnapshotId) {
         let d = tempfile::tempdir().unwrap();
         let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
         let src = d.path().join("src");
@@ -280,6 +279,14 @@ mod tests {
         let a = snap(&repo, &src, "docs");
         std::fs::write(src.join("f"), b"two").unwrap();
         let b = snap(&repo, &src, "docs");
+        (d, repo, a, b)
+    }
+
+    /// A hold keeps the snapshot (record and data) but it counts as forgotten: not a head (its
+    /// parent is), not finished by a forget until the hold ends, then finished.
+    #[test]
+    fn a_held_forget_keeps_the_snapshot_until_its_hold_ends() {
+        let (_d, repo, a, b) = two_snapshots();
         let f = |id| Forget {
             snapshot: id,
             space: "docs".into(),
@@ -314,14 +321,7 @@ mod tests {
 
     #[test]
     fn a_forget_leaves_a_record_and_an_interrupted_one_is_finished() {
-        let d = tempfile::tempdir().unwrap();
-        let repo = Arc::new(Repo::init(&d.path().join("r"), &InitOptions::default()).unwrap());
-        let src = d.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("f"), b"one").unwrap();
-        let a = snap(&repo, &src, "docs");
-        std::fs::write(src.join("f"), b"two").unwrap();
-        let b = snap(&repo, &src, "docs");
+        let (_d, repo, a, b) = two_snapshots();
         forget(&repo, &[a]).unwrap();
         let f = read(&repo, &a).unwrap().unwrap();
         assert_eq!((f.snapshot, f.space.as_str(), f.signer), (a, "docs", None));
