@@ -341,6 +341,17 @@ pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Two nodes, `lyon` and `grenoble` (daemons not started): lyon's node.toml gives grenoble
+/// `lyon_grants`, grenoble's gives lyon `grenoble_grants` (TOML inline tables of permissions,
+/// optionally followed by more lines of the `[[peer]]` section, e.g. `keep_min`).
+pub fn pair(lyon_grants: &str, grenoble_grants: &str) -> (TestNode, TestNode) {
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    a.add_peer(&b, lyon_grants);
+    b.add_peer(&a, grenoble_grants);
+    (a, b)
+}
+
 /// Wait (up to two minutes, polling) until `f` holds. Waiting is not asserting on time: the
 /// limit only stops a test that would otherwise hang.
 pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

@@ -6,7 +6,7 @@
 use std::fs;
 
 use puce_tests::make_tree;
-use puce_tests::node::TestNode;
+use puce_tests::node::{TestNode, pair};
 
 const BOTH: &str = r#"{ docs = ["pull", "push"] }"#;
 
@@ -96,10 +96,7 @@ fn a_forgotten_snapshot_does_not_come_back_and_is_forgotten_by_the_replicas() {
 
 #[test]
 fn a_forget_signed_by_an_unknown_key_is_ignored() {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, BOTH);
+    let (mut a, b) = pair(BOTH, BOTH);
     // Lyon's daemon signs the forget records it sends with a key of no configured node.
     a.start_with(&[("PUCE_TEST_FAULT", "foreign-forgets")]);
     let (old, new) = two_versions(&a);
@@ -127,11 +124,8 @@ fn a_forget_signed_by_an_unknown_key_is_ignored() {
 
 #[test]
 fn a_forget_by_a_peer_that_may_only_read_the_space_is_not_applied() {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
     // Grenoble lets lyon read docs, not write it: lyon may not forget there either.
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, r#"{ docs = ["pull"] }"#);
+    let (a, mut b) = pair(BOTH, r#"{ docs = ["pull"] }"#);
     b.start();
     let src = b.repo.dir.path().join("src");
     make_tree(&src, 2);
@@ -155,10 +149,7 @@ fn a_forget_by_a_peer_that_may_only_read_the_space_is_not_applied() {
 /// into v3 on both nodes (the deleted file came back, the changed one as a conflict copy).
 #[test]
 fn forgetting_the_middle_of_a_history_does_not_merge_the_old_state_back() {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, BOTH);
+    let (a, mut b) = pair(BOTH, BOTH);
     b.start();
     let src = a.repo.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
@@ -205,10 +196,7 @@ fn forgetting_the_middle_of_a_history_does_not_merge_the_old_state_back() {
 /// `PUCE_TEST_DAYS_LATER`); then gc frees its data.
 #[test]
 fn a_peers_forget_waits_for_the_protection_period() {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, &format!("{BOTH}\nkeep_min = \"30d\""));
+    let (a, mut b) = pair(BOTH, &format!("{BOTH}\nkeep_min = \"30d\""));
     let src = a.repo.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("report.bin"), puce_tests::random_bytes(1 << 20, 1)).unwrap();
@@ -271,10 +259,7 @@ fn a_peers_forget_waits_for_the_protection_period() {
 /// (a sync does not bring them back), the earlier ones stay, each drop is logged.
 #[test]
 fn an_admin_drops_what_a_peer_delivered_since_a_time() {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, BOTH);
+    let (a, mut b) = pair(BOTH, BOTH);
     let src = a.repo.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("minutes.txt"), b"real").unwrap();
@@ -320,10 +305,7 @@ fn an_admin_drops_what_a_peer_delivered_since_a_time() {
 /// it flagged: the forged date, the mass deletion, the held snapshots.
 #[test]
 fn a_break_in_on_the_owner_does_not_destroy_the_holders_copy() {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, &format!("{BOTH}\nkeep_min = \"30d\""));
+    let (a, mut b) = pair(BOTH, &format!("{BOTH}\nkeep_min = \"30d\""));
     let src = a.repo.dir.path().join("src");
     make_tree(&src, 7);
     let v1 = a.snapshot(&src, "docs");

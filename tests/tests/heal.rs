@@ -16,11 +16,7 @@ use puce_tests::{make_tree, manifest, random_bytes};
 
 /// `a` (lyon) lets `b` (grenoble) read `docs`; `b` lets `a` write it (so `b` can pull).
 fn pair() -> (TestNode, TestNode) {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, r#"{ docs = ["pull"] }"#);
-    b.add_peer(&a, r#"{ docs = ["push"] }"#);
-    (a, b)
+    puce_tests::node::pair(r#"{ docs = ["pull"] }"#, r#"{ docs = ["push"] }"#)
 }
 
 fn json_of(out: &Output) -> serde_json::Value {

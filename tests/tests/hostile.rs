@@ -10,7 +10,7 @@ use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::saver::Saver;
 use puce_core::{ObjectId, OpenOptions, Repo};
-use puce_tests::node::{TestNode, wait_for};
+use puce_tests::node::{pair, wait_for};
 use puce_tests::{Need, TestRepo, is_mounted, require};
 use serde_json::json;
 
@@ -328,10 +328,7 @@ fn forge_deep(
 fn deep_trees_pushed_by_a_peer_are_refused_and_the_daemon_stays_up() {
     let spaces =
         r#"{ docs = ["pull", "push"], photos = ["pull", "push"], notes = ["pull", "push"] }"#;
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, spaces);
-    b.add_peer(&a, spaces);
+    let (mut a, mut b) = pair(spaces, spaces);
     // A hostile node answers as many requests as the receiver makes (one per tree level).
     a.env
         .push(("PUCE_TEST_FAULT".into(), "no-request-limit".into()));
@@ -401,10 +398,7 @@ fn deep_trees_pushed_by_a_peer_are_refused_and_the_daemon_stays_up() {
 #[test]
 fn hostile_strings_are_refused_from_peers_and_printed_escaped() {
     let spaces = r#"{ docs = ["pull", "push"] }"#;
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, spaces);
-    b.add_peer(&a, spaces);
+    let (a, mut b) = pair(spaces, spaces);
     // A file name that would clear the terminal.
     let id = plant(&a.repo, vec![file(b"a\x1b[2Jb", ObjectId::default())], None);
     let ls = a.ok(&["ls", &id]);
@@ -463,10 +457,7 @@ fn hostile_strings_are_refused_from_peers_and_printed_escaped() {
 #[test]
 fn a_pull_holding_more_directory_listings_than_the_bound_is_refused() {
     let spaces = r#"{ docs = ["pull", "push"] }"#;
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, spaces);
-    b.add_peer(&a, spaces);
+    let (mut a, mut b) = pair(spaces, spaces);
     // 200 directories of 20 files with long names: about 400 KiB of listings.
     let src = b.repo.dir.path().join("src");
     for i in 0..200 {
@@ -503,10 +494,7 @@ fn a_pull_holding_more_directory_listings_than_the_bound_is_refused() {
 #[test]
 fn snapshots_dated_ahead_by_a_peer_do_not_push_real_history_out_of_retention() {
     let spaces = r#"{ docs = ["pull", "push"] }"#;
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, spaces);
-    b.add_peer(&a, spaces);
+    let (a, mut b) = pair(spaces, spaces);
     let src = a.repo.dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let times = [
@@ -578,10 +566,7 @@ fn snapshots_dated_ahead_by_a_peer_do_not_push_real_history_out_of_retention() {
 #[test]
 fn a_snapshot_removing_most_files_is_accepted_and_flagged() {
     let spaces = r#"{ docs = ["pull", "push"] }"#;
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, spaces);
-    b.add_peer(&a, spaces);
+    let (a, mut b) = pair(spaces, spaces);
     let src = a.repo.dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..10 {

@@ -15,11 +15,7 @@ const BOTH: &str = r#"{ docs = ["pull", "push"] }"#;
 
 /// Two nodes that may both read and write `docs` on each other.
 fn pair() -> (TestNode, TestNode) {
-    let mut a = TestNode::new("lyon");
-    let mut b = TestNode::new("grenoble");
-    a.add_peer(&b, BOTH);
-    b.add_peer(&a, BOTH);
-    (a, b)
+    puce_tests::node::pair(BOTH, BOTH)
 }
 
 fn u(v: &serde_json::Value, k: &str) -> u64 {
