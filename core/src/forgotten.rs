@@ -108,6 +108,19 @@ pub fn hold(repo: &Repo, records: &[(Forget, i64)], peer: &str) -> Result<()> {
     Ok(())
 }
 
+/// Remove the hold records of snapshots `ids`, forgotten now: their holds have ended (so that
+/// the holds read at every pull are only the current ones).
+pub fn end_holds(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
+    for (name, _) in repo.backend().list(FileKind::Forget)? {
+        if let Some(id) = name.strip_suffix(hold::SUFFIX)
+            && SnapshotId::from_hex(id).is_ok_and(|id| ids.contains(&id))
+        {
+            repo.backend().remove(FileKind::Forget, &name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every hold record (damaged ones are reported as errors: a hold must not silently end).
 pub fn holds(repo: &Repo) -> Result<Vec<Hold>> {
     let mut out = Vec::new();
@@ -172,23 +185,54 @@ fn write_lineage(repo: &Repo, s: &SnapshotEntry) -> Result<()> {
         .write(FileKind::Forget, &l.file_name(), &l.encode()?)
 }
 
-/// The parents of every forgotten snapshot that had some (a damaged lineage record is left
-/// out, with a warning: its children's ancestry stops there, as before lineage records).
-pub fn lineage(repo: &Repo) -> Result<history::Lineage> {
+/// The lineage the heads of `all` need ([`history::heads`]): for each snapshot of `all` with a
+/// lineage record (held, or its forget interrupted), its parents as its record names them;
+/// and, for each snapshot that a snapshot of `all` descends from but that `all` lacks
+/// (forgotten), the parents its lineage record names, followed back until the snapshots of
+/// `all`. Only those records are read: a repository that forgot thousands of snapshots over
+/// the years reads the few between the ones it keeps. A damaged record is left out, with a
+/// warning (its children's ancestry stops there, as before lineage records).
+pub fn lineage(repo: &Repo, all: &[SnapshotEntry]) -> Result<history::Lineage> {
+    let recorded: HashSet<SnapshotId> = repo
+        .backend()
+        .list(FileKind::Forget)?
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let id = name.strip_suffix(lineage::SUFFIX)?;
+            SnapshotId::from_hex(id).ok()
+        })
+        .collect();
     let mut out = history::Lineage::new();
-    for (name, _) in repo.backend().list(FileKind::Forget)? {
-        if !name.ends_with(lineage::SUFFIX) {
+    if recorded.is_empty() {
+        return Ok(out);
+    }
+    let present: HashSet<SnapshotId> = all.iter().map(|s| s.id).collect();
+    for s in all.iter().filter(|s| recorded.contains(&s.id)) {
+        out.insert(s.id, s.snapshot.parents.clone());
+    }
+    let mut stack: Vec<SnapshotId> = all
+        .iter()
+        .flat_map(|s| s.snapshot.parents.iter().copied())
+        .filter(|p| !present.contains(p))
+        .collect();
+    while let Some(id) = stack.pop() {
+        if out.contains_key(&id) || !recorded.contains(&id) {
             continue;
         }
+        let name = format!("{}{}", id.to_hex(), lineage::SUFFIX);
         let read = repo
             .backend()
             .read(FileKind::Forget, &name)
             .and_then(|b| Lineage::decode(&b));
         match read {
             Ok(l) => {
-                out.insert(l.snapshot, l.parents);
+                stack.extend(l.parents.iter().filter(|p| !present.contains(p)).copied());
+                out.insert(id, l.parents);
             }
-            Err(e) => tracing::warn!("lineage record forgets/{name} left out: {e:#}"),
+            Err(e) => {
+                tracing::warn!("lineage record forgets/{name} left out: {e:#}");
+                out.insert(id, Vec::new());
+            }
         }
     }
     Ok(out)
@@ -253,10 +297,11 @@ mod tests {
         }
         forget(&repo, &[ids[1]]).unwrap();
         let all = repo.snapshots().unwrap();
-        let heads: Vec<SnapshotId> = crate::history::heads(&all, &lineage(&repo).unwrap(), "docs")
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let heads: Vec<SnapshotId> =
+            crate::history::heads(&all, &lineage(&repo, &all).unwrap(), "docs")
+                .iter()
+                .map(|s| s.id)
+                .collect();
         assert_eq!(heads, vec![ids[2]], "v1 became a head again");
         let merged = crate::merge::merge_heads(&repo, "docs").unwrap();
         assert!(merged.is_none(), "merged: {merged:?}");
@@ -264,7 +309,7 @@ mod tests {
         // Forgetting the head itself leaves its parent the head, as before.
         forget(&repo, &[ids[2]]).unwrap();
         let all = repo.snapshots().unwrap();
-        let heads = crate::history::heads(&all, &lineage(&repo).unwrap(), "docs");
+        let heads = crate::history::heads(&all, &lineage(&repo, &all).unwrap(), "docs");
         assert_eq!(heads.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[0]]);
     }
 
@@ -295,7 +340,7 @@ mod tests {
         };
         let heads = |repo: &Repo| -> Vec<SnapshotId> {
             let all = repo.snapshots().unwrap();
-            let l = lineage(repo).unwrap();
+            let l = lineage(repo, &all).unwrap();
             crate::history::heads(&all, &l, "docs")
                 .iter()
                 .map(|s| s.id)
@@ -317,6 +362,8 @@ mod tests {
         let left: Vec<SnapshotId> = repo.snapshots().unwrap().iter().map(|s| s.id).collect();
         assert_eq!(left, vec![b]);
         assert!(heads(&repo).is_empty());
+        let held: Vec<SnapshotId> = holds(&repo).unwrap().iter().map(|h| h.snapshot).collect();
+        assert_eq!(held, vec![b], "the ended hold's record stayed");
     }
 
     #[test]

@@ -520,7 +520,7 @@ impl Repo {
     /// node whose clock is behind the one that took its parent.
     pub fn latest(&self, space: &str) -> Result<Option<SnapshotEntry>> {
         let all = self.snapshots()?;
-        let lineage = crate::forgotten::lineage(self)?;
+        let lineage = crate::forgotten::lineage(self, &all)?;
         Ok(crate::history::latest(&all, &lineage, space).cloned())
     }
 

@@ -325,7 +325,7 @@ fn replicas(p: &mut Page, ctx: &NodeCtx, st: &NodeState) -> Result<()> {
     let rules = crate::replicas::SpaceRules::load(&ctx.dir)?;
     let snapshots = ctx.repo.snapshots()?;
     let receipts = puce_core::reach::receipts(&ctx.repo)?;
-    let lineage = puce_core::forgotten::lineage(&ctx.repo)?;
+    let lineage = puce_core::forgotten::lineage(&ctx.repo, &snapshots)?;
     let k = crate::replicas::Known {
         config: &ctx.config,
         id: ctx.identity.id().to_string(),

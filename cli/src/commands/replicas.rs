@@ -47,7 +47,7 @@ pub fn run_report(ctx: &Ctx, a: ReplicasArgs) -> Result<i32> {
     let rules = SpaceRules::load(&dir).map_err(node_err)?;
     let snapshots = repo.snapshots()?;
     let receipts = puce_core::reach::receipts(&repo)?;
-    let lineage = puce_core::forgotten::lineage(&repo)?;
+    let lineage = puce_core::forgotten::lineage(&repo, &snapshots)?;
     let now = puce_core::index::now_ns();
     let k = Known {
         config: &config,

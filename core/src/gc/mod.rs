@@ -176,6 +176,7 @@ pub fn forget(repo: &Repo, ids: &[SnapshotId]) -> Result<()> {
         repo.backend().remove(FileKind::Snapshot, &id.to_hex())?;
     }
     repo.index().remove_snapshots(ids)?;
+    crate::forgotten::end_holds(repo, ids)?;
     // After the records: a scope rebuilt meanwhile must not walk them again.
     crate::reach::forget(repo, &gone)
 }

@@ -241,7 +241,7 @@ pub fn merge_heads(repo: &Arc<Repo>, space: &str) -> Result<Option<MergeReport>>
     // Register the writer session before reading the heads the merge builds on.
     let saver = Saver::with_session(repo.clone(), 1, &format!("merge {space}"))?;
     let mut all = repo.snapshots()?;
-    let lineage = crate::forgotten::lineage(repo)?;
+    let lineage = crate::forgotten::lineage(repo, &all)?;
     let mut heads: Vec<SnapshotEntry> = history::heads(&all, &lineage, space)
         .into_iter()
         .cloned()

@@ -615,7 +615,7 @@ async fn round(
         let rules = SpaceRules::load(&c2.dir)?;
         let snapshots = c2.repo.snapshots()?;
         let receipts = puce_core::reach::receipts(&c2.repo)?;
-        let lineage = puce_core::forgotten::lineage(&c2.repo)?;
+        let lineage = puce_core::forgotten::lineage(&c2.repo, &snapshots)?;
         let now_ns = now_ns();
         let replicas = crate::replicas::evaluate(&Known {
             config: &c2.config,

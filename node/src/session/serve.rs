@@ -253,7 +253,8 @@ async fn list_spaces(conn: &Arc<Conn>, send: &mut Sender, r: ListSpaces) -> Resu
         let forgotten = puce_core::forgotten::ids(&repo)?;
         let mut all = repo.snapshots()?;
         all.retain(|s| !forgotten.contains(&s.id));
-        Ok((all, puce_core::forgotten::lineage(&repo)?))
+        let lineage = puce_core::forgotten::lineage(&repo, &all)?;
+        Ok((all, lineage))
     })
     .await?;
     let groups = by_space(&all);

@@ -39,8 +39,12 @@ pub(super) async fn merge(
     records: &[Received],
 ) -> Result<()> {
     let r2 = p.repo.clone();
-    let (all, lineage) =
-        blocking(move || Ok((r2.snapshots()?, puce_core::forgotten::lineage(&r2)?))).await?;
+    let (all, lineage) = blocking(move || {
+        let all = r2.snapshots()?;
+        let lineage = puce_core::forgotten::lineage(&r2, &all)?;
+        Ok((all, lineage))
+    })
+    .await?;
     for r in records {
         if let Some(f) = puce_core::history::shrink(&all, &r.entry) {
             tracing::warn!(
