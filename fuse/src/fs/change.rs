@@ -219,16 +219,21 @@ impl PuceFs {
         name: &[u8],
         target: &[u8],
     ) -> FsResult<Attr> {
-        check_name(name)?;
         let meta = self.new_meta(caller, 0o777, 0);
+        self.add(parent, name, |path| Edit::Symlink {
+            path,
+            target: target.to_vec(),
+            meta,
+            time_ns: meta.mtime_ns,
+        })
+    }
+
+    /// Record the edit `make` builds from the path of `name` in directory `parent` (a name
+    /// checked first), then look the new entry up.
+    fn add(&self, parent: u64, name: &[u8], make: impl FnOnce(Vec<u8>) -> Edit) -> FsResult<Attr> {
+        check_name(name)?;
         self.in_space(parent, |space, st, path| {
-            let edit = Edit::Symlink {
-                path: join(&path, name),
-                target: target.to_vec(),
-                meta,
-                time_ns: meta.mtime_ns,
-            };
-            self.record(space, st, edit)
+            self.record(space, st, make(join(&path, name)))
         })?;
         self.lookup(parent, name)
     }
@@ -253,18 +258,13 @@ impl PuceFs {
             libc::S_IFSOCK => Node::Socket,
             _ => return Err(FsError::PERM),
         };
-        check_name(name)?;
         let meta = self.new_meta(caller, mode, umask);
-        self.in_space(parent, |space, st, path| {
-            let edit = Edit::Mknod {
-                path: join(&path, name),
-                meta,
-                node,
-                time_ns: meta.mtime_ns,
-            };
-            self.record(space, st, edit)
-        })?;
-        self.lookup(parent, name)
+        self.add(parent, name, |path| Edit::Mknod {
+            path,
+            meta,
+            node,
+            time_ns: meta.mtime_ns,
+        })
     }
 
     /// `create`: a new regular file, opened. Returns its attributes and a handle.
