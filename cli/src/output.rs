@@ -20,6 +20,18 @@ pub fn time(ns: i64) -> String {
 }
 
 /// RFC 3339 in UTC, for JSON.
+/// Parse the RFC 3339 time given to `flag` (e.g. `--time`) into nanoseconds since the epoch;
+/// times a 64-bit count of nanoseconds cannot hold (before 1677 or after 2262) are refused.
+pub fn parse_time(flag: &str, text: &str) -> Result<i64, puce_core::Error> {
+    let bad = |why: String| {
+        puce_core::Error::invalid(format!(
+            "bad {flag} '{text}': {why} (use e.g. 2026-12-01T00:00:00Z)"
+        ))
+    };
+    let ts: jiff::Timestamp = text.parse().map_err(|e| bad(format!("{e}")))?;
+    i64::try_from(ts.as_nanosecond()).map_err(|_| bad("out of the range 1678 to 2262".into()))
+}
+
 pub fn time_utc(ns: i64) -> String {
     match jiff::Timestamp::from_nanosecond(i128::from(ns)) {
         Ok(t) => t.to_string(),

@@ -168,6 +168,18 @@ fn reports_have_stable_json_and_sane_numbers() {
         "--time",
         "2024-03-07T02:00:00Z",
     ]);
+    // A time a 64-bit count of nanoseconds cannot hold is refused (it was stored wrapped).
+    let out = repo.run(&[
+        "snapshot",
+        copy.to_str().unwrap(),
+        "--space",
+        "t",
+        "--time",
+        "9000-01-01T00:00:00Z",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("out of the range 1678 to 2262"), "{err}");
     let d = repo.json(&["report", "dedup"]);
     assert_json_schema("report-dedup", &d);
     for k in [

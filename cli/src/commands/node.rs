@@ -125,13 +125,7 @@ pub fn run_daemon(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
 /// peer at or after `since` (their receipts say when), with a dry run first; each drop is
 /// appended to `drops.log` in the node directory.
 pub fn run_drop(ctx: &Ctx, a: NodeDropArgs) -> Result<i32> {
-    let since: jiff::Timestamp = a.since.parse().map_err(|e| {
-        puce_core::Error::invalid(format!(
-            "bad --since '{}': {e} (use e.g. 2026-12-01T00:00:00Z)",
-            a.since
-        ))
-    })?;
-    let since_ns = since.as_nanosecond() as i64;
+    let since_ns = output::parse_time("--since", &a.since)?;
     let repo = ctx.open()?;
     let dir = node_dir(ctx, &a.dir)?;
     let config = NodeConfig::load(&dir).map_err(node_err)?;

@@ -8,17 +8,11 @@ use crate::output;
 use crate::progress::Bar;
 
 pub fn run(ctx: &Ctx, a: SnapshotArgs) -> Result<i32> {
-    let time_ns = match &a.time {
-        Some(t) => {
-            let ts: jiff::Timestamp = t.parse().map_err(|e| {
-                puce_core::Error::invalid(format!(
-                    "bad --time '{t}': {e} (use e.g. 2024-03-01T02:00:00Z)"
-                ))
-            })?;
-            Some(ts.as_nanosecond() as i64)
-        }
-        None => None,
-    };
+    let time_ns = a
+        .time
+        .as_deref()
+        .map(|t| output::parse_time("--time", t))
+        .transpose()?;
     let repo = ctx.open()?;
     let opts = SnapshotOptions {
         time_ns,
