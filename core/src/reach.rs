@@ -27,7 +27,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::backend::FileKind;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::receipt::Receipt;
 use crate::format::snapshot::SnapshotEntry;
 use crate::format::tree::Node;
@@ -237,12 +237,27 @@ pub fn write_receipt(repo: &Repo, r: &Receipt) -> Result<()> {
         .write(FileKind::Receipt, &r.file_name(), &r.encode()?)
 }
 
-/// Every receipt in the repository (damaged ones are reported as errors).
+/// Every receipt in the repository (damaged ones are reported as errors). A receipt never
+/// changes once written: those this `Repo` read before are not read again (the daemon's
+/// metrics and notifications ask every few minutes; on S3 each read is a request).
 pub fn receipts(repo: &Repo) -> Result<Vec<Receipt>> {
-    let mut out = Vec::new();
-    for (name, _) in repo.backend().list(FileKind::Receipt)? {
-        let b = repo.backend().read(FileKind::Receipt, &name)?;
-        out.push(Receipt::decode(&b).map_err(|e| e.context(format!("receipt {name}")))?);
+    let names = repo.backend().list(FileKind::Receipt)?;
+    let mut cache = repo
+        .receipts
+        .lock()
+        .map_err(|_| Error::other("receipt cache lock poisoned"))?;
+    let listed: HashSet<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+    cache.retain(|n, _| listed.contains(n.as_str()));
+    let mut out = Vec::with_capacity(names.len());
+    for (name, _) in &names {
+        if let Some(r) = cache.get(name) {
+            out.push(r.clone());
+            continue;
+        }
+        let b = repo.backend().read(FileKind::Receipt, name)?;
+        let r = Receipt::decode(&b).map_err(|e| e.context(format!("receipt {name}")))?;
+        cache.insert(name.clone(), r.clone());
+        out.push(r);
     }
     Ok(out)
 }
@@ -413,6 +428,40 @@ mod tests {
         let pres = Presence::for_peer(&repo, &peer, &["public".into(), "secret".into()]).unwrap();
         assert!(!pres.has(&in_secret[0]).unwrap());
         assert!(pres.has(&in_public[0]).unwrap());
+    }
+
+    /// Receipts are read once per `Repo`; one deleted since is no longer returned, a new one is.
+    #[test]
+    fn receipts_are_read_once_and_follow_the_files() {
+        let (_d, repo) = repo();
+        let receipt = |n: u8| Receipt {
+            snapshot: SnapshotId(crate::hash::Hash([n; 32])),
+            space: "docs".into(),
+            sender: [9; 32],
+            sender_name: "lyon".into(),
+            arrived_ns: i64::from(n),
+        };
+        write_receipt(&repo, &receipt(1)).unwrap();
+        write_receipt(&repo, &receipt(2)).unwrap();
+        let arrived = |repo: &Repo| -> Vec<i64> {
+            let mut v: Vec<i64> = receipts(repo)
+                .unwrap()
+                .iter()
+                .map(|r| r.arrived_ns)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(arrived(&repo), vec![1, 2]);
+        // Damaged on disk after it was read: the copy read is kept (a receipt never changes).
+        let name = receipt(2).file_name();
+        repo.backend()
+            .write(FileKind::Receipt, &name, b"junk")
+            .unwrap();
+        assert_eq!(arrived(&repo), vec![1, 2]);
+        repo.backend().remove(FileKind::Receipt, &name).unwrap();
+        write_receipt(&repo, &receipt(3)).unwrap();
+        assert_eq!(arrived(&repo), vec![1, 3]);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Repo {
     cache_dir: PathBuf,
     statcache: Mutex<Option<Arc<StatCache>>>,
     healed: Vec<String>,
+    /// Receipts read so far, by file name (a receipt is written once and never changes):
+    /// [`crate::reach::receipts`] reads only the new ones.
+    pub(crate) receipts: Mutex<HashMap<String, crate::format::receipt::Receipt>>,
 }
 
 /// The index file in a repository's local directory.
@@ -256,6 +259,7 @@ impl Repo {
             cache_dir,
             statcache: Mutex::new(None),
             healed: Vec::new(),
+            receipts: Mutex::new(HashMap::new()),
         };
         if let Some(e) = damage {
             // Written back as `check` does it. Nothing to say if another process just did.
