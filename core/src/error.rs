@@ -32,6 +32,9 @@ pub enum ErrorKind {
     /// The repository's storage failed while writing (disk full, object store unreachable):
     /// the operation cannot go on.
     Storage,
+    /// A key does not open the repository: wrong passphrase, another association's key, a key
+    /// file missing or not given.
+    Key,
     /// Anything else: a bug or an unexpected state.
     Other,
 }

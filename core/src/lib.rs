@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod check;
 pub mod chunking;
+pub mod crypto;
 pub mod error;
 pub mod forgotten;
 pub mod format;
