@@ -191,6 +191,18 @@ pub enum ReportCommand {
     /// Which nodes hold which heads of each space, how old each copy is, and whether the
     /// replica rules hold (exit status 1 when one is broken)
     Replicas(ReplicasArgs),
+    /// What this node holds for each peer (against its quota) and what each peer holds for
+    /// this node as of the last sync: bytes only its data uses, fair shares
+    Peers(PeersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Also write a self-contained HTML page with a chart over time
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub dir: NodeDirArg,
 }
 
 #[derive(Debug, Args)]

@@ -266,6 +266,23 @@ pub fn compute(repo: &Repo) -> Result<Ledger> {
     Ok(ledger)
 }
 
+/// The objects snapshots `ids` reach (those this repository holds), and their stored bytes:
+/// measured here, what a peer holding these snapshots stores for them (objects travel as
+/// stored). Snapshots not held here are left out.
+pub fn reached(repo: &Repo, ids: &[crate::hash::SnapshotId]) -> Result<(u64, u64)> {
+    let mut walker = Walker {
+        repo,
+        reader: repo.index().reader()?,
+        marks: HashMap::new(),
+        missing: 0,
+    };
+    for s in repo.snapshots()?.iter().filter(|s| ids.contains(&s.id)) {
+        walker.walk(s.snapshot.root, 1)?;
+    }
+    let bytes = walker.marks.values().map(|m| u64::from(m.len)).sum();
+    Ok((walker.marks.len() as u64, bytes))
+}
+
 /// Count, per peer with a reach scope, the objects it sent that no snapshot reaches.
 fn in_transit(
     repo: &Repo,
