@@ -283,6 +283,50 @@ pub fn reached(repo: &Repo, ids: &[crate::hash::SnapshotId]) -> Result<(u64, u64
     Ok((walker.marks.len() as u64, bytes))
 }
 
+/// The stored bytes the snapshots of `space` reach (shared objects counted in full: the space's
+/// own footprint), the use its quota is compared with. Read from the space's reach scope,
+/// brought up to date first (a walk only of snapshots not yet in their scopes).
+pub fn space_use(repo: &Repo, space: &str) -> Result<u64> {
+    reach::update(repo)?;
+    let Some(scope) = repo.index().scope(&reach::space_key(space))? else {
+        return Ok(0);
+    };
+    let reader = repo.index().reader()?;
+    let mut bytes = 0u64;
+    repo.index().reach_scan(scope, |id| {
+        if let Some(loc) = reader.get_live(id)? {
+            bytes += u64::from(loc.stored_len);
+        }
+        Ok(())
+    })?;
+    Ok(bytes)
+}
+
+/// The refusal of a write to `space` that would take its use to `used` bytes, over `quota`.
+pub fn space_quota_error(space: &str, used: u64, quota: u64, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Quota,
+        format!(
+            "space '{space}' would use {used} bytes of its quota of {quota} (stored bytes its \
+             snapshots reach): {what}. Free space (`puce forget`, then `puce gc`) or raise the \
+             quota with `puce space set {space} --quota SIZE`"
+        ),
+    )
+}
+
+/// Check a space's quota before a write: an error when `space` has a quota and its use plus
+/// `more` bytes would exceed it.
+pub fn check_space_quota(repo: &Repo, space: &str, more: u64, what: &str) -> Result<()> {
+    let Some(quota) = repo.space_settings(space)?.and_then(|s| s.quota) else {
+        return Ok(());
+    };
+    let used = space_use(repo, space)?;
+    if used + more > quota || (more == 0 && used >= quota) {
+        return Err(space_quota_error(space, used + more, quota, what));
+    }
+    Ok(())
+}
+
 /// Count, per peer with a reach scope, the objects it sent that no snapshot reaches.
 fn in_transit(
     repo: &Repo,

@@ -5,8 +5,9 @@
 
 use std::fs;
 
+use puce_tests::mount::Mount;
 use puce_tests::node::{TestNode, pair};
-use puce_tests::{make_tree, manifest, random_bytes};
+use puce_tests::{Need, TestRepo, make_tree, manifest, random_bytes, require};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -170,4 +171,79 @@ fn dropping_a_peers_data_frees_exactly_what_the_ledger_says_is_only_its_own() {
     b.ok(&["check", "--read-data"]);
     let (row, _) = peer_row(&b, "lyon");
     assert_eq!(u(&row["holds_for_peer"]["bytes"]), 0, "{row}");
+}
+
+#[test]
+fn a_snapshot_over_the_space_quota_is_refused_until_the_quota_is_raised() {
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), random_bytes(1 << 20, 1)).unwrap();
+    repo.snapshot(&src, "docs");
+    repo.snapshot(&src, "other");
+    let v = repo.json(&["space", "set", "docs", "--quota", "1536KiB"]);
+    assert_eq!(u(&v["quota"]), 1536 << 10, "{v}");
+    // One more MiB would take docs over its quota: refused, nothing committed.
+    fs::write(src.join("b.bin"), random_bytes(1 << 20, 2)).unwrap();
+    let out = repo.run(&["snapshot", src.to_str().unwrap(), "--space", "docs"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a snapshot over the quota was taken");
+    assert!(
+        err.contains("space 'docs' would use") && err.contains("of its quota of 1572864"),
+        "{err}"
+    );
+    assert_eq!(
+        repo.json(&["snapshots", "--space", "docs"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Other spaces have no quota.
+    repo.snapshot(&src, "other");
+    // Raised, it goes through.
+    repo.ok(&["space", "set", "docs", "--quota", "10MiB"]);
+    repo.snapshot(&src, "docs");
+    assert_eq!(
+        repo.json(&["snapshots", "--space", "docs"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A space at its quota refuses even a snapshot that adds nothing.
+    repo.ok(&["space", "set", "docs", "--quota", "1MiB"]);
+    let out = repo.run(&["snapshot", src.to_str().unwrap(), "--space", "docs"]);
+    assert!(!out.status.success());
+    repo.ok(&["space", "set", "docs", "--quota", "none"]);
+    repo.snapshot(&src, "docs");
+}
+
+#[test]
+fn a_write_through_the_mount_to_a_space_at_its_quota_gets_enospc() {
+    if require(Need::Fuse).is_none() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), random_bytes(1 << 20, 1)).unwrap();
+    repo.snapshot(&src, "docs");
+    repo.snapshot(&src, "free");
+    repo.ok(&["space", "set", "docs", "--quota", "512KiB"]);
+    let m = Mount::start(&repo, &repo.dir.path().join("mnt"), &[]);
+    let e = fs::write(m.space("docs").join("new.txt"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    let e = fs::OpenOptions::new()
+        .append(true)
+        .open(m.space("docs").join("a.bin"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    // Another space takes writes.
+    fs::write(m.space("free").join("new.txt"), b"x").unwrap();
+    let log = m.stop();
+    assert!(
+        log.contains("space 'docs' would use") && log.contains("writes through the mount refused"),
+        "{log}"
+    );
 }
