@@ -843,12 +843,17 @@ mod tests {
     #[test]
     fn wildcard_and_errors() {
         let ok = format!(
-            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\nkeep_min = \"30d\"\n",
+            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\nkeep_min = \"30d\"\nquota = \"200 GiB\"\n",
             id_text()
         );
         let c = NodeConfig::parse(&ok).unwrap();
         assert_eq!(c.bandwidth, Some(2 << 20));
         assert_eq!(c.peers[0].keep_min, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(c.peers[0].quota, Some(200 << 30));
+        let e = NodeConfig::parse(&ok.replace("200 GiB", "lots"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quota") && e.contains("bad size"), "{e}");
         let e = NodeConfig::parse(&ok.replace("30d", "a month"))
             .unwrap_err()
             .to_string();

@@ -130,6 +130,19 @@ fn a_transfer_over_the_quota_is_refused_on_both_sides_then_resumes_when_it_is_ra
     assert_eq!(u(&mine["peer_holds_for_me"]["snapshots"]), 1);
     let text = a.ok(&["report", "peers"]);
     assert!(text.contains("it holds 16.0 MiB for me"), "{text}");
+    // Each report recorded a point: the page charts them.
+    let page = b.repo.dir.path().join("peers.html");
+    b.ok(&["report", "peers", "--html", page.to_str().unwrap()]);
+    let html = fs::read_to_string(&page).unwrap();
+    let history = fs::read_to_string(b.node_dir().join("peers-history.jsonl")).unwrap();
+    assert!(history.lines().count() >= 3, "{history}");
+    assert!(
+        html.contains("<svg class=\"chart\"")
+            && html.contains("class=\"line\"")
+            && html.contains("I hold for lyon")
+            && html.contains("lyon holds for me"),
+        "{html}"
+    );
 }
 
 /// Wait until `node`'s daemon log has `what`.

@@ -75,8 +75,8 @@ pub enum Code {
     ShuttingDown = 10,
     /// The node is busy (too many sessions): try again later.
     Busy = 11,
-    /// What the requester sent would exceed its quota on the responder (revision 4; older
-    /// nodes read it as `Internal`, with its message).
+    /// What the requester sent would exceed its quota on the responder (nodes that do not
+    /// know the code read it as `Internal`, with its message).
     Quota = 12,
 }
 
