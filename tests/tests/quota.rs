@@ -113,7 +113,7 @@ fn a_transfer_over_the_quota_is_refused_on_both_sides_then_resumes_when_it_is_ra
         sent + held <= total + MIB,
         "sent {sent} again after {held} were kept, of {total}: {r}"
     );
-    assert_eq!(b.snapshot_ids(), [id.clone()]);
+    assert_eq!(b.snapshot_ids(), [id.as_str()]);
     assert_eq!(manifest(&b.restored(&id)), manifest(&src));
 
     // Both ledgers agree: grenoble holds for lyon what lyon stores, lyon sees it held.

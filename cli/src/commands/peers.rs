@@ -197,7 +197,7 @@ pub fn run(ctx: &Ctx, a: PeersArgs) -> Result<i32> {
             &format!("puce: peers of node '{}'", config.name),
             &output::time(now),
             &history,
-            &rows.iter().map(|r| html_row(r)).collect::<Vec<_>>(),
+            &rows.iter().map(html_row).collect::<Vec<_>>(),
         );
         std::fs::write(p, page).with_context(|| format!("cannot write {}", p.display()))?;
     }
