@@ -32,11 +32,11 @@ pub enum ErrorKind {
     /// The repository's storage failed while writing (disk full, object store unreachable):
     /// the operation cannot go on.
     Storage,
+    /// Anything else: a bug or an unexpected state.
+    Other,
     /// A quota would be exceeded (a space's, `puce space set --quota`): nothing was
     /// committed; free space or raise the quota.
     Quota,
-    /// Anything else: a bug or an unexpected state.
-    Other,
 }
 
 impl ErrorKind {
