@@ -4,7 +4,6 @@
 //! `--html` charts.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -173,13 +172,8 @@ fn record_history(dir: &Path, now: i64, rows: &[Row]) -> Result<Vec<Value>> {
         text.push_str(&p.to_string());
         text.push('\n');
     }
-    let tmp = dir.join(format!("{HISTORY_FILE}.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    // Private (0600), replaced atomically.
+    puce_core::fsutil::write_atomic(&path, dir, text.as_bytes())?;
     Ok(points)
 }
 
