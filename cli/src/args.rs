@@ -97,14 +97,19 @@ pub enum GenerateCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SpaceCommand {
-    /// Set the replica rule of a space: this node plus at least COPIES-1 peers hold its
-    /// latest snapshots (checked by `puce report replicas` and the daemon's metrics)
+    /// Set the replica rule of a space (this node plus at least COPIES-1 peers hold its
+    /// latest snapshots, checked by `puce report replicas` and the daemon's metrics) and/or
+    /// its quota (the most stored bytes its snapshots may reach, enforced by snapshots and the
+    /// mount)
     Set {
         /// The space
         space: String,
         /// Copies wanted, this node's included
-        #[arg(long, value_name = "N")]
-        copies: u32,
+        #[arg(long, value_name = "N", required_unless_present = "quota")]
+        copies: Option<u32>,
+        /// Quota in stored bytes, e.g. 50GiB; `none` removes it
+        #[arg(long, value_name = "SIZE")]
+        quota: Option<String>,
         #[command(flatten)]
         dir: NodeDirArg,
     },
@@ -191,6 +196,18 @@ pub enum ReportCommand {
     /// Which nodes hold which heads of each space, how old each copy is, and whether the
     /// replica rules hold (exit status 1 when one is broken)
     Replicas(ReplicasArgs),
+    /// What this node holds for each peer (against its quota) and what each peer holds for
+    /// this node as of the last sync: bytes only its data uses, fair shares
+    Peers(PeersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Also write a self-contained HTML page with a chart over time
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub dir: NodeDirArg,
 }
 
 #[derive(Debug, Args)]

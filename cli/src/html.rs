@@ -238,6 +238,135 @@ pub fn tables_page(title: &str, generated: &str, sections: &[Section]) -> String
     document(title, &body)
 }
 
+/// Lines over time: one per series, at the points' times (`t`, ns), values in bytes.
+fn time_lines(id: &str, title: &str, times: &[i64], series: &[(String, Vec<u64>)]) -> String {
+    let (w, h, l, r, t, b) = (760.0, 320.0, 80.0, 20.0, 30.0, 50.0);
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let (t0, t1) = (
+        times.first().copied().unwrap_or(0),
+        times.last().copied().unwrap_or(0),
+    );
+    let span = (t1 - t0).max(1) as f64;
+    let x = |ns: i64| {
+        l + (w - l - r)
+            * if t1 == t0 {
+                0.5
+            } else {
+                (ns - t0) as f64 / span
+            }
+    };
+    let y = |v: f64| t + (h - t - b) * (1.0 - v / max);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<figure><figcaption>{}</figcaption><svg class="chart" id="{id}" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{}">"#,
+        esc(title),
+        esc(title)
+    );
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" class="label" text-anchor="end">{}</text>"##,
+            w - r,
+            l - 6.0,
+            y(v) + 4.0,
+            output::size(v as u64),
+            yy = y(v)
+        );
+    }
+    for (k, (name, values)) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let pts: Vec<String> = times
+            .iter()
+            .zip(values)
+            .map(|(ns, v)| format!("{:.1},{:.1}", x(*ns), y(*v as f64)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline class="line" points="{}" fill="none" stroke="{color}" stroke-width="2"><title>{}</title></polyline>"#,
+            pts.join(" "),
+            esc(name)
+        );
+        let lx = l + k as f64 * 200.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{color}"/><text x="{}" y="{}" class="legend">{}</text>"#,
+            h - 18.0,
+            lx + 16.0,
+            h - 8.0,
+            esc(name)
+        );
+    }
+    for ns in [t0, t1] {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{}" class="label" text-anchor="middle">{}</text>"#,
+            x(ns),
+            h - b + 18.0,
+            esc(&output::time(ns))
+        );
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
+/// `report peers --html`: per peer, a chart of what this node holds for it and what it holds
+/// for this node over the recorded `history` (`{"t", "peers": {name: [for, by]}}` points), then
+/// the table of the current figures.
+pub fn peers_page(
+    title: &str,
+    generated: &str,
+    history: &[serde_json::Value],
+    rows: &[Vec<String>],
+) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h1>{}</h1><p class=\"meta\">Generated {} by puce.</p>",
+        esc(title),
+        esc(generated)
+    );
+    body.push_str(&table(
+        &[
+            "peer",
+            "I hold for it",
+            "only its data",
+            "fair share",
+            "quota use",
+            "it holds for me",
+            "as of",
+        ],
+        rows.to_vec(),
+    ));
+    let times: Vec<i64> = history.iter().filter_map(|p| p["t"].as_i64()).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let name = &row[0];
+        let pick = |k: usize| -> Vec<u64> {
+            history
+                .iter()
+                .filter(|p| p["t"].is_i64())
+                .map(|p| p["peers"][name.as_str()][k].as_u64().unwrap_or(0))
+                .collect()
+        };
+        body.push_str(&time_lines(
+            &format!("peer-{i}"),
+            &format!("{name}: stored bytes over time"),
+            &times,
+            &[
+                (format!("I hold for {name}"), pick(0)),
+                (format!("{name} holds for me"), pick(1)),
+            ],
+        ));
+    }
+    document(title, &body)
+}
+
 /// The whole page: the three charts every report carries, then the report's own tables.
 pub fn page(
     title: &str,

@@ -37,6 +37,9 @@ pub enum ErrorKind {
     Key,
     /// Anything else: a bug or an unexpected state.
     Other,
+    /// A quota would be exceeded (a space's, `puce space set --quota`): nothing was
+    /// committed; free space or raise the quota.
+    Quota,
 }
 
 impl ErrorKind {

@@ -54,6 +54,10 @@ impl From<&Error> for FsError {
             ErrorKind::InvalidInput | ErrorKind::UnsafePath => FsError::INVAL,
             ErrorKind::Busy => FsError(libc::EAGAIN),
             ErrorKind::Interrupted => FsError(libc::EINTR),
+            ErrorKind::Quota => {
+                tracing::warn!("{e:#}");
+                FsError(libc::ENOSPC)
+            }
             _ => {
                 // Data damage, a failing disk, a bug: the caller sees EIO, the log says why.
                 tracing::error!("I/O error: {e:#}");

@@ -218,6 +218,8 @@ pub struct Permissions {
     /// Its id.
     pub id: NodeId,
     spaces: std::collections::BTreeMap<String, Access>,
+    /// Its quota ([`crate::config::Peer::quota`]).
+    pub quota: Option<u64>,
 }
 
 impl Permissions {
@@ -227,6 +229,7 @@ impl Permissions {
             name: p.name.clone(),
             id: p.id,
             spaces: p.spaces.clone(),
+            quota: p.quota,
         })
     }
 

@@ -42,6 +42,9 @@ pub struct Peer {
     /// snapshot has been here that long (since it arrived, or was taken here); until then the
     /// snapshot is kept, held ([`puce_core::forgotten::hold`]).
     pub keep_min: Option<Duration>,
+    /// Quota (`quota`): the stored bytes this peer may make this node hold (what it holds only
+    /// because that peer delivered it, [`puce_core::ledger`]); none: no limit.
+    pub quota: Option<u64>,
 }
 
 impl Peer {
@@ -258,6 +261,7 @@ struct RawPeer {
     #[serde(default)]
     spaces: BTreeMap<String, Vec<String>>,
     keep_min: Option<String>,
+    quota: Option<String>,
 }
 
 /// Check a node name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (it ends up in file
@@ -624,12 +628,19 @@ fn parse_peers(raw: Vec<RawPeer>) -> Result<Vec<Peer>> {
             .map(crate::scheduler::parse_duration)
             .transpose()
             .map_err(|e| e.context(format!("{what}: keep_min")))?;
+        let quota = p
+            .quota
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| e.context(format!("{what}: quota")))?;
         peers.push(Peer {
             name: p.name,
             id,
             address: p.address,
             spaces,
             keep_min,
+            quota,
         });
     }
     Ok(peers)
@@ -718,6 +729,10 @@ repair = true
 # # applied only once the snapshot has been here that long; until then it is kept and can be
 # # restored by id (`puce node status` lists it). Against a peer that is broken into.
 # keep_min = "30d"
+# # Quota: what this peer may make this node store, in stored bytes (what this node holds
+# # only because that peer delivered it; `puce report peers` shows the use). A transfer from
+# # it that would exceed it is refused; restart the daemon after raising it.
+# quota = "200 GiB"
 "#;
 
 #[cfg(test)]
@@ -828,12 +843,17 @@ mod tests {
     #[test]
     fn wildcard_and_errors() {
         let ok = format!(
-            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\nkeep_min = \"30d\"\n",
+            "[node]\nname = \"a\"\n[limits]\nbandwidth = \"2 MiB\"\n[[peer]]\nname = \"b\"\nid = \"{}\"\nspaces = {{ \"*\" = [\"pull\"], docs = [\"push\"] }}\nkeep_min = \"30d\"\nquota = \"200 GiB\"\n",
             id_text()
         );
         let c = NodeConfig::parse(&ok).unwrap();
         assert_eq!(c.bandwidth, Some(2 << 20));
         assert_eq!(c.peers[0].keep_min, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(c.peers[0].quota, Some(200 << 30));
+        let e = NodeConfig::parse(&ok.replace("200 GiB", "lots"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quota") && e.contains("bad size"), "{e}");
         let e = NodeConfig::parse(&ok.replace("30d", "a month"))
             .unwrap_err()
             .to_string();

@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Store,
     /// The operation was cancelled (shutdown).
     Cancelled,
+    /// A transfer would exceed a peer's quota (on either side).
+    Quota,
     /// A bug or an unexpected state.
     Internal,
 }
@@ -103,6 +105,7 @@ impl Error {
             ErrorKind::Incompatible => Code::Incompatible,
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::Cancelled => Code::ShuttingDown,
+            ErrorKind::Quota => Code::Quota,
             _ => Code::Internal,
         }
     }
@@ -113,6 +116,7 @@ impl Error {
             Code::NotAllowed => ErrorKind::Refused,
             Code::Incompatible | Code::Version => ErrorKind::Incompatible,
             Code::NotFound => ErrorKind::NotFound,
+            Code::Quota => ErrorKind::Quota,
             Code::ShuttingDown | Code::Busy => ErrorKind::Network,
             Code::Protocol | Code::TooLarge | Code::TooManyRequests | Code::BadObject => {
                 ErrorKind::Protocol

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
+pub mod quota;
 pub mod replicas;
 pub mod report;
 pub mod scheduler;

@@ -55,13 +55,15 @@ pub struct Figures {
     pub growth_bytes_per_second: f64,
     /// Per space: snapshots, logical and stored bytes.
     pub spaces: Vec<(String, u64, u64, u64)>,
+    /// The use of each peer's and space's quota ([`crate::quota`]).
+    pub quotas: Vec<crate::quota::QuotaUse>,
 }
 
 /// The latest figures, shared between the refresh task and the server.
 pub type Cache = Arc<Mutex<Option<Figures>>>;
 
 /// Compute the repository figures (walks every snapshot: run it off the async threads).
-pub fn compute(repo: &Repo) -> Result<Figures> {
+pub fn compute(repo: &Repo, config: &crate::config::NodeConfig) -> Result<Figures> {
     let c = Census::build(repo)?;
     let d = report::dedup(repo, &c, None, 0)?;
     let now = now_ns();
@@ -88,14 +90,15 @@ pub fn compute(repo: &Repo) -> Result<Figures> {
                 )
             })
             .collect(),
+        quotas: crate::quota::uses(repo, config)?,
     })
 }
 
 /// Recompute the figures now and then every `every`, with one blocking thread.
 pub async fn refresh_loop(ctx: Arc<NodeCtx>, cache: Cache, every: Duration) {
     loop {
-        let repo = ctx.repo.clone();
-        match tokio::task::spawn_blocking(move || compute(&repo)).await {
+        let c2 = ctx.clone();
+        match tokio::task::spawn_blocking(move || compute(&c2.repo, &c2.config)).await {
             Ok(Ok(f)) => {
                 if let Ok(mut c) = cache.lock() {
                     *c = Some(f);
@@ -485,6 +488,23 @@ fn repository(p: &mut Page, f: &Figures) {
         ),
     ] {
         p.one(name, help, v);
+    }
+    for u in &f.quotas {
+        let l = labels(&[("kind", u.kind), ("name", &u.name)]);
+        p.set(
+            "puce_quota_use_bytes",
+            "Stored bytes counted against a quota: kind=\"peer\" what this node holds only because the peer delivered it, kind=\"space\" what the space's snapshots reach.",
+            l.clone(),
+            u.used as f64,
+        );
+        if let Some(q) = u.quota {
+            p.set(
+                "puce_quota_bytes",
+                "The quota (node.toml quota for a peer, puce space set --quota for a space).",
+                l,
+                q as f64,
+            );
+        }
     }
     for (space, snaps, logical, stored) in &f.spaces {
         let l = labels(&[("space", space)]);

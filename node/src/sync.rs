@@ -13,7 +13,7 @@ use crate::auth::Permissions;
 use crate::config::{NodeConfig, Peer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
-use crate::protocol::{ListSpaces, Message, Push};
+use crate::protocol::{Code, ListSpaces, Message, Push};
 use crate::report::{SpaceReport, SyncReport};
 use crate::session::pull::PullOutcome;
 use crate::session::{Conn, NodeCtx, serve};
@@ -272,10 +272,19 @@ async fn run(
             )
             .await?;
         }
+        // A pull refused by the peer's quota here does not stop the pushes: the error is
+        // reported once they are done, and the peer told when the connection closes.
+        let mut refused = None;
         if !pull_spaces.is_empty() {
-            let out: PullOutcome = crate::session::pull::pull(&conn, &pull_spaces).await?;
-            *peer_spaces = out.peer_spaces;
-            report.spaces.extend(out.reports);
+            match crate::session::pull::pull(&conn, &pull_spaces).await {
+                Ok(out) => {
+                    let out: PullOutcome = out;
+                    *peer_spaces = out.peer_spaces;
+                    report.spaces.extend(out.reports);
+                }
+                Err(e) if e.kind() == ErrorKind::Quota => refused = Some(e),
+                Err(e) => return Err(e),
+            }
         }
         let mut pushed = Vec::new();
         for s in &push_spaces {
@@ -299,7 +308,13 @@ async fn run(
         if !pushed.is_empty() {
             note_pushed(ctx, pushed, peer_spaces).await?;
         }
-        Ok(())
+        match refused {
+            Some(e) => {
+                conn.close_with(Code::Quota, e.message());
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
     .await;
     let stats = conn.wire_stats();

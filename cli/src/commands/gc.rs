@@ -12,12 +12,13 @@ pub fn print_report(r: &GcReport) {
     let verb = if r.dry_run { "would" } else { "did" };
     println!(
         "gc {verb}: delete {} packs, repack {} packs (rewriting {}), delete {} unindexed packs, \
-         remove {} objects; frees {} of {}",
+         remove {} objects ({} stored); frees {} of {}",
         r.packs_deleted,
         r.packs_repacked,
         output::size(r.bytes_rewritten),
         r.packs_orphaned,
         r.objects_removed,
+        output::size(r.objects_removed_bytes),
         output::size(r.bytes_freed),
         output::size(r.bytes_before)
     );

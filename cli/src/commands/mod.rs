@@ -17,6 +17,7 @@ mod init;
 mod ls;
 mod mount;
 mod node;
+mod peers;
 mod policy;
 mod repair;
 mod replicas;

@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, c: PolicyCommand) -> Result<i32> {
             let s = SpaceSettings {
                 policy,
                 updated_ns: puce_core::index::now_ns(),
+                ..repo.space_settings(&space)?.unwrap_or_default()
             };
             repo.put_space_settings(&space, &s)?;
             if ctx.json {
@@ -28,7 +29,18 @@ pub fn run(ctx: &Ctx, c: PolicyCommand) -> Result<i32> {
             }
         }
         PolicyCommand::Unset { space } => {
-            repo.remove_space_settings(&space)?;
+            // The space's quota stays.
+            match repo.space_settings(&space)?.and_then(|s| s.quota) {
+                Some(quota) => repo.put_space_settings(
+                    &space,
+                    &SpaceSettings {
+                        quota: Some(quota),
+                        updated_ns: puce_core::index::now_ns(),
+                        ..SpaceSettings::default()
+                    },
+                )?,
+                None => repo.remove_space_settings(&space)?,
+            }
             if !ctx.quiet && !ctx.json {
                 println!("space '{space}' has no policy now (its snapshots are kept)");
             }

@@ -14,17 +14,29 @@ use crate::output;
 
 pub fn run_space(ctx: &Ctx, c: SpaceCommand) -> Result<i32> {
     match c {
-        SpaceCommand::Set { space, copies, dir } => {
-            let dir = node_dir(ctx, &dir)?;
-            SpaceRules::set(&dir, &space, Some(SpaceRule { copies })).map_err(node_err)?;
+        SpaceCommand::Set {
+            space,
+            copies,
+            quota,
+            dir,
+        } => {
+            let quota = match quota {
+                Some(q) => Some(set_quota(ctx, &space, &q)?),
+                None => None,
+            };
+            if let Some(copies) = copies {
+                let dir = node_dir(ctx, &dir)?;
+                SpaceRules::set(&dir, &space, Some(SpaceRule { copies })).map_err(node_err)?;
+                if !ctx.quiet && !ctx.json {
+                    println!(
+                        "space '{space}': {copies} copies wanted (this node and {} peers); see \
+                         `puce report replicas`",
+                        copies - 1
+                    );
+                }
+            }
             if ctx.json {
-                output::json(&json!({"space": space, "copies": copies}))?;
-            } else if !ctx.quiet {
-                println!(
-                    "space '{space}': {copies} copies wanted (this node and {} peers); see \
-                     `puce report replicas`",
-                    copies - 1
-                );
+                output::json(&json!({"space": space, "copies": copies, "quota": quota}))?;
             }
         }
         SpaceCommand::Unset { space, dir } => {
@@ -36,6 +48,35 @@ pub fn run_space(ctx: &Ctx, c: SpaceCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Set (or with `none`, remove) the quota of `space` in the repository's space settings; the
+/// quota set.
+fn set_quota(ctx: &Ctx, space: &str, text: &str) -> Result<Option<u64>> {
+    let quota = if text.trim() == "none" {
+        None
+    } else {
+        Some(puce_node::config::parse_size(text).map_err(node_err)?)
+    };
+    let repo = ctx.open()?;
+    let mut s = repo.space_settings(space)?.unwrap_or_default();
+    s.quota = quota;
+    s.updated_ns = puce_core::index::now_ns();
+    repo.put_space_settings(space, &s)?;
+    if !ctx.quiet && !ctx.json {
+        match quota {
+            Some(q) => {
+                let used = puce_core::ledger::space_use(&repo, space)?;
+                println!(
+                    "space '{space}': quota {} (uses {} now: stored bytes its snapshots reach)",
+                    output::size(q),
+                    output::size(used)
+                );
+            }
+            None => println!("space '{space}' has no quota now"),
+        }
+    }
+    Ok(quota)
 }
 
 pub fn run_report(ctx: &Ctx, a: ReplicasArgs) -> Result<i32> {

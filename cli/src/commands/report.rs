@@ -38,6 +38,7 @@ pub fn run(ctx: &Ctx, c: ReportCommand) -> Result<i32> {
         ReportCommand::Growth(a) => growth(ctx, a),
         ReportCommand::Retention(a) => retention(ctx, a),
         ReportCommand::Replicas(a) => super::replicas::run_report(ctx, a),
+        ReportCommand::Peers(a) => super::peers::run(ctx, a),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Per-space settings: `spaces/<space name>`, holding the retention policy the node daemon
-//! applies on its own.
+//! applies on its own and the space's quota.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,8 +9,8 @@ use crate::error::Result;
 
 /// Magic of a space settings file.
 pub const MAGIC: &[u8; 8] = b"PUCESPAC";
-/// Current version of the record.
-pub const VERSION: u8 = 1;
+/// Current version of the record (2 adds `quota`; version 1 is read as having none).
+pub const VERSION: u8 = 2;
 
 /// Settings of one space.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,15 @@ pub struct SpaceSettings {
     pub policy: Policy,
     /// When the settings were last changed, nanoseconds since the epoch.
     pub updated_ns: i64,
+    /// The most stored bytes the space's snapshots may reach (`puce space set --quota`).
+    pub quota: Option<u64>,
+}
+
+/// Version 1 of the record: no quota.
+#[derive(Deserialize)]
+struct SpaceSettingsV1 {
+    policy: Policy,
+    updated_ns: i64,
 }
 
 impl SpaceSettings {
@@ -29,6 +38,16 @@ impl SpaceSettings {
 
     /// Decode the file.
     pub fn decode(bytes: &[u8]) -> Result<SpaceSettings> {
+        // The version byte follows the magic; the envelope checks both again.
+        if bytes.get(MAGIC.len()) == Some(&1) {
+            let (_, v1): (u8, SpaceSettingsV1) =
+                envelope::decode("space settings", MAGIC, VERSION, bytes)?;
+            return Ok(SpaceSettings {
+                policy: v1.policy,
+                updated_ns: v1.updated_ns,
+                quota: None,
+            });
+        }
         envelope::decode("space settings", MAGIC, VERSION, bytes).map(|(_, s)| s)
     }
 }
@@ -57,6 +76,7 @@ mod tests {
                 ..Policy::default()
             },
             updated_ns: 2,
+            quota: Some(300),
         };
         let bytes = s.encode().unwrap();
         let body = [
@@ -69,10 +89,37 @@ mod tests {
             "0100020000", // keep_within Some(0y 1m 0d 0h)
             "01016b",     // keep_tags ["k"]
             "04",         // updated_ns 2
+            "01ac02",     // quota Some(300)
         ]
         .concat();
-        assert_eq!(&hexdump(&bytes)[..18], "505543455350414301"); // "PUCESPAC", version 1
+        assert_eq!(&hexdump(&bytes)[..18], "505543455350414302"); // "PUCESPAC", version 2
         assert_eq!(&hexdump(&bytes)[26..26 + body.len()], body);
         assert_eq!(SpaceSettings::decode(&bytes).unwrap(), s);
+    }
+
+    /// A version-1 file (written before quotas) reads as having no quota.
+    #[test]
+    fn a_version_1_file_has_no_quota() {
+        #[derive(Serialize)]
+        struct V1 {
+            policy: Policy,
+            updated_ns: i64,
+        }
+        let policy = Policy {
+            keep_last: Some(3),
+            ..Policy::default()
+        };
+        let bytes = envelope::encode(
+            MAGIC,
+            1,
+            &V1 {
+                policy: policy.clone(),
+                updated_ns: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(&hexdump(&bytes)[..18], "505543455350414301");
+        let s = SpaceSettings::decode(&bytes).unwrap();
+        assert_eq!((s.policy, s.updated_ns, s.quota), (policy, 5, None));
     }
 }

@@ -78,6 +78,8 @@ pub struct GcReport {
     pub packs_orphaned: u64,
     /// Objects removed.
     pub objects_removed: u64,
+    /// Their stored bytes (the unit of the ledger, `crate::ledger`: pack framing not counted).
+    pub objects_removed_bytes: u64,
     /// Bytes of pack files before.
     pub bytes_before: u64,
     /// Bytes of pack files freed (deleted minus newly written).

@@ -311,6 +311,11 @@ fn tally(plan: &[Planned], marker: &Marker, orphans: &[(String, u64)], report: &
             PackFate::Delete => {
                 report.packs_deleted += 1;
                 report.objects_removed += p.records.len() as u64;
+                report.objects_removed_bytes += p
+                    .records
+                    .iter()
+                    .map(|r| u64::from(r.stored_len))
+                    .sum::<u64>();
                 report.bytes_freed += p.size;
             }
             PackFate::Repack => {
@@ -325,12 +330,15 @@ fn tally(plan: &[Planned], marker: &Marker, orphans: &[(String, u64)], report: &
                     .sum();
                 report.bytes_rewritten += live;
                 report.bytes_freed += p.size.saturating_sub(live);
-                report.objects_removed += p
+                for (_, r) in p
                     .records
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| !pm.get(*i as u32))
-                    .count() as u64;
+                {
+                    report.objects_removed += 1;
+                    report.objects_removed_bytes += u64::from(r.stored_len);
+                }
             }
         }
     }

@@ -153,6 +153,29 @@ impl Index {
         Ok(())
     }
 
+    /// Every scope, by key.
+    pub fn scopes(&self) -> Result<Vec<(String, u32)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SCOPES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Call `f` with each object of scope `scope` (in id order), without holding them all.
+    pub fn reach_scan(&self, scope: u32, mut f: impl FnMut(&ObjectId) -> Result<()>) -> Result<()> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(REACH)?;
+        for item in t.range((scope, [0u8; 32])..=(scope, [0xffu8; 32]))? {
+            let (k, _) = item?;
+            f(&ObjectId(crate::hash::Hash(k.value().1)))?;
+        }
+        Ok(())
+    }
+
     /// Number of entries in the reach table (reports, tests).
     pub fn reach_len(&self) -> Result<u64> {
         use redb::ReadableTableMetadata;

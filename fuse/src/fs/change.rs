@@ -280,6 +280,7 @@ impl PuceFs {
         check_name(name)?;
         let meta = self.new_meta(caller, mode, umask);
         let (space, staged, file) = self.in_space(parent, |space, st, path| {
+            self.check_quota(&space.name)?;
             let (id, file) = self.wb()?.new_local()?;
             // A spare file was made earlier: its time is the creation's (as in the tree).
             if let Err(e) = file.set_modified(system_time(meta.mtime_ns)) {
@@ -496,6 +497,7 @@ impl PuceFs {
         path: &[u8],
         keep: u64,
     ) -> FsResult<(Arc<Staged>, File)> {
+        self.check_quota(&space.name)?;
         match st.tree.content(&FsTrees(self), path)? {
             Content::Local(id) => {
                 let f = self.wb()?.open_local(id)?;

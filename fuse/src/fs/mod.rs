@@ -26,6 +26,7 @@ mod commit;
 mod file;
 mod follow;
 mod lookup;
+mod quota;
 mod recover;
 mod stored;
 
@@ -155,6 +156,8 @@ pub struct PuceFs {
     counts: Mutex<HashMap<ObjectId, Counts>>,
     /// A writer session held while some space has uncommitted changes (none while idle).
     pending_session: Mutex<Option<WriterSession>>,
+    /// Spaces at their quota ([`quota`]).
+    quota: quota::QuotaCache,
 }
 
 fn lock<T>(m: &Mutex<T>) -> FsResult<MutexGuard<'_, T>> {
@@ -217,6 +220,7 @@ impl PuceFs {
             prefetch: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
             pending_session: Mutex::new(None),
+            quota: quota::QuotaCache::default(),
             cfg,
         };
         {

@@ -7,7 +7,7 @@
 //! Events: no successful sync of a space with a peer within its interval plus `grace`; damage
 //! found by the daemon's check (healed or lost, with the files); the disk full within 30 days
 //! at the growth rate; conflict copies made by a sync; a daemon started after a crash; a
-//! replica rule broken. The list and the JSON document are in `docs/guide.md`
+//! replica rule broken; a quota 90 % used or a transfer refused by one. The list and the JSON document are in `docs/guide.md`
 //! ("Monitoring").
 
 use std::collections::BTreeMap;
@@ -100,7 +100,7 @@ pub struct Event {
     /// `conflicts/PEER/TIME`, `crash/TIME`, `replicas/SPACE`.
     pub key: String,
     /// `sync_stale`, `damage`, `disk_full`, `conflicts`, `crash`, `replicas`, `dated_ahead`,
-    /// `mass_deletion`, `held`.
+    /// `mass_deletion`, `held`, `quota`, `quota_refused`.
     pub kind: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
@@ -226,6 +226,11 @@ fn flag_events(flags: &crate::flags::Flags, out: &mut Vec<Event>) {
 pub fn events(f: &Facts, cfg: &NotifyConfig) -> Vec<Event> {
     let mut out = Vec::new();
     sync_events(f, cfg, &mut out);
+    crate::quota::events(
+        f.figures.map(|g| g.quotas.as_slice()).unwrap_or_default(),
+        f.state,
+        &mut out,
+    );
     if let Some(c) = f.state.check.as_ref().filter(|c| c.problems > 0) {
         let unhealed = c.lost > 0 || c.healed == 0 || c.error.is_some();
         let mut message = format!(

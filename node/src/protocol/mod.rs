@@ -75,6 +75,9 @@ pub enum Code {
     ShuttingDown = 10,
     /// The node is busy (too many sessions): try again later.
     Busy = 11,
+    /// What the requester sent would exceed its quota on the responder (nodes that do not
+    /// know the code read it as `Internal`, with its message).
+    Quota = 12,
 }
 
 impl Code {
@@ -94,6 +97,7 @@ impl Code {
             9 => Internal,
             10 => ShuttingDown,
             11 => Busy,
+            12 => Quota,
             _ => return None,
         })
     }

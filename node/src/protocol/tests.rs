@@ -76,6 +76,15 @@ fn golden_hello_welcome_error() {
             "02 6e6f",  // message "no"
         ],
     );
+    golden(
+        Message::error(Code::Quota, "full"),
+        &[
+            "06000000",    // body length 6
+            "03",          // type Error
+            "0c",          // code 12 = Quota
+            "04 66756c6c", // message "full"
+        ],
+    );
 }
 
 #[test]
@@ -279,10 +288,10 @@ fn golden_find_objects() {
 
 #[test]
 fn codes_round_trip() {
-    for v in 0..=11u16 {
+    for v in 0..=12u16 {
         assert_eq!(Code::from_u16(v).unwrap() as u16, v);
     }
-    assert_eq!(Code::from_u16(12), None);
+    assert_eq!(Code::from_u16(13), None);
 }
 
 async fn read_bytes(b: &[u8]) -> Result<Option<Message>> {

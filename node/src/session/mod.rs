@@ -463,6 +463,15 @@ impl Conn {
         self.link.close(Code::Done, b"done");
     }
 
+    /// Close the connection once the session is over, telling the peer why with `code` (a
+    /// refusal of this node that the peer did not ask about, e.g. its quota). Unlike
+    /// [`Conn::cut_off`], what the peer sent stays.
+    pub fn close_with(&self, code: Code, why: &str) {
+        let mut reason = why.as_bytes().to_vec();
+        reason.truncate(900);
+        self.link.close(code, &reason);
+    }
+
     /// Traffic figures of the connection.
     pub fn wire_stats(&self) -> WireStats {
         self.link.stats()

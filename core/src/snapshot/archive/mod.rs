@@ -116,6 +116,7 @@ pub fn snapshot(
         None => default_space(&source),
     };
     check_strings(&space, opts)?;
+    crate::ledger::check_space_quota(repo, &space, 0, "snapshot refused, nothing stored")?;
     let threads = crate::worker_threads(opts.threads);
     // Register the writer session before choosing the parent: gc spares what it reuses.
     let saver = Saver::with_session(repo.clone(), threads, &format!("snapshot {space}"))?;
@@ -163,6 +164,17 @@ pub fn snapshot(
         }
     };
     let (saved, session) = saver.finish_keep_session()?;
+    // What this snapshot stored counts against the space's quota (objects it reuses from other
+    // spaces cost no disk and count from the next snapshot on).
+    if let Err(e) = crate::ledger::check_space_quota(
+        repo,
+        &space,
+        saved.stored_bytes,
+        "snapshot refused, nothing committed (`puce gc` frees what it stored)",
+    ) {
+        session.end(repo)?;
+        return Err(e);
+    }
     summary.data_added = saved.raw_bytes;
     summary.data_added_stored = saved.stored_bytes;
     summary.duration_ms = started.elapsed().as_millis() as u64;

@@ -12,6 +12,7 @@ use puce_core::pack::codec::verify_object;
 use puce_core::saver::Saver;
 
 use super::fetch::{Batches, CHUNK_BATCH, Sink, fetch_all};
+use super::quota::Quota;
 use super::{Guard, Pull, Stored};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{self, Code, Object};
@@ -39,15 +40,16 @@ pub(super) async fn fetch(
     for i in 0..VERIFIERS {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Object>>(2);
         senders.push(tx);
-        let (r2, s2, p2, c2) = (
+        let (r2, s2, p2, c2, q2) = (
             p.repo.clone(),
             saver.clone(),
             progress.clone(),
             since.clone(),
+            p.quota.clone(),
         );
         let h = std::thread::Builder::new()
             .name(format!("puce-sync-verify-{i}"))
-            .spawn(move || store_chunks(&r2, &s2, rx, checkpoint, &c2, &*p2))
+            .spawn(move || store_chunks(&r2, &s2, rx, checkpoint, &c2, q2.as_ref(), &*p2))
             .map_err(|e| Error::internal(format!("cannot start a thread: {e}")))?;
         verifiers.push(h);
     }
@@ -94,13 +96,15 @@ pub(super) async fn fetch(
 }
 
 /// A verifying thread: check each chunk against its id, store it, ask for a checkpoint
-/// every `checkpoint` bytes (counted over all threads in `since`).
+/// every `checkpoint` bytes (counted over all threads in `since`). A chunk that would exceed
+/// the peer's `quota` is not stored: the pull is refused.
 fn store_chunks(
     repo: &puce_core::Repo,
     saver: &Saver,
     mut rx: tokio::sync::mpsc::Receiver<Vec<Object>>,
     checkpoint: u64,
     since: &AtomicU64,
+    quota: Option<&Quota>,
     progress: &dyn puce_core::progress::Progress,
 ) -> Result<Stored> {
     let mut st = Stored::default();
@@ -122,9 +126,15 @@ fn store_chunks(
             let len = o.data.len() as u64;
             let raw = u64::from(o.raw_len);
             let id = o.id;
+            if let Some(q) = quota {
+                q.reserve(len)?;
+            }
             if saver.save_stored(&reader, id, Kind::Data, o.flags, o.raw_len, o.data)? {
                 st.add(len, raw);
             } else {
+                if let Some(q) = quota {
+                    q.release(len);
+                }
                 present.push(id);
             }
             let total = since.fetch_add(len, Ordering::AcqRel) + len;

@@ -44,6 +44,7 @@ mod data;
 mod fetch;
 mod list;
 mod merge;
+mod quota;
 mod trees;
 
 /// Plaintext bytes of new trees one pull holds in memory before its commit (about 5 million
@@ -145,8 +146,9 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
     let repo = conn.ctx.repo.clone();
     let what = format!("sync from {}", conn.peer.name);
     let peer_id = conn.peer.id.0;
+    let has_quota = conn.peer.quota.is_some();
     // 1. Register the writer session before looking at what this node has: gc spares it.
-    let (saver, local) = blocking(move || {
+    let (saver, local, used) = blocking(move || {
         let saver = Saver::with_session(repo.clone(), 1, &what)?;
         // Packs an interrupted transfer published but did not index hold data this node has:
         // index them rather than fetch it again.
@@ -157,7 +159,17 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
         // that an interrupted transfer is not sent again.
         saver.set_reach_scope(repo.index().scope_or_create(&reach::peer_key(&peer_id))?);
         let local = repo.snapshots()?;
-        Ok((saver, local))
+        // The peer's use of its quota, if it has one (a walk of every snapshot).
+        let used = if has_quota {
+            Some(
+                puce_core::ledger::compute(&repo)?
+                    .peer(&peer_id)
+                    .quota_use(),
+            )
+        } else {
+            None
+        };
+        Ok((saver, local, used))
     })
     .await?;
     let mut guard = Guard {
@@ -169,6 +181,7 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
         spaces: &spaces,
         repo: conn.ctx.repo.clone(),
         t0: Instant::now(),
+        quota: quota::Quota::new(conn, used),
     };
     let r = p.run(local, &mut guard).await;
     if r.is_err() && conn.was_cut_off() {
@@ -187,12 +200,21 @@ struct Pull<'a> {
     repo: Arc<Repo>,
     /// When the pull started, for the debug log.
     t0: Instant,
+    /// The peer's quota, if it has one.
+    quota: Option<quota::Quota>,
 }
 
 impl Pull<'_> {
     /// Stages 2 to 7, `local` being this node's snapshots when the pull registered.
     async fn run(&self, local: Vec<SnapshotEntry>, guard: &mut Guard) -> Result<PullOutcome> {
         let listed = list::list(self, &local).await?;
+        // Nothing new is taken from a peer at its quota (its forgets were applied: they may
+        // have freed space).
+        if let Some(q) = &self.quota
+            && !listed.wanted.is_empty()
+        {
+            q.check_start()?;
+        }
         let records = list::records(self, &listed.wanted).await?;
         tracing::debug!(
             "pull: {} new records after {:?}",
@@ -207,8 +229,18 @@ impl Pull<'_> {
             self.t0.elapsed()
         );
         let chunks = std::mem::take(&mut trees.chunks);
+        let tree_bytes: u64 = trees
+            .pending
+            .values()
+            .map(|t| t.obj.data.len() as u64)
+            .sum();
         let data = data::fetch(self, guard, chunks).await?;
         tracing::debug!("pull: data stored after {:?}", self.t0.elapsed());
+        // The trees count too (those this node has are given back after the commit, which
+        // is over by then).
+        if let Some(q) = &self.quota {
+            q.reserve(tree_bytes)?;
+        }
         let tree_stats = commit::commit(self, guard, &records, trees).await?;
         tracing::debug!("pull: committed after {:?}", self.t0.elapsed());
         let mut reports = listed.reports;
