@@ -83,7 +83,7 @@ fn pack_writing(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("write-32mib-pack-fsync", |b| {
         b.iter(|| {
-            let mut w = PackWriter::new(&backend).unwrap();
+            let mut w = PackWriter::new(&backend, &puce_core::pack::codec::Codec::plain()).unwrap();
             for (id, d) in &chunks {
                 w.add(*id, Kind::Data, 0, d.len() as u32, d).unwrap();
             }

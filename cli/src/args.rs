@@ -20,6 +20,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "PUCE_REPO", value_name = "PATH")]
     pub repo: Option<PathBuf>,
 
+    /// Key file of an encrypted repository [default: $XDG_CONFIG_HOME/puce/keys/<repository
+    /// id>.key]
+    #[arg(long, global = true, env = "PUCE_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
@@ -282,6 +287,15 @@ pub struct InitArgs {
     /// Attach to a repository that already exists in the bucket (then `puce repair index`)
     #[arg(long, requires = "backend")]
     pub attach: bool,
+    /// Encrypt the repository: a new random key, its key file written to
+    /// $XDG_CONFIG_HOME/puce/keys/<repository id>.key (keep a copy elsewhere: without it the
+    /// data cannot be read)
+    #[arg(long)]
+    pub encrypt: bool,
+    /// With --encrypt: use the association's key from this key file (a second site of the same
+    /// association; dedup and sync with its other sites need the same key)
+    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    pub key_from: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

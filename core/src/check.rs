@@ -17,7 +17,7 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId};
 use crate::index::IndexReader;
-use crate::pack::codec::decode_object;
+use crate::pack::codec::Codec;
 use crate::pack::read_pack_records;
 use crate::paths::{join, path_depth};
 use crate::progress::Progress;
@@ -298,7 +298,7 @@ fn check_packs(
             }
             _ => {}
         }
-        match read_pack_records(repo.backend().as_ref(), &info.id) {
+        match read_pack_records(repo.backend().as_ref(), &info.id, repo.codec()) {
             Ok((_, records)) => {
                 good_packs.push((*no, info.id));
                 for (i, r) in records.iter().enumerate() {
@@ -619,14 +619,19 @@ fn verify_pack(repo: &Repo, id: &PackId) -> (Vec<(ObjectId, u32)>, Vec<Problem>,
             snapshot: None,
         });
     }
-    let records = pack_records_from_bytes(&data)
-        .unwrap_or_else(|_| crate::pack::scan_pack_entries(&data).unwrap_or_default());
+    let codec = repo.codec();
+    let records = pack_records_from_bytes(&data, codec)
+        .unwrap_or_else(|_| crate::pack::scan_pack_entries(&data, codec).unwrap_or_default());
     for (i, r) in records.into_iter().enumerate() {
         let start = r.offset as usize;
         let end = start + r.stored_len as usize;
         let ok = data
             .get(start..end)
-            .map(|stored| decode_object(&r.id, r.flags, r.raw_len, stored).is_ok())
+            .map(|stored| {
+                codec
+                    .decode_object(&r.id, r.kind, r.flags, r.raw_len, stored)
+                    .is_ok()
+            })
             .unwrap_or(false);
         if !ok {
             problems.push(Problem {
@@ -643,7 +648,7 @@ fn verify_pack(repo: &Repo, id: &PackId) -> (Vec<(ObjectId, u32)>, Vec<Problem>,
 }
 
 /// Parse the trailer of a pack held in memory.
-pub fn pack_records_from_bytes(data: &[u8]) -> Result<Vec<pack::Record>> {
+pub fn pack_records_from_bytes(data: &[u8], codec: &Codec) -> Result<Vec<pack::Record>> {
     pack::check_header(data)?;
     if data.len() < pack::HEADER_LEN + pack::FOOTER_LEN {
         return Err(Error::corrupt("pack truncated"));
@@ -651,7 +656,7 @@ pub fn pack_records_from_bytes(data: &[u8]) -> Result<Vec<pack::Record>> {
     let f = pack::parse_footer(&data[data.len() - pack::FOOTER_LEN..], data.len() as u64)?;
     let start = f.trailer_offset as usize;
     let end = data.len() - pack::FOOTER_LEN;
-    pack::parse_trailer(&data[start..end], &f)
+    pack::parse_trailer(&data[start..end], &f, codec.keys())
 }
 
 #[cfg(test)]

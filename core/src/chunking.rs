@@ -10,6 +10,9 @@ use std::io::{self, Read};
 use fastcdc::v2020::{Normalization, select_masks};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::crypto::Gear;
 use crate::error::{Error, Result};
 
 /// Chunk size bounds, fixed for a repository at init.
@@ -75,9 +78,24 @@ impl Masks {
 }
 
 /// Find the end of the next chunk in `window`, which holds at least `max_size` bytes or the
-/// whole rest of the input.
+/// whole rest of the input; with a keyed gear table in an encrypted repository.
 #[inline]
-fn cut(window: &[u8], p: &ChunkerParams, m: &Masks) -> usize {
+fn cut(window: &[u8], p: &ChunkerParams, m: &Masks, gear: Option<&Gear>) -> usize {
+    if let Some(g) = gear {
+        let (_, len) = fastcdc::v2020::cut_gear(
+            window,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            m.s,
+            m.l,
+            m.s << 1,
+            m.l << 1,
+            &g.gear,
+            &g.gear_ls,
+        );
+        return len;
+    }
     let (_, len) = fastcdc::v2020::cut(
         window,
         p.min_size as usize,
@@ -94,11 +112,16 @@ fn cut(window: &[u8], p: &ChunkerParams, m: &Masks) -> usize {
 /// The chunk lengths of an in-memory buffer (reference implementation, used by tests and by
 /// small inputs).
 pub fn chunk_lengths(data: &[u8], p: &ChunkerParams) -> Vec<usize> {
+    chunk_lengths_with(data, p, None)
+}
+
+/// [`chunk_lengths`] with the gear table of an encrypted repository.
+pub fn chunk_lengths_with(data: &[u8], p: &ChunkerParams, gear: Option<&Gear>) -> Vec<usize> {
     let m = Masks::new(p);
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
-        let n = cut(&data[pos..], p, &m);
+        let n = cut(&data[pos..], p, &m, gear);
         let n = n.max(1).min(data.len() - pos);
         out.push(n);
         pos += n;
@@ -115,6 +138,7 @@ pub struct Chunker<R> {
     eof: bool,
     params: ChunkerParams,
     masks: Masks,
+    gear: Option<Arc<Gear>>,
     /// Total bytes handed out so far.
     pub consumed: u64,
 }
@@ -132,8 +156,15 @@ impl<R: Read> Chunker<R> {
             eof: false,
             masks: Masks::new(&params),
             params,
+            gear: None,
             consumed: 0,
         }
+    }
+
+    /// Cut with `gear` (an encrypted repository's keyed table; `None`: fastcdc's own).
+    pub fn with_gear(mut self, gear: Option<Arc<Gear>>) -> Chunker<R> {
+        self.gear = gear;
+        self
     }
 
     /// Replace the reader, reusing the buffer (the chunker must have reached the end of the
@@ -177,9 +208,14 @@ impl<R: Read> Chunker<R> {
         if avail == 0 {
             return Ok(None);
         }
-        let n = cut(&self.buf[self.start..self.end], &self.params, &self.masks)
-            .max(1)
-            .min(avail);
+        let n = cut(
+            &self.buf[self.start..self.end],
+            &self.params,
+            &self.masks,
+            self.gear.as_deref(),
+        )
+        .max(1)
+        .min(avail);
         let s = self.start;
         self.start += n;
         self.consumed += n as u64;
@@ -269,6 +305,40 @@ mod tests {
     }
 
     /// The chunker agrees with the crate's own iterator over the whole buffer.
+    #[test]
+    fn a_keyed_gear_moves_the_cut_points_within_the_same_bounds() {
+        use crate::crypto::{Keys, MasterKey};
+        let p = ChunkerParams {
+            min_size: 2048,
+            avg_size: 8192,
+            max_size: 32768,
+        };
+        let data = seeded(1 << 20, 7);
+        let plain = chunk_lengths(&data, &p);
+        let keys = Keys::derive(&MasterKey::from_bytes([1; 32]));
+        let keyed = chunk_lengths_with(&data, &p, Some(keys.gear()));
+        let other = Keys::derive(&MasterKey::from_bytes([2; 32]));
+        let keyed2 = chunk_lengths_with(&data, &p, Some(other.gear()));
+        assert_ne!(plain, keyed);
+        assert_ne!(keyed, keyed2, "cut points depend on the key");
+        for lens in [&keyed, &keyed2] {
+            assert_eq!(lens.iter().sum::<usize>(), data.len());
+            let (last, body) = lens.split_last().unwrap();
+            assert!(body.iter().all(|n| (2048..=32768).contains(n)), "{lens:?}");
+            assert!(*last <= 32768);
+            // About the average size still.
+            let avg = data.len() / lens.len();
+            assert!((4096..=16384).contains(&avg), "average {avg}");
+        }
+        // The streaming chunker agrees with the in-memory one.
+        let mut c = Chunker::new(&data[..], p, 70_000).with_gear(Some(keys.gear_arc()));
+        let mut streamed = Vec::new();
+        while let Some(ch) = c.next_chunk().unwrap() {
+            streamed.push(ch.len());
+        }
+        assert_eq!(streamed, keyed);
+    }
+
     #[test]
     fn matches_fastcdc_iterator() {
         let data = seeded(3 << 20, 9);

@@ -19,6 +19,7 @@
 //!   authenticated as associated data.
 
 use std::fmt;
+use std::sync::Arc;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -78,6 +79,10 @@ pub enum Kind {
     Hold = 20,
     /// A receipt's body.
     Receipt = 21,
+    /// A pack entry's header.
+    PackEntry = 32,
+    /// A pack's trailer.
+    PackTrailer = 33,
 }
 
 /// The master key of an association. Wiped from memory when dropped; never printed.
@@ -161,7 +166,7 @@ pub struct Keys {
     id: [u8; KEY_LEN],
     nonce: [u8; KEY_LEN],
     name: [u8; KEY_LEN],
-    gear: Box<Gear>,
+    gear: Arc<Gear>,
     cipher: XChaCha20Poly1305,
     fingerprint: Fingerprint,
 }
@@ -177,8 +182,10 @@ impl Drop for Keys {
         self.id.zeroize();
         self.nonce.zeroize();
         self.name.zeroize();
-        self.gear.gear.zeroize();
-        self.gear.gear_ls.zeroize();
+        if let Some(g) = Arc::get_mut(&mut self.gear) {
+            g.gear.zeroize();
+            g.gear_ls.zeroize();
+        }
     }
 }
 
@@ -193,7 +200,7 @@ impl Keys {
             id: blake3::derive_key(contexts::OBJECT_ID, m),
             nonce: blake3::derive_key(contexts::NONCE, m),
             name: blake3::derive_key(contexts::NAME, m),
-            gear: Box::new(derive_gear(m)),
+            gear: Arc::new(derive_gear(m)),
             cipher,
             fingerprint: master.fingerprint(),
         }
@@ -217,6 +224,11 @@ impl Keys {
     /// The chunker's gear tables.
     pub fn gear(&self) -> &Gear {
         &self.gear
+    }
+
+    /// The chunker's gear tables, shared.
+    pub fn gear_arc(&self) -> Arc<Gear> {
+        self.gear.clone()
     }
 
     /// Seal `plain`, a blob of `kind` named `id` (an object's id; the record's own name for

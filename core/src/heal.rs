@@ -38,7 +38,6 @@ use crate::gc::GcLock;
 use crate::hash::{ObjectId, PackId, SnapshotId};
 use crate::index::{IndexReader, Location};
 use crate::pack::PackWriter;
-use crate::pack::codec::{decode_object, verify_object};
 use crate::progress::Progress;
 use crate::repo::Repo;
 
@@ -181,9 +180,10 @@ impl Packer<'_> {
     ) -> Result<()> {
         let w = match self.writer.as_mut() {
             Some(w) => w,
-            None => self
-                .writer
-                .insert(PackWriter::new(self.repo.backend().as_ref())?),
+            None => self.writer.insert(PackWriter::new(
+                self.repo.backend().as_ref(),
+                self.repo.codec(),
+            )?),
         };
         w.add(id, kind, flags, raw_len, data)?;
         if w.len() >= self.repo.config().pack_target_size
@@ -490,8 +490,12 @@ impl Healer<'_> {
                 let stored = data
                     .as_deref()
                     .and_then(|d| d.get(start..start.checked_add(loc.stored_len as usize)?));
-                let good =
-                    stored.is_some_and(|b| verify_object(id, loc.flags, loc.raw_len, b).is_ok());
+                let good = stored.is_some_and(|b| {
+                    self.repo
+                        .codec()
+                        .verify_object(id, loc.kind, loc.flags, loc.raw_len, b)
+                        .is_ok()
+                });
                 match stored {
                     Some(b) if good => {
                         self.packer.add(*id, loc.kind, loc.flags, loc.raw_len, b)?;
@@ -617,6 +621,7 @@ impl Healer<'_> {
         progress: &dyn Progress,
     ) -> Result<()> {
         let asked_now: HashSet<ObjectId> = ask.iter().copied().collect();
+        let codec = self.repo.codec().clone();
         for o in got {
             if !asked_now.contains(&o.id) || self.fetched.contains_key(&o.id) {
                 report.sources[si].rejected += 1;
@@ -626,13 +631,17 @@ impl Healer<'_> {
             }
             // Verify before anything is stored; keep the plaintext of trees.
             let plain = if o.kind == Kind::Tree {
-                decode_object(&o.id, o.flags, o.raw_len, &o.data).and_then(|p| {
-                    Tree::decode(&p)
-                        .map(Some)
-                        .map_err(|e| e.context(format!("tree {}", o.id.short(16))))
-                })
+                codec
+                    .decode_object(&o.id, o.kind, o.flags, o.raw_len, &o.data)
+                    .and_then(|p| {
+                        Tree::decode(&p)
+                            .map(Some)
+                            .map_err(|e| e.context(format!("tree {}", o.id.short(16))))
+                    })
             } else {
-                verify_object(&o.id, o.flags, o.raw_len, &o.data).map(|_| None)
+                codec
+                    .verify_object(&o.id, o.kind, o.flags, o.raw_len, &o.data)
+                    .map(|_| None)
             };
             let tree = match plain {
                 Ok(t) => t,

@@ -22,6 +22,7 @@ pub mod hash;
 pub mod heal;
 pub mod history;
 pub mod index;
+pub mod keyfile;
 pub mod ledger;
 pub mod merge;
 pub mod orphans;

@@ -54,7 +54,7 @@ pub fn index_orphan_packs(repo: &Repo) -> Result<OrphanReport> {
         if known.contains(&id) {
             continue;
         }
-        match read_pack_records(repo.backend().as_ref(), &id) {
+        match read_pack_records(repo.backend().as_ref(), &id, repo.codec()) {
             Ok((size, records)) => {
                 repo.index().add_pack(&id, size, &records)?;
                 report.packs += 1;
@@ -86,7 +86,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
         // A writer that published its pack and died before indexing it.
-        let mut w = PackWriter::new(repo.backend().as_ref()).unwrap();
+        let mut w = PackWriter::new(repo.backend().as_ref(), repo.codec()).unwrap();
         let data = b"orphan object".to_vec();
         let id = ObjectId::of(&data);
         w.add(id, Kind::Data, 0, data.len() as u32, &data).unwrap();
@@ -105,7 +105,7 @@ mod tests {
     fn unindexed_packs_are_not_adopted_while_gc_runs() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
-        let mut w = PackWriter::new(repo.backend().as_ref()).unwrap();
+        let mut w = PackWriter::new(repo.backend().as_ref(), repo.codec()).unwrap();
         let data = b"gc is about to delete this pack".to_vec();
         let id = ObjectId::of(&data);
         w.add(id, Kind::Data, 0, data.len() as u32, &data).unwrap();

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::format::pack::FLAG_ZSTD;
 use crate::hash::ObjectId;
 use crate::index::{IndexReader, Location};
-use crate::pack::codec::{decompress_append, verify};
+use crate::pack::codec::decompress_append;
 use crate::repo::Repo;
 
 /// Largest run read at once (bounds the buffer whatever the caller asks).
@@ -36,6 +36,15 @@ pub fn read_objects(repo: &Repo, reader: &IndexReader, ids: &[ObjectId]) -> Resu
             "a read of {total} bytes at once exceeds {MAX_RUN}"
         )));
     }
+    if repo.codec().keys().is_some() {
+        // Sealed objects are opened one by one (their stored bytes are not the plaintext).
+        let mut out = Vec::with_capacity(total);
+        for (id, loc) in ids.iter().zip(&locs) {
+            out.extend_from_slice(&repo.read_location(reader, id, loc)?);
+        }
+        return Ok(out);
+    }
+    let codec = repo.codec();
     let raw = |l: &Location| l.flags & FLAG_ZSTD == 0;
     let mut out: Vec<u8> = Vec::new();
     let mut i = 0;
@@ -76,7 +85,8 @@ pub fn read_objects(repo: &Repo, reader: &IndexReader, ids: &[ObjectId]) -> Resu
             let mut at = start;
             for k in i..j {
                 let end = at + locs[k].stored_len as usize;
-                verify(&ids[k], &out[at..end])
+                codec
+                    .verify(&ids[k], &out[at..end])
                     .map_err(|e| e.context(format!("pack {}", pack.short(16))))?;
                 at = end;
             }
@@ -88,7 +98,7 @@ pub fn read_objects(repo: &Repo, reader: &IndexReader, ids: &[ObjectId]) -> Resu
             }
             let start = out.len();
             decompress_append(&ids[i], first.raw_len, &stored, &mut out)
-                .and_then(|()| verify(&ids[i], &out[start..]))
+                .and_then(|()| codec.verify(&ids[i], &out[start..]))
                 .map_err(|e| e.context(format!("pack {}", pack.short(16))))?;
         }
         i = j;

@@ -52,7 +52,7 @@ pub fn rebuild_index(repo: &Repo, progress: &dyn Progress) -> Result<RepairRepor
                 report.packs_unreadable.push(name.clone());
                 continue;
             };
-            match read_pack_records(repo.backend().as_ref(), &id) {
+            match read_pack_records(repo.backend().as_ref(), &id, repo.codec()) {
                 Ok((size, records)) => {
                     rb.add_pack(&id, size, &records)?;
                     report.packs += 1;
@@ -60,7 +60,7 @@ pub fn rebuild_index(repo: &Repo, progress: &dyn Progress) -> Result<RepairRepor
                 Err(_) => match repo
                     .backend()
                     .read(FileKind::Pack, name)
-                    .and_then(|d| scan_pack_entries(&d))
+                    .and_then(|d| scan_pack_entries(&d, repo.codec()))
                 {
                     Ok(records) if !records.is_empty() => {
                         report.packs_scanned += 1;

@@ -26,6 +26,13 @@ pub struct InitOptions {
     pub pack_target_size: u64,
     /// How to open the new repository.
     pub open: OpenOptions,
+    /// Encrypt the repository under a new random master key, whose key file is written into
+    /// this directory as `<repository id>.key` (mode 0600) before the repository exists.
+    /// `None` makes an unencrypted repository (the format before encryption).
+    pub key_dir: Option<PathBuf>,
+    /// With `key_dir`: the association's master key, when this repository joins an association
+    /// that has one (a second site); `None` makes a new random key.
+    pub key: Option<crate::crypto::MasterKey>,
 }
 
 impl Default for InitOptions {
@@ -35,6 +42,8 @@ impl Default for InitOptions {
             compression: Compression::default(),
             pack_target_size: 32 << 20,
             open: OpenOptions::default(),
+            key_dir: None,
+            key: None,
         }
     }
 }
@@ -47,6 +56,10 @@ pub struct OpenOptions {
     /// Directory for this machine's caches (the stat cache); a subdirectory named by the
     /// repository id is used. Default: `REPO/cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Key files to try first for an encrypted repository.
+    pub key_files: Vec<PathBuf>,
+    /// Where an encrypted repository's key file `<repository id>.key` is looked for next.
+    pub key_dir: Option<PathBuf>,
 }
 
 impl Default for OpenOptions {
@@ -54,6 +67,8 @@ impl Default for OpenOptions {
         OpenOptions {
             index_cache: 64 << 20,
             cache_dir: None,
+            key_files: Vec::new(),
+            key_dir: None,
         }
     }
 }
@@ -68,6 +83,7 @@ pub struct Repo {
     cache_dir: PathBuf,
     statcache: Mutex<Option<Arc<StatCache>>>,
     healed: Vec<String>,
+    codec: crate::pack::codec::Codec,
     /// Receipts read so far, by file name (a receipt is written once and never changes):
     /// [`crate::reach::receipts`] reads only the new ones.
     pub(crate) receipts: Mutex<HashMap<String, crate::format::receipt::Receipt>>,
@@ -152,16 +168,26 @@ impl Repo {
         let mut repo_id = [0u8; 16];
         getrandom::fill(&mut repo_id)
             .map_err(|e| Error::other(format!("no random source for the repository id: {e}")))?;
-        let config = Config {
+        let mut config = Config {
             repo_id,
             created_ns: now_ns(),
             chunker: opts.chunker,
             compression: opts.compression,
             pack_target_size: opts.pack_target_size,
+            encryption: None,
         };
+        let mut open = opts.open.clone();
+        if let Some(dir) = &opts.key_dir {
+            let file = crate::keyfile::create(dir, &config, opts.key.clone())?;
+            config.encryption = Some(crate::format::config::Encryption {
+                scheme: crate::crypto::SCHEME_VERSION,
+                fingerprint: file.1,
+            });
+            open.key_files.insert(0, file.0);
+        }
         crate::fsutil::create_dir_durable(local)?;
         backend.write(FileKind::Config, "config", &config.encode()?)?;
-        Repo::open_with_backend(local, backend, &opts.open)
+        Repo::open_with_backend(local, backend, &open)
     }
 
     /// Open the repository in the local directory `path`.
@@ -245,6 +271,16 @@ impl Repo {
             }
         };
         config.chunker.validate()?;
+        let (backend, codec) = match &config.encryption {
+            None => (backend, crate::pack::codec::Codec::plain()),
+            Some(e) => {
+                let keys = Arc::new(crate::keyfile::find(&config, e, opts)?);
+                let sealed: Arc<dyn Backend> = Arc::new(
+                    crate::backend::sealed::SealedBackend::new(backend, keys.clone()),
+                );
+                (sealed, crate::pack::codec::Codec::sealed(keys))
+            }
+        };
         let cache_dir = opts
             .cache_dir
             .clone()
@@ -259,6 +295,7 @@ impl Repo {
             cache_dir,
             statcache: Mutex::new(None),
             healed: Vec::new(),
+            codec,
             receipts: Mutex::new(HashMap::new()),
         };
         if let Some(e) = damage {
@@ -327,6 +364,16 @@ impl Repo {
     /// The index.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// How this repository names and stores objects (plain or encrypted).
+    pub fn codec(&self) -> &crate::pack::codec::Codec {
+        &self.codec
+    }
+
+    /// The id of an object with this plaintext in this repository.
+    pub fn object_id(&self, plain: &[u8]) -> ObjectId {
+        self.codec.id_of(plain)
     }
 
     /// This machine's stat cache for the repository (opened on first use).
@@ -406,7 +453,8 @@ impl Repo {
     ) -> Result<Vec<u8>> {
         let stored = self.read_stored(reader, loc)?;
         let pack = self.pack_id(reader, loc.pack)?;
-        crate::pack::codec::decode_object_vec(id, loc.flags, loc.raw_len, stored)
+        self.codec
+            .decode_object_vec(id, loc.kind, loc.flags, loc.raw_len, stored)
             .map_err(|e| e.context(format!("pack {}", pack.short(16))))
     }
 
@@ -423,7 +471,7 @@ impl Repo {
         let cached = self.tree_cache_path(id).and_then(|p| {
             // Only for objects the index knows, so a missing object is still reported.
             reader.get(id).ok().flatten()?;
-            std::fs::read(&p).ok().filter(|b| ObjectId::of(b) == *id)
+            std::fs::read(&p).ok().filter(|b| self.object_id(b) == *id)
         });
         let bytes = match cached {
             Some(b) => b,

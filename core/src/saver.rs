@@ -19,6 +19,7 @@ use crate::format::pack::{FLAG_ZSTD, Kind};
 use crate::hash::ObjectId;
 use crate::index::IndexReader;
 use crate::pack::PackWriter;
+use crate::pack::codec::Codec;
 use crate::repo::Repo;
 use crate::writer_session::WriterSession;
 
@@ -144,9 +145,10 @@ impl Saver {
             let rx = job_rx.clone();
             let tx = blob_tx.clone();
             let sh = shared.clone();
+            let codec = repo.codec().clone();
             let h = std::thread::Builder::new()
                 .name(format!("puce-zstd-{i}"))
-                .spawn(move || compress_loop(level, rx, tx, sh))
+                .spawn(move || compress_loop(level, &codec, rx, tx, sh))
                 .map_err(|e| Error::other("cannot start a thread").with_source(e))?;
             compressors.push(h);
         }
@@ -413,7 +415,14 @@ impl Drop for Saver {
     }
 }
 
-fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<ToWriter>, sh: Arc<Shared>) {
+/// Compress (and, in an encrypted repository, seal) the objects of the jobs.
+fn compress_loop(
+    level: i32,
+    codec: &Codec,
+    rx: Receiver<Job>,
+    tx: Sender<ToWriter>,
+    sh: Arc<Shared>,
+) {
     let mut compressor = if level > 0 {
         match zstd::bulk::Compressor::new(level) {
             Ok(c) => Some(c),
@@ -449,6 +458,15 @@ fn compress_loop(level: i32, rx: Receiver<Job>, tx: Sender<ToWriter>, sh: Arc<Sh
                         Ok(_) => {}
                         Err(e) => {
                             sh.fail(Error::other("zstd compression failed").with_source(e));
+                            return;
+                        }
+                    }
+                }
+                if codec.keys().is_some() {
+                    match codec.seal(&blob.id, blob.kind, std::mem::take(&mut blob.data)) {
+                        Ok(sealed) => blob.data = sealed,
+                        Err(e) => {
+                            sh.fail(e);
                             return;
                         }
                     }
@@ -554,7 +572,9 @@ fn write_loop(repo: &Repo, rx: Receiver<ToWriter>, sh: &Shared) -> Result<()> {
                 result = (|| {
                     let w = match pack.as_mut() {
                         Some(w) => w,
-                        None => pack.insert(PackWriter::new(repo.backend().as_ref())?),
+                        None => {
+                            pack.insert(PackWriter::new(repo.backend().as_ref(), repo.codec())?)
+                        }
                     };
                     w.add(blob.id, blob.kind, blob.flags, blob.raw_len, &blob.data)?;
                     let c = &sh.counters;

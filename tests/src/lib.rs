@@ -105,7 +105,8 @@ impl TestRepo {
         let mut c = Command::new(puce_bin());
         c.env("PUCE_REPO", self.path())
             .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
-            .env("XDG_DATA_HOME", self.dir.path().join("data"));
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"));
         c
     }
 

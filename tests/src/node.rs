@@ -154,6 +154,7 @@ impl TestNode {
         c.env("PUCE_REPO", self.repo.path())
             .env("XDG_CACHE_HOME", self.repo.dir.path().join("cache"))
             .env("XDG_DATA_HOME", self.repo.dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.repo.dir.path().join("config"))
             .env_remove("PUCE_TEST_FAULT")
             .env_remove("PUCE_NODE_DIR");
         for (k, v) in &self.env {

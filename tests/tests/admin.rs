@@ -243,7 +243,7 @@ fn reports_have_stable_json_and_sane_numbers() {
 fn json_outputs_keep_their_golden_schemas() {
     let repo = TestRepo::new();
     let other = repo.dir.path().join("other");
-    let v = repo.json(&["init", "--repo", other.to_str().unwrap()]);
+    let v = repo.json(&["init", "--encrypt", "--repo", other.to_str().unwrap()]);
     assert_json_schema("init", &v);
     assert!(other.join("config").is_file(), "{v}");
     let src = repo.dir.path().join("src");

@@ -29,6 +29,7 @@ impl S3Repo {
         let mut c = Command::new(puce_tests::puce_bin());
         c.env("PUCE_REPO", &self.local)
             .env("XDG_CACHE_HOME", &self.cache)
+            .env("XDG_CONFIG_HOME", self.cache.with_extension("config"))
             .env("PUCE_S3_RETRY_SECS", "4")
             .env_remove("PUCE_S3_CREDENTIALS");
         for (k, v) in &self.env {
@@ -424,4 +425,64 @@ fn a_mount_on_garage_serves_commits_and_unmounts_on_sigterm() {
         repo.run(&["cat", "s@latest:new.txt"]).stdout,
         b"written before SIGTERM"
     );
+}
+
+/// An encrypted repository whose packs and records are in Garage: no marker of names or
+/// contents is in any object of the bucket, and everything restores byte for byte.
+#[test]
+fn an_encrypted_repository_on_garage_shows_nothing_of_names_and_contents() {
+    use puce_core::backend::{Backend, FileKind};
+    let Some((dir, garage)) = start_garage() else {
+        return;
+    };
+    let repo = init(
+        &garage,
+        dir.path(),
+        "local",
+        &["--pack-size", "1", "--encrypt"],
+    );
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("MARKER-NAME-dir")).unwrap();
+    let mut noise = random_bytes(2 << 20, 5);
+    noise[500_000..515_000].copy_from_slice(&b"MARKER-CONTENT-".repeat(1000));
+    fs::write(src.join("MARKER-NAME-dir/data.bin"), &noise).unwrap();
+    fs::write(src.join("notes.txt"), "MARKER-CONTENT\n".repeat(5000)).unwrap();
+    let v = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "MARKER-SPACE"]);
+    let id = v["id"].as_str().unwrap().to_string();
+    repo.ok(&["policy", "set", "MARKER-SPACE", "--keep-daily", "3"]);
+    let backend = puce_s3::S3Backend::open(puce_s3::S3Config {
+        location: puce_s3::S3Location::load(&repo.local).unwrap().unwrap(),
+        credentials: puce_s3::Credentials {
+            access_key_id: garage.key_id.clone(),
+            secret_access_key: garage.secret.clone(),
+            session_token: None,
+        },
+        retry_timeout: std::time::Duration::from_secs(10),
+        cache_bytes: 0,
+        tmp_dir: dir.path().join("s3-tmp"),
+    })
+    .unwrap();
+    let mut total = 0usize;
+    for kind in [FileKind::Pack, FileKind::Snapshot, FileKind::Space] {
+        let files = backend.list(kind).unwrap();
+        assert!(!files.is_empty(), "{kind:?}");
+        for (name, _) in files {
+            assert!(!name.contains("MARKER"), "{name}");
+            let bytes = backend.read(kind, &name).unwrap();
+            total += bytes.len();
+            assert!(
+                !bytes.windows(6).any(|w| w == b"MARKER"),
+                "a marker in {kind:?} {name}"
+            );
+        }
+    }
+    // At least the incompressible part of the data (2 MiB less the repeated markers).
+    assert!(
+        total >= (2 << 20) - 15_000,
+        "the data is in the bucket ({total} bytes)"
+    );
+    let out = dir.path().join("out");
+    repo.ok(&["restore", &id, out.to_str().unwrap()]);
+    assert_eq!(manifest(&out), manifest(&src));
+    repo.ok(&["check", "--read-data"]);
 }

@@ -13,6 +13,13 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         Some(p) => p,
         None => ctx.repo_path()?.0,
     };
+    let key_dir = if a.encrypt {
+        Some(super::key_dir().ok_or_else(|| {
+            anyhow::anyhow!("no home directory to keep the key file in: set HOME")
+        })?)
+    } else {
+        None
+    };
     let d = ChunkerParams::DEFAULT;
     let opts = InitOptions {
         chunker: ChunkerParams {
@@ -25,6 +32,11 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         },
         pack_target_size: a.pack_size << 20,
         open: ctx.open_options(),
+        key_dir,
+        key: match &a.key_from {
+            Some(f) => Some(puce_core::keyfile::read_master(f)?),
+            None => None,
+        },
     };
     let repo = match &a.backend {
         None => Repo::init(&path, &opts)?,
@@ -68,6 +80,12 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         }
     };
     let c = repo.config();
+    let key = c.encryption.as_ref().map(|e| {
+        let file = super::key_dir()
+            .unwrap_or_default()
+            .join(puce_core::keyfile::file_name(c));
+        (e.fingerprint.to_string(), file)
+    });
     if ctx.json {
         output::json(&json!({
             "path": path,
@@ -77,6 +95,9 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
             "chunk_max": c.chunker.max_size,
             "zstd_level": c.compression.zstd_level,
             "pack_size": c.pack_target_size,
+            "encrypted": key.is_some(),
+            "key_fingerprint": key.as_ref().map(|k| &k.0),
+            "key_file": key.as_ref().map(|k| &k.1),
         }))?;
     } else if !ctx.quiet && a.attach {
         println!(
@@ -97,6 +118,13 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
             c.compression.zstd_level,
             output::size(c.pack_target_size)
         );
+        if let Some((fingerprint, file)) = &key {
+            println!(
+                "encrypted with key {fingerprint}, kept in {}: copy that file somewhere safe \
+                 (another machine, a USB stick); without it nobody can read this repository",
+                file.display()
+            );
+        }
     }
     Ok(0)
 }

@@ -30,6 +30,7 @@ mod sync;
 /// Global options every command sees.
 pub struct Ctx {
     pub repo: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub json: bool,
     pub quiet: bool,
 }
@@ -46,11 +47,14 @@ impl Ctx {
         Ok((dirs.data_dir().join("repo"), true))
     }
 
-    /// How repositories are opened: the stat cache goes to the user's cache directory.
+    /// How repositories are opened: the stat cache goes to the user's cache directory, the key
+    /// of an encrypted repository comes from `--key-file` or the user's key directory.
     pub fn open_options(&self) -> OpenOptions {
+        let dirs = directories::ProjectDirs::from("", "", "puce");
         OpenOptions {
-            cache_dir: directories::ProjectDirs::from("", "", "puce")
-                .map(|d| d.cache_dir().to_path_buf()),
+            cache_dir: dirs.as_ref().map(|d| d.cache_dir().to_path_buf()),
+            key_files: self.key_file.iter().cloned().collect(),
+            key_dir: key_dir(),
             ..OpenOptions::default()
         }
     }
@@ -99,6 +103,11 @@ impl Ctx {
     }
 }
 
+/// Where the key files of encrypted repositories are kept: `$XDG_CONFIG_HOME/puce/keys`.
+pub fn key_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "puce").map(|d| d.config_dir().join("keys"))
+}
+
 /// Connect to the bucket described by `loc`, for the local repository directory `path`.
 pub fn s3_open(path: &std::path::Path, loc: puce_s3::S3Location) -> Result<puce_s3::S3Backend> {
     let config_dir =
@@ -126,6 +135,7 @@ pub fn s3_open(path: &std::path::Path, loc: puce_s3::S3Location) -> Result<puce_
 pub fn run(cli: Cli) -> Result<i32> {
     let ctx = Ctx {
         repo: cli.repo,
+        key_file: cli.key_file,
         json: cli.json,
         quiet: cli.quiet,
     };

@@ -16,6 +16,7 @@ use crate::error::Result;
 pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod sealed;
 
 /// The classes of files in a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,12 +4,26 @@ use serde::{Deserialize, Serialize};
 
 use super::envelope;
 use crate::chunking::ChunkerParams;
+use crate::crypto::Fingerprint;
 use crate::error::Result;
 
 /// Magic of the config file.
 pub const MAGIC: &[u8; 8] = b"PUCECFG\0";
-/// Current version of the config record.
+/// Version of the config record of an unencrypted repository.
 pub const VERSION: u8 = 1;
+/// Version of the config record of an encrypted repository: version 1's body followed by
+/// [`Encryption`].
+pub const VERSION_ENCRYPTED: u8 = 2;
+
+/// How a repository is encrypted (docs/format.md, section 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// The sealing scheme ([`crate::crypto::SCHEME_VERSION`]).
+    pub scheme: u8,
+    /// The fingerprint of the master key: a key whose fingerprint differs is not this
+    /// repository's.
+    pub fingerprint: Fingerprint,
+}
 
 /// Compression settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,17 +51,41 @@ pub struct Config {
     pub compression: Compression,
     /// A pack is sealed once it holds this many bytes.
     pub pack_target_size: u64,
+    /// Encryption (none: a repository made before encryption, read as such).
+    #[serde(skip)]
+    pub encryption: Option<Encryption>,
 }
 
 impl Config {
-    /// Encode as the bytes of `REPO/config`.
+    /// Encode as the bytes of `REPO/config`: version 1 without encryption, version 2 with.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        envelope::encode(MAGIC, VERSION, self)
+        match &self.encryption {
+            None => envelope::encode(MAGIC, VERSION, self),
+            Some(e) => envelope::encode(MAGIC, VERSION_ENCRYPTED, &(self, e)),
+        }
     }
 
     /// Decode `REPO/config`.
     pub fn decode(bytes: &[u8]) -> Result<Config> {
-        envelope::decode("repository config", MAGIC, VERSION, bytes).map(|(_, c)| c)
+        const WHAT: &str = "repository config";
+        let (version, body) = envelope::open(WHAT, MAGIC, VERSION_ENCRYPTED, bytes)?;
+        if version == VERSION {
+            return envelope::decode_exact(WHAT, body);
+        }
+        let (mut config, e): (Config, Encryption) = envelope::decode_exact(WHAT, body)?;
+        if e.scheme != crate::crypto::SCHEME_VERSION {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::UnsupportedVersion,
+                format!(
+                    "the repository is encrypted with scheme {}, this puce knows scheme {}: \
+                     upgrade puce",
+                    e.scheme,
+                    crate::crypto::SCHEME_VERSION
+                ),
+            ));
+        }
+        config.encryption = Some(e);
+        Ok(config)
     }
 
     /// The repository id in hex.
@@ -72,7 +110,36 @@ mod tests {
             },
             compression: Compression { zstd_level: 3 },
             pack_target_size: 32 << 20,
+            encryption: None,
         }
+    }
+
+    /// Golden: an encrypted repository's config is version 2, version 1's body followed by the
+    /// scheme and the key's fingerprint.
+    #[test]
+    fn golden_encrypted_config_encoding() {
+        let mut c = sample();
+        c.encryption = Some(Encryption {
+            scheme: 1,
+            fingerprint: Fingerprint([0xab; 32]),
+        });
+        let bytes = c.encode().unwrap();
+        let v1 = sample().encode().unwrap();
+        assert_eq!(bytes[8], 2);
+        assert_eq!(
+            &bytes[13..13 + 39],
+            &v1[13..13 + 39],
+            "version 1's body first"
+        );
+        assert_eq!(
+            hexdump(&bytes[13 + 39..13 + 39 + 33]),
+            format!("01{}", "ab".repeat(32))
+        );
+        assert_eq!(Config::decode(&bytes).unwrap(), c);
+        assert_eq!(
+            hexdump(&bytes[bytes.len() - 16..]),
+            "807e0634889e056d33e3d61b211f9ac5"
+        );
     }
 
     /// Golden: the exact bytes of a config file: magic, version 1, body length 39, then the

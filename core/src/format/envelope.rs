@@ -53,6 +53,18 @@ pub fn decode<T: DeserializeOwned>(
     max_version: u8,
     bytes: &[u8],
 ) -> Result<(u8, T)> {
+    let (version, body) = open(what, magic, max_version, bytes)?;
+    Ok((version, decode_exact(what, body)?))
+}
+
+/// Check an envelope written with `magic` (versions up to `max_version`) and return the version
+/// found and the body, for records whose body layout depends on the version.
+pub fn open<'a>(
+    what: &str,
+    magic: &[u8; 8],
+    max_version: u8,
+    bytes: &'a [u8],
+) -> Result<(u8, &'a [u8])> {
     if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
         return Err(Error::corrupt(format!(
             "{what} is truncated ({} bytes)",
@@ -85,9 +97,7 @@ pub fn decode<T: DeserializeOwned>(
             ),
         ));
     }
-    let body = &bytes[HEADER_LEN..HEADER_LEN + len];
-    let value = decode_exact(what, body)?;
-    Ok((version, value))
+    Ok((version, &bytes[HEADER_LEN..HEADER_LEN + len]))
 }
 
 /// Decode a postcard value that must use all of `bytes`.

@@ -16,6 +16,7 @@
 //! whole file, which is also its name; the random nonce in the header makes two packs with the
 //! same objects (a writer and gc storing the same content) distinct files.
 
+use crate::crypto::{Keys, Kind as SealKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hash::ObjectId;
 
@@ -25,8 +26,13 @@ pub const MAGIC: &[u8; 8] = b"PUCEPACK";
 pub const END_MAGIC: &[u8; 8] = b"PUCEPEND";
 /// Magic at the start of each entry header.
 pub const ENTRY_MAGIC: &[u8; 4] = b"PENT";
-/// Current pack format version.
+/// Pack format version of an unencrypted repository.
 pub const VERSION: u8 = 1;
+/// Pack format version of an encrypted repository: entry headers and the trailer are sealed
+/// (docs/format.md, section 9).
+pub const VERSION_SEALED: u8 = 2;
+/// Size of a sealed entry header (version 2).
+pub const SEALED_ENTRY_HEADER_LEN: usize = ENTRY_HEADER_LEN + crate::crypto::SEAL_OVERHEAD;
 /// Size of the pack header.
 pub const HEADER_LEN: usize = 16;
 /// Size of an entry header.
@@ -80,11 +86,51 @@ pub struct Record {
     pub raw_len: u32,
 }
 
+/// The pack version written with these keys (none: an unencrypted repository).
+pub fn version_for(keys: Option<&Keys>) -> u8 {
+    if keys.is_some() {
+        VERSION_SEALED
+    } else {
+        VERSION
+    }
+}
+
+/// The size of an entry header in a pack of `version`.
+pub fn entry_header_len(version: u8) -> usize {
+    if version == VERSION_SEALED {
+        SEALED_ENTRY_HEADER_LEN
+    } else {
+        ENTRY_HEADER_LEN
+    }
+}
+
+/// The id a sealed entry header or trailer is bound to: its offset in the pack, so a sealed
+/// header moved elsewhere does not open.
+fn seal_id(offset: u64) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&offset.to_le_bytes());
+    id
+}
+
+/// Check that a pack of `version` can be read with `keys`: sealed packs need the key, and an
+/// encrypted repository holds only sealed packs.
+pub fn check_sealing(version: u8, keys: Option<&Keys>) -> Result<()> {
+    match (version == VERSION_SEALED, keys.is_some()) {
+        (true, false) => Err(Error::corrupt(
+            "the pack is encrypted but the repository is not: it does not belong here",
+        )),
+        (false, true) => Err(Error::corrupt(
+            "the pack is not encrypted but the repository is: it does not belong here",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The pack header, with a 7-byte random nonce.
-pub fn header(nonce: [u8; 7]) -> [u8; HEADER_LEN] {
+pub fn header(nonce: [u8; 7], version: u8) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
-    h[8] = VERSION;
+    h[8] = version;
     h[9..].copy_from_slice(&nonce);
     h
 }
@@ -98,13 +144,48 @@ pub fn check_header(h: &[u8]) -> Result<()> {
 }
 
 fn check_version(v: u8) -> Result<()> {
-    if v == 0 || v > VERSION {
+    if v == 0 || v > VERSION_SEALED {
         return Err(Error::new(
             ErrorKind::UnsupportedVersion,
-            format!("pack format version {v}, this puce reads up to {VERSION}: upgrade puce"),
+            format!(
+                "pack format version {v}, this puce reads up to {VERSION_SEALED}: upgrade puce"
+            ),
         ));
     }
     Ok(())
+}
+
+/// Encode the header of the entry `r` starting at `offset`, sealed when `keys` are given.
+pub fn entry_header_at(r: &Record, offset: u64, keys: Option<&Keys>) -> Result<Vec<u8>> {
+    let plain = entry_header(r);
+    match keys {
+        None => Ok(plain.to_vec()),
+        Some(k) => k.seal(SealKind::PackEntry, &seal_id(offset), &plain),
+    }
+}
+
+/// Decode the entry header at `offset` of a pack of `version` (sealed in version 2).
+pub fn parse_entry_header_at(
+    h: &[u8],
+    offset: u64,
+    version: u8,
+    keys: Option<&Keys>,
+) -> Result<Record> {
+    check_sealing(version, keys)?;
+    let Some(k) = keys else {
+        return parse_entry_header(h, offset);
+    };
+    let n = SEALED_ENTRY_HEADER_LEN.min(h.len());
+    let plain = k.open(
+        SealKind::PackEntry,
+        &seal_id(offset),
+        &h[..n],
+        &format!("entry header at offset {offset}"),
+    )?;
+    let mut r = parse_entry_header(&plain, offset)?;
+    r.offset = u32::try_from(offset + SEALED_ENTRY_HEADER_LEN as u64)
+        .map_err(|_| Error::corrupt("entry offset beyond 4 GiB"))?;
+    Ok(r)
 }
 
 /// Encode an entry header.
@@ -145,8 +226,29 @@ pub fn parse_entry_header(h: &[u8], offset: u64) -> Result<Record> {
     })
 }
 
-/// Encode the trailer and footer for `records`, the trailer starting at `trailer_offset`.
-pub fn trailer(records: &[Record], trailer_offset: u64) -> Vec<u8> {
+/// Encode the trailer and footer for `records`, the trailer starting at `trailer_offset`,
+/// sealed when `keys` are given (version 2: the checksum is then over the sealed trailer).
+pub fn trailer_for(
+    records: &[Record],
+    trailer_offset: u64,
+    keys: Option<&Keys>,
+) -> Result<Vec<u8>> {
+    let Some(k) = keys else {
+        return Ok(trailer(records, trailer_offset));
+    };
+    let plain = records_bytes(records);
+    let mut out = k.seal(SealKind::PackTrailer, &seal_id(trailer_offset), &plain)?;
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(&trailer_offset.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&sum.as_bytes()[..16]);
+    out.push(VERSION_SEALED);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(END_MAGIC);
+    Ok(out)
+}
+
+fn records_bytes(records: &[Record]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.len() * RECORD_LEN + FOOTER_LEN);
     for r in records {
         out.extend_from_slice(r.id.as_bytes());
@@ -157,6 +259,13 @@ pub fn trailer(records: &[Record], trailer_offset: u64) -> Vec<u8> {
         out.extend_from_slice(&r.stored_len.to_le_bytes());
         out.extend_from_slice(&r.raw_len.to_le_bytes());
     }
+    out
+}
+
+/// Encode the trailer and footer for `records` (version 1), the trailer starting at
+/// `trailer_offset`.
+pub fn trailer(records: &[Record], trailer_offset: u64) -> Vec<u8> {
+    let mut out = records_bytes(records);
     let sum = blake3::hash(&out);
     out.extend_from_slice(&trailer_offset.to_le_bytes());
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -176,6 +285,20 @@ pub struct Footer {
     pub count: u32,
     /// Checksum of the trailer records.
     pub checksum: [u8; 16],
+    /// The pack's format version.
+    pub version: u8,
+}
+
+impl Footer {
+    /// Length of the trailer as stored (sealed in version 2).
+    pub fn trailer_len(&self) -> usize {
+        let seal = if self.version == VERSION_SEALED {
+            crate::crypto::SEAL_OVERHEAD
+        } else {
+            0
+        };
+        self.count as usize * RECORD_LEN + seal
+    }
 }
 
 /// Decode the footer of a pack of `pack_len` bytes.
@@ -186,10 +309,16 @@ pub fn parse_footer(f: &[u8], pack_len: u64) -> Result<Footer> {
         ));
     }
     check_version(f[28])?;
+    let version = f[28];
     let trailer_offset = u64::from_le_bytes(arr8(&f[..8]));
     let count = u32_at(f, 8);
+    let seal = if version == VERSION_SEALED {
+        crate::crypto::SEAL_OVERHEAD as u64
+    } else {
+        0
+    };
     let expect = trailer_offset
-        .checked_add(u64::from(count) * RECORD_LEN as u64)
+        .checked_add(u64::from(count) * RECORD_LEN as u64 + seal)
         .and_then(|x| x.checked_add(FOOTER_LEN as u64));
     if trailer_offset < HEADER_LEN as u64 || expect != Some(pack_len) {
         return Err(Error::corrupt(format!(
@@ -203,17 +332,34 @@ pub fn parse_footer(f: &[u8], pack_len: u64) -> Result<Footer> {
         trailer_offset,
         count,
         checksum,
+        version,
     })
 }
 
-/// Decode trailer records, checking them against the footer and the pack length.
-pub fn parse_trailer(bytes: &[u8], footer: &Footer) -> Result<Vec<Record>> {
-    if bytes.len() != footer.count as usize * RECORD_LEN {
+/// Decode trailer records (as stored: sealed in version 2), checking them against the footer
+/// and the pack length.
+pub fn parse_trailer(bytes: &[u8], footer: &Footer, keys: Option<&Keys>) -> Result<Vec<Record>> {
+    check_sealing(footer.version, keys)?;
+    if bytes.len() != footer.trailer_len() {
         return Err(Error::corrupt("pack trailer has a wrong length"));
     }
     if blake3::hash(bytes).as_bytes()[..16] != footer.checksum {
         return Err(Error::corrupt("pack trailer fails its checksum"));
     }
+    let opened;
+    let bytes = match keys {
+        None => bytes,
+        Some(k) => {
+            opened = k.open(
+                SealKind::PackTrailer,
+                &seal_id(footer.trailer_offset),
+                bytes,
+                "pack trailer",
+            )?;
+            &opened[..]
+        }
+    };
+    let first_data = (HEADER_LEN + entry_header_len(footer.version)) as u64;
     let mut out = Vec::with_capacity(footer.count as usize);
     for rec in bytes.chunks_exact(RECORD_LEN) {
         let r = Record {
@@ -225,7 +371,7 @@ pub fn parse_trailer(bytes: &[u8], footer: &Footer) -> Result<Vec<Record>> {
             raw_len: u32_at(rec, 44),
         };
         let end = u64::from(r.offset) + u64::from(r.stored_len);
-        if (r.offset as usize) < HEADER_LEN + ENTRY_HEADER_LEN
+        if u64::from(r.offset) < first_data
             || end > footer.trailer_offset
             || r.raw_len > MAX_OBJECT
             || r.stored_len > MAX_OBJECT
@@ -318,14 +464,14 @@ mod tests {
         );
         let footer = parse_footer(&t[48..], 71 + 48 + 40).unwrap();
         assert_eq!(footer.count, 1);
-        assert_eq!(parse_trailer(&t[..48], &footer).unwrap(), vec![rec()]);
+        assert_eq!(parse_trailer(&t[..48], &footer, None).unwrap(), vec![rec()]);
     }
 
     /// Golden: the header.
     #[test]
     fn golden_header() {
         assert_eq!(
-            hexdump(&header(*b"nonce!!")),
+            hexdump(&header(*b"nonce!!", VERSION)),
             [
                 "505543455041434b", // "PUCEPACK"
                 "01",               // version
@@ -333,7 +479,7 @@ mod tests {
             ]
             .concat()
         );
-        check_header(&header([0; 7])).unwrap();
+        check_header(&header([0; 7], VERSION)).unwrap();
     }
 
     #[test]
@@ -344,7 +490,7 @@ mod tests {
         bad[39] ^= 1;
         assert!(parse_footer(&bad, 71 + 48 + 40).is_err());
         let mut bad = t[48..].to_vec();
-        bad[28] = 2;
+        bad[28] = 3;
         assert_eq!(
             parse_footer(&bad, 71 + 48 + 40).unwrap_err().kind(),
             ErrorKind::UnsupportedVersion
@@ -357,7 +503,7 @@ mod tests {
         let footer = parse_footer(&t[48..], 159).unwrap();
         t[40] ^= 0x80;
         assert_eq!(
-            parse_trailer(&t[..48], &footer).unwrap_err().kind(),
+            parse_trailer(&t[..48], &footer, None).unwrap_err().kind(),
             ErrorKind::Corrupt
         );
     }

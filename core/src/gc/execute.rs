@@ -155,11 +155,12 @@ fn retire_doomed(repo: &Repo, doomed: &[&Planned]) -> Result<(u64, u64, u64)> {
                     .get(start..end)
                     .ok_or_else(|| Error::corrupt(format!("pack {} is truncated", p.id)))?;
                 // Verify before copying: gc must not spread damage.
-                crate::pack::codec::decode_object(&r.id, r.flags, r.raw_len, stored)
+                repo.codec()
+                    .decode_object(&r.id, r.kind, r.flags, r.raw_len, stored)
                     .map_err(|e| e.context(format!("gc: pack {}", p.id.short(16))))?;
                 let w = match writer.as_mut() {
                     Some(w) => w,
-                    None => writer.insert(PackWriter::new(repo.backend().as_ref())?),
+                    None => writer.insert(PackWriter::new(repo.backend().as_ref(), repo.codec())?),
                 };
                 w.add(r.id, r.kind, r.flags, r.raw_len, stored)?;
                 rewritten += stored.len() as u64 + 96;

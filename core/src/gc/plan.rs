@@ -257,7 +257,7 @@ fn judge(
     let mut plan = Vec::new();
     for (no, pm) in &marker.packs {
         report.bytes_before += pm.info.size;
-        let records = match read_pack_records(repo.backend().as_ref(), &pm.info.id) {
+        let records = match read_pack_records(repo.backend().as_ref(), &pm.info.id, repo.codec()) {
             Ok((_, r)) => r,
             Err(e) => {
                 progress.warn(&format!(

@@ -161,7 +161,7 @@ impl TreeStore for RepoStore<'_> {
 
     fn put(&mut self, tree: &Tree) -> Result<ObjectId> {
         let bytes = tree.encode()?;
-        let id = ObjectId::of(&bytes);
+        let id = self.repo.object_id(&bytes);
         self.refresh()?;
         self.saver.save(&self.reader, id, Kind::Tree, bytes)?;
         self.new.insert(id, tree.clone());

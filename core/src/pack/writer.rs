@@ -6,6 +6,7 @@ use crate::backend::{Backend, FileKind, ObjectWriter};
 use crate::error::{Error, Result};
 use crate::format::pack::{self, Kind, Record};
 use crate::hash::{Hash, ObjectId, PackId};
+use crate::pack::codec::Codec;
 
 /// A pack being written. Nothing is visible until [`PackWriter::finish`] publishes it.
 pub struct PackWriter {
@@ -13,21 +14,24 @@ pub struct PackWriter {
     hasher: blake3::Hasher,
     len: u64,
     records: Vec<Record>,
+    codec: Codec,
 }
 
 impl PackWriter {
-    /// Start a new pack on `backend`.
-    pub fn new(backend: &dyn Backend) -> Result<PackWriter> {
+    /// Start a new pack on `backend`, in the format of `codec`'s repository (sealed entry
+    /// headers and trailer when it is encrypted; objects are added already sealed).
+    pub fn new(backend: &dyn Backend, codec: &Codec) -> Result<PackWriter> {
         let mut w = PackWriter {
             out: backend.create(FileKind::Pack)?,
             hasher: blake3::Hasher::new(),
             len: 0,
             records: Vec::new(),
+            codec: codec.clone(),
         };
         let mut nonce = [0u8; 7];
         getrandom::fill(&mut nonce)
             .map_err(|e| Error::other(format!("no random source for the pack nonce: {e}")))?;
-        w.put(&pack::header(nonce))?;
+        w.put(&pack::header(nonce, pack::version_for(codec.keys())))?;
         Ok(w)
     }
 
@@ -53,7 +57,8 @@ impl PackWriter {
             .ok()
             .filter(|n| *n <= pack::MAX_OBJECT)
             .ok_or_else(|| Error::invalid("object too large for a pack"))?;
-        let data_offset = self.len + pack::ENTRY_HEADER_LEN as u64;
+        let version = pack::version_for(self.codec.keys());
+        let data_offset = self.len + pack::entry_header_len(version) as u64;
         let offset = u32::try_from(data_offset)
             .ok()
             .filter(|o| u64::from(*o) + u64::from(stored_len) < pack::MAX_PACK)
@@ -66,7 +71,8 @@ impl PackWriter {
             stored_len,
             raw_len,
         };
-        self.put(&pack::entry_header(&rec))?;
+        let header = pack::entry_header_at(&rec, self.len, self.codec.keys())?;
+        self.put(&header)?;
         self.put(data)?;
         self.records.push(rec);
         Ok(())
@@ -94,7 +100,7 @@ impl PackWriter {
 
     /// Write the trailer, make the file durable and publish it under its id.
     pub fn finish(mut self) -> Result<(PackId, u64, Vec<Record>)> {
-        let trailer = pack::trailer(&self.records, self.len);
+        let trailer = pack::trailer_for(&self.records, self.len, self.codec.keys())?;
         self.put(&trailer)?;
         let id = PackId(Hash(*self.hasher.finalize().as_bytes()));
         self.out.finish(&id.to_hex())?;

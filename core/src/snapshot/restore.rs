@@ -497,10 +497,18 @@ fn run_plan(
                                     if last.as_ref().is_none_or(|(id, _)| *id != p.id) {
                                         let from = (u64::from(p.offset) - start) as usize;
                                         let stored = &buf[from..from + p.stored_len as usize];
-                                        let plain = crate::pack::codec::decode_object(
-                                            &p.id, p.flags, p.raw_len, stored,
-                                        )
-                                        .map_err(|e| e.context(format!("pack {}", &name[..16])))?;
+                                        let plain = repo
+                                            .codec()
+                                            .decode_object(
+                                                &p.id,
+                                                crate::format::pack::Kind::Data,
+                                                p.flags,
+                                                p.raw_len,
+                                                stored,
+                                            )
+                                            .map_err(|e| {
+                                                e.context(format!("pack {}", &name[..16]))
+                                            })?;
                                         last = Some((p.id, plain));
                                     }
                                     let Some((_, plain)) = last.as_ref() else {

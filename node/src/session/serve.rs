@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use puce_core::backend::FileKind;
 use puce_core::format::pack::Kind;
 use puce_core::format::tree::{Node, Tree};
-use puce_core::pack::codec::decode_object;
 use puce_core::{SnapshotEntry, SnapshotId};
 use tokio::io::AsyncWriteExt;
 
@@ -537,11 +536,14 @@ async fn send_objects(
                 let mut data = repo.read_stored(&reader, &loc)?;
                 if skip_bad {
                     // Never hand out damaged bytes to a node that is healing.
-                    puce_core::pack::codec::verify_object(&id, loc.flags, loc.raw_len, &data)?;
+                    repo.codec()
+                        .verify_object(&id, loc.kind, loc.flags, loc.raw_len, &data)?;
                 }
                 if loc.kind == Kind::Tree {
                     // Children of a served tree may be asked for next.
-                    let plain = decode_object(&id, loc.flags, loc.raw_len, &data)?;
+                    let plain =
+                        repo.codec()
+                            .decode_object(&id, loc.kind, loc.flags, loc.raw_len, &data)?;
                     let tree = Tree::decode(&plain)?;
                     c.allow_objects(tree.entries.iter().flat_map(|e| match &e.node {
                         Node::Dir { tree } => vec![*tree],

@@ -159,7 +159,9 @@ fn read_file(
                 c.reset(f);
                 c
             }
-            None => chunker.insert(Chunker::new(f, repo.config().chunker, 4 << 20)),
+            None => chunker.insert(
+                Chunker::new(f, repo.config().chunker, 4 << 20).with_gear(repo.codec().gear()),
+            ),
         };
         let mut chunks = Vec::new();
         let mut size = 0u64;
@@ -169,7 +171,7 @@ fn read_file(
                 Ok(None) => break,
                 Err(e) => return Err(Error::io("cannot read", &job.path, e)),
             };
-            let id = ObjectId::of(chunk);
+            let id = repo.object_id(chunk);
             size += chunk.len() as u64;
             let len = chunk.len() as u64;
             let g = saver.generation();

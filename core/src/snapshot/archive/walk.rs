@@ -585,7 +585,7 @@ impl<'a> Walker<'a> {
                 entries: d.entries.into_iter().flatten().collect(),
             };
             let bytes = tree.encode()?;
-            let id = ObjectId::of(&bytes);
+            let id = self.repo.object_id(&bytes);
             self.reader()?;
             if self.saver.save(&self.reader, id, Kind::Tree, bytes)? {
                 // counted by the saver

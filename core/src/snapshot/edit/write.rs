@@ -114,7 +114,7 @@ impl Writer<'_> {
             });
         }
         let bytes = Tree { entries }.encode()?;
-        let id = ObjectId::of(&bytes);
+        let id = self.repo.object_id(&bytes);
         self.reader()?;
         self.saver.save(&self.reader, id, Kind::Tree, bytes)?;
         Ok(id)
@@ -132,7 +132,7 @@ impl Writer<'_> {
                 c.reset(f);
                 c
             }
-            None => Chunker::new(f, params, 4 << 20),
+            None => Chunker::new(f, params, 4 << 20).with_gear(self.repo.codec().gear()),
         };
         let mut chunks = Vec::new();
         let mut size = 0u64;
@@ -146,7 +146,7 @@ impl Writer<'_> {
                     );
                 }
             };
-            let cid = ObjectId::of(chunk);
+            let cid = self.repo.object_id(chunk);
             size += chunk.len() as u64;
             let g = self.saver.generation();
             if g != self.reader_gen {

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use puce_core::ObjectId;
 use puce_core::format::pack::Kind;
-use puce_core::pack::codec::verify_object;
 use puce_core::saver::Saver;
 
 use super::fetch::{Batches, CHUNK_BATCH, Sink, fetch_all};
@@ -113,7 +112,11 @@ fn store_chunks(
     while let Some(group) = rx.blocking_recv() {
         let mut present = Vec::new();
         for o in group {
-            if let Err(e) = verify_object(&o.id, o.flags, o.raw_len, &o.data) {
+            let checked = Kind::from_u8(o.kind).and_then(|kind| {
+                repo.codec()
+                    .verify_object(&o.id, kind, o.flags, o.raw_len, &o.data)
+            });
+            if let Err(e) = checked {
                 return Err(Error::new(
                     ErrorKind::BadObject,
                     format!("sent data that does not match its id {} ({e})", o.id),

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use puce_core::ObjectId;
 use puce_core::format::tree::{MAX_TREE_DEPTH, Node, Tree};
-use puce_core::pack::codec::decode_object;
 
 use super::fetch::fetch_parallel;
 use super::list::Received;
@@ -113,12 +112,21 @@ async fn fetch_wave(
         .round_trips
         .fetch_add(waves, Ordering::Relaxed);
     let got = fetch_parallel(conn, batches, streams, held).await?;
+    let codec = p.repo.codec().clone();
     let checked = blocking(move || {
         let mut out = Vec::with_capacity(got.len());
         for o in got {
-            let plain = decode_object(&o.id, o.flags, o.raw_len, &o.data).map_err(|e| {
-                Error::new(ErrorKind::BadObject, format!("sent tree {}: {e}", o.id))
-            })?;
+            let plain = codec
+                .decode_object(
+                    &o.id,
+                    puce_core::format::pack::Kind::Tree,
+                    o.flags,
+                    o.raw_len,
+                    &o.data,
+                )
+                .map_err(|e| {
+                    Error::new(ErrorKind::BadObject, format!("sent tree {}: {e}", o.id))
+                })?;
             let tree = Tree::decode(&plain).map_err(|e| {
                 Error::new(
                     ErrorKind::BadObject,
