@@ -7,7 +7,7 @@ use std::fs;
 
 use puce_tests::http::Receiver;
 use puce_tests::make_tree;
-use puce_tests::node::{TestNode, flip_random_bits, pack_files, wait_for};
+use puce_tests::node::{CHECK_ALL, TestNode, flip_random_bits, pack_files, wait_for};
 
 /// The notifications received for `key`, as (status, title).
 fn about(r: &Receiver, key: &str) -> Vec<(String, String)> {
@@ -76,10 +76,16 @@ fn each_event_is_sent_once_again_when_it_changes_and_never_twice_across_restarts
     b.add_peer(&a, r#"{ docs = ["push"] }"#);
     b.add_peer(&c, r#"{ docs = ["pull"] }"#);
     c.add_peer(&b, r#"{ docs = ["push"] }"#);
+    // lyon and paris check their data, so that their copies can count.
+    for n in [&mut a, &mut c] {
+        n.extra = CHECK_ALL.into();
+        n.write_config();
+    }
     let src = a.repo.dir.path().join("src");
     make_tree(&src, 90);
     a.snapshot(&src, "docs");
     a.start();
+    a.wait_checked();
     b.sync("lyon", &["--pull"]);
     b.ok(&["space", "set", "docs", "--copies", "3"]);
     notify_config(&mut b, &hook, false);
@@ -176,8 +182,10 @@ fn each_event_is_sent_once_again_when_it_changes_and_never_twice_across_restarts
     }
     assert_eq!(hook.received().len(), before, "{:#?}", keys(&hook));
 
-    // paris comes up: grenoble's next sync with it ends both events, each with one message.
+    // paris comes up: grenoble's next sync with it (after paris's first check) ends both
+    // events, each with one message.
     c.start();
+    c.wait_checked();
     b.sync("paris", &["--push"]);
     wait_logged(&b, &hook, "the sync and the rule to be resolved", || {
         about(&hook, "sync/paris/docs").len() >= 2 && about(&hook, "replicas/docs").len() >= 3
