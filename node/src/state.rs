@@ -43,6 +43,9 @@ pub struct PeerState {
     pub spaces: BTreeMap<String, Vec<String>>,
     /// Per space: the last time it was moved (either way) without error, ns since the epoch.
     pub space_success_ns: BTreeMap<String, i64>,
+    /// Per space: the last sync attempt that moved it, or failed while it was shared with the
+    /// peer, ns since the epoch.
+    pub space_attempt_ns: BTreeMap<String, i64>,
     /// The last report.
     pub last_report: Option<SyncReport>,
     /// Per space: what the peer said of its copy at the last sync this node started (protocol

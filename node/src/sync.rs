@@ -478,8 +478,22 @@ pub(crate) fn record(
             );
         }
         for s in moved {
+            p.space_attempt_ns.insert(s.space.clone(), started_ns);
             if s.result == "ok" || s.result == "up to date" {
                 p.space_success_ns.insert(s.space.clone(), started_ns);
+            }
+        }
+        if err.is_some() {
+            // Each space shared with the peer was attempted, whether or not it was reached.
+            let shared: Vec<String> = peer
+                .spaces
+                .keys()
+                .filter(|s| s.as_str() != "*")
+                .chain(p.space_success_ns.keys())
+                .cloned()
+                .collect();
+            for s in shared {
+                p.space_attempt_ns.insert(s, started_ns);
             }
         }
         if let Some(r) = report {

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use puce_tests::node::{TestNode, pack_files, wait_for};
+use puce_tests::node::{CHECK_ALL, TestNode, pack_files, wait_for};
 use puce_tests::{Need, http, make_tree, random_bytes, require};
 
 /// A free TCP port on loopback (bound, read, released).
@@ -148,11 +148,13 @@ fn the_metrics_pass_promtool_and_say_what_status_and_reports_say() {
         assert!((v - started).abs() < 1e-3, "{metric} {v} != {started}");
     }
     let docs = r#"{peer="lyon",space="docs"}"#;
-    let v = value(
-        &m,
-        &format!("puce_space_sync_last_success_timestamp_seconds{docs}"),
-    );
-    assert!((v - started).abs() < 1e-3, "{v} != {started}");
+    for metric in [
+        "puce_space_sync_last_success_timestamp_seconds",
+        "puce_space_sync_last_attempt_timestamp_seconds",
+    ] {
+        let v = value(&m, &format!("{metric}{docs}"));
+        assert!((v - started).abs() < 1e-3, "{metric} {v} != {started}");
+    }
     assert_eq!(value(&m, &format!("puce_sync_last_ok{lyon}")), 1.0);
     assert_eq!(
         value(&m, &format!("puce_sync_consecutive_failures{lyon}")),
@@ -294,22 +296,6 @@ fn copy_of<'a>(r: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no copy of {node} in {r:#}"))
 }
 
-/// The daemon's data check of `n`, as its node state records it, once there is one.
-fn wait_checked(n: &TestNode) -> serde_json::Value {
-    let mut check = serde_json::Value::Null;
-    wait_for(&format!("the first data check of {}", n.name), || {
-        let st = fs::read(n.node_dir().join("state.json")).unwrap_or_default();
-        check =
-            serde_json::from_slice::<serde_json::Value>(&st).unwrap_or_default()["check"].clone();
-        check["last_ns"].is_i64()
-    });
-    check
-}
-
-/// `[check]` of a node that reads all of its data at each check (one an hour, the first at
-/// start).
-const CHECK_ALL: &str = "[check]\ninterval = \"1h\"\nsample = \"100%\"\n";
-
 #[test]
 fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     // lyon has `docs`; grenoble pulls it from lyon and pushes it to paris; grenoble wants 3
@@ -333,7 +319,7 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     let head = a.snapshot(&src, "docs");
     b.ok(&["space", "set", "docs", "--copies", "3"]);
     a.start();
-    wait_checked(&a);
+    a.wait_checked();
     // paris is down: grenoble's daemon pulls from lyon at start, and fails to reach paris.
     b.start();
     let rule = r#"{space="docs"}"#;
@@ -369,15 +355,24 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     // paris comes up: grenoble's retries push `docs` there, and once paris checked its data
     // and said so at a sync, the rule holds.
     c.start();
-    wait_checked(&c);
+    c.wait_checked();
     wait_for("grenoble to push to paris after its check", || {
         let _ = b.run(&["sync", "paris", "--push"]);
         m = samples(&scrape(&addr));
         m.get(&format!("puce_space_replica_rule_ok{rule}")) == Some(&1.0)
     });
     assert_eq!(value(&m, &format!("puce_space_replicas{rule}")), 3.0);
+    let paris = r#"{space="docs",node="paris"}"#;
+    assert_eq!(value(&m, &format!("puce_replica_counts{paris}")), 1.0);
     let (code, r) = replicas(&b);
     assert_eq!(code, 0, "{r:#}");
+    let since = value(
+        &m,
+        &format!("puce_replica_checked_timestamp_seconds{paris}"),
+    );
+    let said = copy_of(&r, "paris")["checked_since"].as_str().unwrap();
+    let said = said.parse::<jiff::Timestamp>().unwrap().as_nanosecond() as f64 / 1e9;
+    assert!((since - said).abs() < 1e-3, "{since} != {said}");
     puce_tests::golden::assert_json_schema("report-replicas", &r);
     assert_eq!(copy_of(&r, "paris")["heads"], serde_json::json!([head]));
     assert!(copy_of(&r, "paris")["age_seconds"].as_u64().unwrap() < 3600);
@@ -438,8 +433,8 @@ fn a_copy_counts_once_its_holder_says_it_checked_its_data_and_not_from_an_older_
     a.start();
     c.start_with(&[("PUCE_TEST_FAULT", "revision-3")]);
     b.start();
-    wait_checked(&b);
-    wait_checked(&c);
+    b.wait_checked();
+    c.wait_checked();
     b.sync("lyon", &["--pull"]);
     b.sync("paris", &["--push"]);
     let (code, r) = replicas(&b);
@@ -479,7 +474,7 @@ fn a_copy_counts_once_its_holder_says_it_checked_its_data_and_not_from_an_older_
     a.extra = CHECK_ALL.into();
     a.write_config();
     a.start();
-    let check = wait_checked(&a);
+    let check = a.wait_checked();
     b.sync("lyon", &["--pull"]);
     let (code, r) = replicas(&b);
     assert_eq!(code, 0, "{r:#}");
