@@ -266,7 +266,7 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
         }
         let complete = !heads.is_empty() && held.len() == heads.len();
         let said = st.and_then(|s| s.checks.get(space));
-        let check_fault = match (st.and_then(|s| s.checks_missing.as_ref()), said) {
+        let unchecked = match (st.and_then(|s| s.checks_missing.as_ref()), said) {
             (Some(m), _) => Some(format!("unchecked: {m}")),
             (None, None) => Some(
                 "unchecked: it has not said whether it checks its data (it says so at a sync \
@@ -298,7 +298,7 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
         } else if !fresh(as_of) {
             Some("last confirmed longer ago than the check period".into())
         } else {
-            check_fault.clone()
+            unchecked.clone()
         };
         copies.push(Copy {
             node: p.name.clone(),
@@ -308,7 +308,7 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
             complete,
             as_of_ns: as_of,
             checked_ns: said.and_then(|c| c.checked_ns),
-            checked: check_fault.is_none(),
+            checked: unchecked.is_none(),
             counts: why_not.is_none(),
             why_not,
         });
