@@ -375,7 +375,8 @@ fn sample_packs(
     let mut sorted: Vec<(u32, PackId)> = packs.to_vec();
     sorted.sort_by_key(|(_, id)| *id);
     if sorted.is_empty() {
-        return Ok((Vec::new(), 0.0));
+        // Nothing to read: the rotation is complete.
+        return Ok((Vec::new(), 1.0));
     }
     let key = |id: &PackId| {
         let mut b = [0u8; 8];

@@ -144,6 +144,9 @@ pub struct EmailConfig {
     pub username: Option<String>,
     /// File holding the password (its first line).
     pub password_file: Option<std::path::PathBuf>,
+    /// PEM file of certificates trusted for the server, besides the usual roots (a server
+    /// with a certificate of its own CA, or self-signed).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The daemon's regular check: `[check]` in `node.toml`.
@@ -250,6 +253,7 @@ struct RawEmail {
     to: Vec<String>,
     username: Option<String>,
     password_file: Option<std::path::PathBuf>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -537,6 +541,13 @@ fn parse_notify(n: RawNotify) -> Result<NotifyConfig> {
                     "email: give both username and password_file, or neither".into(),
                 ));
             }
+            if !starttls && (e.username.is_some() || e.ca_file.is_some()) {
+                return Err(bad(
+                    "email: tls = \"none\" sends everything in clear: a password or a ca_file \
+                     needs tls = \"starttls\""
+                        .into(),
+                ));
+            }
             Some(EmailConfig {
                 server: e.server,
                 port: e.port.unwrap_or(587),
@@ -545,6 +556,7 @@ fn parse_notify(n: RawNotify) -> Result<NotifyConfig> {
                 to: e.to,
                 username: e.username,
                 password_file: e.password_file,
+                ca_file: e.ca_file,
             })
         }
     };

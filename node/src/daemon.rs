@@ -411,11 +411,14 @@ async fn check_schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
         }
         let started_ns = now_ns();
         let st = run_check(&ctx, &endpoint, cs).await;
-        let st = CheckState {
+        let mut st = CheckState {
             last_ns: Some(started_ns),
             ..st
         };
-        if let Err(e) = NodeState::update(&ctx.dir, |s| s.check = Some(st)) {
+        if let Err(e) = NodeState::update(&ctx.dir, |s| {
+            st.follow(s.check.as_ref(), started_ns);
+            s.check = Some(st);
+        }) {
             tracing::warn!("cannot record the check in the node state: {e:#}");
         }
     }

@@ -241,6 +241,14 @@ fn peers(p: &mut Page, ctx: &NodeCtx, st: &NodeState) {
             l.clone(),
             f64::from(ps.failures),
         );
+        for (space, t) in &ps.space_attempt_ns {
+            p.set(
+                "puce_space_sync_last_attempt_timestamp_seconds",
+                "Last sync attempt with the peer that moved the space, or failed while the space was shared with it, seconds since the epoch.",
+                labels(&[("peer", &peer.name), ("space", space)]),
+                secs(*t),
+            );
+        }
         for (space, t) in &ps.space_success_ns {
             p.set(
                 "puce_space_sync_last_success_timestamp_seconds",
@@ -340,6 +348,23 @@ fn replicas(p: &mut Page, ctx: &NodeCtx, st: &NodeState) -> Result<()> {
         now_ns: now_ns(),
     };
     for r in crate::replicas::evaluate(&k) {
+        for c in &r.copies {
+            let l = labels(&[("space", &r.space), ("node", &c.node)]);
+            p.set(
+                "puce_replica_counts",
+                "1 if the node's copy of the space counts towards its rule, 0 if not (puce report replicas says why).",
+                l.clone(),
+                if c.counts { 1.0 } else { 0.0 },
+            );
+            if let Some(t) = c.checked_ns {
+                p.set(
+                    "puce_replica_checked_timestamp_seconds",
+                    "Since when all of the node's data was read by its checks, seconds since the epoch (a peer's as it said at the last sync this node started).",
+                    l,
+                    secs(t),
+                );
+            }
+        }
         let l = labels(&[("space", &r.space)]);
         p.set(
             "puce_space_replicas",

@@ -2,15 +2,19 @@
 //! least N-1 peers hold the space's current heads), kept in `NODE_DIR/spaces.json`, and its
 //! evaluation from what this node already knows, for `puce report replicas` and the metrics.
 //!
-//! What counts as a copy, as of the last contact with each node:
-//! - this node: it holds the heads; its data counts as checked when the daemon's last check
-//!   ran within the check period and found nothing, or healed what it found (nothing lost, no
-//!   error);
-//! - a peer: it held every head, complete, as of the last contact within the check period. A
-//!   peer lists in `SpaceList` only snapshots it committed, which it does only once everything
-//!   they reach is durable (`docs/protocol.md`); a pushed snapshot is committed when `PushDone`
-//!   answers; a receipt (`receipts/`) records a peer that delivered a snapshot. Whether the
-//!   peer checked its data is not exchanged by `puce/sync/1`: it is reported as unknown.
+//! A copy counts only if its node holds every head complete and its data was checked within the
+//! check period:
+//! - this node: it holds the heads; its checks read all of its data within the check period
+//!   (the oldest reading still the latest of some pack is that recent:
+//!   [`CheckState::covered_ns`]) and left no damage unhealed;
+//! - a peer: it held every head, complete, as of the last contact within the check period (it
+//!   lists in `SpaceList` only snapshots it committed, which it does only once everything they
+//!   reach is durable; a pushed snapshot is committed when `PushDone` answers; a receipt
+//!   records a peer that delivered a snapshot), **and** at the last sync this node started it
+//!   said (`GetChecks`, protocol revision 4) that it holds each head complete, that its checks
+//!   read all of its data within the check period, and that they left no damage unhealed. The
+//!   peer speaks for itself: see `docs/protocol.md`, "Checks". A peer of an older revision
+//!   says nothing, and its copy does not count.
 //!
 //! The check period is the time a rotation of the sampled check takes (`[check] interval` /
 //! `sample`), [`DEFAULT_PERIOD`] without `[check]`.
@@ -25,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::state::NodeState;
+use crate::state::{CheckState, NodeState};
 
 /// File of the rules in the node directory.
 pub const RULES_FILE: &str = "spaces.json";
@@ -113,8 +117,11 @@ pub struct Copy {
     pub complete: bool,
     /// When what is known of its copy was last confirmed, ns since the epoch.
     pub as_of_ns: Option<i64>,
-    /// Whether its data was checked within the check period: `None` when unknown (peers).
-    pub checked: Option<bool>,
+    /// Since when all of its data was read by its checks, ns since the epoch (for a peer: as
+    /// it said at the last sync this node started).
+    pub checked_ns: Option<i64>,
+    /// Whether its data was checked within the check period, leaving no damage unhealed.
+    pub checked: bool,
     /// Whether it counts towards the rule.
     pub counts: bool,
     /// Why it does not count, if it does not.
@@ -180,6 +187,23 @@ pub fn evaluate(k: &Known) -> Vec<SpaceReplicas> {
     names.iter().map(|s| evaluate_space(k, s)).collect()
 }
 
+/// Why a copy whose checks are described does not count, if it does not: `covered_ns` since
+/// when all of its data was read, `damaged` whether damage is left unhealed.
+fn check_fault(k: &Known, covered_ns: Option<i64>, damaged: bool) -> Option<String> {
+    let period_ns = i64::try_from(check_period(k.config).as_nanos()).unwrap_or(i64::MAX);
+    if damaged {
+        return Some("its checks found damage that is not healed".into());
+    }
+    match covered_ns {
+        None => Some("its checks have not yet read all of its data ([check] in node.toml)".into()),
+        Some(t) if k.now_ns.saturating_sub(t) > period_ns => Some(format!(
+            "its data was last read in full {:.1} days ago, longer than the check period",
+            k.now_ns.saturating_sub(t) as f64 / 86400e9
+        )),
+        Some(_) => None,
+    }
+}
+
 fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
     let period_ns = i64::try_from(check_period(k.config).as_nanos()).unwrap_or(i64::MAX);
     let fresh = |t: Option<i64>| t.is_some_and(|t| k.now_ns.saturating_sub(t) <= period_ns);
@@ -190,13 +214,12 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
     let mut copies = Vec::new();
     // This node.
     let check = k.state.check.as_ref();
-    let checked = check.is_some_and(|c| {
-        k.config.check.is_some()
-            && fresh(c.last_ns)
-            && c.lost == 0
-            && c.error.is_none()
-            && (c.ok || c.healed > 0)
-    });
+    let covered = check.and_then(CheckState::covered_ns);
+    let fault = if k.config.check.is_none() {
+        Some("the daemon does not check the data ([check] in node.toml)".to_string())
+    } else {
+        check_fault(k, covered, check.is_some_and(CheckState::damaged))
+    };
     copies.push(Copy {
         node: k.config.name.clone(),
         id: k.id.clone(),
@@ -204,18 +227,13 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
         heads: heads.clone(),
         complete: !heads.is_empty(),
         as_of_ns: Some(k.now_ns),
-        checked: Some(checked),
-        counts: checked && !heads.is_empty(),
+        checked_ns: covered,
+        checked: fault.is_none(),
+        counts: fault.is_none() && !heads.is_empty(),
         why_not: if heads.is_empty() {
             Some("no snapshot of the space here".into())
-        } else if !checked {
-            Some(if k.config.check.is_none() {
-                "the daemon does not check the data ([check] in node.toml)".into()
-            } else {
-                "no data check without unhealed damage within the check period".into()
-            })
         } else {
-            None
+            fault
         },
     });
     // The peers that may hold it (either direction).
@@ -247,6 +265,22 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
             }
         }
         let complete = !heads.is_empty() && held.len() == heads.len();
+        let said = st.and_then(|s| s.checks.get(space));
+        let unchecked = match (st.and_then(|s| s.checks_missing.as_ref()), said) {
+            (Some(m), _) => Some(format!("unchecked: {m}")),
+            (None, None) => Some(
+                "unchecked: it has not said whether it checks its data (it says so at a sync \
+                 this node starts, for the spaces it lets this node read or write)"
+                    .into(),
+            ),
+            (None, Some(c)) if !heads.iter().all(|h| c.held.contains(h)) => Some(
+                "it did not say it holds every head complete at the last sync this node started"
+                    .into(),
+            ),
+            (None, Some(c)) => {
+                check_fault(k, c.checked_ns, c.damaged).map(|f| format!("it says {f}"))
+            }
+        };
         let why_not = if !complete {
             Some(if st.is_none_or(|s| s.last_success_ns.is_none()) {
                 if st.is_some_and(|s| s.last_error.is_some()) {
@@ -264,7 +298,7 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
         } else if !fresh(as_of) {
             Some("last confirmed longer ago than the check period".into())
         } else {
-            None
+            unchecked.clone()
         };
         copies.push(Copy {
             node: p.name.clone(),
@@ -273,7 +307,8 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
             heads: held,
             complete,
             as_of_ns: as_of,
-            checked: None,
+            checked_ns: said.and_then(|c| c.checked_ns),
+            checked: unchecked.is_none(),
             counts: why_not.is_none(),
             why_not,
         });
@@ -287,5 +322,127 @@ fn evaluate_space(k: &Known, space: &str) -> SpaceReplicas {
         counted,
         ok: wanted.map(|w| counted >= w),
         copies,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{PeerCheck, PeerState, RotationStep};
+    use puce_core::format::snapshot::{Snapshot, Summary};
+    use puce_core::{Hash, ObjectId, SnapshotId};
+
+    const DAY: i64 = 86_400_000_000_000;
+
+    fn config() -> NodeConfig {
+        let peer = crate::identity::NodeId([9u8; 32]).to_string();
+        NodeConfig::parse(&format!(
+            "[node]\nname = \"grenoble\"\n[check]\ninterval = \"1d\"\nsample = \"100%\"\n\
+             [[peer]]\nname = \"lyon\"\nid = \"{peer}\"\nspaces = {{ docs = [\"push\"] }}\n"
+        ))
+        .unwrap()
+    }
+
+    /// The copy of peer lyon, whose state is `peer`, of a space of one head.
+    fn lyon(peer: PeerState, now_ns: i64) -> Copy {
+        let c = config();
+        let head = SnapshotEntry {
+            id: SnapshotId(Hash([1; 32])),
+            snapshot: Snapshot {
+                time_ns: 0,
+                space: "docs".into(),
+                host: "h".into(),
+                user: "u".into(),
+                source: "/".into(),
+                tags: vec![],
+                parents: vec![],
+                root: ObjectId(Hash([2; 32])),
+                summary: Summary::default(),
+                origin: String::new(),
+            },
+        };
+        let mut state = NodeState::default();
+        state.peers.insert(c.peers[0].id.to_string(), peer);
+        state.check = Some(CheckState {
+            previous_rotation: vec![RotationStep {
+                started_ns: now_ns - DAY / 2,
+                position: 1.0,
+                clean: true,
+            }],
+            ..CheckState::default()
+        });
+        let snapshots = [head];
+        let k = Known {
+            config: &c,
+            id: "me".into(),
+            state: &state,
+            snapshots: &snapshots,
+            receipts: &[],
+            lineage: &Default::default(),
+            rules: &SpaceRules::default(),
+            now_ns,
+        };
+        let r = evaluate(&k).remove(0);
+        assert!(r.copies[0].counts, "this node: {:?}", r.copies[0]);
+        r.copies[1].clone()
+    }
+
+    #[test]
+    fn a_peer_copy_counts_only_as_checked_as_the_peer_says() {
+        let now = 100 * DAY;
+        let head = SnapshotId(Hash([1; 32])).to_hex();
+        let listed = |checks: Option<PeerCheck>, missing: Option<&str>| PeerState {
+            last_success_ns: Some(now - DAY / 4),
+            spaces: [("docs".to_string(), vec![head.clone()])].into(),
+            checks: checks
+                .map(|c| ("docs".to_string(), c))
+                .into_iter()
+                .collect(),
+            checks_missing: missing.map(str::to_string),
+            ..PeerState::default()
+        };
+        let said = |held: bool, checked_ns: Option<i64>, damaged: bool| PeerCheck {
+            asked_ns: now - DAY / 4,
+            held: if held { vec![head.clone()] } else { vec![] },
+            checked_ns,
+            damaged,
+        };
+        let good = lyon(
+            listed(Some(said(true, Some(now - DAY / 2), false)), None),
+            now,
+        );
+        assert!(good.counts && good.checked, "{good:?}");
+        assert_eq!(good.checked_ns, Some(now - DAY / 2));
+        for (state, why) in [
+            (
+                listed(None, Some("it speaks protocol revision 3")),
+                "unchecked: it speaks protocol revision 3",
+            ),
+            (
+                listed(None, None),
+                "unchecked: it has not said whether it checks",
+            ),
+            (
+                listed(Some(said(false, Some(now), false)), None),
+                "it did not say it holds every head complete",
+            ),
+            (
+                listed(Some(said(true, Some(now - 2 * DAY), false)), None),
+                "it says its data was last read in full 2.0 days ago, longer than the check period",
+            ),
+            (
+                listed(Some(said(true, None, false)), None),
+                "it says its checks have not yet read all of its data ([check] in node.toml)",
+            ),
+            (
+                listed(Some(said(true, Some(now), true)), None),
+                "it says its checks found damage that is not healed",
+            ),
+        ] {
+            let c = lyon(state, now);
+            assert!(!c.counts && !c.checked && c.complete, "{c:?}");
+            let got = c.why_not.unwrap_or_default();
+            assert!(got.starts_with(why), "{got} (wanted {why})");
+        }
     }
 }

@@ -43,9 +43,46 @@ pub struct PeerState {
     pub spaces: BTreeMap<String, Vec<String>>,
     /// Per space: the last time it was moved (either way) without error, ns since the epoch.
     pub space_success_ns: BTreeMap<String, i64>,
+    /// Per space: the last sync attempt that moved it, or failed while it was shared with the
+    /// peer, ns since the epoch.
+    pub space_attempt_ns: BTreeMap<String, i64>,
     /// The last report.
     pub last_report: Option<SyncReport>,
+    /// Per space: what the peer said of its copy at the last sync this node started (protocol
+    /// revision 4, `GetChecks`), for the replica rules.
+    pub checks: BTreeMap<String, PeerCheck>,
+    /// Why the peer said nothing of its checks at the last sync this node started, if so.
+    pub checks_missing: Option<String>,
 }
+
+/// What a peer said of its copy of a space (`GetChecks`): it speaks for itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PeerCheck {
+    /// When it said so, ns since the epoch.
+    pub asked_ns: i64,
+    /// The snapshots (hex ids) it said it holds complete, among those asked about.
+    pub held: Vec<String>,
+    /// Since when all of its data was read and verified by its checks (at most `asked_ns`).
+    pub checked_ns: Option<i64>,
+    /// Whether it said its checks found damage that is not healed.
+    pub damaged: bool,
+}
+
+/// One check of the sampled rotation ([`CheckState::rotation`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RotationStep {
+    /// When the check started, ns since the epoch.
+    pub started_ns: i64,
+    /// Where the rotation stood after it (0 to 1, 1: complete).
+    pub position: f64,
+    /// Whether it left no damage unhealed (and ran without error).
+    pub clean: bool,
+}
+
+/// Most steps kept per rotation (a check reading 0.1 % of the packs needs 1000).
+pub const MAX_ROTATION_STEPS: usize = 1000;
 
 /// The daemon's last data check.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -72,6 +109,75 @@ pub struct CheckState {
     pub damaged_paths: Vec<String>,
     /// Files whose damage no peer could heal, `space:path` (the first [`MAX_PATHS`]).
     pub lost_paths: Vec<String>,
+    /// The checks of the rotation in progress, oldest first.
+    pub rotation: Vec<RotationStep>,
+    /// The checks of the last complete rotation, oldest first.
+    pub previous_rotation: Vec<RotationStep>,
+}
+
+impl CheckState {
+    /// Whether this check left no damage unhealed and ran without error.
+    pub fn clean(&self) -> bool {
+        self.error.is_none() && self.lost == 0 && (self.ok || self.healed > 0)
+    }
+
+    /// Carry the rotation of the previous check (`prev`) on, adding this one (started at
+    /// `started_ns`) if it ran.
+    pub fn follow(&mut self, prev: Option<&CheckState>, started_ns: i64) {
+        if let Some(p) = prev {
+            self.rotation.clone_from(&p.rotation);
+            self.previous_rotation.clone_from(&p.previous_rotation);
+        }
+        let Some(position) = self.coverage else {
+            return;
+        };
+        self.rotation.push(RotationStep {
+            started_ns,
+            position,
+            clean: self.clean(),
+        });
+        if self.rotation.len() > MAX_ROTATION_STEPS {
+            // The oldest step goes; damage it left stays on the record.
+            let gone = self.rotation.remove(0);
+            if let Some(next) = self.rotation.first_mut() {
+                next.clean &= gone.clean;
+            }
+        }
+        if position >= 1.0 {
+            self.previous_rotation = std::mem::take(&mut self.rotation);
+        }
+    }
+
+    fn position(&self) -> f64 {
+        self.rotation.last().map_or(0.0, |s| s.position)
+    }
+
+    /// The checks whose reading is still the latest of some data: the rotation in progress,
+    /// and the steps of the last complete one beyond where the rotation now stands.
+    fn latest_reads(&self) -> impl Iterator<Item = &RotationStep> {
+        let x = self.position();
+        self.rotation.iter().chain(
+            self.previous_rotation
+                .iter()
+                .filter(move |s| s.position > x),
+        )
+    }
+
+    /// Since when every pack was read and verified by the checks: the start of the oldest check
+    /// whose reading is still the latest of some data; `None` before a first complete rotation.
+    pub fn covered_ns(&self) -> Option<i64> {
+        let x = self.position();
+        self.previous_rotation
+            .iter()
+            .find(|s| s.position > x)
+            .map(|s| s.started_ns)
+    }
+
+    /// Whether damage found by a check is not healed: by one of the checks whose reading is
+    /// still the latest of some data, or the last check failed.
+    pub fn damaged(&self) -> bool {
+        self.latest_reads().any(|s| !s.clean) || self.error.is_some()
+    }
 }
 
 /// Most paths kept in [`CheckState`].
@@ -226,5 +332,58 @@ mod tests {
         assert!(e.to_string().contains("already running"), "{e}");
         drop(l);
         assert!(running_daemon(d.path()).is_none());
+    }
+
+    /// A check reading `position` of the rotation, started at `t`, clean or not.
+    fn step(prev: Option<&CheckState>, t: i64, position: f64, clean: bool) -> CheckState {
+        let mut c = CheckState {
+            ok: clean,
+            problems: u64::from(!clean),
+            coverage: Some(position),
+            ..CheckState::default()
+        };
+        c.follow(prev, t);
+        c
+    }
+
+    #[test]
+    fn the_rotation_says_since_when_all_data_was_read_and_whether_damage_is_left() {
+        // Thirds of the packs at 10, 20, 30: everything read since 10 once the third ran.
+        let c = step(None, 10, 0.34, true);
+        assert_eq!((c.covered_ns(), c.damaged()), (None, false));
+        let c = step(Some(&c), 20, 0.67, true);
+        assert_eq!(c.covered_ns(), None);
+        let c = step(Some(&c), 30, 1.0, true);
+        assert_eq!((c.covered_ns(), c.damaged()), (Some(10), false));
+        // At 40 the first third is read again: the oldest reading left is the one of 20.
+        let c = step(Some(&c), 40, 0.34, true);
+        assert_eq!(c.covered_ns(), Some(20));
+        // Damage left unhealed at 50 in the second third: damaged until it is read clean again.
+        let c = step(Some(&c), 50, 0.67, false);
+        assert_eq!((c.covered_ns(), c.damaged()), (Some(30), true));
+        let c = step(Some(&c), 60, 1.0, true);
+        assert_eq!((c.covered_ns(), c.damaged()), (Some(40), true));
+        let c = step(Some(&c), 70, 0.34, true);
+        assert!(c.damaged());
+        let c = step(Some(&c), 80, 0.67, true);
+        assert_eq!((c.covered_ns(), c.damaged()), (Some(60), false));
+        // A whole check each time (100 %): since its own start.
+        let c = step(Some(&c), 90, 1.0, true);
+        let c = step(Some(&c), 100, 1.0, true);
+        assert_eq!((c.covered_ns(), c.damaged()), (Some(100), false));
+        // A check that failed to run says nothing of the data, but is not a clean state.
+        let mut failed = CheckState {
+            error: Some("cannot read the index".into()),
+            ..CheckState::default()
+        };
+        failed.follow(Some(&c), 110);
+        assert_eq!((failed.covered_ns(), failed.damaged()), (Some(100), true));
+        // Tiny samples: the steps kept are bounded, and damage dropped with the oldest stays.
+        let mut c = step(None, 0, 0.0001, false);
+        for t in 1..1500 {
+            c = step(Some(&c), t, 0.0001 * (t + 1) as f64, true);
+        }
+        assert_eq!(c.rotation.len(), MAX_ROTATION_STEPS);
+        assert!(c.damaged());
     }
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 use crate::protocol::{Code, ListSpaces, Message, Push};
 use crate::report::{SpaceReport, SyncReport};
+use crate::session::checks::Reported;
 use crate::session::pull::PullOutcome;
 use crate::session::{Conn, NodeCtx, serve};
 use crate::state::NodeState;
@@ -98,6 +99,7 @@ pub async fn sync_with(
         ..SyncReport::default()
     };
     let mut peer_spaces = Vec::new();
+    let mut checks = None;
     let mut own = None;
     let r = run(
         ctx,
@@ -106,7 +108,7 @@ pub async fn sync_with(
         req,
         progress,
         &mut report,
-        &mut peer_spaces,
+        (&mut peer_spaces, &mut checks),
     )
     .await;
     report.duration_ms = t0.elapsed().as_millis() as u64;
@@ -115,7 +117,7 @@ pub async fn sync_with(
         peer,
         started_ns,
         r.as_ref().err(),
-        &peer_spaces,
+        (&peer_spaces, checks.as_ref()),
         &report.spaces,
         Some(&report),
     );
@@ -228,7 +230,8 @@ async fn note_pushed(
     Ok(())
 }
 
-/// `own`: receives the endpoint dialled from, for the caller to close.
+/// `own`: receives the endpoint dialled from, for the caller to close; `learnt`: receive what
+/// the peer has (its spaces as offered or pushed to) and what it said of its copies.
 async fn run(
     ctx: &Arc<NodeCtx>,
     own: &mut Option<transport::DialOne>,
@@ -236,8 +239,9 @@ async fn run(
     req: &SyncRequest,
     progress: Arc<dyn Progress>,
     report: &mut SyncReport,
-    peer_spaces: &mut Vec<crate::protocol::SpaceState>,
+    learnt: (&mut Vec<crate::protocol::SpaceState>, &mut Option<Reported>),
 ) -> Result<()> {
+    let (peer_spaces, checks) = learnt;
     let address = peer.address.clone().ok_or_else(|| {
         Error::new(
             ErrorKind::Config,
@@ -308,6 +312,7 @@ async fn run(
         if !pushed.is_empty() {
             note_pushed(ctx, pushed, peer_spaces).await?;
         }
+        *checks = Some(crate::session::checks::ask(&conn, peer_spaces).await?);
         match refused {
             Some(e) => {
                 conn.close_with(Code::Quota, e.message());
@@ -453,17 +458,19 @@ async fn push(conn: &Arc<Conn>, space: &str) -> Result<SpaceReport> {
 }
 
 /// Record an attempt with `peer` in the node state (errors are logged, not returned: the state
-/// only serves `puce node status`, the metrics and the schedule). `moved`: the spaces moved,
-/// whose successes are recorded per space.
+/// only serves `puce node status`, the metrics, the replica rules and the schedule). `learnt`:
+/// the peer's spaces as of this sync, and what it said of its copies; `moved`: the spaces
+/// moved, whose successes are recorded per space.
 pub(crate) fn record(
     dir: &Path,
     peer: &Peer,
     started_ns: i64,
     err: Option<&Error>,
-    peer_spaces: &[crate::protocol::SpaceState],
+    learnt: (&[crate::protocol::SpaceState], Option<&Reported>),
     moved: &[SpaceReport],
     report: Option<&SyncReport>,
 ) {
+    let (peer_spaces, checks) = learnt;
     let r = NodeState::update(dir, |st| {
         let p = st.peers.entry(peer.id.to_string()).or_default();
         p.name.clone_from(&peer.name);
@@ -486,12 +493,44 @@ pub(crate) fn record(
             );
         }
         for s in moved {
+            p.space_attempt_ns.insert(s.space.clone(), started_ns);
             if s.result == "ok" || s.result == "up to date" {
                 p.space_success_ns.insert(s.space.clone(), started_ns);
             }
         }
+        if err.is_some() {
+            // Each space shared with the peer was attempted, whether or not it was reached.
+            let shared: Vec<String> = peer
+                .spaces
+                .keys()
+                .filter(|s| s.as_str() != "*")
+                .chain(p.space_success_ns.keys())
+                .cloned()
+                .collect();
+            for s in shared {
+                p.space_attempt_ns.insert(s, started_ns);
+            }
+        }
         if let Some(r) = report {
             p.last_report = Some(r.clone());
+        }
+        match checks {
+            None => {}
+            Some(Reported::Unsupported(v)) => {
+                p.checks.clear();
+                p.checks_missing = Some(format!(
+                    "it speaks protocol revision {v}, which does not report data checks \
+                     (revision {} does): upgrade puce there",
+                    crate::protocol::CHECKS_VERSION
+                ));
+            }
+            Some(Reported::Said { asked, checks }) => {
+                p.checks_missing = None;
+                for s in asked {
+                    p.checks.remove(s);
+                }
+                p.checks.extend(checks.iter().cloned());
+            }
         }
     });
     if let Err(e) = r {
@@ -511,7 +550,7 @@ pub(crate) fn record_incoming(conn: &Conn, res: Result<(), &Error>, out: Option<
         peer,
         now_ns(),
         res.err(),
-        spaces,
+        (spaces, None),
         moved,
         None,
     );

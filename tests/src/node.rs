@@ -297,6 +297,19 @@ impl TestNode {
         out
     }
 
+    /// Wait for the first data check of the daemon (`[check]`), as its node state records it;
+    /// that check.
+    pub fn wait_checked(&self) -> serde_json::Value {
+        let mut check = serde_json::Value::Null;
+        wait_for(&format!("the first data check of {}", self.name), || {
+            let st = fs::read(self.node_dir().join("state.json")).unwrap_or_default();
+            check = serde_json::from_slice::<serde_json::Value>(&st).unwrap_or_default()["check"]
+                .clone();
+            check["last_ns"].is_i64()
+        });
+        check
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -352,6 +365,10 @@ pub fn pair(lyon_grants: &str, grenoble_grants: &str) -> (TestNode, TestNode) {
     b.add_peer(&a, grenoble_grants);
     (a, b)
 }
+
+/// `[check]` of a node that reads all of its data at each check (one an hour, the first at
+/// start): its copies count towards replica rules once that first check is done.
+pub const CHECK_ALL: &str = "[check]\ninterval = \"1h\"\nsample = \"100%\"\n";
 
 /// Wait (up to two minutes, polling) until `f` holds. Waiting is not asserting on time: the
 /// limit only stops a test that would otherwise hang.

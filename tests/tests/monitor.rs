@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use puce_tests::node::{TestNode, pack_files, wait_for};
+use puce_tests::node::{CHECK_ALL, TestNode, pack_files, wait_for};
 use puce_tests::{Need, http, make_tree, random_bytes, require};
 
 /// A free TCP port on loopback (bound, read, released).
@@ -148,11 +148,13 @@ fn the_metrics_pass_promtool_and_say_what_status_and_reports_say() {
         assert!((v - started).abs() < 1e-3, "{metric} {v} != {started}");
     }
     let docs = r#"{peer="lyon",space="docs"}"#;
-    let v = value(
-        &m,
-        &format!("puce_space_sync_last_success_timestamp_seconds{docs}"),
-    );
-    assert!((v - started).abs() < 1e-3, "{v} != {started}");
+    for metric in [
+        "puce_space_sync_last_success_timestamp_seconds",
+        "puce_space_sync_last_attempt_timestamp_seconds",
+    ] {
+        let v = value(&m, &format!("{metric}{docs}"));
+        assert!((v - started).abs() < 1e-3, "{metric} {v} != {started}");
+    }
     assert_eq!(value(&m, &format!("puce_sync_last_ok{lyon}")), 1.0);
     assert_eq!(
         value(&m, &format!("puce_sync_consecutive_failures{lyon}")),
@@ -297,7 +299,7 @@ fn copy_of<'a>(r: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
 #[test]
 fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     // lyon has `docs`; grenoble pulls it from lyon and pushes it to paris; grenoble wants 3
-    // copies: itself (checked by its daemon), lyon and paris.
+    // copies: itself, lyon and paris (each checked by its daemon).
     let mut a = TestNode::new("lyon");
     let mut b = TestNode::new("grenoble");
     let mut c = TestNode::new("paris");
@@ -306,14 +308,18 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     b.add_peer(&c, r#"{ docs = ["pull"] }"#);
     c.add_peer(&b, r#"{ docs = ["push"] }"#);
     let addr = format!("127.0.0.1:{}", free_tcp_port());
-    b.extra =
-        format!("[check]\ninterval = \"1h\"\nsample = \"100%\"\n[metrics]\nlisten = \"{addr}\"\n");
+    b.extra = format!("{CHECK_ALL}[metrics]\nlisten = \"{addr}\"\n");
     b.write_config();
+    for n in [&mut a, &mut c] {
+        n.extra = CHECK_ALL.into();
+        n.write_config();
+    }
     let src = a.repo.dir.path().join("src");
     make_tree(&src, 80);
     let head = a.snapshot(&src, "docs");
     b.ok(&["space", "set", "docs", "--copies", "3"]);
     a.start();
+    a.wait_checked();
     // paris is down: grenoble's daemon pulls from lyon at start, and fails to reach paris.
     b.start();
     let rule = r#"{space="docs"}"#;
@@ -336,6 +342,7 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
     );
     assert_eq!(copy_of(&r, "grenoble")["checked"], true, "{r:#}");
     assert_eq!(copy_of(&r, "lyon")["counts"], true, "{r:#}");
+    assert_eq!(copy_of(&r, "lyon")["checked"], true, "{r:#}");
     assert_eq!(copy_of(&r, "paris")["counts"], false, "{r:#}");
     assert!(
         copy_of(&r, "paris")["why_not"]
@@ -345,15 +352,27 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
         "{r:#}"
     );
 
-    // paris comes up: grenoble's retries push `docs` there, and the rule holds.
+    // paris comes up: grenoble's retries push `docs` there, and once paris checked its data
+    // and said so at a sync, the rule holds.
     c.start();
-    wait_for("grenoble to push to paris", || {
+    c.wait_checked();
+    wait_for("grenoble to push to paris after its check", || {
+        let _ = b.run(&["sync", "paris", "--push"]);
         m = samples(&scrape(&addr));
         m.get(&format!("puce_space_replica_rule_ok{rule}")) == Some(&1.0)
     });
     assert_eq!(value(&m, &format!("puce_space_replicas{rule}")), 3.0);
+    let paris = r#"{space="docs",node="paris"}"#;
+    assert_eq!(value(&m, &format!("puce_replica_counts{paris}")), 1.0);
     let (code, r) = replicas(&b);
     assert_eq!(code, 0, "{r:#}");
+    let since = value(
+        &m,
+        &format!("puce_replica_checked_timestamp_seconds{paris}"),
+    );
+    let said = copy_of(&r, "paris")["checked_since"].as_str().unwrap();
+    let said = said.parse::<jiff::Timestamp>().unwrap().as_nanosecond() as f64 / 1e9;
+    assert!((since - said).abs() < 1e-3, "{since} != {said}");
     puce_tests::golden::assert_json_schema("report-replicas", &r);
     assert_eq!(copy_of(&r, "paris")["heads"], serde_json::json!([head]));
     assert!(copy_of(&r, "paris")["age_seconds"].as_u64().unwrap() < 3600);
@@ -387,6 +406,88 @@ fn a_replica_rule_breaks_holds_and_breaks_again_as_copies_come_and_go() {
         "{html}"
     );
     assert!(html.contains("grenoble (this node)"), "{html}");
+    b.stop();
+    c.stop();
+    a.stop();
+}
+
+#[test]
+fn a_copy_counts_once_its_holder_says_it_checked_its_data_and_not_from_an_older_peer() {
+    // grenoble wants 2 copies of `docs`: itself and lyon, which holds it. lyon's daemon does
+    // not check its data at first; paris speaks protocol revision 3 (no GetChecks).
+    let mut a = TestNode::new("lyon");
+    let mut b = TestNode::new("grenoble");
+    let mut c = TestNode::new("paris");
+    a.add_peer(&b, r#"{ docs = ["pull"] }"#);
+    b.add_peer(&a, r#"{ docs = ["push"] }"#);
+    b.add_peer(&c, r#"{ docs = ["pull"] }"#);
+    c.add_peer(&b, r#"{ docs = ["push"] }"#);
+    b.extra = CHECK_ALL.into();
+    b.write_config();
+    c.extra = CHECK_ALL.into();
+    c.write_config();
+    let src = a.repo.dir.path().join("src");
+    make_tree(&src, 82);
+    a.snapshot(&src, "docs");
+    b.ok(&["space", "set", "docs", "--copies", "2"]);
+    a.start();
+    c.start_with(&[("PUCE_TEST_FAULT", "revision-3")]);
+    b.start();
+    b.wait_checked();
+    c.wait_checked();
+    b.sync("lyon", &["--pull"]);
+    b.sync("paris", &["--push"]);
+    let (code, r) = replicas(&b);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(r["spaces"][0]["copies"], 1, "{r:#}");
+    assert_eq!(copy_of(&r, "grenoble")["counts"], true, "{r:#}");
+    let lyon = copy_of(&r, "lyon");
+    assert_eq!(
+        (&lyon["complete"], &lyon["counts"]),
+        (&true.into(), &false.into())
+    );
+    assert_eq!(
+        lyon["why_not"],
+        "it says its checks have not yet read all of its data ([check] in node.toml)",
+        "{r:#}"
+    );
+    let paris = copy_of(&r, "paris");
+    assert_eq!(
+        (&paris["complete"], &paris["counts"]),
+        (&true.into(), &false.into())
+    );
+    assert_eq!(
+        paris["why_not"],
+        "unchecked: it speaks protocol revision 3, which does not report data checks \
+         (revision 4 does): upgrade puce there",
+        "{r:#}"
+    );
+    let text = String::from_utf8_lossy(&b.run(&["report", "replicas"]).stdout).into_owned();
+    assert!(text.contains("1 of 2 copies wanted: RULE BROKEN"), "{text}");
+    assert!(
+        text.contains("no: unchecked: it speaks protocol revision 3"),
+        "{text}"
+    );
+
+    // lyon's daemon now checks its data; at the next sync it says so, and the rule holds.
+    a.stop();
+    a.extra = CHECK_ALL.into();
+    a.write_config();
+    a.start();
+    let check = a.wait_checked();
+    b.sync("lyon", &["--pull"]);
+    let (code, r) = replicas(&b);
+    assert_eq!(code, 0, "{r:#}");
+    let lyon = copy_of(&r, "lyon");
+    assert_eq!(
+        (&lyon["checked"], &lyon["counts"]),
+        (&true.into(), &true.into()),
+        "{r:#}"
+    );
+    // Since the start of its check, as lyon's node state says.
+    let since =
+        jiff::Timestamp::from_nanosecond(i128::from(check["last_ns"].as_i64().unwrap())).unwrap();
+    assert_eq!(lyon["checked_since"], since.to_string(), "{r:#}");
     b.stop();
     c.stop();
     a.stop();

@@ -7,7 +7,7 @@ use std::fs;
 
 use puce_tests::http::Receiver;
 use puce_tests::make_tree;
-use puce_tests::node::{TestNode, flip_random_bits, pack_files, wait_for};
+use puce_tests::node::{CHECK_ALL, TestNode, flip_random_bits, pack_files, wait_for};
 
 /// The notifications received for `key`, as (status, title).
 fn about(r: &Receiver, key: &str) -> Vec<(String, String)> {
@@ -76,10 +76,16 @@ fn each_event_is_sent_once_again_when_it_changes_and_never_twice_across_restarts
     b.add_peer(&a, r#"{ docs = ["push"] }"#);
     b.add_peer(&c, r#"{ docs = ["pull"] }"#);
     c.add_peer(&b, r#"{ docs = ["push"] }"#);
+    // lyon and paris check their data, so that their copies can count.
+    for n in [&mut a, &mut c] {
+        n.extra = CHECK_ALL.into();
+        n.write_config();
+    }
     let src = a.repo.dir.path().join("src");
     make_tree(&src, 90);
     a.snapshot(&src, "docs");
     a.start();
+    a.wait_checked();
     b.sync("lyon", &["--pull"]);
     b.ok(&["space", "set", "docs", "--copies", "3"]);
     notify_config(&mut b, &hook, false);
@@ -176,8 +182,10 @@ fn each_event_is_sent_once_again_when_it_changes_and_never_twice_across_restarts
     }
     assert_eq!(hook.received().len(), before, "{:#?}", keys(&hook));
 
-    // paris comes up: grenoble's next sync with it ends both events, each with one message.
+    // paris comes up: grenoble's next sync with it (after paris's first check) ends both
+    // events, each with one message.
     c.start();
+    c.wait_checked();
     b.sync("paris", &["--push"]);
     wait_logged(&b, &hook, "the sync and the rule to be resolved", || {
         about(&hook, "sync/paris/docs").len() >= 2 && about(&hook, "replicas/docs").len() >= 3
@@ -378,5 +386,163 @@ fn a_forged_date_and_a_mass_deletion_are_notified() {
     start_and_evaluate(&mut b);
     assert_eq!(about(&hook, &ahead).len(), 1, "{:#?}", keys(&hook));
     assert_eq!(about(&hook, &deleted).len(), 1, "{:#?}", keys(&hook));
+    b.stop();
+}
+
+/// An SMTP server on loopback (aiosmtpd's `Controller`) that asks for a login, and with `tls`
+/// offers STARTTLS with `cert`/`key` and requires it before any command but EHLO. It writes
+/// each login attempt and each message (whether it came over TLS) to `log`.
+const SMTP_AUTH_SERVER: &str = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+port, log, tls = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "tls"
+def write(line):
+    with open(log, "a") as f:
+        f.write(line + "\n")
+def login(server, session, envelope, mechanism, data):
+    user, password = data.login.decode(), data.password.decode()
+    write(f"AUTH {mechanism} {user} {password} tls={session.ssl is not None}")
+    return AuthResult(success=(user, password) == ("puce", "s3cret pass"))
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        write(f"MAIL tls={session.ssl is not None} auth={session.authenticated}")
+        write(envelope.content.decode("utf-8", "replace"))
+        return "250 OK"
+kw = dict(hostname="127.0.0.1", port=port, authenticator=login)
+if tls:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+    kw.update(tls_context=ctx, require_starttls=True, auth_require_tls=True)
+else:
+    kw.update(auth_require_tls=False)
+Controller(Handler(), **kw).start()
+write("READY")
+while True:
+    time.sleep(60)
+"#;
+
+/// The server above, killed when dropped.
+struct AuthSmtp {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl AuthSmtp {
+    /// With `tls`: (certificate, key) PEM files.
+    fn start(dir: &std::path::Path, name: &str, tls: Option<(&str, &str)>) -> Option<AuthSmtp> {
+        let python = puce_tests::require(puce_tests::Need::Aiosmtpd)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join(format!("{name}.log"));
+        let mut args = vec![
+            "-c".to_string(),
+            SMTP_AUTH_SERVER.to_string(),
+            port.to_string(),
+            log.to_str().unwrap().to_string(),
+        ];
+        match tls {
+            Some((cert, key)) => args.extend(["tls".into(), cert.into(), key.into()]),
+            None => args.push("plain".into()),
+        }
+        let child = std::process::Command::new(python)
+            .args(&args)
+            .stderr(fs::File::create(dir.join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        let s = AuthSmtp { child, log, port };
+        wait_for("the SMTP server to start", || s.log().contains("READY"));
+        Some(s)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AuthSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[notify.email]` of `b` to a server on loopback `port` with STARTTLS (the default), the
+/// login `puce` and its password in a file, and `ca_file` trusted.
+fn email_with_login(b: &mut TestNode, port: u16, ca_file: &std::path::Path) {
+    let password = b.repo.dir.path().join("smtp-password");
+    fs::write(&password, "s3cret pass\nignored second line\n").unwrap();
+    b.extra = format!(
+        "[notify]\nevery = \"1s\"\n[notify.email]\nserver = \"127.0.0.1\"\nport = {port}\n\
+         from = \"puce@grenoble.example.org\"\nto = [\"admins@example.org\"]\n\
+         username = \"puce\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+        password.display(),
+        ca_file.display()
+    );
+    b.write_config();
+}
+
+#[test]
+fn email_goes_over_starttls_with_the_login_from_the_file_and_never_in_clear() {
+    let mut b = TestNode::new("grenoble");
+    let dir = b.repo.dir.path().to_path_buf();
+    // A certificate of its own for the server (127.0.0.1), trusted through ca_file.
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("smtp-cert.pem"), dir.join("smtp-key.pem"));
+    fs::write(&cert, ck.cert.pem()).unwrap();
+    fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = Some((cert.to_str().unwrap(), key.to_str().unwrap()));
+    let Some(smtp) = AuthSmtp::start(&dir, "smtp-tls", tls) else {
+        return;
+    };
+    let src = dir.join("src");
+    make_tree(&src, 96);
+    b.snapshot(&src, "docs");
+    b.ok(&["space", "set", "docs", "--copies", "2"]);
+    email_with_login(&mut b, smtp.port, &cert);
+    start_and_evaluate(&mut b);
+    wait_for("the email over STARTTLS", || smtp.log().contains("MAIL "));
+    let log = smtp.log();
+    eprintln!("{log}");
+    // The login from the file (its first line), after STARTTLS, and the message with it.
+    assert!(
+        log.contains("AUTH LOGIN puce s3cret pass tls=True")
+            || log.contains("AUTH PLAIN puce s3cret pass tls=True"),
+        "{log}"
+    );
+    assert!(!log.contains("tls=False"), "{log}");
+    assert!(log.contains("MAIL tls=True auth=True"), "{log}");
+    assert!(log.contains("copies its rule wants"), "{log}");
+    b.stop();
+
+    // A server that offers no STARTTLS: nothing is sent, the password least of all.
+    let Some(plain) = AuthSmtp::start(&dir, "smtp-plain", None) else {
+        return;
+    };
+    // (The event was sent: a new state of it is needed to send again.)
+    b.ok(&["space", "set", "docs", "--copies", "3"]);
+    email_with_login(&mut b, plain.port, &cert);
+    start_and_evaluate(&mut b);
+    wait_for("the refusal in the daemon's log", || {
+        b.log().contains("cannot send") && b.log().contains("by email")
+    });
+    let refused = b.log();
+    let line = refused
+        .lines()
+        .find(|l| l.contains("cannot send"))
+        .unwrap()
+        .to_string();
+    eprintln!("{line}");
+    assert!(
+        line.contains(&format!("email via 127.0.0.1:{}", plain.port)),
+        "{line}"
+    );
+    let log = plain.log();
+    assert!(!log.contains("AUTH") && !log.contains("MAIL"), "{log}");
     b.stop();
 }

@@ -161,13 +161,23 @@ fn section(s: &SpaceReplicas, now: i64) -> crate::html::Section {
                     },
                     yes_no(c.complete),
                     age_seconds(c.as_of_ns, now).map_or("never".into(), |a| age(a) + " ago"),
-                    c.checked.map_or("unknown".into(), yes_no),
+                    checked_text(c, now),
                     yes_no(c.counts),
                     c.why_not.clone().unwrap_or_default(),
                 ]
             })
             .collect(),
     }
+}
+
+/// Whether a copy's data was checked, and since when all of it was read.
+fn checked_text(c: &puce_node::replicas::Copy, now: i64) -> String {
+    let since = age_seconds(c.checked_ns, now).map(|a| format!(" (all read {} ago)", age(a)));
+    format!(
+        "{}{}",
+        if c.checked { "yes" } else { "no" },
+        since.unwrap_or_default()
+    )
 }
 
 fn age_seconds(as_of: Option<i64>, now: i64) -> Option<u64> {
@@ -190,6 +200,8 @@ fn space_json(s: &SpaceReplicas, now: i64) -> Value {
             "as_of": c.as_of_ns.map(output::time_utc),
             "age_seconds": age_seconds(c.as_of_ns, now),
             "checked": c.checked,
+            "checked_since": c.checked_ns.map(output::time_utc),
+            "checked_age_seconds": age_seconds(c.checked_ns, now),
             "counts": c.counts,
             "why_not": c.why_not,
         })).collect::<Vec<_>>(),
@@ -237,11 +249,7 @@ fn print(spaces: &[SpaceReplicas], now: i64, period: std::time::Duration) {
                 age_seconds(c.as_of_ns, now)
                     .map(age)
                     .unwrap_or_else(|| "-".into()),
-                match c.checked {
-                    Some(true) => "yes".into(),
-                    Some(false) => "no".into(),
-                    None => "unknown".into(),
-                },
+                checked_text(c, now),
                 match &c.why_not {
                     None => "yes".to_string(),
                     Some(w) => format!("no: {w}"),
@@ -251,8 +259,9 @@ fn print(spaces: &[SpaceReplicas], now: i64, period: std::time::Duration) {
         output::print_table(&t);
     }
     println!(
-        "\n(A copy counts when complete and confirmed within the check period, {}; this \
-         node's only if its data was checked in it. Peers do not report their checks.)",
+        "\n(A copy counts when complete, confirmed within the check period ({}), and its node's \
+         checks read all of its data within that period and left no damage unhealed; a peer \
+         says so itself at each sync this node starts.)",
         age(period.as_secs())
     );
 }

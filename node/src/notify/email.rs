@@ -1,8 +1,10 @@
 //! Email notifications: SMTP submission with STARTTLS required (lettre over rustls), the
-//! password read from a file at each sending.
+//! password read from a file at each sending, the server's certificate checked against the
+//! usual roots and `ca_file` if given.
 
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::EmailConfig;
@@ -33,7 +35,31 @@ pub async fn send(e: &EmailConfig, subject: &str, body: &str) -> Result<()> {
     }
     let m = m.body(body.to_string()).map_err(|x| err(e, x))?;
     let mut t = if e.starttls {
-        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.server).map_err(|x| err(e, x))?
+        let mut tls = TlsParameters::builder(e.server.clone());
+        if let Some(file) = &e.ca_file {
+            let pem = std::fs::read(file).map_err(|x| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "cannot read the CA file {} ([notify.email] ca_file): {x}",
+                        file.display()
+                    ),
+                )
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|x| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{} ([notify.email] ca_file) holds no PEM certificate: {x}",
+                        file.display()
+                    ),
+                )
+            })?;
+            tls = tls.add_root_certificate(cert);
+        }
+        // STARTTLS required: nothing, credentials least of all, is sent before TLS is up.
+        let tls = tls.build().map_err(|x| err(e, x))?;
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.server).tls(Tls::Required(tls))
     } else {
         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.server)
     }

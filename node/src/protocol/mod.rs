@@ -25,17 +25,23 @@ use crate::error::{Error, ErrorKind, Result};
 pub const ALPN: &[u8] = b"puce/sync/1";
 /// The revision of `puce/sync/1` this node implements (negotiated in `Hello`/`Welcome`).
 /// Revision 2 adds `FindObjects` (healing from a peer), revision 3 `GetForgets` (forgets carried
-/// to the nodes that replicate a space).
-pub const VERSION: u16 = 3;
+/// to the nodes that replicate a space), revision 4 `GetChecks` (what a peer holds complete and
+/// when its data was last checked, for the replica rules).
+pub const VERSION: u16 = 4;
 /// The first revision with `FindObjects`.
 pub const FIND_OBJECTS_VERSION: u16 = 2;
 /// The first revision with `GetForgets`.
 pub const FORGETS_VERSION: u16 = 3;
+/// The first revision with `GetChecks`.
+pub const CHECKS_VERSION: u16 = 4;
 /// The oldest revision this node still speaks.
 pub const MIN_VERSION: u16 = 1;
 
 /// Most snapshot ids in one `GetSnapshots`.
 pub const MAX_SNAPSHOTS_PER_REQUEST: usize = 1024;
+/// Most spaces in one `GetChecks`, and most snapshot ids in all (its answer has at most as
+/// many).
+pub const MAX_CHECKS_PER_REQUEST: usize = 1024;
 /// Most object ids in one `GetObjects`.
 pub const MAX_OBJECTS_PER_REQUEST: usize = 4096;
 /// Largest object (stored bytes) that travels in one `Object` frame.
@@ -252,6 +258,47 @@ pub struct ForgetRecord {
     pub bytes: Vec<u8>,
 }
 
+/// Which of these snapshots the responder holds complete, and when its data was last checked
+/// (revision 4), for the spaces the requester may read or write there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetChecks {
+    /// At most [`MAX_CHECKS_PER_REQUEST`] spaces, each once, with at most that many ids in all.
+    pub spaces: Vec<SpaceIds>,
+}
+
+/// A space and snapshot ids of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceIds {
+    /// Space name.
+    pub name: String,
+    /// Snapshot ids.
+    pub ids: Vec<SnapshotId>,
+}
+
+/// Answer to `GetChecks`: one entry per space asked for that the requester may read or write,
+/// in request order, the others left out without saying why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checks {
+    /// The spaces.
+    pub spaces: Vec<SpaceCheck>,
+}
+
+/// What the responder says of its copy of one space. It speaks for itself: nobody can verify
+/// its check (docs/protocol.md, "Checks").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceCheck {
+    /// Space name, as asked.
+    pub name: String,
+    /// The ids asked for that the responder holds complete (committed snapshots of the space),
+    /// in request order.
+    pub held: Vec<SnapshotId>,
+    /// Since when every byte of its data was read and verified by its checks, ns since the
+    /// epoch; `None`: not all of it yet, or it does not check.
+    pub checked_ns: Option<u64>,
+    /// Whether its checks found damage that is not healed.
+    pub damaged: bool,
+}
+
 /// End of a multi-frame answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct End {
@@ -318,6 +365,10 @@ pub enum Message {
     GetForgets(GetForgets),
     /// 0x1b
     Forget(ForgetRecord),
+    /// 0x1c
+    GetChecks(GetChecks),
+    /// 0x1d
+    Checks(Checks),
 }
 
 /// The frame type byte of each message.
@@ -354,6 +405,10 @@ pub enum MessageType {
     GetForgets = 0x1a,
     /// [`ForgetRecord`]
     Forget = 0x1b,
+    /// [`GetChecks`]
+    GetChecks = 0x1c,
+    /// [`Checks`]
+    Checks = 0x1d,
 }
 
 impl MessageType {
@@ -376,6 +431,8 @@ impl MessageType {
             0x19 => FindObjects,
             0x1a => GetForgets,
             0x1b => Forget,
+            0x1c => GetChecks,
+            0x1d => Checks,
             _ => return None,
         })
     }
@@ -386,7 +443,14 @@ impl MessageType {
         use MessageType::*;
         matches!(
             self,
-            Hello | ListSpaces | GetSnapshots | GetObjects | FindObjects | Push | GetForgets
+            Hello
+                | ListSpaces
+                | GetSnapshots
+                | GetObjects
+                | FindObjects
+                | Push
+                | GetForgets
+                | GetChecks
         )
     }
 
@@ -395,7 +459,7 @@ impl MessageType {
         use MessageType::*;
         match self {
             Hello | Welcome | Error | Push | PushDone | End | Forget => 64 * KIB,
-            ListSpaces | GetSnapshots | GetForgets => MIB,
+            ListSpaces | GetSnapshots | GetForgets | GetChecks | Checks => MIB,
             GetObjects | FindObjects => 256 * KIB,
             SpaceList => 32 * MIB,
             Snapshot => 16 * MIB + 64,
@@ -423,6 +487,8 @@ impl Message {
             Message::FindObjects(_) => MessageType::FindObjects,
             Message::GetForgets(_) => MessageType::GetForgets,
             Message::Forget(_) => MessageType::Forget,
+            Message::GetChecks(_) => MessageType::GetChecks,
+            Message::Checks(_) => MessageType::Checks,
         }
     }
 
@@ -444,6 +510,8 @@ impl Message {
             MessageType::FindObjects => "FindObjects",
             MessageType::GetForgets => "GetForgets",
             MessageType::Forget => "Forget",
+            MessageType::GetChecks => "GetChecks",
+            MessageType::Checks => "Checks",
         }
     }
 
@@ -478,6 +546,8 @@ pub fn encode(m: &Message) -> Result<Vec<u8>> {
         Message::FindObjects(x) => body(x)?,
         Message::GetForgets(x) => body(x)?,
         Message::Forget(x) => body(x)?,
+        Message::GetChecks(x) => body(x)?,
+        Message::Checks(x) => body(x)?,
     };
     let kind = m.kind();
     if b.len() > kind.max_len() as usize {
@@ -522,6 +592,8 @@ fn check_names(m: &Message) -> Result<()> {
         Message::ListSpaces(l) => l.spaces.iter().collect(),
         Message::SpaceList(l) => l.spaces.iter().map(|s| &s.name).collect(),
         Message::Push(p) => vec![&p.space],
+        Message::GetChecks(c) => c.spaces.iter().map(|s| &s.name).collect(),
+        Message::Checks(c) => c.spaces.iter().map(|s| &s.name).collect(),
         Message::Hello(Hello { node, software, .. })
         | Message::Welcome(Welcome { node, software, .. }) => {
             check_label("node name", node).map_err(bad)?;
@@ -554,6 +626,8 @@ fn decode_body(kind: MessageType, b: &[u8]) -> Result<Message> {
         T::FindObjects => Message::FindObjects(take("FindObjects", b)?),
         T::GetForgets => Message::GetForgets(take("GetForgets", b)?),
         T::Forget => Message::Forget(take("Forget", b)?),
+        T::GetChecks => Message::GetChecks(take("GetChecks", b)?),
+        T::Checks => Message::Checks(take("Checks", b)?),
     })
 }
 

@@ -250,6 +250,87 @@ fn golden_forgets() {
 }
 
 #[test]
+fn golden_checks() {
+    // Revision 4: which of these snapshots the responder holds complete, and its data checks.
+    golden(
+        Message::GetChecks(GetChecks {
+            spaces: vec![SpaceIds {
+                name: "docs".into(),
+                ids: vec![sid(0x11), sid(0x12)],
+            }],
+        }),
+        &[
+            "47000000",    // body length 71
+            "1c",          // type GetChecks
+            "01",          // 1 space
+            "04 646f6373", // name "docs"
+            "02",          // 2 ids
+            &"11".repeat(32),
+            &"12".repeat(32),
+        ],
+    );
+    golden(
+        Message::Checks(Checks {
+            spaces: vec![
+                SpaceCheck {
+                    name: "docs".into(),
+                    held: vec![sid(0x11)],
+                    checked_ns: Some(1_700_000_000_000_000_000),
+                    damaged: false,
+                },
+                SpaceCheck {
+                    name: "logs".into(),
+                    held: vec![],
+                    checked_ns: None,
+                    damaged: true,
+                },
+            ],
+        }),
+        &[
+            "3a000000",    // body length 58
+            "1d",          // type Checks
+            "02",          // 2 spaces
+            "04 646f6373", // name "docs"
+            "01",          // 1 id held
+            &"11".repeat(32),
+            "01 8080a8b1e39fe7cb17", // checked_ns: Some(2023-11-14T22:13:20Z in ns, varint)
+            "00",                    // damaged: false
+            "04 6c6f6773",           // name "logs"
+            "00",                    // no id held
+            "00",                    // checked_ns: None
+            "01",                    // damaged: true
+        ],
+    );
+    assert_eq!(MessageType::GetChecks.max_len(), 1024 * 1024);
+    assert_eq!(MessageType::Checks.max_len(), 1024 * 1024);
+    // The largest request (1024 spaces of 200 bytes, 1024 ids) fits well within the bound.
+    let big = GetChecks {
+        spaces: (0..MAX_CHECKS_PER_REQUEST)
+            .map(|i| SpaceIds {
+                name: format!("{i:0>200}"),
+                ids: vec![sid(1)],
+            })
+            .collect(),
+    };
+    assert!(encode(&Message::GetChecks(big)).unwrap().len() < 300 * 1024);
+    const { assert!(CHECKS_VERSION <= VERSION) };
+    // A space name no node could have is refused where it is decoded.
+    let mut bad = encode(&Message::GetChecks(GetChecks {
+        spaces: vec![SpaceIds {
+            name: "do*s".into(),
+            ids: vec![],
+        }],
+    }))
+    .unwrap();
+    let e = decode(MessageType::GetChecks, &bad[5..]).unwrap_err();
+    assert!(e.to_string().contains("invalid space name"), "{e}");
+    bad[4] = MessageType::Checks as u8;
+    bad.extend([0, 0]); // the rest of a SpaceCheck after its ids: no check, not damaged
+    let e = decode(MessageType::Checks, &bad[5..]).unwrap_err();
+    assert!(e.to_string().contains("invalid space name"), "{e}");
+}
+
+#[test]
 fn golden_find_objects() {
     // Revision 2: objects by id alone (healing). Answered with `Object` frames and `End`.
     golden(
@@ -438,5 +519,5 @@ fn every_message_type_is_a_request_or_an_answer_as_documented() {
     let requests: Vec<u8> = (0..=255u8)
         .filter(|b| MessageType::from_u8(*b).is_some_and(|t| t.is_request()))
         .collect();
-    assert_eq!(requests, [0x01, 0x10, 0x12, 0x14, 0x17, 0x19, 0x1a]);
+    assert_eq!(requests, [0x01, 0x10, 0x12, 0x14, 0x17, 0x19, 0x1a, 0x1c]);
 }

@@ -30,6 +30,7 @@ use crate::identity::Identity;
 use crate::protocol::{self, Chunking, Code, Hello, Message, Welcome};
 use crate::transport::{Link, Receiver, Sender, WireStats};
 
+pub mod checks;
 pub mod forget;
 pub mod pull;
 mod serve;
@@ -54,6 +55,8 @@ pub enum Fault {
     Flood,
     /// Sign the forget records sent with a key of no configured node.
     ForeignForgets,
+    /// Speak protocol revision 3 at most, as a node from before `GetChecks`.
+    Revision3,
 }
 
 impl Fault {
@@ -70,6 +73,7 @@ impl Fault {
             Some("flood") => Some(Fault::Flood),
             Some("cut-off-midway") => Some(Fault::CutOffMidway),
             Some("foreign-forgets") => Some(Fault::ForeignForgets),
+            Some("revision-3") => Some(Fault::Revision3),
             _ => None,
         }
     }
@@ -125,6 +129,15 @@ impl NodeCtx {
             min: c.min_size,
             avg: c.avg_size,
             max: c.max_size,
+        }
+    }
+
+    /// The newest protocol revision this node speaks.
+    pub fn max_version(&self) -> u16 {
+        if self.fault == Some(Fault::Revision3) {
+            protocol::CHECKS_VERSION - 1
+        } else {
+            protocol::VERSION
         }
     }
 
@@ -390,7 +403,7 @@ impl Conn {
     pub async fn hello(&self) -> Result<Welcome> {
         let hello = Hello {
             min_version: protocol::MIN_VERSION,
-            max_version: protocol::VERSION,
+            max_version: self.ctx.max_version(),
             node: self.ctx.config.name.clone(),
             software: software(),
             chunking: self.ctx.chunking(),

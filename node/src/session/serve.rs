@@ -58,7 +58,7 @@ pub async fn serve(conn: Arc<Conn>) {
 
 /// The outcome of a request that failed: refuse it (the connection goes on) or cut off the
 /// peer (it broke the protocol).
-enum Failure {
+pub(super) enum Failure {
     Refuse(Code, String),
     CutOff(Code, String),
 }
@@ -114,6 +114,7 @@ async fn handle(conn: Arc<Conn>, mut send: Sender, mut recv: Receiver) {
         Message::GetObjects(r) => get_objects(&conn, &mut send, r).await,
         Message::FindObjects(r) => find_objects(&conn, &mut send, r).await,
         Message::GetForgets(r) => get_forgets(&conn, &mut send, r).await,
+        Message::GetChecks(r) => super::checks::serve(&conn, &mut send, r).await,
         Message::Push(r) => push(&conn, &mut send, r).await,
         m => Err(Failure::CutOff(
             Code::Protocol,
@@ -135,14 +136,14 @@ async fn handle(conn: Arc<Conn>, mut send: Sender, mut recv: Receiver) {
     }
 }
 
-async fn write(conn: &Conn, send: &mut Sender, m: &Message) -> Result<(), Failure> {
+pub(super) async fn write(conn: &Conn, send: &mut Sender, m: &Message) -> Result<(), Failure> {
     protocol::write(send, m)
         .await
         .map_err(|e| Failure::from(conn.explain(e)))
 }
 
 async fn hello(conn: &Arc<Conn>, send: &mut Sender, h: Hello) -> Result<(), Failure> {
-    let version = h.max_version.min(protocol::VERSION);
+    let version = h.max_version.min(conn.ctx.max_version());
     if version < h.min_version.max(protocol::MIN_VERSION) {
         let why = format!(
             "no common protocol revision: {} speaks {}..={}, this node {}..={}; upgrade the older node",
@@ -185,7 +186,7 @@ async fn hello(conn: &Arc<Conn>, send: &mut Sender, h: Hello) -> Result<(), Fail
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T, Failure> {
     match tokio::task::spawn_blocking(f).await {
@@ -224,7 +225,7 @@ fn not_readable(conn: &Conn, space: &str) -> Failure {
 }
 
 /// A request naming more than `max` items is a protocol violation: the peer is cut off.
-fn at_most(what: &str, n: usize, max: usize) -> Result<(), Failure> {
+pub(super) fn at_most(what: &str, n: usize, max: usize) -> Result<(), Failure> {
     if n > max {
         return Err(Failure::CutOff(
             Code::Protocol,

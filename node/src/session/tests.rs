@@ -367,3 +367,141 @@ async fn a_too_deep_tree_is_refused() {
     assert!(e.to_string().contains("deeper than 1024 levels"), "{e:#}");
     assert_eq!(ids(&lyon.repo), before, "a refused snapshot became visible");
 }
+
+/// Revision 4: a peer says which of the snapshots asked about it holds, only for spaces the
+/// asker may read; an answer claiming anything not asked is refused; an older peer says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_checks_answers_only_what_was_asked_and_may_be_read() {
+    use super::checks::{Reported, accept, ask};
+    use crate::protocol::{self, Checks, GetChecks, Message, SpaceCheck, SpaceIds};
+    let (lyon, grenoble) = nodes(
+        r#"{ docs = ["push"], secret = ["push"] }"#,
+        r#"{ docs = ["pull"], backup = ["push"] }"#,
+        (None, None),
+    );
+    let file = |seed| BTreeMap::from([("/a".to_string(), bytes(1000, seed))]);
+    snapshot(&grenoble, "docs", &file(1));
+    snapshot(&grenoble, "secret", &file(2));
+    let id_in = |space: &str| {
+        let all = grenoble.repo.snapshots().unwrap();
+        all.iter().find(|s| s.snapshot.space == space).unwrap().id
+    };
+    let (docs, secret) = (id_in("docs"), id_in("secret"));
+    let conn = connect(&lyon, &grenoble).await;
+    let out = pull(&conn, &["docs".to_string()]).await.unwrap();
+    let Reported::Said { asked, checks } = ask(&conn, &out.peer_spaces).await.unwrap() else {
+        panic!("grenoble speaks revision 4");
+    };
+    assert_eq!(asked, ["docs"]);
+    let (space, said) = &checks[0];
+    assert_eq!((space.as_str(), &said.held), ("docs", &vec![docs.to_hex()]));
+    // grenoble's daemon never checked: no time, no damage.
+    assert_eq!((said.checked_ns, said.damaged), (None, false));
+
+    // Asked directly: a snapshot of another space is not held in `docs`; `secret`, which lyon
+    // may neither read nor write, is left out; `backup`, which it may write, is answered.
+    let req = GetChecks {
+        spaces: vec![
+            SpaceIds {
+                name: "docs".into(),
+                ids: vec![secret, docs, docs],
+            },
+            SpaceIds {
+                name: "secret".into(),
+                ids: vec![secret],
+            },
+            SpaceIds {
+                name: "backup".into(),
+                ids: vec![secret],
+            },
+        ],
+    };
+    let mut recv = conn
+        .request(&Message::GetChecks(req.clone()))
+        .await
+        .unwrap();
+    let Message::Checks(c) = conn.answer(&mut recv).await.unwrap() else {
+        panic!("not a Checks answer");
+    };
+    assert_eq!(c.spaces.len(), 2, "{c:?}");
+    assert_eq!(
+        (c.spaces[0].name.as_str(), &c.spaces[0].held),
+        ("docs", &vec![docs])
+    );
+    assert_eq!(
+        (c.spaces[1].name.as_str(), c.spaces[1].held.len()),
+        ("backup", 0)
+    );
+    assert!(accept(&conn, &req.spaces, c, 5).is_ok());
+
+    // A hostile answer: a snapshot not asked about, spaces out of order, a time no node has.
+    let check = |name: &str, held: Vec<SnapshotId>, checked_ns| SpaceCheck {
+        name: name.into(),
+        held,
+        checked_ns,
+        damaged: false,
+    };
+    for (forged, why) in [
+        (
+            vec![check(
+                "docs",
+                vec![SnapshotId(puce_core::Hash([7; 32]))],
+                None,
+            )],
+            "not asked about",
+        ),
+        (
+            vec![check("docs", vec![docs, secret], None)],
+            "not asked about or out of order",
+        ),
+        (
+            vec![check("secret", vec![], None), check("docs", vec![], None)],
+            "out of order",
+        ),
+        (
+            vec![check("docs", vec![], Some(u64::MAX))],
+            "after the year 2262",
+        ),
+    ] {
+        let e = accept(&conn, &req.spaces, Checks { spaces: forged }, 5).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e:#}");
+        assert!(e.to_string().contains(why), "{e:#}");
+    }
+    // A check time after the question is taken as the question's time.
+    let later = Checks {
+        spaces: vec![check("docs", vec![docs], Some(10))],
+    };
+    assert_eq!(
+        accept(&conn, &req.spaces, later, 5).unwrap()[0]
+            .1
+            .checked_ns,
+        Some(5)
+    );
+
+    // Too many ids in one request: grenoble cuts lyon off.
+    let many = GetChecks {
+        spaces: vec![SpaceIds {
+            name: "docs".into(),
+            ids: vec![docs; protocol::MAX_CHECKS_PER_REQUEST + 1],
+        }],
+    };
+    let conn = connect(&lyon, &grenoble).await;
+    let mut recv = conn.request(&Message::GetChecks(many)).await.unwrap();
+    let e = conn.answer(&mut recv).await.unwrap_err();
+    assert!(e.to_string().contains("at most 1024"), "{e:#}");
+
+    // A peer of revision 3 is not asked.
+    let (lyon, grenoble) = nodes(
+        r#"{ docs = ["push"] }"#,
+        r#"{ docs = ["pull"] }"#,
+        (None, Some(Fault::Revision3)),
+    );
+    snapshot(&grenoble, "docs", &file(3));
+    let conn = connect(&lyon, &grenoble).await;
+    assert_eq!(conn.version(), 3);
+    let out = pull(&conn, &["docs".to_string()]).await.unwrap();
+    assert_eq!(
+        ask(&conn, &out.peer_spaces).await.unwrap(),
+        Reported::Unsupported(3)
+    );
+}
