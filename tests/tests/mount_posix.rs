@@ -290,3 +290,133 @@ fn fifos_and_sockets_are_made_listed_renamed_and_removed_through_the_mount() {
     repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
     assert_eq!(file_type(&out.join("pipe2")), "fifo");
 }
+
+fn ino(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// `(inode, link count)` of each path: the names of one file agree on both.
+fn ino_nlink(root: &Path, paths: &[&str]) -> Vec<(u64, u64)> {
+    paths
+        .iter()
+        .map(|p| (ino(&root.join(p)), nlink(&root.join(p))))
+        .collect()
+}
+
+#[test]
+fn hard_links_are_one_inode_through_the_mount_a_remount_and_a_restore() {
+    use std::io::Write;
+    if require(Need::Fuse).is_none() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::create_dir_all(src.join("b")).unwrap();
+    fs::write(src.join("a/x"), b"one file").unwrap();
+    fs::hard_link(src.join("a/x"), src.join("b/y")).unwrap();
+    fs::write(src.join("plain"), b"alone").unwrap();
+    repo.snapshot(&src, "docs");
+    let mnt = repo.dir.path().join("mnt");
+    let m = Mount::start(&repo, &mnt, &[]);
+    let d = m.space("docs");
+
+    // Names of one file in the snapshot taken are one inode in the mount.
+    let v = ino_nlink(&d, &["a/x", "b/y"]);
+    assert_eq!(v[0], v[1], "a/x and b/y: {v:?}");
+    assert_eq!(v[0].1, 2);
+    assert_eq!(nlink(&d.join("plain")), 1);
+
+    // link(2), and `cp -al` (a tree of links).
+    fs::hard_link(d.join("b/y"), d.join("c")).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(d.join("a"))
+        .arg(d.join("a2"))
+        .output()
+        .unwrap();
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    let names = ["a/x", "b/y", "c", "a2/x"];
+    let v = ino_nlink(&d, &names);
+    assert!(v.iter().all(|x| *x == (v[0].0, 4)), "{names:?}: {v:?}");
+    assert_ne!(ino(&d.join("plain")), v[0].0);
+
+    // A write through one name is read through the others; so is a chmod.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("b/y"))
+        .unwrap()
+        .write_all(b", written through b/y")
+        .unwrap();
+    for n in names {
+        assert_eq!(
+            fs::read(d.join(n)).unwrap(),
+            b"one file, written through b/y",
+            "{n}"
+        );
+    }
+    fs::set_permissions(d.join("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(d.join("a2/x")).unwrap().mode() & 0o7777, 0o600);
+
+    // Removing or renaming one name keeps the others; rename onto another name of the
+    // same file does nothing (rename(2)).
+    fs::remove_file(d.join("b/y")).unwrap();
+    fs::rename(d.join("c"), d.join("b/c")).unwrap();
+    fs::rename(d.join("a2/x"), d.join("a/x")).unwrap();
+    assert!(d.join("a2/x").exists() && d.join("a/x").exists());
+    let names = ["a/x", "b/c", "a2/x"];
+    let v = ino_nlink(&d, &names);
+    assert!(v.iter().all(|x| *x == (v[0].0, 3)), "{names:?}: {v:?}");
+
+    // Refused as ext4 refuses: a directory (EPERM), another space or a snapshot (EXDEV).
+    assert_eq!(
+        errno_of(fs::hard_link(d.join("a"), d.join("dirlink"))),
+        libc::EPERM
+    );
+    fs::create_dir(m.dir.join("spaces/other")).unwrap();
+    assert_eq!(
+        errno_of(fs::hard_link(d.join("a/x"), m.space("other").join("x"))),
+        libc::EXDEV
+    );
+    let snap = only_snapshot(&m, "docs");
+    assert_eq!(
+        errno_of(fs::hard_link(snap.join("plain"), d.join("p2"))),
+        libc::EXDEV
+    );
+    drop(m.stop());
+
+    // Committed as one hard-link group: a new mount shows one inode again, content and all.
+    let m = Mount::start(&repo, &mnt, &[]);
+    let d = m.space("docs");
+    let v = ino_nlink(&d, &names);
+    assert!(
+        v.iter().all(|x| *x == (v[0].0, 3)),
+        "after a remount: {v:?}"
+    );
+    assert_eq!(
+        fs::read(d.join("b/c")).unwrap(),
+        b"one file, written through b/y"
+    );
+    drop(m.stop());
+
+    // And restore makes them one file.
+    let out = repo.dir.path().join("out");
+    repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
+    let v = ino_nlink(&out, &names);
+    assert!(
+        v.iter().all(|x| *x == (v[0].0, 3)),
+        "after a restore: {v:?}"
+    );
+    assert_eq!(
+        fs::read(out.join("a2/x")).unwrap(),
+        b"one file, written through b/y"
+    );
+    assert_eq!(
+        fs::metadata(out.join("a/x")).unwrap().mode() & 0o7777,
+        0o600
+    );
+}

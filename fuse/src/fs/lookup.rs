@@ -183,12 +183,14 @@ impl PuceFs {
                     .lookup(&FsTrees(self), &child)?
                     .ok_or(FsError::NOENT)?;
                 let nk = info.kind;
-                let ino = lock(&self.inodes)?.lookup(
-                    parent,
-                    name,
-                    Kind::SpaceNode(s.clone(), nk),
-                    |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == nk),
-                );
+                let kind = Kind::SpaceNode(s.clone(), nk);
+                let same = |k: &Kind| matches!(k, Kind::SpaceNode(_, k2) if *k2 == nk);
+                let mut t = lock(&self.inodes)?;
+                let ino = match info.link {
+                    Some(g) => t.lookup_linked(parent, name, kind, (s.clone(), g), same),
+                    None => t.lookup(parent, name, kind, same),
+                };
+                drop(t);
                 self.space_info_attr(ino, &info, &st, &child)
             }
             _ => Err(FsError::NOTDIR),
