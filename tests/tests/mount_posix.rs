@@ -420,3 +420,70 @@ fn hard_links_are_one_inode_through_the_mount_a_remount_and_a_restore() {
         0o600
     );
 }
+
+#[test]
+fn sigterm_stops_the_mount_while_a_fifo_in_it_is_held_open() {
+    if require(Need::Fuse).is_none() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let mnt = repo.dir.path().join("mnt");
+    let mut m = Mount::start(&repo, &mnt, &["--space", "docs"]);
+    let d = m.space("docs");
+    fs::create_dir_all(&d).unwrap();
+    let pipe = d.join("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    fs::write(d.join("note"), b"pending").unwrap();
+    // A process holds the fifo open (read-write: the open does not wait for a writer).
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", "exec 3<>\"$1\"; echo held; exec sleep 600", "sh"])
+        .arg(&pipe)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+
+    // SIGTERM: the mount commits, detaches and exits although the fifo is still open.
+    let mut child = m.child.take().unwrap();
+    puce_tests::mount::unsafe_free_kill(child.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = holder.kill();
+            panic!(
+                "puce mount did not exit within 120 s of SIGTERM: {}",
+                m.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = m.log();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(status.success(), "puce mount exited with {status}: {log}");
+    assert!(log.contains("is detached"), "{log}");
+    assert!(!puce_tests::is_mounted(&mnt));
+    let ls = repo.json(&["ls", "docs@latest"]);
+    let listed = |p: &str| ls.as_array().unwrap().iter().any(|e| e["path"] == p);
+    assert!(
+        listed("note") && listed("pipe"),
+        "committed before exiting: {ls}"
+    );
+}
