@@ -74,8 +74,9 @@ impl PuceFs {
             Kind::SpaceNode(space.clone(), kind),
             |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == kind),
         );
+        // Its change time is its making, as the edit tree says (`Edit` time = `meta`'s).
         let info = puce_core::snapshot::edit::Info {
-            ctime_ns: now_ns(),
+            ctime_ns: meta.mtime_ns,
             ..puce_core::snapshot::edit::Info::new(kind, *meta)
         };
         Ok(Self::info_attr_of(ino, &info, (0, meta.mtime_ns)))

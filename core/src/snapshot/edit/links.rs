@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Dir, ENode, EResult, EditTree, TreeSource};
 use crate::format::tree::{MAX_TREE_DEPTH, Node, too_deep};
 use crate::hash::ObjectId;
+use crate::index::now_ns;
 use crate::paths;
 
 /// The names of each hard-link group, and the group of each name.
@@ -101,6 +102,16 @@ impl EditTree {
     pub fn names(&self, src: &dyn TreeSource, group: u64) -> EResult<u32> {
         let n = self.links(src)?.count(group).max(1);
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Note that the file of hard-link group `group` changed now (its `ctime`), at each of
+    /// its names.
+    pub(super) fn note_names(&mut self, src: &dyn TreeSource, group: u64) -> EResult<()> {
+        let now = now_ns();
+        for p in self.links(src)?.names(group) {
+            self.changed_at.insert(p, now);
+        }
+        Ok(())
     }
 
     /// Every name in a hard-link group, by one walk (iterative, bounded by the tree depth

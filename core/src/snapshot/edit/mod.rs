@@ -511,7 +511,8 @@ impl EditTree {
         }
         m.insert(name.to_vec(), node);
         self.touch_dir(src, parent, time_ns)?;
-        self.note_change(&comps);
+        // Changed when made (the caller answers the same `ctime` without a lookup).
+        self.changed_at.insert(comps.join(&b'/'), time_ns);
         self.changed = true;
         Ok(())
     }
@@ -598,11 +599,15 @@ impl EditTree {
                     (Some(_), true) => return Err(EditError::NotADirectory(show(&comps))),
                     (Some(_), false) => {}
                 }
-                m.remove(*name);
+                let group = m.remove(*name).and_then(|n| n.link());
                 let gone = comps.join(&b'/');
                 self.changed_at.retain(|k, _| !paths_below(k, &gone));
                 if let Some(l) = self.links.get_mut() {
                     l.remove(&gone);
+                }
+                if let Some(g) = group {
+                    // One name fewer: the file's link count, hence its ctime, changed.
+                    self.note_names(src, g)?;
                 }
                 self.touch_dir(src, parent, *time_ns)?;
                 self.changed = true;
@@ -823,6 +828,10 @@ impl EditTree {
         self.move_changes(&fc, &tc);
         if let Some(l) = self.links.get_mut() {
             l.rename(&fc.join(&b'/'), &tc.join(&b'/'));
+        }
+        if let Some(g) = dst_info.and_then(|d| d.link) {
+            // The replaced file has one name fewer.
+            self.note_names(src, g)?;
         }
         self.note_change(&tc);
         self.changed = true;
