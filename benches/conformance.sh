@@ -115,7 +115,7 @@ def why(name):
     return next((w for p, w in allowed if fnmatch.fnmatchcase(name, p)), None)
 
 def fstype(p):
-    return subprocess.run(["stat", "-f", "-c", "%T", p], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", p], capture_output=True, text=True).stdout.strip()
 def count(r, s):
     return sum(1 for v in r.values() if v[0] == s)
 kernel = os.uname().release
