@@ -321,6 +321,21 @@ impl InodeTable {
         }
     }
 
+    /// The snapshot holding inode `ino` (an entry under `snapshots/SPACE/<snapshot>/`): its
+    /// id and root tree.
+    pub fn snapshot_of(&self, ino: u64) -> Option<(SnapshotId, ObjectId)> {
+        let mut cur = ino;
+        for _ in 0..=puce_core::format::tree::MAX_TREE_DEPTH + 1 {
+            let i = self.map.get(&cur)?;
+            match &i.kind {
+                Kind::SnapRoot { id, root, .. } => return Some((*id, *root)),
+                Kind::SnapNode { .. } => cur = i.parent,
+                _ => return None,
+            }
+        }
+        None
+    }
+
     /// Every name of every linked inode of `space` (its root excluded), as
     /// `(ino, parent, name)`.
     pub fn space_inodes(&self, space: &str) -> Vec<(u64, u64, Vec<u8>)> {

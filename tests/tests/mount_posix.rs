@@ -321,11 +321,16 @@ fn hard_links_are_one_inode_through_the_mount_a_remount_and_a_restore() {
     let m = Mount::start(&repo, &mnt, &[]);
     let d = m.space("docs");
 
-    // Names of one file in the snapshot taken are one inode in the mount.
-    let v = ino_nlink(&d, &["a/x", "b/y"]);
-    assert_eq!(v[0], v[1], "a/x and b/y: {v:?}");
-    assert_eq!(v[0].1, 2);
-    assert_eq!(nlink(&d.join("plain")), 1);
+    // Names of one file in the snapshot taken are one inode in the mount, in the space and
+    // under snapshots/.
+    let snap = only_snapshot(&m, "docs");
+    for root in [&d, &snap] {
+        let v = ino_nlink(root, &["a/x", "b/y"]);
+        assert_eq!(v[0], v[1], "a/x and b/y in {}: {v:?}", root.display());
+        assert_eq!(v[0].1, 2);
+        assert_eq!(nlink(&root.join("plain")), 1);
+    }
+    assert_ne!(ino(&d.join("a/x")), ino(&snap.join("a/x")));
 
     // link(2), and `cp -al` (a tree of links).
     fs::hard_link(d.join("b/y"), d.join("c")).unwrap();
@@ -382,7 +387,6 @@ fn hard_links_are_one_inode_through_the_mount_a_remount_and_a_restore() {
         errno_of(fs::hard_link(d.join("a/x"), m.space("other").join("x"))),
         libc::EXDEV
     );
-    let snap = only_snapshot(&m, "docs");
     assert_eq!(
         errno_of(fs::hard_link(snap.join("plain"), d.join("p2"))),
         libc::EXDEV
