@@ -410,4 +410,41 @@ mod tests {
         assert_ne!(x, y);
         assert!(t.space_path(x).is_none());
     }
+
+    #[test]
+    fn names_of_one_hard_link_group_are_one_inode() {
+        let mut t = InodeTable::new();
+        let sp = t.lookup(SPACES, b"docs", Kind::SpaceRoot(Arc::from("docs")), |_| {
+            true
+        });
+        let d = t.lookup(sp, b"d", node("docs"), |_| true);
+        let g = (Arc::from("docs"), 7);
+        let a = t.lookup_linked(sp, b"a", node("docs"), g.clone(), |_| true);
+        let b = t.lookup_linked(d, b"b", node("docs"), g.clone(), |_| true);
+        assert_eq!(a, b);
+        assert_eq!(t.child(d, b"b"), Some(a));
+        // A name seen before as a file of its own joins the group's inode.
+        let c = t.lookup(sp, b"c", node("docs"), |_| true);
+        assert_eq!(t.lookup_linked(sp, b"c", node("docs"), g.clone(), |_| true), a);
+        assert!(t.space_path(c).is_none());
+        // link(2) adds a name; removing the first name keeps the inode at another one.
+        t.link(a, sp, b"e", g.clone());
+        assert_eq!(t.child(sp, b"e"), Some(a));
+        t.unlink(sp, b"a");
+        assert!(t.space_path(a).is_some());
+        // Renaming an alias moves it; renaming onto another name of the inode does nothing.
+        t.rename(sp, b"e", d, b"f");
+        assert_eq!((t.child(sp, b"e"), t.child(d, b"f")), (None, Some(a)));
+        t.rename(d, b"f", d, b"b");
+        assert_eq!((t.child(d, b"f"), t.child(d, b"b")), (Some(a), Some(a)));
+        // The last name gone, the inode is unlinked; forgotten, every name is dropped.
+        for (p, n) in [(d, &b"b"[..]), (sp, b"c"), (d, b"f")] {
+            t.unlink(p, n);
+        }
+        assert!(t.space_path(a).is_none());
+        t.forget(a, 100);
+        assert!(t.get(a).is_none());
+        let again = t.lookup_linked(sp, b"x", node("docs"), g, |_| true);
+        assert_ne!(again, a);
+    }
 }
