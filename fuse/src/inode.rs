@@ -425,7 +425,10 @@ mod tests {
         assert_eq!(t.child(d, b"b"), Some(a));
         // A name seen before as a file of its own joins the group's inode.
         let c = t.lookup(sp, b"c", node("docs"), |_| true);
-        assert_eq!(t.lookup_linked(sp, b"c", node("docs"), g.clone(), |_| true), a);
+        assert_eq!(
+            t.lookup_linked(sp, b"c", node("docs"), g.clone(), |_| true),
+            a
+        );
         assert!(t.space_path(c).is_none());
         // link(2) adds a name; removing the first name keeps the inode at another one.
         t.link(a, sp, b"e", g.clone());

@@ -53,10 +53,16 @@ impl Links {
         self.remove(to);
         let mut below = from.to_vec();
         below.push(b'/');
+        // `from` itself, then the paths below it (names such as `from!x` sort between).
         let moved: Vec<(Vec<u8>, u64)> = self
             .by_path
-            .range(from.to_vec()..)
-            .take_while(|(k, _)| *k == from || k.starts_with(&below))
+            .get_key_value(from)
+            .into_iter()
+            .chain(
+                self.by_path
+                    .range(below.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&below)),
+            )
             .map(|(k, g)| (k.clone(), *g))
             .collect();
         for (k, g) in moved {
@@ -187,5 +193,43 @@ impl EditTree {
             names.push(me);
         }
         Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Links;
+
+    #[test]
+    fn a_rename_moves_the_names_below_and_only_those() {
+        let mut l = Links::default();
+        for (p, g) in [
+            ("a", 1),
+            ("a!b", 1),
+            ("a/x", 2),
+            ("a/y/z", 2),
+            ("b", 2),
+            ("ab", 3),
+        ] {
+            l.insert(p.into(), g);
+        }
+        l.rename(b"a", b"c");
+        let names = |l: &Links, g| {
+            l.names(g)
+                .into_iter()
+                .map(|p| String::from_utf8(p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&l, 1), ["a!b", "c"]);
+        assert_eq!(names(&l, 2), ["b", "c/x", "c/y/z"]);
+        assert_eq!(names(&l, 3), ["ab"]);
+        // A rename over a name drops it; a removal leaves the group's other names.
+        l.rename(b"ab", b"b");
+        assert_eq!(
+            (names(&l, 2).len(), names(&l, 3)),
+            (2, vec!["b".to_string()])
+        );
+        l.remove(b"c/x");
+        assert_eq!((l.count(2), l.count(9)), (1, 0));
     }
 }
