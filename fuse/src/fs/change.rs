@@ -404,12 +404,12 @@ impl PuceFs {
             (Kind::SpaceNode(..), None) => return Err(FsError::XDEV),
             (_, None) => return Err(FsError::ROFS),
         };
-        let from = self.space_path(ino)?;
-        // A group number no other file of the space has (64 random-looking bits).
-        let seed = [&now_ns().to_le_bytes()[..], &ino.to_le_bytes(), &from].concat();
-        let fresh = ObjectId::of(&seed).0.0;
-        let group = u64::from_le_bytes(fresh[..8].try_into().unwrap_or_default());
         self.in_space(new_parent, |space, st, path| {
+            let from = self.space_path(ino)?;
+            // A group number no other file of the space has (64 random-looking bits).
+            let seed = [&now_ns().to_le_bytes()[..], &ino.to_le_bytes(), &from].concat();
+            let fresh = ObjectId::of(&seed).0.0;
+            let group = u64::from_le_bytes(fresh[..8].try_into().unwrap_or_default());
             let to = join(&path, new_name);
             let edit = Edit::Link {
                 from,
