@@ -211,7 +211,7 @@ fn writes_commit_and_survive_a_crash() {
         fs.rename(docs, b"tmp", docs, b"old", false).unwrap();
         assert_eq!(read_all(&fs, walk(&fs, "spaces/docs/old")), b"replacement");
         // Unsupported things say so.
-        assert_eq!(fs.link().unwrap_err(), FsError::PERM);
+        assert_eq!(fs.link(dir, docs, b"dirlink").unwrap_err(), FsError::PERM);
         assert_eq!(
             fs.mknod(ME, docs, b"dev", libc::S_IFCHR | 0o644, 0)
                 .unwrap_err(),

@@ -332,12 +332,12 @@ impl Filesystem for Adapter {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link() {
+        match self.fs.link(ino.0, newparent.0, newname.as_bytes()) {
             Ok(a) => reply.entry(&ttl(&a), &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }

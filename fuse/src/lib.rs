@@ -148,6 +148,11 @@ fn can_open_dev_fuse() -> bool {
         .is_ok()
 }
 
+/// How long a stopping mount waits, once detached, for the kernel to end the FUSE connection
+/// before it stops anyway (a process still holds something open in it: a pipe, a file, a
+/// working directory). The kernel ends the connection when the process exits.
+const DETACHED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Unmount `mountpoint`; if it is busy, detach it lazily (open files then see errors).
 pub fn unmount(mountpoint: &Path) -> Result<()> {
     let run = |args: &[&str]| {
@@ -193,7 +198,9 @@ pub fn block_stop_signals() -> Result<SigSet> {
 }
 
 /// Mount `repo` at `cfg.mountpoint` and serve it until it is unmounted or the process gets
-/// SIGINT, SIGTERM or SIGHUP (then pending changes are committed and the mount is removed).
+/// SIGINT, SIGTERM or SIGHUP (then pending changes are committed and the mount is removed; a
+/// mount kept busy by a process is detached, and this returns after `DETACHED_GRACE` while the
+/// kernel still holds the connection: the caller should then exit, which ends it).
 /// `ready` runs once the mount is usable. Call [`block_stop_signals`] before starting any
 /// thread, before opening `repo` (this function calls it too, for the threads it starts).
 pub fn mount(
@@ -254,6 +261,10 @@ pub fn mount(
     })?;
     fs.set_invalidator(Arc::new(fuse::KernelNotifier(session.notifier())));
     let mut unmounter = session.unmount_callable();
+    // The session runs in a thread of its own, so that a stop does not wait for the processes
+    // that keep a detached mount busy (see `DETACHED_GRACE`).
+    let (ended_tx, ended) = crossbeam_channel::bounded::<std::io::Result<()>>(1);
+    let (detached_tx, detached) = crossbeam_channel::bounded::<()>(1);
 
     let bg = {
         let fs = fs.clone();
@@ -285,13 +296,31 @@ pub fn mount(
                         tracing::error!("{e:#}");
                         continue;
                     }
+                    let _ = detached_tx.send(());
                     return;
                 }
             })
             .map_err(|e| Error::other("cannot start a thread").with_source(e))?;
     }
+    std::thread::Builder::new()
+        .name("puce-session".into())
+        .spawn(move || {
+            let _ = ended_tx.send(session.run());
+        })
+        .map_err(|e| Error::other("cannot start a thread").with_source(e))?;
     ready(&fs);
-    let served = session.run();
+    let served = crossbeam_channel::select! {
+        recv(ended) -> r => r.unwrap_or(Ok(())),
+        recv(detached) -> _ => ended.recv_timeout(DETACHED_GRACE).unwrap_or_else(|_| {
+            tracing::warn!(
+                "{} is detached, but a process still holds a file, pipe or directory open in \
+                 it: stopping anyway (what that process then asks of the mount fails with \
+                 ENOTCONN)",
+                mountpoint.display()
+            );
+            Ok(())
+        }),
+    };
     done.store(true, Ordering::SeqCst);
     fs.shutdown();
     let _ = bg.join();

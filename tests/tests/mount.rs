@@ -101,9 +101,9 @@ fn write_read_append_truncate_rename_and_errors() {
     fs::remove_dir(d.join("empty2")).unwrap();
     assert_eq!(errno_of(fs::remove_dir(d.join("docs"))), libc::ENOTEMPTY);
     fs::remove_file(d.join("link")).unwrap();
-    // Unsupported operations fail with a proper errno.
+    // Unsupported operations fail with a proper errno (a directory has one name).
     assert_eq!(
-        errno_of(fs::hard_link(d.join("new.txt"), d.join("hard"))),
+        errno_of(fs::hard_link(d.join("docs"), d.join("hard"))),
         libc::EPERM
     );
     // (Fifos and sockets are made: tests/tests/mount_posix.rs; devices are not.)

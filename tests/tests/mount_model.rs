@@ -65,7 +65,8 @@ fn unmount(mut guard: Guard, dir: &Path) {
     );
 }
 
-/// Everything that must agree: kind, mode, size, content and mtime of files, link targets.
+/// Everything that must agree: kind, mode, size, content, mtime and link count of files, link
+/// targets.
 /// (Directory times are not compared.)
 fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -88,10 +89,11 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
             } else {
                 let data = fs::read(&p).unwrap();
                 format!(
-                    "f {mode:o} {} {} {}",
+                    "f {mode:o} {} {} {} n{}",
                     data.len(),
                     blake3::hash(&data),
-                    md.mtime()
+                    md.mtime(),
+                    md.nlink()
                 )
             };
             out.insert(rel, d);
@@ -113,6 +115,7 @@ enum Op {
     Rename(String, String),
     Chmod(String, u32),
     Symlink(String, String),
+    Link(String, String),
 }
 
 fn path(rng: &mut Rng) -> String {
@@ -124,22 +127,35 @@ fn path(rng: &mut Rng) -> String {
     p
 }
 
+/// A name for hard links (`e`, `f`, `g`, at the top or in `a/`), which writes, removals and
+/// renames also use: links then succeed often enough, and their names get written and moved.
+fn link_path(rng: &mut Rng) -> String {
+    let dir = ["", "a/"][rng.below(2) as usize];
+    format!("{dir}{}", ["e", "f", "g"][rng.below(3) as usize])
+}
+
 fn random_op(rng: &mut Rng) -> Op {
     let sizes = [0usize, 1, 100, 5_000, 70_000, 300_000];
     let size = |rng: &mut Rng| sizes[rng.below(sizes.len() as u64) as usize];
-    match rng.below(12) {
-        0 | 1 => Op::Write(path(rng), size(rng), rng.next()),
+    match rng.below(13) {
+        0 => Op::Write(path(rng), size(rng), rng.next()),
+        1 => Op::Write(link_path(rng), size(rng), rng.next()),
         2 => Op::Append(path(rng), size(rng), rng.next()),
         3 => Op::Truncate(path(rng), rng.below(100_000)),
         4 => Op::Overwrite(path(rng), rng.below(200_000), size(rng), rng.next()),
         5 | 6 => Op::Mkdir(path(rng)),
         7 => Op::Rmdir(path(rng)),
-        8 => Op::Unlink(path(rng)),
-        9 => Op::Rename(path(rng), path(rng)),
+        8 => Op::Unlink(if rng.below(2) == 0 {
+            path(rng)
+        } else {
+            link_path(rng)
+        }),
+        9 => Op::Rename(link_path(rng), path(rng)),
         10 => Op::Chmod(
             path(rng),
             [0o600, 0o644, 0o755, 0o700][rng.below(4) as usize],
         ),
+        11 => Op::Link(link_path(rng), link_path(rng)),
         _ => Op::Symlink(["a", "b", "d/a"][rng.below(3) as usize].into(), path(rng)),
     }
 }
@@ -186,6 +202,7 @@ fn apply(root: &Path, op: &Op, step: u64) -> Result<(), i32> {
             }
         }
         Op::Symlink(target, p) => std::os::unix::fs::symlink(target, j(p)),
+        Op::Link(a, b) => fs::hard_link(j(a), j(b)),
     };
     r.map_err(|e| e.raw_os_error().unwrap_or(-1))
 }

@@ -290,3 +290,204 @@ fn fifos_and_sockets_are_made_listed_renamed_and_removed_through_the_mount() {
     repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
     assert_eq!(file_type(&out.join("pipe2")), "fifo");
 }
+
+fn ino(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// `(inode, link count)` of each path: the names of one file agree on both.
+fn ino_nlink(root: &Path, paths: &[&str]) -> Vec<(u64, u64)> {
+    paths
+        .iter()
+        .map(|p| (ino(&root.join(p)), nlink(&root.join(p))))
+        .collect()
+}
+
+#[test]
+fn hard_links_are_one_inode_through_the_mount_a_remount_and_a_restore() {
+    use std::io::Write;
+    if require(Need::Fuse).is_none() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let src = repo.dir.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::create_dir_all(src.join("b")).unwrap();
+    fs::write(src.join("a/x"), b"one file").unwrap();
+    fs::hard_link(src.join("a/x"), src.join("b/y")).unwrap();
+    fs::write(src.join("plain"), b"alone").unwrap();
+    repo.snapshot(&src, "docs");
+    let mnt = repo.dir.path().join("mnt");
+    let m = Mount::start(&repo, &mnt, &[]);
+    let d = m.space("docs");
+
+    // Names of one file in the snapshot taken are one inode in the mount, in the space and
+    // under snapshots/.
+    let snap = only_snapshot(&m, "docs");
+    for root in [&d, &snap] {
+        let v = ino_nlink(root, &["a/x", "b/y"]);
+        assert_eq!(v[0], v[1], "a/x and b/y in {}: {v:?}", root.display());
+        assert_eq!(v[0].1, 2);
+        assert_eq!(nlink(&root.join("plain")), 1);
+    }
+    assert_ne!(ino(&d.join("a/x")), ino(&snap.join("a/x")));
+
+    // link(2), and `cp -al` (a tree of links).
+    fs::hard_link(d.join("b/y"), d.join("c")).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(d.join("a"))
+        .arg(d.join("a2"))
+        .output()
+        .unwrap();
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    let names = ["a/x", "b/y", "c", "a2/x"];
+    let v = ino_nlink(&d, &names);
+    assert!(v.iter().all(|x| *x == (v[0].0, 4)), "{names:?}: {v:?}");
+    assert_ne!(ino(&d.join("plain")), v[0].0);
+
+    // A write through one name is read through the others; so is a chmod.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("b/y"))
+        .unwrap()
+        .write_all(b", written through b/y")
+        .unwrap();
+    for n in names {
+        assert_eq!(
+            fs::read(d.join(n)).unwrap(),
+            b"one file, written through b/y",
+            "{n}"
+        );
+    }
+    fs::set_permissions(d.join("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(d.join("a2/x")).unwrap().mode() & 0o7777, 0o600);
+
+    // Removing or renaming one name keeps the others; rename onto another name of the
+    // same file does nothing (rename(2)).
+    fs::remove_file(d.join("b/y")).unwrap();
+    fs::rename(d.join("c"), d.join("b/c")).unwrap();
+    fs::rename(d.join("a2/x"), d.join("a/x")).unwrap();
+    assert!(d.join("a2/x").exists() && d.join("a/x").exists());
+    let names = ["a/x", "b/c", "a2/x"];
+    let v = ino_nlink(&d, &names);
+    assert!(v.iter().all(|x| *x == (v[0].0, 3)), "{names:?}: {v:?}");
+
+    // Refused as ext4 refuses: a directory (EPERM), another space or a snapshot (EXDEV).
+    assert_eq!(
+        errno_of(fs::hard_link(d.join("a"), d.join("dirlink"))),
+        libc::EPERM
+    );
+    fs::create_dir(m.dir.join("spaces/other")).unwrap();
+    assert_eq!(
+        errno_of(fs::hard_link(d.join("a/x"), m.space("other").join("x"))),
+        libc::EXDEV
+    );
+    assert_eq!(
+        errno_of(fs::hard_link(snap.join("plain"), d.join("p2"))),
+        libc::EXDEV
+    );
+    drop(m.stop());
+
+    // Committed as one hard-link group: a new mount shows one inode again, content and all.
+    let m = Mount::start(&repo, &mnt, &[]);
+    let d = m.space("docs");
+    let v = ino_nlink(&d, &names);
+    assert!(
+        v.iter().all(|x| *x == (v[0].0, 3)),
+        "after a remount: {v:?}"
+    );
+    assert_eq!(
+        fs::read(d.join("b/c")).unwrap(),
+        b"one file, written through b/y"
+    );
+    drop(m.stop());
+
+    // And restore makes them one file.
+    let out = repo.dir.path().join("out");
+    repo.ok(&["restore", "docs@latest", out.to_str().unwrap()]);
+    let v = ino_nlink(&out, &names);
+    assert!(
+        v.iter().all(|x| *x == (v[0].0, 3)),
+        "after a restore: {v:?}"
+    );
+    assert_eq!(
+        fs::read(out.join("a2/x")).unwrap(),
+        b"one file, written through b/y"
+    );
+    assert_eq!(
+        fs::metadata(out.join("a/x")).unwrap().mode() & 0o7777,
+        0o600
+    );
+}
+
+#[test]
+fn sigterm_stops_the_mount_while_a_fifo_in_it_is_held_open() {
+    if require(Need::Fuse).is_none() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let mnt = repo.dir.path().join("mnt");
+    let mut m = Mount::start(&repo, &mnt, &["--space", "docs"]);
+    let d = m.space("docs");
+    fs::create_dir_all(&d).unwrap();
+    let pipe = d.join("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    fs::write(d.join("note"), b"pending").unwrap();
+    // A process holds the fifo open (read-write: the open does not wait for a writer).
+    let mut holder = std::process::Command::new("sh")
+        .args(["-c", "exec 3<>\"$1\"; echo held; exec sleep 600", "sh"])
+        .arg(&pipe)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+
+    // SIGTERM: the mount commits, detaches and exits although the fifo is still open.
+    let mut child = m.child.take().unwrap();
+    puce_tests::mount::unsafe_free_kill(child.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = holder.kill();
+            panic!(
+                "puce mount did not exit within 120 s of SIGTERM: {}",
+                m.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = m.log();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(status.success(), "puce mount exited with {status}: {log}");
+    assert!(log.contains("is detached"), "{log}");
+    assert!(!puce_tests::is_mounted(&mnt));
+    let ls = repo.json(&["ls", "docs@latest"]);
+    let listed = |p: &str| ls.as_array().unwrap().iter().any(|e| e["path"] == p);
+    assert!(
+        listed("note") && listed("pipe"),
+        "committed before exiting: {ls}"
+    );
+}

@@ -136,16 +136,25 @@ impl PuceFs {
         path: &[u8],
     ) -> FsResult<Attr> {
         let a = self.info_attr(ino, info)?;
-        self.space_attr(a, st, path)
+        self.space_attr(a, st, path, info.link)
     }
 
     /// Complete the attributes `a` of the entry at `path` of a space: its `ctime` is at least
     /// the space's floor (what is not changed since the space's snapshot was loaded changed at
-    /// the latest when that snapshot was taken), and a directory counts its subdirectories.
-    pub(super) fn space_attr(&self, mut a: Attr, st: &SpaceState, path: &[u8]) -> FsResult<Attr> {
+    /// the latest when that snapshot was taken), a directory counts its subdirectories, and a
+    /// file of hard-link group `link` its names.
+    pub(super) fn space_attr(
+        &self,
+        mut a: Attr,
+        st: &SpaceState,
+        path: &[u8],
+        link: Option<u64>,
+    ) -> FsResult<Attr> {
         a.ctime_ns = a.ctime_ns.max(st.ctime_floor);
         if a.kind == NodeKind::Dir {
             a.nlink = dir_nlink(st.tree.subdirs(&FsTrees(self), path)? as usize);
+        } else if let Some(g) = link {
+            a.nlink = st.tree.names(&FsTrees(self), g)?;
         }
         Ok(a)
     }

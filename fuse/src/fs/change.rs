@@ -74,8 +74,9 @@ impl PuceFs {
             Kind::SpaceNode(space.clone(), kind),
             |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == kind),
         );
+        // Its change time is its making, as the edit tree says (`Edit` time = `meta`'s).
         let info = puce_core::snapshot::edit::Info {
-            ctime_ns: now_ns(),
+            ctime_ns: meta.mtime_ns,
             ..puce_core::snapshot::edit::Info::new(kind, *meta)
         };
         Ok(Self::info_attr_of(ino, &info, (0, meta.mtime_ns)))
@@ -381,9 +382,48 @@ impl PuceFs {
         })
     }
 
-    /// `link`: hard links cannot be represented in a snapshot.
-    pub fn link(&self) -> FsResult<Attr> {
-        Err(FsError::PERM)
+    /// `link`: `(new_parent, new_name)` becomes another name of `ino` (its hard-link group's,
+    /// a new group if it has none). Directories: `EPERM`; between two spaces, or a space and
+    /// a snapshot: `EXDEV`, as between two file systems.
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> FsResult<Attr> {
+        check_name(new_name)?;
+        let (i, p) = (self.inode(ino)?, self.inode(new_parent)?);
+        let into = match &p.kind {
+            Kind::SpaceRoot(s) | Kind::SpaceNode(s, _) => Some(s.clone()),
+            _ => None,
+        };
+        let is_dir = match &i.kind {
+            Kind::SpaceNode(_, k) => *k == NodeKind::Dir,
+            Kind::SnapNode { entry, .. } => entry.is_dir(),
+            _ => true,
+        };
+        let s = match (&i.kind, into) {
+            _ if is_dir => return Err(FsError::PERM),
+            (Kind::SpaceNode(s, _), Some(t)) if *s == t => t,
+            (_, Some(_)) => return Err(FsError::XDEV),
+            (_, None) if matches!(p.kind, Kind::Fixed) => return Err(FsError::PERM),
+            (Kind::SpaceNode(..), None) => return Err(FsError::XDEV),
+            (_, None) => return Err(FsError::ROFS),
+        };
+        self.in_space(new_parent, |space, st, path| {
+            let from = self.space_path(ino)?;
+            // A group number no other file of the space has (64 random-looking bits).
+            let seed = [&now_ns().to_le_bytes()[..], &ino.to_le_bytes(), &from].concat();
+            let fresh = ObjectId::of(&seed).0.0;
+            let group = u64::from_le_bytes(fresh[..8].try_into().unwrap_or_default());
+            let to = join(&path, new_name);
+            let edit = Edit::Link {
+                from,
+                to: to.clone(),
+                group,
+                time_ns: now_ns(),
+            };
+            self.record(space, st, edit)?;
+            let info = st.tree.lookup(&FsTrees(self), &to)?.ok_or(FsError::NOENT)?;
+            let g = info.link.unwrap_or(group);
+            lock(&self.inodes)?.link(ino, new_parent, new_name, (s.clone(), g));
+            self.space_info_attr(ino, &info, st, &to)
+        })
     }
 
     /// `setattr`: mode, owner, size, modification time (the access time is not kept).
@@ -469,7 +509,7 @@ impl PuceFs {
                 (Some((oid, f)), Some(id)) if *oid == id => {
                     let md = f.metadata()?;
                     let a = Self::info_attr_of(ino, &info, (md.len(), mtime_of(&md)));
-                    self.space_attr(a, &st, &path)
+                    self.space_attr(a, &st, &path, info.link)
                 }
                 _ => self.space_info_attr(ino, &info, &st, &path),
             }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use puce_core::ObjectId;
 use puce_core::SnapshotEntry;
 use puce_core::format::tree::Node;
-use puce_core::snapshot::edit::NodeKind;
+use puce_core::snapshot::edit::{EditTree, NodeKind};
 
 use super::attr::kind_of;
 use super::stored::FsTrees;
@@ -169,9 +169,18 @@ impl PuceFs {
                     parent_tree: tree_id,
                     entry: Arc::new(light),
                 };
-                let ino = lock(&self.inodes)?
-                    .lookup(parent, name, kind, |k| matches!(k, Kind::SnapNode { .. }));
-                self.entry_attr(ino, e)
+                let same = |k: &Kind| matches!(k, Kind::SnapNode { .. });
+                let mut t = lock(&self.inodes)?;
+                let snap = t.snapshot_of(parent);
+                let ino = match (e.link, snap) {
+                    (Some(g), Some((id, _))) => {
+                        let scope: Arc<str> = Arc::from(format!("@{id}"));
+                        t.lookup_linked(parent, name, kind, (scope, g), same)
+                    }
+                    _ => t.lookup(parent, name, kind, same),
+                };
+                drop(t);
+                self.snap_entry_attr(ino, e, snap.map(|(_, root)| root))
             }
             (Kind::SpaceRoot(s) | Kind::SpaceNode(s, _), _) => {
                 let space = self.space(s).ok_or(FsError::STALE)?;
@@ -183,16 +192,42 @@ impl PuceFs {
                     .lookup(&FsTrees(self), &child)?
                     .ok_or(FsError::NOENT)?;
                 let nk = info.kind;
-                let ino = lock(&self.inodes)?.lookup(
-                    parent,
-                    name,
-                    Kind::SpaceNode(s.clone(), nk),
-                    |k| matches!(k, Kind::SpaceNode(_, k2) if *k2 == nk),
-                );
+                let kind = Kind::SpaceNode(s.clone(), nk);
+                let same = |k: &Kind| matches!(k, Kind::SpaceNode(_, k2) if *k2 == nk);
+                let mut t = lock(&self.inodes)?;
+                let ino = match info.link {
+                    Some(g) => t.lookup_linked(parent, name, kind, (s.clone(), g), same),
+                    None => t.lookup(parent, name, kind, same),
+                };
+                drop(t);
                 self.space_info_attr(ino, &info, &st, &child)
             }
             _ => Err(FsError::NOTDIR),
         }
+    }
+
+    /// [`PuceFs::entry_attr`] of an entry of the snapshot whose root tree is `root`: a file of
+    /// a hard-link group counts the group's names in the snapshot.
+    fn snap_entry_attr(
+        &self,
+        ino: u64,
+        e: &puce_core::format::tree::Entry,
+        root: Option<ObjectId>,
+    ) -> FsResult<Attr> {
+        let mut a = self.entry_attr(ino, e)?;
+        if let (Some(g), Some(root)) = (e.link, root) {
+            let tree = {
+                let mut m = lock(&self.snap_links)?;
+                if m.len() >= 8 && !m.contains_key(&root) {
+                    m.clear();
+                }
+                m.entry(root)
+                    .or_insert_with(|| Arc::new(EditTree::new(Some(root))))
+                    .clone()
+            };
+            a.nlink = tree.names(&FsTrees(self), g)?;
+        }
+        Ok(a)
     }
 
     fn snap_root_attr(&self, ino: u64, root: &ObjectId, time_ns: i64) -> FsResult<Attr> {
@@ -254,7 +289,10 @@ impl PuceFs {
                 Ok(self.fixed_dir_attr(ino, 0o555, self.started_ns, n))
             }
             Kind::SnapRoot { root, time_ns, .. } => self.snap_root_attr(ino, root, *time_ns),
-            Kind::SnapNode { entry, .. } => self.entry_attr(ino, entry),
+            Kind::SnapNode { entry, .. } => {
+                let root = lock(&self.inodes)?.snapshot_of(ino).map(|(_, r)| r);
+                self.snap_entry_attr(ino, entry, root)
+            }
             Kind::SpaceNode(s, _) => {
                 let space = self.space(s).ok_or(FsError::STALE)?;
                 let st = space.lock()?;

@@ -40,6 +40,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use puce_core::format::tree::Tree;
 use puce_core::index::{IndexReader, now_ns};
 use puce_core::paths::NameError;
+use puce_core::snapshot::edit::EditTree;
 use puce_core::writer_session::WriterSession;
 use puce_core::{Error, ObjectId, Repo, Result};
 
@@ -154,6 +155,9 @@ pub struct PuceFs {
     stop: AtomicBool,
     prefetch: Mutex<Option<Sender<Prefetch>>>,
     counts: Mutex<HashMap<ObjectId, Counts>>,
+    /// The hard-link groups of the snapshots whose linked files were looked up, by root tree
+    /// (a few: each is one walk of its snapshot).
+    snap_links: Mutex<HashMap<ObjectId, Arc<EditTree>>>,
     /// A writer session held while some space has uncommitted changes (none while idle).
     pending_session: Mutex<Option<WriterSession>>,
     /// Spaces at their quota ([`quota`]).
@@ -219,6 +223,7 @@ impl PuceFs {
             stop: AtomicBool::new(false),
             prefetch: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
+            snap_links: Mutex::new(HashMap::new()),
             pending_session: Mutex::new(None),
             quota: quota::QuotaCache::default(),
             cfg,

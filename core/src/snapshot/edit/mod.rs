@@ -12,7 +12,7 @@
 //! postcard encoding is pinned by a golden test.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::format::tree::{Entry, MAX_TREE_DEPTH, Node, Tree};
@@ -21,8 +21,11 @@ use crate::index::{IndexReader, now_ns};
 use crate::paths;
 use crate::repo::Repo;
 
+mod links;
 mod ops;
 mod write;
+
+use links::Links;
 
 use ops::EResult;
 pub use ops::{Content, Edit, EditError, Info, Meta, NodeKind};
@@ -117,7 +120,12 @@ impl ENode {
 
     fn info(&self) -> Info {
         match self {
-            ENode::File { meta, content, .. } => Info {
+            ENode::File {
+                meta,
+                content,
+                link,
+            } => Info {
+                link: *link,
                 size: match content {
                     Content::Stored { size, .. } => *size,
                     Content::Local(_) => 0,
@@ -128,13 +136,15 @@ impl ENode {
                 },
                 ..Info::new(NodeKind::File, *meta)
             },
-            ENode::Symlink { meta, target, .. } => Info {
+            ENode::Symlink { meta, target, link } => Info {
+                link: *link,
                 size: target.len() as u64,
                 target: Some(target.clone()),
                 ..Info::new(NodeKind::Symlink, *meta)
             },
             ENode::Dir { meta, .. } => Info::new(NodeKind::Dir, *meta),
-            ENode::Special { meta, node, .. } => Info {
+            ENode::Special { meta, node, link } => Info {
+                link: *link,
                 rdev: rdev_of(node),
                 ..Info::new(NodeKind::of(node), *meta)
             },
@@ -153,7 +163,7 @@ fn rdev_of(node: &Node) -> u64 {
 fn info_of_entry(e: &Entry) -> Info {
     let meta = Meta::of(e);
     let kind = NodeKind::of(&e.node);
-    match &e.node {
+    let info = match &e.node {
         Node::File { size, .. } => Info {
             size: *size,
             ..Info::new(kind, meta)
@@ -167,6 +177,10 @@ fn info_of_entry(e: &Entry) -> Info {
             rdev: rdev_of(node),
             ..Info::new(kind, meta)
         },
+    };
+    Info {
+        link: e.link,
+        ..info
     }
 }
 
@@ -218,6 +232,8 @@ pub struct EditTree {
     /// by path; entries not changed since the tree was created are not in it. In memory only:
     /// trees store no change time.
     changed_at: BTreeMap<Vec<u8>, i64>,
+    /// The names of each hard-link group: walked on first need, then kept by every edit.
+    links: OnceLock<Links>,
 }
 
 impl EditTree {
@@ -230,6 +246,7 @@ impl EditTree {
             },
             changed: false,
             changed_at: BTreeMap::new(),
+            links: OnceLock::new(),
         }
     }
 
@@ -494,7 +511,8 @@ impl EditTree {
         }
         m.insert(name.to_vec(), node);
         self.touch_dir(src, parent, time_ns)?;
-        self.note_change(&comps);
+        // Changed when made (the caller answers the same `ctime` without a lookup).
+        self.changed_at.insert(comps.join(&b'/'), time_ns);
         self.changed = true;
         Ok(())
     }
@@ -581,9 +599,16 @@ impl EditTree {
                     (Some(_), true) => return Err(EditError::NotADirectory(show(&comps))),
                     (Some(_), false) => {}
                 }
-                m.remove(*name);
+                let group = m.remove(*name).and_then(|n| n.link());
                 let gone = comps.join(&b'/');
                 self.changed_at.retain(|k, _| !paths_below(k, &gone));
+                if let Some(l) = self.links.get_mut() {
+                    l.remove(&gone);
+                }
+                if let Some(g) = group {
+                    // One name fewer: the file's link count, hence its ctime, changed.
+                    self.note_names(src, g)?;
+                }
                 self.touch_dir(src, parent, *time_ns)?;
                 self.changed = true;
                 Ok(())
@@ -612,6 +637,12 @@ impl EditTree {
                 };
                 self.insert_new(src, path, node, *time_ns)
             }
+            Edit::Link {
+                from,
+                to,
+                group,
+                time_ns,
+            } => self.link(src, from, to, *group, *time_ns),
             Edit::SetMeta {
                 path,
                 mode,
@@ -620,58 +651,117 @@ impl EditTree {
                 mtime_ns,
             } => {
                 let comps = split_path(path)?;
-                let Some((name, parent)) = comps.split_last() else {
-                    return Err(EditError::Invalid(
-                        "the root directory's metadata is not stored".into(),
-                    ));
-                };
-                let m = self.dir_mut(src, parent)?;
-                let node = m
-                    .get_mut(*name)
-                    .ok_or_else(|| EditError::NotFound(show(&comps)))?;
-                let meta = node.meta_mut();
-                if let Some(v) = mode {
-                    meta.mode = v & 0o7777;
-                }
-                if let Some(v) = uid {
-                    meta.uid = *v;
-                }
-                if let Some(v) = gid {
-                    meta.gid = *v;
-                }
-                if let Some(v) = mtime_ns {
-                    meta.mtime_ns = *v;
-                }
-                self.note_change(&comps);
-                self.changed = true;
-                Ok(())
+                self.for_names(src, &comps, |node| {
+                    let meta = node.meta_mut();
+                    if let Some(v) = mode {
+                        meta.mode = v & 0o7777;
+                    }
+                    if let Some(v) = uid {
+                        meta.uid = *v;
+                    }
+                    if let Some(v) = gid {
+                        meta.gid = *v;
+                    }
+                    if let Some(v) = mtime_ns {
+                        meta.mtime_ns = *v;
+                    }
+                })
             }
         }
     }
 
-    /// Replace the content of the regular file at `path`.
+    /// Replace the content of the regular file at `path`, and so of its other names.
     fn set_content(&mut self, src: &dyn TreeSource, path: &[u8], content: &Content) -> EResult<()> {
         let comps = split_path(path)?;
         let Some((name, parent)) = comps.split_last() else {
             return Err(EditError::IsADirectory("/".into()));
         };
-        let m = self.dir_mut(src, parent)?;
-        match m.get_mut(*name) {
-            Some(ENode::File {
-                content: c, link, ..
-            }) => {
-                // Its other names (if any) keep the old content: no longer one file.
-                *c = content.clone();
-                *link = None;
-            }
+        match self.dir_mut(src, parent)?.get(*name) {
+            Some(ENode::File { .. }) => {}
             Some(ENode::Dir { .. }) => return Err(EditError::IsADirectory(show(&comps))),
             Some(ENode::Symlink { .. } | ENode::Special { .. }) => {
                 return Err(not_a_file(&comps));
             }
             None => return Err(EditError::NotFound(show(&comps))),
         }
-        self.note_change(&comps);
+        self.for_names(src, &comps, |n| {
+            if let ENode::File { content: c, .. } = n {
+                *c = content.clone();
+            }
+        })
+    }
+
+    /// Change the entry at `comps` and every other name of its hard-link group with `f`.
+    fn for_names(
+        &mut self,
+        src: &dyn TreeSource,
+        comps: &[&[u8]],
+        mut f: impl FnMut(&mut ENode),
+    ) -> EResult<()> {
+        let Some((name, parent)) = comps.split_last() else {
+            return Err(EditError::Invalid(
+                "the root directory's metadata is not stored".into(),
+            ));
+        };
+        let group = self
+            .dir_mut(src, parent)?
+            .get(*name)
+            .ok_or_else(|| EditError::NotFound(show(comps)))?
+            .link();
+        for p in self.names_of(src, comps, group)? {
+            let pc = split_path(&p)?;
+            let Some((n, par)) = pc.split_last() else {
+                continue;
+            };
+            if let Some(node) = self.dir_mut(src, par)?.get_mut(*n) {
+                f(node);
+            }
+            self.note_change(&pc);
+        }
         self.changed = true;
+        Ok(())
+    }
+
+    /// Make `to` another name of the non-directory at `from` (see [`Edit::Link`]).
+    fn link(
+        &mut self,
+        src: &dyn TreeSource,
+        from: &[u8],
+        to: &[u8],
+        group: u64,
+        time_ns: i64,
+    ) -> EResult<()> {
+        let fc = split_path(from)?;
+        let Some((fname, fparent)) = fc.split_last() else {
+            return Err(EditError::Invalid(
+                "the root directory cannot be linked".into(),
+            ));
+        };
+        let mut node = self
+            .dir_mut(src, fparent)?
+            .get(*fname)
+            .ok_or_else(|| EditError::NotFound(show(&fc)))?
+            .clone();
+        if matches!(node, ENode::Dir { .. }) {
+            return Err(EditError::Invalid(format!(
+                "'{}' is a directory: a directory cannot have a second name",
+                show(&fc)
+            )));
+        }
+        let had = node.link();
+        let g = had.unwrap_or(group);
+        node.set_link(Some(g));
+        self.insert_new(src, to, node, time_ns)?;
+        if had.is_none()
+            && let Some(n) = self.dir_mut(src, fparent)?.get_mut(*fname)
+        {
+            n.set_link(Some(g));
+        }
+        self.note_change(&fc);
+        if let Some(l) = self.links.get_mut() {
+            l.insert(fc.join(&b'/'), g);
+            l.insert(split_path(to)?.join(&b'/'), g);
+        }
         Ok(())
     }
 
@@ -704,6 +794,10 @@ impl EditTree {
         if fc == tc {
             return Ok(());
         }
+        if src_info.link.is_some() && dst_info.as_ref().and_then(|d| d.link) == src_info.link {
+            // Two names of one file: rename(2) does nothing.
+            return Ok(());
+        }
         if let Some(d) = &dst_info {
             if noreplace {
                 return Err(EditError::Exists(show(&tc)));
@@ -732,6 +826,13 @@ impl EditTree {
         self.touch_dir(src, fparent, time_ns)?;
         self.touch_dir(src, tparent, time_ns)?;
         self.move_changes(&fc, &tc);
+        if let Some(l) = self.links.get_mut() {
+            l.rename(&fc.join(&b'/'), &tc.join(&b'/'));
+        }
+        if let Some(g) = dst_info.and_then(|d| d.link) {
+            // The replaced file has one name fewer.
+            self.note_names(src, g)?;
+        }
         self.note_change(&tc);
         self.changed = true;
         Ok(())

@@ -98,6 +98,9 @@ pub struct Info {
     pub ctime_ns: i64,
     /// The device number of a device node, else 0.
     pub rdev: u64,
+    /// The hard-link group of a non-directory whose other names (if any) are the same file
+    /// ([`EditTree::names`](super::EditTree::names) counts them).
+    pub link: Option<u64>,
 }
 
 impl Info {
@@ -111,6 +114,7 @@ impl Info {
             target: None,
             ctime_ns: 0,
             rdev: 0,
+            link: None,
         }
     }
 }
@@ -155,7 +159,7 @@ pub enum Edit {
         /// Time of the change.
         time_ns: i64,
     },
-    /// Replace the content of an existing regular file.
+    /// Replace the content of an existing regular file (of every name of its hard-link group).
     SetContent {
         /// Path.
         #[serde(with = "serde_bytes")]
@@ -186,7 +190,7 @@ pub enum Edit {
         /// Time of the change.
         time_ns: i64,
     },
-    /// Change metadata; `None` fields are kept.
+    /// Change metadata (of every name of the entry's hard-link group); `None` fields are kept.
     SetMeta {
         /// Path.
         #[serde(with = "serde_bytes")]
@@ -209,6 +213,20 @@ pub enum Edit {
         meta: Meta,
         /// What it is: [`Node::Fifo`], [`Node::Socket`] or a device.
         node: Node,
+        /// Time of the change.
+        time_ns: i64,
+    },
+    /// Make `to` (which must not exist) another name of the non-directory at `from`, as
+    /// `link(2)`: both names join the hard-link group of `from`, or `group` if it has none.
+    Link {
+        /// The existing name.
+        #[serde(with = "serde_bytes")]
+        from: Vec<u8>,
+        /// The new name.
+        #[serde(with = "serde_bytes")]
+        to: Vec<u8>,
+        /// The group both names join if `from` is in none yet.
+        group: u64,
         /// Time of the change.
         time_ns: i64,
     },

@@ -315,3 +315,127 @@ fn golden_edit_encoding() {
         .concat()
     );
 }
+
+#[test]
+fn golden_link_edit_encoding() {
+    let ln = Edit::Link {
+        from: b"a".to_vec(),
+        to: b"d/b".to_vec(),
+        group: 0x0102,
+        time_ns: 1,
+    };
+    let bytes = postcard::to_stdvec(&ln).unwrap();
+    assert_eq!(
+        hexdump(&bytes),
+        [
+            "08",       // Edit::Link
+            "0161",     // from "a"
+            "03642f62", // to "d/b"
+            "8202",     // group 0x0102 (varint)
+            "02",       // time 1 (zigzag)
+        ]
+        .concat()
+    );
+    assert_eq!(postcard::from_bytes::<Edit>(&bytes).unwrap(), ln);
+}
+
+#[test]
+fn hard_links_are_one_file_through_edits_and_a_write() {
+    let e = env();
+    e.put_local(1, b"one");
+    e.put_local(2, b"two");
+    let (repo, reader) = src(&e);
+    let s = RepoTrees {
+        repo: &repo,
+        reader: &reader,
+    };
+    let link = |from: &str, to: &str| Edit::Link {
+        from: from.into(),
+        to: to.into(),
+        group: 42,
+        time_ns: 5,
+    };
+    let mut t = EditTree::new(None);
+    for ed in [
+        mkdir("d"),
+        create("a", 1),
+        link("a", "d/b"),
+        link("d/b", "c"),
+    ] {
+        t.apply(&s, &ed).unwrap();
+    }
+    assert_eq!(t.lookup(&s, b"a").unwrap().unwrap().link, Some(42));
+    assert_eq!(t.names(&s, 42).unwrap(), 3);
+    // Content and metadata changed through one name change every name.
+    t.apply(
+        &s,
+        &Edit::SetContent {
+            path: b"c".to_vec(),
+            content: Content::Local(2),
+        },
+    )
+    .unwrap();
+    t.apply(
+        &s,
+        &Edit::SetMeta {
+            path: b"d/b".to_vec(),
+            mode: Some(0o600),
+            uid: None,
+            gid: None,
+            mtime_ns: None,
+        },
+    )
+    .unwrap();
+    for p in [&b"a"[..], b"d/b", b"c"] {
+        let i = t.lookup(&s, p).unwrap().unwrap();
+        assert_eq!((i.local, i.meta.mode), (Some(2), 0o600), "{p:?}");
+    }
+    // Renaming one name onto another of the same file does nothing; a directory rename
+    // moves the names below it; removing a name keeps the others.
+    let rn = |from: &str, to: &str| Edit::Rename {
+        from: from.into(),
+        to: to.into(),
+        noreplace: false,
+        time_ns: 6,
+    };
+    t.apply(&s, &rn("a", "c")).unwrap();
+    assert!(t.lookup(&s, b"a").unwrap().is_some());
+    t.apply(&s, &rn("d", "e")).unwrap();
+    t.apply(
+        &s,
+        &Edit::Remove {
+            path: b"a".to_vec(),
+            dir: false,
+            time_ns: 7,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.names(&s, 42).unwrap(), 2);
+    // Directories and missing names cannot be linked; an existing name is not replaced.
+    assert!(matches!(
+        t.apply(&s, &link("e", "x")),
+        Err(EditError::Invalid(_))
+    ));
+    assert!(matches!(
+        t.apply(&s, &link("nope", "x")),
+        Err(EditError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.apply(&s, &link("c", "e/b")),
+        Err(EditError::Exists(_))
+    ));
+    // Written, the names are one hard-link group; a tree loaded from it counts them (walk).
+    let root = e.write(&t);
+    let flat = e.flat(root);
+    assert_eq!(flat["c"], "f600 two");
+    assert_eq!(flat["e/b"], "f600 two");
+    let reader = e.repo.index().reader().unwrap();
+    let s = RepoTrees {
+        repo: &repo,
+        reader: &reader,
+    };
+    let t2 = EditTree::new(Some(root));
+    let g = t2.lookup(&s, b"e/b").unwrap().unwrap().link.unwrap();
+    assert_eq!(t2.lookup(&s, b"c").unwrap().unwrap().link, Some(g));
+    assert_eq!(t2.names(&s, g).unwrap(), 2);
+}

@@ -1,6 +1,6 @@
 //! Storing an edited tree: chunk local files, store the new trees, reuse unchanged subtrees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
@@ -30,6 +30,7 @@ impl EditTree {
             reader_gen: saver.generation(),
             chunker: None,
             open_local,
+            locals: HashMap::new(),
         };
         match &self.root {
             Dir::Stored(id) => Ok(*id),
@@ -45,6 +46,8 @@ struct Writer<'a> {
     reader_gen: u64,
     chunker: Option<Chunker<File>>,
     open_local: &'a dyn Fn(u64) -> Result<File>,
+    /// Local files already chunked (the names of one hard-linked file share one).
+    locals: HashMap<u64, (u64, Vec<ObjectId>, i64)>,
 }
 
 impl Writer<'_> {
@@ -121,6 +124,15 @@ impl Writer<'_> {
     }
 
     fn local(&mut self, id: u64) -> Result<(u64, Vec<ObjectId>, i64)> {
+        if let Some(done) = self.locals.get(&id) {
+            return Ok(done.clone());
+        }
+        let done = self.chunk_local(id)?;
+        self.locals.insert(id, done.clone());
+        Ok(done)
+    }
+
+    fn chunk_local(&mut self, id: u64) -> Result<(u64, Vec<ObjectId>, i64)> {
         let f = (self.open_local)(id)?;
         let md = f.metadata().map_err(|e| {
             Error::other(format!("cannot stat local file {id:016x}")).with_source(e)
