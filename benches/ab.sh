@@ -8,7 +8,10 @@
 #   initial:   `puce sync A --pull` of all versions but the last into an empty node (A's daemon
 #              on loopback);
 #   nightly-sync: the last version snapshotted on A, then pulled by the same node.
+#   repo-mib:  the size of the repository after `nightly` (packs and records, MiB).
 # Usage: benches/ab.sh OLD_PUCE NEW_PUCE [CORPUS_VERSIONS_DIR]
+# ENCRYPT_NEW=1: the "new" runs use encrypted repositories (`init --encrypt`, the two nodes
+# sharing one key): with the same binary as OLD and NEW, this measures what encryption costs.
 # Needs: rsync, python3. Prints a table (Markdown) with medians and new/old ratios.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
@@ -32,13 +35,26 @@ now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
 port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# `puce init` of repository $3 with binary $1 for label $2, encrypted for "new" when
+# ENCRYPT_NEW=1 (with the key of repository $4 when given); prints the key file.
+init() {
+  if [ "$2" = new ] && [ "${ENCRYPT_NEW:-0}" = 1 ]; then
+    local from=()
+    [ -n "${4:-}" ] && from=(--key-from "$4")
+    "$1" --json init --encrypt "${from[@]}" "$3" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["key_file"])'
+  else
+    "$1" init -q "$3"
+  fi
+}
+
 # One run of binary $1 (label $2); appends "label metric seconds" lines to $W/times.
 run() {
   local P=$1 L=$2 R=$W/run
   rm -rf "$R" "$RD"/*
   mkdir -p "$R/stage"
-  export XDG_CACHE_HOME=$R/cache XDG_DATA_HOME=$R/data
-  "$P" init -q "$R/A"
+  export XDG_CACHE_HOME=$R/cache XDG_DATA_HOME=$R/data XDG_CONFIG_HOME=$R/config
+  init "$P" "$L" "$R/A" > /dev/null
   local t total=0
   for ((i = 0; i < N; i++)); do
     rsync -a --delete "${DAYS[$i]}/" "$R/stage/"
@@ -47,13 +63,15 @@ run() {
     total=$(python3 -c "print($total + $(since "$t"))")
   done
   echo "$L nightly $total" >> "$W/times"
+  echo "$L repo-mib $(du -sm --exclude index.redb --exclude cache "$R/A" | cut -f1)" >> "$W/times"
   t=$(now); "$P" --repo "$R/A" -q snapshot "$R/stage" --space corpus
   echo "$L nochange $(since "$t")" >> "$W/times"
   t=$(now); "$P" --repo "$R/A" -q restore corpus@latest "$RD/r"
   echo "$L restore $(since "$t")" >> "$W/times"
   # Sync: a source node with all versions but the last, an empty receiver.
-  "$P" init -q "$R/B"
-  "$P" init -q "$R/D"
+  local key
+  key=$(init "$P" "$L" "$R/B")
+  init "$P" "$L" "$R/D" "$key" > /dev/null
   local pd pb
   pd=$(port); pb=$(port)
   "$P" --repo "$R/D" node init --name D --listen "127.0.0.1:$pd" > /dev/null
