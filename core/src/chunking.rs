@@ -81,22 +81,13 @@ impl Masks {
 /// whole rest of the input; with a keyed gear table in an encrypted repository.
 #[inline]
 fn cut(window: &[u8], p: &ChunkerParams, m: &Masks, gear: Option<&Gear>) -> usize {
-    if let Some(g) = gear {
-        let (_, len) = fastcdc::v2020::cut_gear(
-            window,
-            p.min_size as usize,
-            p.avg_size as usize,
-            p.max_size as usize,
-            m.s,
-            m.l,
-            m.s << 1,
-            m.l << 1,
-            &g.gear,
-            &g.gear_ls,
-        );
-        return len;
-    }
-    let (_, len) = fastcdc::v2020::cut(
+    // fastcdc's own tables (borrowed, no copy) unless the repository has keyed ones.
+    let (default, default_ls) = fastcdc::v2020::get_gear_with_seed(0);
+    let (g, g_ls) = match gear {
+        Some(g) => (&g.gear[..], &g.gear_ls[..]),
+        None => (&default[..], &default_ls[..]),
+    };
+    let (_, len) = fastcdc::v2020::cut_gear(
         window,
         p.min_size as usize,
         p.avg_size as usize,
@@ -105,6 +96,8 @@ fn cut(window: &[u8], p: &ChunkerParams, m: &Masks, gear: Option<&Gear>) -> usiz
         m.l,
         m.s << 1,
         m.l << 1,
+        g,
+        g_ls,
     );
     len
 }

@@ -50,6 +50,22 @@ impl S3Repo {
     }
 }
 
+/// The bucket of `repo`, opened directly (to see or damage what puce stored there).
+fn bucket(garage: &Garage, repo: &S3Repo, dir: &Path) -> puce_s3::S3Backend {
+    puce_s3::S3Backend::open(puce_s3::S3Config {
+        location: puce_s3::S3Location::load(&repo.local).unwrap().unwrap(),
+        credentials: puce_s3::Credentials {
+            access_key_id: garage.key_id.clone(),
+            secret_access_key: garage.secret.clone(),
+            session_token: None,
+        },
+        retry_timeout: std::time::Duration::from_secs(10),
+        cache_bytes: 0,
+        tmp_dir: dir.join("s3-tmp"),
+    })
+    .unwrap()
+}
+
 fn init(garage: &Garage, dir: &Path, name: &str, extra: &[&str]) -> S3Repo {
     let r = S3Repo {
         env: garage.env(),
@@ -101,18 +117,7 @@ fn snapshot_restore_check_gc_and_repair_on_garage() {
     // index's copy, and check reports it once.
     {
         use puce_core::backend::{Backend, FileKind};
-        let backend = puce_s3::S3Backend::open(puce_s3::S3Config {
-            location: puce_s3::S3Location::load(&repo.local).unwrap().unwrap(),
-            credentials: puce_s3::Credentials {
-                access_key_id: garage.key_id.clone(),
-                secret_access_key: garage.secret.clone(),
-                session_token: None,
-            },
-            retry_timeout: std::time::Duration::from_secs(10),
-            cache_bytes: 0,
-            tmp_dir: dir.path().join("s3-tmp"),
-        })
-        .unwrap();
+        let backend = bucket(&garage, &repo, dir.path());
         let pristine = backend.read(FileKind::Config, "config").unwrap();
         let mut damaged = pristine.clone();
         damaged[pristine.len() / 2] ^= 0x04;
@@ -450,18 +455,7 @@ fn an_encrypted_repository_on_garage_shows_nothing_of_names_and_contents() {
     let v = repo.json(&["snapshot", src.to_str().unwrap(), "--space", "MARKER-SPACE"]);
     let id = v["id"].as_str().unwrap().to_string();
     repo.ok(&["policy", "set", "MARKER-SPACE", "--keep-daily", "3"]);
-    let backend = puce_s3::S3Backend::open(puce_s3::S3Config {
-        location: puce_s3::S3Location::load(&repo.local).unwrap().unwrap(),
-        credentials: puce_s3::Credentials {
-            access_key_id: garage.key_id.clone(),
-            secret_access_key: garage.secret.clone(),
-            session_token: None,
-        },
-        retry_timeout: std::time::Duration::from_secs(10),
-        cache_bytes: 0,
-        tmp_dir: dir.path().join("s3-tmp"),
-    })
-    .unwrap();
+    let backend = bucket(&garage, &repo, dir.path());
     let mut total = 0usize;
     for kind in [FileKind::Pack, FileKind::Snapshot, FileKind::Space] {
         let files = backend.list(kind).unwrap();

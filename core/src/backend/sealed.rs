@@ -149,9 +149,9 @@ impl Backend for SealedBackend {
 
     fn read_vec(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         if Self::seal_kind(kind).is_some() {
-            let mut buf = vec![0u8; len];
-            self.read_at(kind, name, offset, &mut buf)?;
-            return Ok(buf);
+            return self
+                .read_at(kind, name, offset, &mut [])
+                .map(|()| Vec::new());
         }
         self.inner.read_vec(kind, name, offset, len)
     }
