@@ -546,3 +546,71 @@ fn email_goes_over_starttls_with_the_login_from_the_file_and_never_in_clear() {
     assert!(!log.contains("AUTH") && !log.contains("MAIL"), "{log}");
     b.stop();
 }
+
+/// A peer's quota 90 % used and a push it refused are both notified by the holder's daemon
+/// (events `quota` and `quota_refused`, docs/guide.md, "Notifications").
+#[test]
+fn a_quota_nearly_used_and_a_refused_push_are_notified() {
+    let hook = Receiver::start();
+    // Small chunks on both nodes (they must chunk alike), so the refusal comes within 64 KiB
+    // of the quota: over 90 % used.
+    let small = || {
+        puce_tests::TestRepo::with_init(&[
+            "--chunk-min",
+            "16384",
+            "--chunk-avg",
+            "32768",
+            "--chunk-max",
+            "65536",
+        ])
+    };
+    let mut a = TestNode::with("lyon", small(), "127.0.0.1", None);
+    let mut b = TestNode::with("grenoble", small(), "127.0.0.1", None);
+    a.add_peer(&b, r#"{ docs = ["pull"] }"#);
+    b.add_peer(&a, "{ docs = [\"push\"] }\nquota = \"6 MiB\"");
+    let src = a.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        fs::write(
+            src.join(format!("f{i}.bin")),
+            puce_tests::random_bytes(1 << 20, i + 1),
+        )
+        .unwrap();
+    }
+    a.snapshot(&src, "docs");
+    notify_config(&mut b, &hook, false);
+    // Quota use is part of the repository figures, recomputed every `[metrics] refresh`.
+    b.extra.push_str(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{}\"\nrefresh = \"1s\"\n",
+        puce_tests::node::free_port()
+    ));
+    b.write_config();
+    start_and_evaluate(&mut b);
+    let err = a.sync_fails("grenoble", &[]);
+    assert!(err.contains("quota exceeded"), "{err}");
+    wait_logged(&b, &hook, "the two quota events", || {
+        !about(&hook, "quota/peer/lyon").is_empty()
+            && !about(&hook, "quota_refused/lyon").is_empty()
+    });
+    let got = hook.received();
+    let msg = |key: &str| got.iter().find(|v| v["key"] == key).unwrap().clone();
+    let used = msg("quota/peer/lyon");
+    assert_eq!(used["event"], "quota", "{used}");
+    assert!(
+        used["message"]
+            .as_str()
+            .unwrap()
+            .contains("of its quota of 6.0 MiB"),
+        "{used}"
+    );
+    let refused = msg("quota_refused/lyon");
+    assert_eq!(refused["event"], "quota_refused", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota exceeded"),
+        "{refused}"
+    );
+    b.stop();
+}
