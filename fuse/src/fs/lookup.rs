@@ -171,7 +171,9 @@ impl PuceFs {
                 };
                 let same = |k: &Kind| matches!(k, Kind::SnapNode { .. });
                 let mut t = lock(&self.inodes)?;
-                let snap = t.snapshot_of(parent);
+                // Only a linked entry needs its snapshot (its group is scoped to it): the walk
+                // up the inodes is not paid by every lookup.
+                let snap = e.link.and_then(|_| t.snapshot_of(parent));
                 let ino = match (e.link, snap) {
                     (Some(g), Some((id, _))) => {
                         let scope: Arc<str> = Arc::from(format!("@{id}"));
@@ -290,7 +292,10 @@ impl PuceFs {
             }
             Kind::SnapRoot { root, time_ns, .. } => self.snap_root_attr(ino, root, *time_ns),
             Kind::SnapNode { entry, .. } => {
-                let root = lock(&self.inodes)?.snapshot_of(ino).map(|(_, r)| r);
+                let root = match entry.link {
+                    Some(_) => lock(&self.inodes)?.snapshot_of(ino).map(|(_, r)| r),
+                    None => None,
+                };
                 self.snap_entry_attr(ino, entry, root)
             }
             Kind::SpaceNode(s, _) => {
