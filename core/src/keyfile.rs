@@ -5,6 +5,7 @@
 //! directory), named `<repository id>.key`, mode 0600: whoever takes the repository's disk, or
 //! holds its packs in a bucket, does not get the key with it.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::crypto::{Fingerprint, KeyFile, Keys, MasterKey};
@@ -43,9 +44,25 @@ pub fn create(
     Ok((path, master.fingerprint()))
 }
 
+/// The largest key file read: a real one is a few hundred bytes, and whatever path is given
+/// (`/dev/zero`, a huge file) must not make puce allocate without bound.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
 /// The master key in the key file at `path` (a key file of any repository of the association).
 pub fn read_master(path: &Path) -> Result<MasterKey> {
-    let bytes = std::fs::read(path).io_ctx("cannot read the key file", path)?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes))
+        .io_ctx("cannot read the key file", path)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(Error::new(
+            ErrorKind::Key,
+            format!(
+                "{} is not a key file: larger than {MAX_KEY_FILE} bytes",
+                path.display()
+            ),
+        ));
+    }
     let file = KeyFile::decode(&bytes).map_err(|err| err.context(path.display().to_string()))?;
     file.open(None)
         .map_err(|err| err.context(path.display().to_string()))
@@ -98,4 +115,21 @@ pub fn find(config: &Config, e: &Encryption, opts: &OpenOptions) -> Result<Keys>
             }
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_or_huge_file_given_as_key_is_refused_without_reading_it_all() {
+        // Before the bound: the whole of /dev/zero was read into memory ("out of memory").
+        let e = read_master(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Key, "{e}");
+        assert!(e.to_string().contains("not a key file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.key");
+        std::fs::write(&big, vec![0u8; 1 << 20]).unwrap();
+        assert!(read_master(&big).unwrap_err().to_string().contains("not a key file"));
+    }
 }
