@@ -130,6 +130,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.key");
         std::fs::write(&big, vec![0u8; 1 << 20]).unwrap();
-        assert!(read_master(&big).unwrap_err().to_string().contains("not a key file"));
+        assert!(
+            read_master(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("not a key file")
+        );
     }
 }

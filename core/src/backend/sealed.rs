@@ -51,6 +51,18 @@ impl SealedBackend {
         }
     }
 
+    /// Sealed files are read and written whole: refuse `what` (a ranged read, a streamed
+    /// write) on them, a bug in the caller.
+    fn unsealed(kind: FileKind, what: &str) -> Result<()> {
+        match Self::seal_kind(kind) {
+            Some(_) => Err(Error::other(format!(
+                "a sealed {} file cannot be {what}: it is read and written whole",
+                kind.dir()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The id a sealed file is bound to: the keyed hash of its directory and logical name.
     fn seal_id(&self, kind: FileKind, name: &str) -> [u8; 32] {
         self.keys.name_id(&format!("{}/{name}", kind.dir())).0
@@ -138,21 +150,12 @@ impl Backend for SealedBackend {
     }
 
     fn read_at(&self, kind: FileKind, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if Self::seal_kind(kind).is_some() {
-            return Err(Error::other(format!(
-                "a sealed {} file is read whole, not in ranges",
-                kind.dir()
-            )));
-        }
+        Self::unsealed(kind, "read in ranges")?;
         self.inner.read_at(kind, name, offset, buf)
     }
 
     fn read_vec(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        if Self::seal_kind(kind).is_some() {
-            return self
-                .read_at(kind, name, offset, &mut [])
-                .map(|()| Vec::new());
-        }
+        Self::unsealed(kind, "read in ranges")?;
         self.inner.read_vec(kind, name, offset, len)
     }
 
@@ -163,9 +166,7 @@ impl Backend for SealedBackend {
         ranges: &[(u64, usize)],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        if Self::seal_kind(kind).is_some() {
-            return self.read_at(kind, name, 0, &mut []);
-        }
+        Self::unsealed(kind, "read in ranges")?;
         self.inner.read_ranges_into(kind, name, ranges, out)
     }
 
@@ -188,12 +189,7 @@ impl Backend for SealedBackend {
     }
 
     fn create(&self, kind: FileKind) -> Result<Box<dyn ObjectWriter>> {
-        if Self::seal_kind(kind).is_some() {
-            return Err(Error::other(format!(
-                "a sealed {} file is written whole",
-                kind.dir()
-            )));
-        }
+        Self::unsealed(kind, "written in a stream")?;
         self.inner.create(kind)
     }
 
@@ -260,6 +256,9 @@ mod tests {
         b.write(FileKind::Snapshot, "aaaa", b"host lyon, path /srv/compta")
             .unwrap();
         assert_eq!(inner.read(FileKind::Snapshot, "aaaa").unwrap(), stored);
+        // Sealed files are whole: no ranged read, no streamed write.
+        assert!(b.read_vec(FileKind::Snapshot, "aaaa", 0, 4).is_err());
+        assert!(b.create(FileKind::Forget).is_err());
         // Moved to another name or kind, it does not open.
         inner.write(FileKind::Snapshot, "bbbb", &stored).unwrap();
         inner.write(FileKind::Forget, "aaaa", &stored).unwrap();
