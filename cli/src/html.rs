@@ -78,20 +78,15 @@ fn hbars(id: &str, title: &str, series: &[&str], rows: &[(String, Vec<u64>)]) ->
     s
 }
 
-/// A line chart of cumulative values over labelled points, with stacked daily bars beneath.
-fn growth_chart(id: &str, title: &str, g: &GrowthReport) -> String {
-    let (w, h, l, r, t, b) = (760.0, 320.0, 80.0, 20.0, 30.0, 50.0);
-    let n = g.days.len().max(1);
-    let max = g.days.iter().map(|d| d.total).max().unwrap_or(0).max(1) as f64;
-    let x = |i: usize| {
-        l + (w - l - r)
-            * if n == 1 {
-                0.5
-            } else {
-                i as f64 / (n - 1) as f64
-            }
-    };
-    let y = |v: f64| t + (h - t - b) * (1.0 - v / max);
+/// The opening of a line chart of sizes, `w` by `h` with margins `l` and `r`: the caption, the
+/// svg element and five grid lines labelled from 0 to `max`, placed by `y`.
+fn chart_open(
+    id: &str,
+    title: &str,
+    (w, h, l, r): (f64, f64, f64, f64),
+    max: f64,
+    y: impl Fn(f64) -> f64,
+) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -111,6 +106,24 @@ fn growth_chart(id: &str, title: &str, g: &GrowthReport) -> String {
             yy = y(v)
         );
     }
+    s
+}
+
+/// A line chart of cumulative values over labelled points, with stacked daily bars beneath.
+fn growth_chart(id: &str, title: &str, g: &GrowthReport) -> String {
+    let (w, h, l, r, t, b) = (760.0, 320.0, 80.0, 20.0, 30.0, 50.0);
+    let n = g.days.len().max(1);
+    let max = g.days.iter().map(|d| d.total).max().unwrap_or(0).max(1) as f64;
+    let x = |i: usize| {
+        l + (w - l - r)
+            * if n == 1 {
+                0.5
+            } else {
+                i as f64 / (n - 1) as f64
+            }
+    };
+    let y = |v: f64| t + (h - t - b) * (1.0 - v / max);
+    let mut s = chart_open(id, title, (w, h, l, r), max, y);
     let spaces: Vec<&String> = {
         let mut v: Vec<&String> = g.days.iter().flat_map(|d| d.added.keys()).collect();
         v.sort();
@@ -261,25 +274,7 @@ fn time_lines(id: &str, title: &str, times: &[i64], series: &[(String, Vec<u64>)
             }
     };
     let y = |v: f64| t + (h - t - b) * (1.0 - v / max);
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<figure><figcaption>{}</figcaption><svg class="chart" id="{id}" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{}">"#,
-        esc(title),
-        esc(title)
-    );
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        let _ = write!(
-            s,
-            r##"<line x1="{l}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" class="label" text-anchor="end">{}</text>"##,
-            w - r,
-            l - 6.0,
-            y(v) + 4.0,
-            output::size(v as u64),
-            yy = y(v)
-        );
-    }
+    let mut s = chart_open(id, title, (w, h, l, r), max, y);
     for (k, (name, values)) in series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
         let pts: Vec<String> = times
