@@ -30,6 +30,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::envelope;
 use crate::hash::Hash;
+use crate::xchacha::XChaCha;
 
 /// Length of every key.
 pub const KEY_LEN: usize = 32;
@@ -167,7 +168,7 @@ pub struct Keys {
     nonce: [u8; KEY_LEN],
     name: [u8; KEY_LEN],
     gear: Arc<Gear>,
-    cipher: XChaCha20Poly1305,
+    cipher: XChaCha,
     fingerprint: Fingerprint,
 }
 
@@ -194,7 +195,7 @@ impl Keys {
     pub fn derive(master: &MasterKey) -> Keys {
         let m = master.as_bytes();
         let mut seal = blake3::derive_key(contexts::SEAL, m);
-        let cipher = XChaCha20Poly1305::new((&seal).into());
+        let cipher = XChaCha::new(&seal);
         seal.zeroize();
         Keys {
             id: blake3::derive_key(contexts::OBJECT_ID, m),
@@ -241,47 +242,55 @@ impl Keys {
         h.update(plain);
         let mut nonce = [0u8; NONCE_LEN];
         h.finalize_xof().fill(&mut nonce);
-        let aad = associated_data(kind, id);
-        let sealed = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::invalid(format!("cannot seal a blob of {} bytes", plain.len())))?;
-        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(plain);
+        let tag = self
+            .cipher
+            .seal_in_place(&nonce, &associated_data(kind, id), &mut out[NONCE_LEN..])
+            .ok_or_else(|| {
+                Error::invalid(format!("cannot seal a blob of {} bytes", plain.len()))
+            })?;
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
     /// Open a blob sealed by [`Keys::seal`] with the same `kind` and `id`. `what` names it in
     /// the error.
     pub fn open(&self, kind: Kind, id: &[u8; 32], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+        let mut buf = sealed.to_vec();
+        let n = self.open_in_place(kind, id, &mut buf, what)?.len();
+        buf.truncate(NONCE_LEN + n);
+        buf.drain(..NONCE_LEN);
+        Ok(buf)
+    }
+
+    /// [`Keys::open`] in place: `sealed` is decrypted where it lies (its contents are
+    /// unspecified after a failure) and the plaintext, a part of it, returned.
+    pub fn open_in_place<'a>(
+        &self,
+        kind: Kind,
+        id: &[u8; 32],
+        sealed: &'a mut [u8],
+        what: &str,
+    ) -> Result<&'a mut [u8]> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(Error::corrupt(format!(
                 "{what} is truncated: {} bytes, a sealed blob has at least {SEAL_OVERHEAD}",
                 sealed.len()
             )));
         }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let aad = associated_data(kind, id);
+        let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = (&*nonce)
+            .try_into()
+            .map_err(|_| Error::other("internal: nonce length"))?;
+        let fingerprint = self.fingerprint;
         self.cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| {
+            .open_in_place(nonce, &associated_data(kind, id), body)
+            .ok_or_else(|| {
                 Error::corrupt(format!(
                     "{what} fails authentication: it was damaged, or sealed under another key \
-                     (key {}) or as something else",
-                    self.fingerprint
+                     (key {fingerprint}) or as something else"
                 ))
             })
     }

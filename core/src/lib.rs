@@ -39,6 +39,7 @@ pub mod saver;
 pub mod snapshot;
 pub mod vfs;
 pub mod writer_session;
+mod xchacha;
 
 #[cfg(test)]
 mod depth_tests;

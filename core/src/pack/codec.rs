@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::crypto::{Gear, Keys, Kind as SealKind};
+use crate::crypto::{Gear, Keys, Kind as SealKind, NONCE_LEN};
 use crate::error::{Error, Result};
 use crate::format::pack::{FLAG_ZSTD, Kind, MAX_OBJECT};
 use crate::hash::ObjectId;
@@ -125,11 +125,47 @@ impl Codec {
         raw_len: u32,
         stored: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let stored = match self.open(id, kind, &stored)? {
-            Cow::Borrowed(_) => stored,
-            Cow::Owned(v) => v,
+        let Some(k) = &self.keys else {
+            return decode_object_vec(self, id, flags, raw_len, stored);
         };
+        let mut stored = stored;
+        let n = k
+            .open_in_place(
+                seal_kind(kind),
+                id.0.as_bytes(),
+                &mut stored,
+                &format!("object {id}"),
+            )?
+            .len();
+        if flags & FLAG_ZSTD != 0 {
+            return decode_object(self, id, flags, raw_len, &stored[NONCE_LEN..NONCE_LEN + n]);
+        }
+        stored.truncate(NONCE_LEN + n);
+        stored.drain(..NONCE_LEN);
         decode_object_vec(self, id, flags, raw_len, stored)
+    }
+
+    /// [`Codec::decode_object`] on stored bytes the caller may overwrite: an encrypted object
+    /// is opened in place, without a copy (`stored` is then left decrypted, or unspecified
+    /// after a failure).
+    pub fn decode_object_mut(
+        &self,
+        id: &ObjectId,
+        kind: Kind,
+        flags: u8,
+        raw_len: u32,
+        stored: &mut [u8],
+    ) -> Result<Vec<u8>> {
+        let opened: &[u8] = match &self.keys {
+            None => stored,
+            Some(k) => k.open_in_place(
+                seal_kind(kind),
+                id.0.as_bytes(),
+                stored,
+                &format!("object {id}"),
+            )?,
+        };
+        decode_object(self, id, flags, raw_len, opened)
     }
 
     /// Check that `plain` is the plaintext of `id`.

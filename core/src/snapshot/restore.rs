@@ -496,10 +496,10 @@ fn run_plan(
                                 .and_then(|_| {
                                     if last.as_ref().is_none_or(|(id, _)| *id != p.id) {
                                         let from = (u64::from(p.offset) - start) as usize;
-                                        let stored = &buf[from..from + p.stored_len as usize];
+                                        let stored = &mut buf[from..from + p.stored_len as usize];
                                         let plain = repo
                                             .codec()
-                                            .decode_object(
+                                            .decode_object_mut(
                                                 &p.id,
                                                 crate::format::pack::Kind::Data,
                                                 p.flags,
