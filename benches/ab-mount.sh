@@ -11,6 +11,8 @@
 # Usage: benches/ab-mount.sh OLD_PUCE NEW_PUCE [CORPUS_VERSION_DIR]
 # Needs: fusermount3, tar, python3. Prints a table (Markdown) with medians and new/old ratios;
 # TIMES=FILE keeps every run's figures (lines "label metric seconds"), to pool several runs.
+# OLD_INIT / NEW_INIT add `puce init` arguments (NEW_INIT=--no-encrypt: a binary whose
+# repositories are encrypted by default against one from before, on the same format).
 set -euo pipefail
 export LC_ALL=C TZ=UTC
 OLD=$(realpath "$1")
@@ -46,8 +48,10 @@ run() {
   local P=$1 L=$2 t snap
   rm -rf "$W/repo" "$W/cache" "$W/data" "$W/mnt"
   mkdir -p "$W/mnt"
-  export PUCE_REPO=$W/repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data
-  "$P" init -q
+  export PUCE_REPO=$W/repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data XDG_CONFIG_HOME=$W/config
+  local args
+  if [ "$L" = new ]; then read -ra args <<< "${NEW_INIT:-}"; else read -ra args <<< "${OLD_INIT:-}"; fi
+  "$P" init -q "${args[@]}"
   "$P" -q snapshot "$V" --space corpus
   for metric in readall ls-lR; do
     warm "$W/repo"

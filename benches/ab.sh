@@ -10,8 +10,11 @@
 #   nightly-sync: the last version snapshotted on A, then pulled by the same node.
 #   repo-mib:  the size of the repository after `nightly` (packs and records, MiB).
 # Usage: benches/ab.sh OLD_PUCE NEW_PUCE [CORPUS_VERSIONS_DIR]
-# ENCRYPT_NEW=1: the "new" runs use encrypted repositories (`init --encrypt`, the two nodes
-# sharing one key): with the same binary as OLD and NEW, this measures what encryption costs.
+# Repositories are made with each binary's default (encrypted by default since 2026-12-07; the
+# two nodes of the sync runs then share one key). OLD_INIT / NEW_INIT add `puce init`
+# arguments: NEW_INIT=--no-encrypt compares plain with plain, OLD_INIT=--no-encrypt with the
+# same binary as OLD and NEW measures what encryption costs (ENCRYPT_NEW=1, for binaries from
+# before the default changed, sets NEW_INIT=--encrypt).
 # Needs: rsync, python3. Prints a table (Markdown) with medians and new/old ratios.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
@@ -35,17 +38,15 @@ now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
 port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# `puce init` of repository $3 with binary $1 for label $2, encrypted for "new" when
-# ENCRYPT_NEW=1 (with the key of repository $4 when given); prints the key file.
+[ "${ENCRYPT_NEW:-0}" = 1 ] && NEW_INIT=--encrypt
+# `puce init` of repository $3 with binary $1 for label $2 (with OLD_INIT or NEW_INIT, and
+# the key of repository $4 when it has one); prints its key file, or nothing.
 init() {
-  if [ "$2" = new ] && [ "${ENCRYPT_NEW:-0}" = 1 ]; then
-    local from=()
-    [ -n "${4:-}" ] && from=(--key-from "$4")
-    "$1" --json init --encrypt "${from[@]}" "$3" |
-      python3 -c 'import json, sys; print(json.load(sys.stdin)["key_file"])'
-  else
-    "$1" init -q "$3"
-  fi
+  local args
+  if [ "$2" = new ]; then read -ra args <<< "${NEW_INIT:-}"; else read -ra args <<< "${OLD_INIT:-}"; fi
+  [ -n "${4:-}" ] && args+=(--key-from "$4")
+  "$1" --json init "${args[@]}" "$3" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin).get("key_file") or "")'
 }
 
 # One run of binary $1 (label $2); appends "label metric seconds" lines to $W/times.

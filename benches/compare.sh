@@ -37,7 +37,7 @@ trap 'rm -rf "$W"/repo-* "$W"/stage "$RD" "$W"/cache' EXIT
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$W/cache/restic
 export BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
   BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_BASE_DIR=$W/cache/borg
-export XDG_CACHE_HOME=$W/cache/xdg
+export XDG_CACHE_HOME=$W/cache/xdg XDG_CONFIG_HOME=$W/config
 RES=$W/results.tsv
 : > "$RES"
 DAYS=("$C"/day*)

@@ -69,7 +69,7 @@ mkdir -p "$PLAIN" "$W/m"
 chmod 755 "$PLAIN"
 "$PJDFSTEST" -c "$W/pjdfstest.toml" -p "$PLAIN" > "$W/plain.out" 2>&1 || true
 
-export PUCE_REPO=$W/repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data
+export PUCE_REPO=$W/repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data XDG_CONFIG_HOME=$W/config
 "$PUCE" init -q
 # shellcheck disable=SC2086
 "$PUCE" mount "$W/m" --allow-other --space c ${MOUNT_ARGS:-} 2> "$W/mount.log" &

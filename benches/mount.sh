@@ -53,7 +53,7 @@ else
 fi
 W=${WORK:-$(mktemp -d /tmp/puce-mountbench.XXXXXX)}
 mkdir -p "$W"
-export PUCE_REPO=$W/puce-repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data
+export PUCE_REPO=$W/puce-repo XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data XDG_CONFIG_HOME=$W/config
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$W/cache/restic
 PM=$W/puce-mnt RM=$W/restic-mnt
 cleanup() {

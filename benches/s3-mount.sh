@@ -37,7 +37,7 @@ trap cleanup EXIT
 # shellcheck source=benches/garage.sh
 . "$HERE/garage.sh"
 start_garage "$W/garage"
-export XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data
+export XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data XDG_CONFIG_HOME=$W/config
 
 echo "== data" >&2
 R=$W/repo

@@ -25,7 +25,7 @@ trap cleanup EXIT
 # shellcheck source=benches/garage.sh
 . "$HERE/garage.sh"
 start_garage "$W/garage"
-export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$W/cache/restic XDG_CACHE_HOME=$W/cache/xdg
+export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$W/cache/restic XDG_CACHE_HOME=$W/cache/xdg XDG_CONFIG_HOME=$W/config
 
 warm() { find "$1" -type f -print0 | xargs -0 cat > /dev/null; }
 timed() { # NAME CMD...

@@ -30,7 +30,7 @@ PUCE=$HERE/../target/release/puce
 QB=$HERE/../target/release/examples/quic_baseline
 W=${WORK:-$(mktemp -d /tmp/puce-sync.XXXXXX)}
 mkdir -p "$W"
-export XDG_CACHE_HOME=$W/cache
+export XDG_CACHE_HOME=$W/cache XDG_CONFIG_HOME=$W/config
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -46,7 +46,10 @@ jq_() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(
 now() { date +%s.%N; }
 
 echo "== source repository: $N nightly versions" >&2
-"$PUCE" init -q "$W/A"
+# One association: every repository has A's key (none if A is not encrypted).
+KEY=$("$PUCE" --json init "$W/A" | python3 -c 'import json, sys; print(json.load(sys.stdin).get("key_file") or "")')
+FROM=()
+[ -n "$KEY" ] && FROM=(--key-from "$KEY")
 mkdir -p "$W/stage"
 for ((i = 0; i < N; i++)); do
   rsync -a --delete "${DAYS[$i]}/" "$W/stage/"
@@ -54,7 +57,7 @@ for ((i = 0; i < N; i++)); do
   "$PUCE" --repo "$W/A" --json snapshot "$W/stage" --space corpus --host site-a > "$W/snap-$i.json"
 done
 NEW_STORED=$(jq_ "$W/snap-$((N - 1)).json" "d['summary']['data_added_stored']")
-for r in B B11 Ccap; do "$PUCE" init -q "$W/$r"; done
+for r in B B11 Ccap; do "$PUCE" init -q "${FROM[@]}" "$W/$r"; done
 
 # Nodes: A (12 versions) and A11 (11) serve; B, B11 and Ccap pull.
 declare -A PORT ID

@@ -287,15 +287,19 @@ pub struct InitArgs {
     /// Attach to a repository that already exists in the bucket (then `puce repair index`)
     #[arg(long, requires = "backend")]
     pub attach: bool,
-    /// Encrypt the repository: a new random key, its key file written to
+    /// Encrypt the repository (the default): a new random key, its key file written to
     /// $XDG_CONFIG_HOME/puce/keys/<repository id>.key (keep a copy elsewhere: without it the
     /// data cannot be read)
     #[arg(long)]
     pub encrypt: bool,
-    /// With --encrypt: use the association's key from this key file (a second site of the same
-    /// association; dedup and sync with its other sites need the same key)
-    #[arg(long, value_name = "FILE", requires = "encrypt")]
+    /// Use the association's key from this key file (a second site of the same association;
+    /// dedup and sync with its other sites need the same key)
+    #[arg(long, value_name = "FILE", conflicts_with = "no_encrypt")]
     pub key_from: Option<std::path::PathBuf>,
+    /// Store everything in clear (names, contents): only for data that is public anyway, or
+    /// to compare with older versions; whoever holds the disk, the bucket or a replica reads it
+    #[arg(long, conflicts_with = "encrypt")]
+    pub no_encrypt: bool,
 }
 
 #[derive(Debug, Args)]

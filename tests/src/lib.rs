@@ -70,6 +70,45 @@ pub fn puce_bin() -> &'static Path {
     })
 }
 
+/// The key file the test repositories of this process share (`puce init --key-from`), unless
+/// a test asks for another key (`--encrypt`) or none (`--no-encrypt`): like the sites of one
+/// association, they sync and dedup with each other. Made once per process by `puce init`.
+pub fn association_key() -> &'static Path {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("puce-test-key")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let out = Command::new(puce_bin())
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .args(["--json", "init"])
+            .arg(dir.join("repo"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&expect_ok("", &["init"], out)).unwrap();
+        let key = dir.join("association.key");
+        fs::rename(v["key_file"].as_str().unwrap(), &key).unwrap();
+        fs::remove_dir_all(dir.join("repo")).unwrap();
+        key
+    })
+}
+
+/// The repository at `path`, opened in this process with the test association's key (see
+/// [`association_key`]), and `cache_dir` as its cache directory if given.
+pub fn open_repo(path: &Path, cache_dir: Option<PathBuf>) -> puce_core::Repo {
+    puce_core::Repo::open_with(
+        path,
+        &puce_core::OpenOptions {
+            cache_dir,
+            key_files: vec![association_key().to_path_buf()],
+            ..puce_core::OpenOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 /// A repository in a temporary directory, with its own cache directory.
 pub struct TestRepo {
     pub dir: tempfile::TempDir,
@@ -87,6 +126,13 @@ impl TestRepo {
         };
         let mut a = vec!["init", "-q"];
         a.extend_from_slice(args);
+        let key = association_key().to_str().unwrap();
+        if !args
+            .iter()
+            .any(|a| ["--no-encrypt", "--encrypt", "--key-from"].contains(a))
+        {
+            a.extend_from_slice(&["--key-from", key]);
+        }
         let out = t.run(&a);
         assert!(
             out.status.success(),

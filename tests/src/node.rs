@@ -484,7 +484,7 @@ pub struct StoredAt {
 /// (read with puce-core, not through the CLI).
 pub fn files_and_chunks(repo: &Path, spec: &str) -> Vec<(String, Vec<puce_core::ObjectId>)> {
     use puce_core::format::tree::Node;
-    let r = puce_core::Repo::open(repo).unwrap();
+    let r = crate::open_repo(repo, None);
     let s = r.resolve_snapshot(spec).unwrap();
     let mut out = Vec::new();
     let mut stack = vec![(s.snapshot.root, String::new())];
@@ -514,7 +514,7 @@ pub fn files_and_chunks(repo: &Path, spec: &str) -> Vec<(String, Vec<puce_core::
 
 /// Where the index of the repository at `repo` says object `id` is stored.
 pub fn stored_at(repo: &Path, id: &puce_core::ObjectId) -> StoredAt {
-    let r = puce_core::Repo::open(repo).unwrap();
+    let r = crate::open_repo(repo, None);
     let reader = r.index().reader().unwrap();
     let loc = reader.get(id).unwrap().expect("object indexed");
     let pack = r.pack_id(&reader, loc.pack).unwrap().to_hex();

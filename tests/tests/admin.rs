@@ -382,7 +382,8 @@ fn gc_and_snapshots_run_concurrently_without_loss() {
                 log = repo.dir.path().join("gc.log").display()
             ))
             .env("PUCE_REPO", repo.path())
-            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"));
+            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+            .env("XDG_CONFIG_HOME", repo.dir.path().join("config"));
         c.spawn().unwrap()
     };
     for r in 0..rounds {

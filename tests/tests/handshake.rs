@@ -116,7 +116,7 @@ fn find_objects_for_absent_ids_walks_once_per_connection() {
     std::fs::write(src.join("a.txt"), b"hello").unwrap();
     b.snapshot(&src, "docs");
     b.start();
-    let repo = Arc::new(puce_core::Repo::open(&a.repo.path()).unwrap());
+    let repo = Arc::new(puce_tests::open_repo(&a.repo.path(), None));
     let ctx = puce_node::sync::load_node(repo, &a.node_dir()).unwrap();
     let rt = puce_node::sync::runtime().unwrap();
     rt.block_on(async {

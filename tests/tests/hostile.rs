@@ -9,7 +9,7 @@ use puce_core::format::pack::Kind;
 use puce_core::format::snapshot::{Snapshot, Summary};
 use puce_core::format::tree::{Entry, Node, Tree};
 use puce_core::saver::Saver;
-use puce_core::{ObjectId, OpenOptions, Repo};
+use puce_core::{ObjectId, Repo};
 use puce_tests::node::{pair, wait_for};
 use puce_tests::{Need, TestRepo, is_mounted, require};
 use serde_json::json;
@@ -31,16 +31,10 @@ fn file(name: &[u8], chunk: ObjectId) -> Entry {
 
 /// The repository of `repo`, opened in this process (with its own cache directory).
 fn open(repo: &TestRepo) -> Arc<Repo> {
-    Arc::new(
-        Repo::open_with(
-            &repo.path(),
-            &OpenOptions {
-                cache_dir: Some(repo.dir.path().join("cache")),
-                ..OpenOptions::default()
-            },
-        )
-        .unwrap(),
-    )
+    Arc::new(puce_tests::open_repo(
+        &repo.path(),
+        Some(repo.dir.path().join("cache")),
+    ))
 }
 
 /// Store `root` (entries not validated, as a hostile writer would) and a snapshot of it.
@@ -49,7 +43,7 @@ fn plant(repo: &TestRepo, entries: Vec<Entry>, sub: Option<Vec<Entry>>) -> Strin
     let saver = Saver::new(r.clone(), 1).unwrap();
     let reader = r.index().reader().unwrap();
     let data = b"pwned!".to_vec();
-    let chunk = ObjectId::of(&data);
+    let chunk = r.object_id(&data);
     saver.save(&reader, chunk, Kind::Data, data).unwrap();
     let mut entries = entries;
     for e in entries.iter_mut() {
@@ -65,7 +59,7 @@ fn plant(repo: &TestRepo, entries: Vec<Entry>, sub: Option<Vec<Entry>>) -> Strin
             }
         }
         let bytes = Tree { entries: sub }.encode().unwrap();
-        let id = ObjectId::of(&bytes);
+        let id = r.object_id(&bytes);
         saver.save(&reader, id, Kind::Tree, bytes).unwrap();
         for e in entries.iter_mut() {
             if let Node::Dir { tree } = &mut e.node {
@@ -74,7 +68,7 @@ fn plant(repo: &TestRepo, entries: Vec<Entry>, sub: Option<Vec<Entry>>) -> Strin
         }
     }
     let bytes = Tree { entries }.encode().unwrap();
-    let root = ObjectId::of(&bytes);
+    let root = r.object_id(&bytes);
     saver.save(&reader, root, Kind::Tree, bytes).unwrap();
     saver.finish().unwrap();
     let snap = Snapshot {
@@ -292,7 +286,7 @@ fn forge_deep(
     let mut root = ObjectId::default();
     for level in 0..=depth {
         let bytes = tree.encode().unwrap();
-        root = ObjectId::of(&bytes);
+        root = r.object_id(&bytes);
         saver.save(&reader, root, Kind::Tree, bytes).unwrap();
         if level < depth {
             tree = Tree {
@@ -405,14 +399,7 @@ fn hostile_strings_are_refused_from_peers_and_printed_escaped() {
     assert!(!ls.contains('\x1b'), "{ls:?}");
     assert!(ls.contains("a\\u{1b}[2Jb"), "{ls:?}");
     // A record whose host would rewrite the terminal's title, pushed to b.
-    let r = Repo::open_with(
-        &a.repo.path(),
-        &OpenOptions {
-            cache_dir: Some(a.repo.dir.path().join("cache")),
-            ..OpenOptions::default()
-        },
-    )
-    .unwrap();
+    let r = puce_tests::open_repo(&a.repo.path(), Some(a.repo.dir.path().join("cache")));
     let root = r.snapshots().unwrap()[0].snapshot.root;
     r.save_snapshot(&Snapshot {
         time_ns: 2,

@@ -281,8 +281,11 @@ fn remove_and_purge(deb: &Path, now: &(Manifest, Vec<(u32, u32)>)) {
     );
     assert!(!Path::new("/var/cache/puce").exists());
 
-    // The admin deletes the data; a package installed and purged again leaves nothing.
+    // The admin deletes the data (the repository and its key); a package installed and purged
+    // again leaves nothing.
     std::fs::remove_dir_all(Path::new(STATE).join("repo")).unwrap();
+    std::fs::remove_dir_all(Path::new(STATE).join(".config/puce/keys")).unwrap();
+    let _ = std::fs::remove_dir_all(Path::new(STATE).join(".config"));
     let _ = std::fs::remove_dir_all(Path::new(STATE).join(".cache"));
     run(
         "dpkg -i (again)",

@@ -76,8 +76,10 @@ fn pushing_a_file_held_only_in_an_unreadable_space_sends_all_its_bytes() {
 fn chunk_ids(repo: &Repo, data: &[u8]) -> Vec<ObjectId> {
     let mut ids = Vec::new();
     let mut pos = 0;
-    for n in puce_core::chunking::chunk_lengths(data, &repo.config().chunker) {
-        ids.push(ObjectId::of(&data[pos..pos + n]));
+    let gear = repo.codec().gear();
+    for n in puce_core::chunking::chunk_lengths_with(data, &repo.config().chunker, gear.as_deref())
+    {
+        ids.push(repo.object_id(&data[pos..pos + n]));
         pos += n;
     }
     ids
@@ -86,7 +88,7 @@ fn chunk_ids(repo: &Repo, data: &[u8]) -> Vec<ObjectId> {
 /// Write into `repo_path` a snapshot of `space` whose tree names `data` by its chunk ids only:
 /// the chunks themselves are not stored.
 fn forge_snapshot(repo_path: &Path, space: &str, data: &[u8]) {
-    let repo = Arc::new(Repo::open(repo_path).unwrap());
+    let repo = Arc::new(puce_tests::open_repo(repo_path, None));
     let parent = repo.latest(space).unwrap().unwrap();
     let mut tree = repo.read_tree(&parent.snapshot.root).unwrap();
     let chunks = chunk_ids(&repo, data);
@@ -105,7 +107,7 @@ fn forge_snapshot(repo_path: &Path, space: &str, data: &[u8]) {
     tree.entries.sort_by(|a, b| a.name.cmp(&b.name));
     let bytes = tree.encode().unwrap();
     Tree::decode(&bytes).unwrap();
-    let id = ObjectId::of(&bytes);
+    let id = repo.object_id(&bytes);
     let saver = Saver::new(repo.clone(), 1).unwrap();
     let reader = repo.index().reader().unwrap();
     saver.save(&reader, id, Kind::Tree, bytes).unwrap();

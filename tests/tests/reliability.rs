@@ -208,6 +208,7 @@ fn full_disk_gives_a_clear_error_and_loses_nothing() {
         Command::new(puce_tests::puce_bin())
             .env("PUCE_REPO", &repo_path)
             .env("XDG_CACHE_HOME", &cache)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .args(args)
             .output()
             .unwrap()

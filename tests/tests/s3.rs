@@ -84,6 +84,13 @@ fn init(garage: &Garage, dir: &Path, name: &str, extra: &[&str]) -> S3Repo {
         "garage",
     ];
     args.extend_from_slice(extra);
+    let key = puce_tests::association_key().to_str().unwrap();
+    if !extra
+        .iter()
+        .any(|a| ["--encrypt", "--no-encrypt"].contains(a))
+    {
+        args.extend_from_slice(&["--key-from", key]);
+    }
     r.ok(&args);
     r
 }
@@ -159,7 +166,7 @@ fn snapshot_restore_check_gc_and_repair_on_garage() {
     let refused = other.run(&["init", "--backend", &url, "--endpoint", &garage.endpoint]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--attach"));
-    other.ok(&[
+    let attach = [
         "init",
         "-q",
         "--backend",
@@ -167,7 +174,18 @@ fn snapshot_restore_check_gc_and_repair_on_garage() {
         "--endpoint",
         &garage.endpoint,
         "--attach",
-    ]);
+    ];
+    // The new machine needs the association's key, and says so.
+    let keyless = other.run(&attach);
+    assert_eq!(keyless.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&keyless.stderr);
+    assert!(
+        err.contains("encrypted") && err.contains("--key-file"),
+        "{err}"
+    );
+    let key = puce_tests::association_key().to_str().unwrap();
+    other.ok(&[&attach[..], &["--key-from", key]].concat());
+    // The key is kept on the new machine: later commands find it without being told.
     let r = other.json(&["repair", "index"]);
     assert_eq!(r["snapshots"], 2);
     other.ok(&["check", "--read-data"]);
@@ -311,6 +329,8 @@ fn a_node_on_garage_replicates_both_ways() {
         &garage.endpoint,
         "--region",
         "garage",
+        "--key-from",
+        puce_tests::association_key().to_str().unwrap(),
     ];
     let out = repo
         .cmd()

@@ -165,7 +165,7 @@ fn a_requester_beyond_the_request_budget_is_slowed_down_not_cut_off() {
 /// The number of chunks of `b`'s latest snapshot of `docs` that `a` holds, once it indexed the
 /// packs an interrupted process published (as the next pull does first).
 fn chunks_held(a: &TestNode, b: &TestNode) -> u64 {
-    let r = puce_core::Repo::open(&a.repo.path()).unwrap();
+    let r = puce_tests::open_repo(&a.repo.path(), None);
     puce_core::orphans::index_orphan_packs(&r).unwrap();
     let reader = r.index().reader().unwrap();
     let mut held = std::collections::HashSet::new();

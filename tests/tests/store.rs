@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use puce_tests::{TestRepo, make_tree, manifest, random_bytes};
@@ -143,7 +144,8 @@ fn unreadable_file_is_skipped_not_fatal() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(puce_tests::puce_bin())
             .env("PUCE_REPO", repo.path())
-            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"));
+            .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+            .env("XDG_CONFIG_HOME", repo.dir.path().join("config"));
     }
     let out = cmd
         .args(["--json", "snapshot", src.to_str().unwrap(), "--space", "s"])
@@ -288,25 +290,64 @@ fn default_repository_is_created_on_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("Documents");
     make_tree(&src, 10);
-    let out = std::process::Command::new(puce_tests::puce_bin())
-        .env_remove("PUCE_REPO")
-        .env("XDG_DATA_HOME", dir.path().join("data"))
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .env("HOME", dir.path())
-        .args(["--json", "snapshot", src.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let puce = |args: &[&str]| {
+        std::process::Command::new(puce_tests::puce_bin())
+            .env_remove("PUCE_REPO")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("PUCE_KEY_FILE")
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("HOME", dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = puce(&["--json", "snapshot", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v["space"], "Documents",
         "space defaults to the folder's name"
     );
     assert!(dir.path().join("data/puce/repo/config").is_file());
+    // It is encrypted, and says once where its key is and to keep a copy.
+    let keys: Vec<_> = fs::read_dir(dir.path().join(".config/puce/keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(fs::metadata(&keys[0]).unwrap().mode() & 0o777, 0o600);
+    assert!(
+        err.contains("encrypted with key") && err.contains(&*keys[0].to_string_lossy()),
+        "{err}"
+    );
+    assert!(err.contains("copy that file somewhere safe"), "{err}");
+    let again = puce(&["snapshots"]);
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("encrypted with key"));
+    // Nothing of the folder's names is in the repository's files.
+    let marker = make_tree_marker(&src);
+    let out = puce(&["snapshot", src.to_str().unwrap()]);
+    assert!(out.status.success());
+    for f in walkdir(&dir.path().join("data/puce/repo")) {
+        if f.file_name().is_some_and(|n| n == "index.redb") {
+            continue; // the local index is not sealed (docs/guide.md)
+        }
+        let bytes = fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{} holds {marker}",
+            f.display()
+        );
+    }
+}
+
+/// Add to `src` a file whose name and contents are a marker string; returns the marker.
+fn make_tree_marker(src: &Path) -> String {
+    let marker = "marker-name-7f3a9c".to_string();
+    fs::write(src.join(&marker), marker.repeat(50)).unwrap();
+    marker
 }
 
 #[test]

@@ -13,12 +13,14 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         Some(p) => p,
         None => ctx.repo_path()?.0,
     };
-    let key_dir = if a.encrypt {
-        Some(super::key_dir().ok_or_else(|| {
-            anyhow::anyhow!("no home directory to keep the key file in: set HOME")
-        })?)
-    } else {
+    let key_dir = if a.no_encrypt {
         None
+    } else {
+        Some(super::key_dir().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no home directory to keep the key file in: set HOME (or XDG_CONFIG_HOME)"
+            )
+        })?)
     };
     let d = ChunkerParams::DEFAULT;
     let opts = InitOptions {
@@ -62,7 +64,19 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
                         "no repository in {url}: leave out --attach to create one"
                     )));
                 }
-                Repo::open_with_backend(&path, backend, &opts.open)?
+                let mut open = opts.open.clone();
+                open.key_files.extend(a.key_from.iter().cloned());
+                let repo = Repo::open_with_backend(&path, backend, &open)?;
+                // Keep the key on this machine, where the next commands look for it.
+                if let (Some(dir), Some(master)) = (&opts.key_dir, &opts.key) {
+                    let c = repo.config();
+                    if c.encryption.is_some()
+                        && !dir.join(puce_core::keyfile::file_name(c)).exists()
+                    {
+                        puce_core::keyfile::create(dir, c, Some(master.clone()))?;
+                    }
+                }
+                repo
             } else {
                 if exists {
                     anyhow::bail!(puce_core::Error::new(
@@ -119,11 +133,7 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
             output::size(c.pack_target_size)
         );
         if let Some((fingerprint, file)) = &key {
-            println!(
-                "encrypted with key {fingerprint}, kept in {}: copy that file somewhere safe \
-                 (another machine, a USB stick); without it nobody can read this repository",
-                file.display()
-            );
+            println!("{}", super::key_notice(fingerprint, file));
         }
     }
     Ok(0)

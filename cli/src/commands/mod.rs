@@ -93,14 +93,38 @@ impl Ctx {
                 open: self.open_options(),
                 ..InitOptions::default()
             };
+            let opts = InitOptions {
+                key_dir: Some(key_dir().context(
+                    "no home directory to keep the key file in: set HOME (or XDG_CONFIG_HOME)",
+                )?),
+                ..opts
+            };
             let repo = Repo::init(&path, &opts)?;
-            if !self.quiet && !self.json {
+            if !self.json {
                 eprintln!("created the default repository at {}", path.display());
+            }
+            // Said even with --json (on stderr): losing that file is losing the data.
+            {
+                if let Some(e) = &repo.config().encryption {
+                    let file = key_dir()
+                        .unwrap_or_default()
+                        .join(puce_core::keyfile::file_name(repo.config()));
+                    eprintln!("{}", key_notice(&e.fingerprint.to_string(), &file));
+                }
             }
             return Ok(Arc::new(repo));
         }
         Ok(Arc::new(Repo::open_with(&path, &self.open_options())?))
     }
+}
+
+/// What to tell, once, when a repository gets a new key.
+pub fn key_notice(fingerprint: &str, file: &std::path::Path) -> String {
+    format!(
+        "encrypted with key {fingerprint}, kept in {}: copy that file somewhere safe (another \
+         machine, a USB stick, a password manager); without it nobody can read this repository",
+        file.display()
+    )
 }
 
 /// Where the key files of encrypted repositories are kept: `$XDG_CONFIG_HOME/puce/keys`.
