@@ -30,11 +30,21 @@ W=$(mktemp -d "${WORK:-/tmp}/puce-scale.XXXXXX")
 DAEMON=
 MNTPID=
 cleanup() {
+  table
   [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
   [ -n "$MNTPID" ] && kill "$MNTPID" 2>/dev/null
   fusermount3 -u -z "$W/mnt" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$W"
+}
+# The table of what was measured (also after a failure).
+table() {
+  [ -s "${ROWS:-}" ] || return 0
+  echo "puce: $PUCE ($("$PUCE" --version)); $(nproc) cores; $(date -u +%F)"
+  echo
+  echo "| case | command | seconds | peak MiB |"
+  echo "|---|---|---|---|"
+  sed 's/|/ | /g; s/^/| /; s/$/ |/' "$ROWS"
 }
 trap cleanup EXIT
 export XDG_CACHE_HOME=$W/cache XDG_DATA_HOME=$W/data XDG_CONFIG_HOME=$W/config
@@ -101,8 +111,8 @@ sync_pair() {
   "$PUCE" --repo "$A" node init --name A --listen "127.0.0.1:$pa" > /dev/null
   "$PUCE" --repo "$B" node init --name B --listen "127.0.0.1:$pb" > /dev/null
   ida=$("$PUCE" --repo "$A" node id); idb=$("$PUCE" --repo "$B" node id)
-  printf '[node]\nname = "A"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "B"\nid = "%s"\nspaces = { s = ["pull"] }\n' "$pa" "$idb" > "$A/node/node.toml"
-  printf '[node]\nname = "B"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "A"\nid = "%s"\naddress = "127.0.0.1:%s"\nspaces = { s = ["pull"] }\n' "$pb" "$ida" "$pa" > "$B/node/node.toml"
+  printf '[node]\nname = "A"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "B"\nid = "%s"\nspaces = { s = ["pull", "push"] }\n' "$pa" "$idb" > "$A/node/node.toml"
+  printf '[node]\nname = "B"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "A"\nid = "%s"\naddress = "127.0.0.1:%s"\nspaces = { s = ["pull", "push"] }\n' "$pb" "$ida" "$pa" > "$B/node/node.toml"
   # The first snapshot alone on A: a copy of A before the second snapshot is what B pulls first.
   "$PUCE" --repo "$A" node run > "$W/daemon.log" 2>&1 &
   DAEMON=$!
@@ -146,8 +156,8 @@ one_case() {
   random_tree "$src/new" $((bytes / 100)) $((SEED + 1))
   measure "$case" "snapshot (1 % new data)" "$PUCE" --repo "$R" -q snapshot "$src" --space s
   local one folder
-  one=$(cd "$src" && find . -type f -name '*0.*' | head -1)
-  folder=$(cd "$src" && find . -mindepth 1 -maxdepth 1 -type d | sort | head -1)
+  one=$(cd "$src" && find . -type f -name '*0.*' -print -quit)
+  folder=$(cd "$src" && find . -mindepth 1 -maxdepth 1 -type d | sort | sed -n 1p)
   measure "$case" "ls -l of the snapshot's top" "$PUCE" --repo "$R" -q ls -l s@latest
   measure "$case" "restore one file" "$PUCE" --repo "$R" -q restore "s@latest:${one#./}" "$W/r1"
   measure "$case" "restore one folder" "$PUCE" --repo "$R" -q restore "s@latest:${folder#./}" "$W/r2"
@@ -208,9 +218,3 @@ if [ "$FILES" -gt 0 ]; then
   tiny_tree "$W/tiny" "$FILES" "$SEED"
   one_case "$FILES files" "$W/tiny"
 fi
-
-echo "puce: $PUCE ($("$PUCE" --version)); $(nproc) cores; $(date -u +%F)"
-echo
-echo "| case | command | seconds | peak MiB |"
-echo "|---|---|---|---|"
-sed 's/|/ | /g; s/^/| /; s/$/ |/' "$ROWS"
