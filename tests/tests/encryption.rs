@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use puce_tests::{TestRepo, manifest, random_bytes};
+use puce_tests::{TestRepo, key_file, manifest, random_bytes};
 
 /// Strings that must not appear in any file of the repository.
 const MARKERS: [&str; 5] = [
@@ -60,16 +60,6 @@ fn stored_files(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
         fs::read(t.path().join("config")).unwrap(),
     ));
     out
-}
-
-fn key_file(t: &TestRepo) -> PathBuf {
-    let keys = t.dir.path().join("config/puce/keys");
-    let mut found: Vec<PathBuf> = fs::read_dir(&keys)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(found.len(), 1, "{found:?}");
-    found.remove(0)
 }
 
 #[test]
