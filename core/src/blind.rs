@@ -269,6 +269,65 @@ pub fn all(root: &Path) -> Result<Vec<(Holds, Manifest)>> {
     Ok(out)
 }
 
+/// Read every file held for every owner and check it against the manifest kept (`puce check
+/// --read-data` on a holder): the problems found, for people. A manifest that cannot be read
+/// is a problem too.
+pub fn verify_all(root: &Path) -> Result<Vec<String>> {
+    let d = root.join(HOLDS_DIR);
+    let mut problems = Vec::new();
+    let entries = match fs::read_dir(&d) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(problems),
+        Err(e) => return Err(e).io_ctx("cannot list", &d),
+    };
+    for e in entries {
+        let e = e.io_ctx("cannot list", &d)?;
+        let Ok(owner) = Hash::from_hex(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let h = Holds { dir: e.path() };
+        match h.manifest() {
+            Ok(Some((m, _))) => problems.extend(h.verify(&m)),
+            Ok(None) => {}
+            Err(err) => problems.push(format!(
+                "the manifest held for node {} cannot be read: {err:#}; the next sync with \
+                 that node fetches it again",
+                owner.to_hex()
+            )),
+        }
+    }
+    Ok(problems)
+}
+
+/// If `spec` names (by id or id prefix) a snapshot held here blind for another node, why it
+/// cannot be read here, for people.
+pub fn held_refusal(root: &Path, spec: &str) -> Option<String> {
+    let prefix = spec.trim().to_ascii_lowercase();
+    if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    for (_, m) in all(root).ok()? {
+        for s in &m.spaces {
+            if let Some(id) = s
+                .snapshots
+                .iter()
+                .find(|id| Hash(**id).to_hex().starts_with(&prefix))
+            {
+                return Some(format!(
+                    "snapshot {} is held here blind for node {} (space label {}): its data is \
+                     encrypted with that association's key, which this node does not have, so \
+                     it cannot be listed, restored or mounted here; restore it on a node of \
+                     that association (docs/guide.md, \"Blind holders\")",
+                    &Hash(*id).to_hex()[..12],
+                    &Hash(m.owner).to_hex()[..16],
+                    &Hash(s.label).to_hex()[..12]
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// What `root` holds blind for others, for listings.
 pub fn summaries(root: &Path) -> Result<Vec<HeldSummary>> {
     let mut out = Vec::new();

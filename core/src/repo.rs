@@ -604,7 +604,12 @@ impl Repo {
     /// Find a snapshot by `SPACE@latest`, `SPACE@latest~N` or a unique id prefix.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
         let all = self.snapshots()?;
-        resolve_in(&all, spec)
+        resolve_in(&all, spec).map_err(|e| {
+            match (e.kind(), crate::blind::held_refusal(&self.root, spec)) {
+                (ErrorKind::NotFound, Some(why)) => Error::new(ErrorKind::NotFound, why),
+                _ => e,
+            }
+        })
     }
 
     /// Write a snapshot file durably and cache it. Returns its id.

@@ -58,7 +58,7 @@ pub struct Moved {
 }
 
 /// Sign `m` with the node key.
-fn sign(identity: &Identity, mut m: Manifest) -> Result<Vec<u8>> {
+pub(crate) fn sign(identity: &Identity, mut m: Manifest) -> Result<Vec<u8>> {
     m.signer = None;
     let msg = m.signed_message()?;
     let (public_key, sig) = identity.sign(&msg)?;
@@ -149,11 +149,7 @@ fn build(ctx: &NodeCtx, spaces: &[String]) -> Result<Vec<u8>> {
     }
     let now = now_ns();
     let seq_path = ctx.dir.join(SEQ_FILE);
-    let last: u64 = std::fs::read_to_string(&seq_path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let seq = last.saturating_add(1).max(now as u64);
+    let seq = last_seq(&ctx.dir).saturating_add(1).max(now as u64);
     puce_core::fsutil::write_atomic(&seq_path, &ctx.dir, seq.to_string().as_bytes())?;
     let m = Manifest {
         owner: ctx.identity.id().0,
@@ -169,6 +165,14 @@ fn build(ctx: &NodeCtx, spaces: &[String]) -> Result<Vec<u8>> {
         signer: None,
     };
     sign(&ctx.identity, m)
+}
+
+/// The last sequence number this node signed (0: none).
+fn last_seq(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join(SEQ_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn now_ns() -> i64 {
@@ -377,6 +381,20 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
         tracing::warn!("{why}");
         return Err(Error::new(ErrorKind::BadObject, why));
     }
+    if let Some(q) = conn.peer.quota
+        && m.stored_bytes() > q
+    {
+        return Err(Error::new(
+            ErrorKind::Quota,
+            format!(
+                "{} asks this node to hold {} bytes blind, over its quota of {q} bytes here: \
+                 nothing fetched (raise `quota` in its [[peer]] section, or let it hold fewer \
+                 spaces here)",
+                conn.label,
+                m.stored_bytes()
+            ),
+        ));
+    }
     let checkpoint = conn.ctx.config.checkpoint;
     let mut moved = Moved::default();
     for f in &m.files {
@@ -394,7 +412,11 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
             Ok(h.append(f, offset, &data, durable)?)
         })
         .await?;
-        h.complete(f)
+        // Reads the whole file again: off the async threads.
+        let (h2, f2) = (h.clone(), f.clone());
+        tokio::task::spawn_blocking(move || h2.complete(&f2))
+            .await
+            .map_err(|e| Error::internal(format!("{e}")))?
             .map_err(|e| Error::from(e).context(&conn.label))?;
         moved.files += 1;
         moved.bytes += got;
@@ -436,6 +458,20 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
             ),
         ));
     }
+    // A copy older than the newest manifest this node signed lists what it has since
+    // forgotten and collected: taking it would bring that back. Only a copy at least as new
+    // (damage or loss here), or any copy for a node that never signed one (a new node after a
+    // disaster), is taken.
+    let last = last_seq(&conn.ctx.dir);
+    if last > m.seq {
+        tracing::info!(
+            "{} holds manifest {} of this node's spaces, older than the last one signed ({last}): \
+             nothing taken back from it; it catches up at its next sync",
+            conn.label,
+            m.seq
+        );
+        return Ok(Moved::default());
+    }
     let mut moved = Moved::default();
     for kind in [FileKind::Pack, FileKind::Space, FileKind::Snapshot] {
         if kind == FileKind::Space {
@@ -446,7 +482,10 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
         }
         for f in m.files.iter().filter(|f| f.file_kind() == kind) {
             let name = Hash(f.name).to_hex();
-            if repo.stored_backend().exists(kind.repo_kind(), &name)? {
+            if repo.stored_backend().exists(kind.repo_kind(), &name)?
+                || (kind == FileKind::Snapshot
+                    && repo.stored_backend().exists(RepoKind::Forget, &name)?)
+            {
                 moved.freed += 1;
                 continue;
             }

@@ -145,6 +145,8 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     assert_eq!(r["blind_files"].as_u64(), Some(0), "{r}");
     let c = partner.json(&["check", "--read-data"]);
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    listed_opaque_and_refused(&partner, &second);
+    damage_is_found_without_the_key(&partner);
 
     // The owner forgets and collects: the holder frees what no manifest lists any more.
     lyon.ok(&["forget", &first]);
@@ -181,6 +183,57 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     let c = lyon2.json(&["check", "--read-data"]);
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
     partner.stop();
+}
+
+/// The holder lists what it holds as opaque entries, and refuses to restore them, saying why.
+fn listed_opaque_and_refused(partner: &TestNode, snapshot: &str) {
+    let list = partner.ok(&["snapshots"]);
+    assert!(list.contains("Held blind for other nodes"), "{list}");
+    assert!(!list.contains("ZORGLUB"), "{list}");
+    assert!(partner.snapshot_ids().is_empty());
+    let st = partner.json(&["node", "status"]);
+    let held = st["held_blind"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{st}");
+    assert_eq!(held[0]["spaces"].as_array().unwrap().len(), 1, "{st}");
+    assert!(held[0]["stored_bytes"].as_u64().unwrap() >= 4 << 20, "{st}");
+    let out = partner.repo.dir.path().join("nope");
+    let r = partner.run(&["restore", &snapshot[..12], out.to_str().unwrap()]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("held here blind") && err.contains("does not have"),
+        "{err}"
+    );
+}
+
+/// A damaged held file is reported by `check --read-data` on the holder (no key there), and a
+/// missing one comes back at the next sync with the owner.
+fn damage_is_found_without_the_key(partner: &TestNode) {
+    let mut packs = Vec::new();
+    files(&partner.repo.path().join("holds"), &mut packs);
+    let (pack, mut bytes) = packs
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/files/packs/"))
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let r = partner.run(&["--json", "check", "--read-data"]);
+    assert!(!r.status.success());
+    let c: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let problems = c["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{c}");
+    assert_eq!(problems[0]["kind"], "held_file", "{c}");
+    assert!(
+        problems[0]["detail"].as_str().unwrap().contains("damaged"),
+        "{c}"
+    );
+    fs::remove_file(&pack).unwrap();
+    let r = partner.sync("lyon", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(1), "{r}");
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
 }
 
 /// `partner` with `lyon2` admitted to the copy held for `owner`.
