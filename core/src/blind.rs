@@ -351,3 +351,97 @@ pub fn summaries(root: &Path) -> Result<Vec<HeldSummary>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::forget::{Signature, Signer, node_id_of_key};
+    use crate::format::manifest::HeldSpace;
+
+    fn manifest(files: Vec<HeldFile>, snapshots: Vec<[u8; 32]>) -> Manifest {
+        let pk = [7u8; 32];
+        Manifest {
+            owner: node_id_of_key(&pk),
+            repo_id: [1; 16],
+            fingerprint: [2; 32],
+            seq: 1,
+            time_ns: 0,
+            spaces: vec![HeldSpace {
+                label: [3; 32],
+                snapshots,
+            }],
+            files,
+            signer: Some(Signer {
+                node: node_id_of_key(&pk),
+                public_key: pk,
+                signature: Signature {
+                    r: [0; 32],
+                    s: [0; 32],
+                },
+            }),
+        }
+    }
+
+    fn file(kind: FileKind, data: &[u8]) -> HeldFile {
+        let hash = *blake3::hash(data).as_bytes();
+        HeldFile {
+            kind: kind.code(),
+            name: hash,
+            hash,
+            len: data.len() as u64,
+        }
+    }
+
+    /// A file arrives in ranges (resumed from what is there), is checked against the manifest
+    /// when complete, a wrong one is discarded; unlisted files are freed; damage is found.
+    #[test]
+    fn files_arrive_resume_verify_and_are_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![9u8; 10_000];
+        let f = file(FileKind::Pack, &data);
+        let snap = file(FileKind::Snapshot, b"sealed record");
+        let m = manifest(vec![f.clone(), snap.clone()], vec![snap.name]);
+        let h = Holds::open(dir.path(), &m.owner).unwrap();
+        h.append(&f, 0, &data[..4000], true).unwrap();
+        // Killed here: the next transfer resumes from what is durable.
+        assert_eq!(h.received(&f), 4000);
+        assert!(
+            h.append(&f, 4000, &[0; 7000], false).is_err(),
+            "past the end"
+        );
+        h.append(&f, 4000, &data[4000..], false).unwrap();
+        h.complete(&f).unwrap();
+        assert!(h.has(&f));
+        // A file that does not match the manifest is discarded.
+        h.append(&snap, 0, b"sealed recorX", false).unwrap();
+        let e = h.complete(&snap).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+        assert_eq!(h.received(&snap), 0);
+        h.append(&snap, 0, b"sealed record", false).unwrap();
+        h.complete(&snap).unwrap();
+        h.publish(&m.encode().unwrap()).unwrap();
+        assert_eq!(h.manifest().unwrap().unwrap().0, m);
+        assert!(h.verify(&m).is_empty());
+        assert_eq!(summaries(dir.path()).unwrap()[0].stored_bytes, 10_013);
+        let id = Hash(snap.name).to_hex();
+        assert!(
+            held_refusal(dir.path(), &id[..8])
+                .unwrap()
+                .contains("held here blind")
+        );
+        assert!(held_refusal(dir.path(), "zz").is_none());
+
+        // Damage is found without any key.
+        let mut b = fs::read(h.path(&f)).unwrap();
+        b[5000] ^= 1;
+        fs::write(h.path(&f), &b).unwrap();
+        let problems = verify_all(dir.path()).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("damaged"), "{problems:?}");
+
+        // A newer manifest without the pack: the pack is freed.
+        let m2 = manifest(vec![snap.clone()], vec![snap.name]);
+        assert_eq!(h.free(&m2).unwrap(), (1, 10_000));
+        assert!(!h.path(&f).exists() && h.has(&snap));
+    }
+}

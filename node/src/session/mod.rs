@@ -557,16 +557,20 @@ pub fn check_key(
     };
     let fix = match theirs {
         Some(_) => format!(
-            "make this node's repository again with `puce init --encrypt --key-from KEYFILE`,              KEYFILE being the key file of {label}'s repository, and sync it from there"
+            "make this node's repository again with `puce init --encrypt --key-from KEYFILE`, \
+             KEYFILE being the key file of {label}'s repository, and sync it from there"
         ),
         None => format!(
-            "make {label}'s repository again with `puce init --encrypt --key-from KEYFILE`,              KEYFILE being this repository's key file, and sync it from here"
+            "make {label}'s repository again with `puce init --encrypt --key-from KEYFILE`, \
+             KEYFILE being this repository's key file, and sync it from here"
         ),
     };
     Err(Error::new(
         ErrorKind::Incompatible,
         format!(
-            "the repository of {label} {}, this node's {}: nodes that replicate spaces must              share the association's key; {fix} (a partner that must not read the spaces holds              them blind instead: docs/guide.md, \"Blind holders\")",
+            "the repository of {label} {}, this node's {}: nodes that replicate spaces must \
+             share the association's key; {fix} (a partner that must not read the spaces holds \
+             them blind instead: docs/guide.md, \"Blind holders\")",
             show(theirs),
             show(ours)
         ),
