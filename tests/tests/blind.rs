@@ -124,9 +124,6 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     )
     .unwrap();
     let first = lyon.snapshot(&src, "ZORGLUB-SPACE");
-    let first_state = lyon.repo.dir.path().join("first");
-    fs::create_dir_all(&first_state).unwrap();
-    lyon.ok(&["-q", "restore", &first, first_state.to_str().unwrap()]);
     fs::write(src.join("later.bin"), random_bytes(1 << 20, 12)).unwrap();
     let second = lyon.snapshot(&src, "ZORGLUB-SPACE");
 
@@ -159,6 +156,16 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     assert!(first_record(&partner));
     partner.sync("lyon", &[]);
     assert!(!first_record(&partner), "the forgotten snapshot is freed");
+    // A third snapshot: the copy holds two.
+    let second_state = lyon.restored(&second);
+    fs::write(
+        src.join("notes.txt"),
+        "ZORGLUB-CONTENT changed\n".repeat(500),
+    )
+    .unwrap();
+    let third = lyon.snapshot(&src, "ZORGLUB-SPACE");
+    partner.sync("lyon", &[]);
+    no_marker_in(partner.repo.dir.path());
 
     // Disaster: lyon's repository is gone. A new node made with the key file is admitted by
     // the holder (pinned as a node of lyon) and gets everything back.
@@ -178,8 +185,9 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     partner.start();
     let r = lyon2.sync("partner", &[]);
     assert!(r["blind_files"].as_u64().unwrap() >= 2, "{r}");
-    assert_eq!(lyon2.snapshot_ids(), vec![second.clone()]);
-    assert_eq!(manifest(&lyon2.restored(&second)), manifest(&src));
+    assert_eq!(lyon2.snapshot_ids(), vec![second.clone(), third.clone()]);
+    assert_eq!(manifest(&lyon2.restored(&second)), manifest(&second_state));
+    assert_eq!(manifest(&lyon2.restored(&third)), manifest(&src));
     let c = lyon2.json(&["check", "--read-data"]);
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
     partner.stop();
