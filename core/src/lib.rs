@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod blind;
 pub mod check;
 pub mod chunking;
 pub mod crypto;

@@ -77,6 +77,11 @@ impl Default for OpenOptions {
 pub struct Repo {
     root: PathBuf,
     backend: Arc<dyn Backend>,
+    /// The files as stored (below the sealing of an encrypted repository): what a blind
+    /// holder copies.
+    stored: Arc<dyn Backend>,
+    /// The keys of an encrypted repository.
+    keys: Option<Arc<crate::crypto::Keys>>,
     config: Config,
     index: Index,
     pack_ids: RwLock<HashMap<u32, PackId>>,
@@ -271,14 +276,19 @@ impl Repo {
             }
         };
         config.chunker.validate()?;
-        let (backend, codec) = match &config.encryption {
-            None => (backend, crate::pack::codec::Codec::plain()),
+        let stored = backend.clone();
+        let (backend, codec, keys) = match &config.encryption {
+            None => (backend, crate::pack::codec::Codec::plain(), None),
             Some(e) => {
                 let keys = Arc::new(crate::keyfile::find(&config, e, opts)?);
                 let sealed: Arc<dyn Backend> = Arc::new(
                     crate::backend::sealed::SealedBackend::new(backend, keys.clone()),
                 );
-                (sealed, crate::pack::codec::Codec::sealed(keys))
+                (
+                    sealed,
+                    crate::pack::codec::Codec::sealed(keys.clone()),
+                    Some(keys),
+                )
             }
         };
         let cache_dir = opts
@@ -289,6 +299,8 @@ impl Repo {
         let mut repo = Repo {
             root: local.to_path_buf(),
             backend,
+            stored,
+            keys,
             config,
             index,
             pack_ids: RwLock::new(HashMap::new()),
@@ -354,6 +366,19 @@ impl Repo {
     /// The storage backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// The files as stored, below the sealing of an encrypted repository (the same backend
+    /// for an unencrypted one): for what copies them opaque, a blind holder's copy.
+    pub fn stored_backend(&self) -> &Arc<dyn Backend> {
+        &self.stored
+    }
+
+    /// The label of `space` in an encrypted repository: the keyed hash of its name, which
+    /// names its settings file (`spaces/<label in hex>`) and stands for it in blind-holding
+    /// manifests. None for an unencrypted repository.
+    pub fn space_label(&self, space: &str) -> Option<crate::hash::Hash> {
+        self.keys.as_ref().map(|k| k.name_id(space))
     }
 
     /// The config.
@@ -579,7 +604,12 @@ impl Repo {
     /// Find a snapshot by `SPACE@latest`, `SPACE@latest~N` or a unique id prefix.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
         let all = self.snapshots()?;
-        resolve_in(&all, spec)
+        resolve_in(&all, spec).map_err(|e| {
+            match (e.kind(), crate::blind::held_refusal(&self.root, spec)) {
+                (ErrorKind::NotFound, Some(why)) => Error::new(ErrorKind::NotFound, why),
+                _ => e,
+            }
+        })
     }
 
     /// Write a snapshot file durably and cache it. Returns its id.

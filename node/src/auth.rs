@@ -220,6 +220,13 @@ pub struct Permissions {
     spaces: std::collections::BTreeMap<String, Access>,
     /// Its quota ([`crate::config::Peer::quota`]).
     pub quota: Option<u64>,
+    /// This node's spaces it holds blind ([`crate::config::Peer::holds_blind`]).
+    pub holds_blind: Vec<String>,
+    /// Whether this node holds its spaces blind ([`crate::config::Peer::hold_blind`]).
+    pub hold_blind: bool,
+    /// The owner whose blind copy it may fetch from here: itself, or the owner it replaces
+    /// ([`crate::config::Peer::owner`]); none if this node holds nothing for it.
+    pub held_owner: Option<NodeId>,
 }
 
 impl Permissions {
@@ -230,6 +237,9 @@ impl Permissions {
             id: p.id,
             spaces: p.spaces.clone(),
             quota: p.quota,
+            holds_blind: p.holds_blind.clone(),
+            hold_blind: p.hold_blind,
+            held_owner: p.owner.or(p.hold_blind.then_some(p.id)),
         })
     }
 
@@ -249,6 +259,17 @@ impl Permissions {
     /// Whether the peer may write `space` into this node.
     pub fn may_push(&self, space: &str) -> bool {
         self.access(space).push
+    }
+
+    /// Whether the peer replicates spaces with this node (reads or writes any): then both
+    /// must share the association's key.
+    pub fn replicates(&self) -> bool {
+        self.spaces.values().any(|a| a.pull || a.push)
+    }
+
+    /// Whether the peer holds this node's `space` blind.
+    pub fn holds_blind(&self, space: &str) -> bool {
+        self.holds_blind.iter().any(|s| s == space || s == "*")
     }
 
     /// Whether the peer may read any space at all from this node.

@@ -45,6 +45,18 @@ pub struct Peer {
     /// Quota (`quota`): the stored bytes this peer may make this node hold (what it holds only
     /// because that peer delivered it, [`puce_core::ledger`]); none: no limit.
     pub quota: Option<u64>,
+    /// This node's spaces that the peer holds blind, without the key (`holds_blind`, on the
+    /// owner's side; `*` for all): it fetches them as opaque files listed in a manifest this
+    /// node signs (docs/design.md, "Blind holders"). Empty: none.
+    pub holds_blind: Vec<String>,
+    /// Whether this node holds the peer's spaces blind (`hold_blind`, on the holder's side):
+    /// it fetches the manifests the peer signs and the files they list, under
+    /// `REPO/holds/<owner>/`.
+    pub hold_blind: bool,
+    /// The owner whose blind copy this peer may fetch from here (`owner`, on the holder's
+    /// side): a new node of that owner after a disaster, pinned by its new id. None: the
+    /// peer itself.
+    pub owner: Option<NodeId>,
 }
 
 impl Peer {
@@ -266,6 +278,11 @@ struct RawPeer {
     spaces: BTreeMap<String, Vec<String>>,
     keep_min: Option<String>,
     quota: Option<String>,
+    #[serde(default)]
+    holds_blind: Vec<String>,
+    #[serde(default)]
+    hold_blind: bool,
+    owner: Option<String>,
 }
 
 /// Check a node name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (it ends up in file
@@ -646,6 +663,19 @@ fn parse_peers(raw: Vec<RawPeer>) -> Result<Vec<Peer>> {
             .map(parse_size)
             .transpose()
             .map_err(|e| e.context(format!("{what}: quota")))?;
+        for s in &p.holds_blind {
+            if s != "*" {
+                puce_core::format::snapshot::check_space_name(s).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("{what}: holds_blind: {e}"))
+                })?;
+            }
+        }
+        let owner = p
+            .owner
+            .as_deref()
+            .map(str::parse::<NodeId>)
+            .transpose()
+            .map_err(|e| e.context(format!("{what}: owner")))?;
         peers.push(Peer {
             name: p.name,
             id,
@@ -653,6 +683,9 @@ fn parse_peers(raw: Vec<RawPeer>) -> Result<Vec<Peer>> {
             spaces,
             keep_min,
             quota,
+            holds_blind: p.holds_blind,
+            hold_blind: p.hold_blind,
+            owner,
         });
     }
     Ok(peers)
@@ -745,6 +778,18 @@ repair = true
 # # only because that peer delivered it; `puce report peers` shows the use). A transfer from
 # # it that would exceed it is refused; restart the daemon after raising it.
 # quota = "200 GiB"
+#
+# Blind holding: a partner of another association keeps a copy of spaces without
+# their key (docs/guide.md, "Blind holders"). On the owner's side, the spaces
+# that peer holds blind for this node ("*" for all); it fetches them as opaque
+# files listed in manifests this node signs:
+# holds_blind = ["documents"]
+# On the holder's side: this node holds that peer's spaces blind, under
+# REPO/holds/<its id>/, served back to it alone.
+# hold_blind = true
+# After a disaster, a new node of the owner (new id) is admitted to the copy
+# held for the old one: add it as a peer with `owner` = the old node's id.
+# owner = "XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX"
 "#;
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod bandwidth;
+pub mod blind;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -85,6 +85,11 @@ pub struct SyncReport {
     pub rtt_us: u64,
     /// Largest UDP payload the path carried at the end (found by MTU discovery), bytes.
     pub path_mtu: u16,
+    /// Files of a blind copy this node fetched: as a blind holder, of the peer's spaces; as
+    /// their owner, back from the holder (docs/design.md, "Blind holders").
+    pub blind_files: u64,
+    /// Their bytes.
+    pub blind_bytes: u64,
     /// Warnings (spaces skipped).
     pub warnings: Vec<String>,
 }

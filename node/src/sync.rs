@@ -264,6 +264,15 @@ async fn run(
     let served = tokio::spawn(serve(conn.clone()));
     let r = async {
         conn.hello().await?;
+        for held in [false, true] {
+            let moved = match held {
+                false if peer.hold_blind => crate::blind::hold(&conn).await?,
+                true if !peer.holds_blind.is_empty() => crate::blind::recover(&conn).await?,
+                _ => continue,
+            };
+            report.blind_files += moved.files;
+            report.blind_bytes += moved.bytes;
+        }
         if !explicit {
             plan(
                 ctx,

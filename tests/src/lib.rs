@@ -521,3 +521,15 @@ pub fn is_mounted(p: &Path) -> bool {
             l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.display().to_string())
         })
 }
+
+/// The key file of an encrypted repository made by a [`TestRepo`] (in its own config
+/// directory, outside the repository).
+pub fn key_file(t: &TestRepo) -> PathBuf {
+    let keys = t.dir.path().join("config/puce/keys");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}

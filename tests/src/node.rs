@@ -111,6 +111,17 @@ impl TestNode {
         self.add_peer_raw(&other.name, &other.id, Some(&other.address()), spaces);
     }
 
+    /// Let `other` be a peer, with more keys of its `[[peer]]` section (TOML lines, e.g.
+    /// `hold_blind = true`).
+    pub fn add_peer_with(&mut self, other: &TestNode, spaces: &str, more: &str) {
+        self.add_peer(other, spaces);
+        if let Some(p) = self.peers.last_mut() {
+            p.push_str(more);
+            p.push('\n');
+        }
+        self.write_config();
+    }
+
     pub fn add_peer_raw(&mut self, name: &str, id: &str, address: Option<&str>, spaces: &str) {
         let mut s = format!("[[peer]]\nname = \"{name}\"\nid = \"{id}\"\n");
         if let Some(a) = address {

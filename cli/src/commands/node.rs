@@ -245,6 +245,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         .iter()
         .map(|h| json!({"snapshot": h.snapshot, "peer": h.peer, "until": output::time_utc(h.until_ns)}))
         .collect();
+    let blind = puce_core::blind::summaries(repo.root())?;
     if ctx.json {
         output::json(&json!({
             "name": config.name,
@@ -255,6 +256,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
             "dated_ahead": ahead,
             "held": held,
             "mass_deletions": shrinks,
+            "held_blind": blind,
         }))?;
         return Ok(0);
     }
@@ -278,6 +280,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     print_peers(&config, &state, daemon.is_some());
     println!();
     print_pending(&peers);
+    print_blind(&blind);
     for h in &held {
         println!(
             "\nheld: snapshot {} was forgotten by '{}'; its protection period keeps it until {} \
@@ -319,6 +322,21 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     }
     println!("\n(\"to send\" and \"to receive\" are as of the last contact with each peer.)");
     Ok(0)
+}
+
+/// What this node holds blind for other nodes (opaque: no key here).
+fn print_blind(blind: &[puce_core::blind::HeldSummary]) {
+    for b in blind {
+        let snapshots: usize = b.spaces.iter().map(|s| s.1).sum();
+        println!(
+            "\nheld blind for node {}: {} spaces, {snapshots} snapshots, {} stored (manifest of \
+             {}, not readable here)",
+            &b.owner[..16],
+            b.spaces.len(),
+            output::size(b.stored_bytes),
+            output::time(b.arrived_ns)
+        );
+    }
 }
 
 /// What this node knows of peer `p` (nothing yet: the default).

@@ -60,5 +60,38 @@ pub fn run(ctx: &Ctx, a: SnapshotsArgs) -> Result<i32> {
         let n = snaps.len();
         println!("{n} snapshot{}", if n == 1 { "" } else { "s" });
     }
+    print_held(&repo)?;
     Ok(0)
+}
+
+/// What this node holds blind for other nodes: opaque (no key here), so by owner and label.
+fn print_held(repo: &puce_core::Repo) -> Result<()> {
+    let held = puce_core::blind::summaries(repo.root())?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    println!("\nHeld blind for other nodes (encrypted with their keys: not readable here):");
+    let mut t = output::table(
+        &[
+            "Owner node",
+            "Space label",
+            "Snapshots",
+            "Arrived",
+            "Stored (all)",
+        ],
+        &[2, 4],
+    );
+    for h in &held {
+        for (label, n) in &h.spaces {
+            t.add_row(vec![
+                Cell::new(&h.owner[..16]),
+                Cell::new(&label[..12]),
+                Cell::new(n),
+                Cell::new(output::time(h.arrived_ns)),
+                Cell::new(output::size(h.stored_bytes)),
+            ]);
+        }
+    }
+    output::print_table(&t);
+    Ok(())
 }

@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod forget;
 pub mod hold;
 pub mod lineage;
+pub mod manifest;
 pub mod pack;
 pub mod policy;
 pub mod receipt;

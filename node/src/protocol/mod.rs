@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use puce_core::crypto::Fingerprint;
 use puce_core::format::snapshot::{check_label, check_space_name};
 use puce_core::{ObjectId, SnapshotId};
 
@@ -26,14 +27,18 @@ pub const ALPN: &[u8] = b"puce/sync/1";
 /// The revision of `puce/sync/1` this node implements (negotiated in `Hello`/`Welcome`).
 /// Revision 2 adds `FindObjects` (healing from a peer), revision 3 `GetForgets` (forgets carried
 /// to the nodes that replicate a space), revision 4 `GetChecks` (what a peer holds complete and
-/// when its data was last checked, for the replica rules).
-pub const VERSION: u16 = 4;
+/// when its data was last checked, for the replica rules), revision 5 the repository's key
+/// fingerprint in `Hello`/`Welcome` and the blind-holding messages (`GetManifest`, `Manifest`,
+/// `GetFile`, `FileData`).
+pub const VERSION: u16 = 5;
 /// The first revision with `FindObjects`.
 pub const FIND_OBJECTS_VERSION: u16 = 2;
 /// The first revision with `GetForgets`.
 pub const FORGETS_VERSION: u16 = 3;
 /// The first revision with `GetChecks`.
 pub const CHECKS_VERSION: u16 = 4;
+/// The first revision with the key fingerprint in `Welcome` and the blind-holding messages.
+pub const BLIND_VERSION: u16 = 5;
 /// The oldest revision this node still speaks.
 pub const MIN_VERSION: u16 = 1;
 
@@ -46,6 +51,10 @@ pub const MAX_CHECKS_PER_REQUEST: usize = 1024;
 pub const MAX_OBJECTS_PER_REQUEST: usize = 4096;
 /// Largest object (stored bytes) that travels in one `Object` frame.
 pub const MAX_OBJECT_LEN: usize = 64 << 20;
+/// Largest range of a file in one `GetFile`.
+pub const MAX_FILE_RANGE: u32 = 4 * MIB;
+/// Largest manifest a `Manifest` frame carries.
+pub const MAX_MANIFEST_FRAME: u32 = 16 * MIB + 64;
 /// Largest request frame body (the bound of the largest request type): a node holds at most
 /// `transport::MAX_STREAMS` of them per connection.
 pub const MAX_REQUEST_LEN: u32 = MIB;
@@ -138,6 +147,11 @@ pub struct Hello {
     pub software: String,
     /// The sender repository's chunking parameters.
     pub chunking: Chunking,
+    /// The fingerprint of the sender repository's key (revision 5; none: an unencrypted
+    /// repository, or a node before revision 5). Encoded after the other fields, only when
+    /// present (docs/protocol.md, section 5).
+    #[serde(skip)]
+    pub key: Option<Fingerprint>,
 }
 
 /// Answer to `Hello`: the revision both will speak.
@@ -151,6 +165,10 @@ pub struct Welcome {
     pub software: String,
     /// The answering repository's chunking parameters.
     pub chunking: Chunking,
+    /// The fingerprint of the answering repository's key, sent only with revision 5 or later
+    /// (as in [`Hello`]).
+    #[serde(skip)]
+    pub key: Option<Fingerprint>,
 }
 
 /// A refusal or failure, answering any request.
@@ -299,6 +317,48 @@ pub struct SpaceCheck {
     pub damaged: bool,
 }
 
+/// Ask for a blind-holding manifest (revision 5). `held: false`, from a holder to the owner:
+/// the manifest of what the holder must keep for it now, signed by the owner. `held: true`,
+/// from an owner's node to its holder: the newest manifest the holder keeps for that owner.
+/// Answered by one `Manifest`, or `Error` (`NotAllowed`: not configured so; `NotFound`: no
+/// manifest held yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetManifest {
+    /// Which manifest: the one to hold (false), the one held (true).
+    pub held: bool,
+}
+
+/// A signed manifest (`docs/format.md`, section 10), as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestBytes {
+    /// The file's bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Ask for a range of a file listed in the manifest sent on this connection (revision 5).
+/// Answered by one `FileData` of exactly that range, or `Error` (`NotFound`: not listed, not
+/// held or damaged; the connection goes on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetFile {
+    /// The file's kind in the manifest (0 pack, 1 snapshot record, 2 space settings).
+    pub kind: u8,
+    /// Its name (a pack id, a snapshot id, a space label).
+    pub name: [u8; 32],
+    /// First byte.
+    pub offset: u64,
+    /// Bytes wanted, at most [`MAX_FILE_RANGE`], within the file.
+    pub len: u32,
+}
+
+/// A range of a file, as asked by `GetFile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
 /// End of a multi-frame answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct End {
@@ -369,6 +429,14 @@ pub enum Message {
     GetChecks(GetChecks),
     /// 0x1d
     Checks(Checks),
+    /// 0x1e
+    GetManifest(GetManifest),
+    /// 0x1f
+    Manifest(ManifestBytes),
+    /// 0x20
+    GetFile(GetFile),
+    /// 0x21
+    FileData(FileData),
 }
 
 /// The frame type byte of each message.
@@ -409,6 +477,14 @@ pub enum MessageType {
     GetChecks = 0x1c,
     /// [`Checks`]
     Checks = 0x1d,
+    /// [`GetManifest`]
+    GetManifest = 0x1e,
+    /// [`ManifestBytes`]
+    Manifest = 0x1f,
+    /// [`GetFile`]
+    GetFile = 0x20,
+    /// [`FileData`]
+    FileData = 0x21,
 }
 
 impl MessageType {
@@ -433,6 +509,10 @@ impl MessageType {
             0x1b => Forget,
             0x1c => GetChecks,
             0x1d => Checks,
+            0x1e => GetManifest,
+            0x1f => Manifest,
+            0x20 => GetFile,
+            0x21 => FileData,
             _ => return None,
         })
     }
@@ -451,6 +531,8 @@ impl MessageType {
                 | Push
                 | GetForgets
                 | GetChecks
+                | GetManifest
+                | GetFile
         )
     }
 
@@ -458,7 +540,11 @@ impl MessageType {
     pub fn max_len(self) -> u32 {
         use MessageType::*;
         match self {
-            Hello | Welcome | Error | Push | PushDone | End | Forget => 64 * KIB,
+            Hello | Welcome | Error | Push | PushDone | End | Forget | GetManifest | GetFile => {
+                64 * KIB
+            }
+            Manifest => MAX_MANIFEST_FRAME,
+            FileData => MAX_FILE_RANGE + 16,
             ListSpaces | GetSnapshots | GetForgets | GetChecks | Checks => MIB,
             GetObjects | FindObjects => 256 * KIB,
             SpaceList => 32 * MIB,
@@ -489,6 +575,10 @@ impl Message {
             Message::Forget(_) => MessageType::Forget,
             Message::GetChecks(_) => MessageType::GetChecks,
             Message::Checks(_) => MessageType::Checks,
+            Message::GetManifest(_) => MessageType::GetManifest,
+            Message::Manifest(_) => MessageType::Manifest,
+            Message::GetFile(_) => MessageType::GetFile,
+            Message::FileData(_) => MessageType::FileData,
         }
     }
 
@@ -512,6 +602,10 @@ impl Message {
             MessageType::Forget => "Forget",
             MessageType::GetChecks => "GetChecks",
             MessageType::Checks => "Checks",
+            MessageType::GetManifest => "GetManifest",
+            MessageType::Manifest => "Manifest",
+            MessageType::GetFile => "GetFile",
+            MessageType::FileData => "FileData",
         }
     }
 
@@ -531,8 +625,8 @@ fn body<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 /// Encode a message as a whole frame.
 pub fn encode(m: &Message) -> Result<Vec<u8>> {
     let b = match m {
-        Message::Hello(x) => body(x)?,
-        Message::Welcome(x) => body(x)?,
+        Message::Hello(x) => with_key(body(x)?, x.key),
+        Message::Welcome(x) => with_key(body(x)?, x.key),
         Message::Error(x) => body(x)?,
         Message::ListSpaces(x) => body(x)?,
         Message::SpaceList(x) => body(x)?,
@@ -548,6 +642,10 @@ pub fn encode(m: &Message) -> Result<Vec<u8>> {
         Message::Forget(x) => body(x)?,
         Message::GetChecks(x) => body(x)?,
         Message::Checks(x) => body(x)?,
+        Message::GetManifest(x) => body(x)?,
+        Message::Manifest(x) => body(x)?,
+        Message::GetFile(x) => body(x)?,
+        Message::FileData(x) => body(x)?,
     };
     let kind = m.kind();
     if b.len() > kind.max_len() as usize {
@@ -575,6 +673,37 @@ fn take<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
         )));
     }
     Ok(v)
+}
+
+/// `Hello` and `Welcome` end with the key fingerprint when there is one: 32 raw bytes after
+/// the other fields, absent for an unencrypted repository (so that the frames of an
+/// unencrypted node are those of revision 4, byte for byte, and older nodes still read them).
+fn with_key(mut b: Vec<u8>, key: Option<Fingerprint>) -> Vec<u8> {
+    if let Some(k) = key {
+        b.extend_from_slice(&k.0);
+    }
+    b
+}
+
+/// The fields of a `Hello` or `Welcome`, then the optional key fingerprint: nothing, or
+/// exactly 32 bytes.
+fn take_keyed<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<(T, Option<Fingerprint>)> {
+    let (v, rest) = postcard::take_from_bytes::<T>(b)
+        .map_err(|e| Error::protocol(format!("malformed {what} message")).with_source(e))?;
+    let key = match rest.len() {
+        0 => None,
+        32 => {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(rest);
+            Some(Fingerprint(k))
+        }
+        n => {
+            return Err(Error::protocol(format!(
+                "{what} message has {n} bytes after its fields (a key fingerprint is 32)"
+            )));
+        }
+    };
+    Ok((v, key))
 }
 
 /// Decode the body of a frame of type `kind`.
@@ -611,8 +740,16 @@ fn check_names(m: &Message) -> Result<()> {
 fn decode_body(kind: MessageType, b: &[u8]) -> Result<Message> {
     use MessageType as T;
     Ok(match kind {
-        T::Hello => Message::Hello(take("Hello", b)?),
-        T::Welcome => Message::Welcome(take("Welcome", b)?),
+        T::Hello => {
+            let (mut h, key): (Hello, _) = take_keyed("Hello", b)?;
+            h.key = key;
+            Message::Hello(h)
+        }
+        T::Welcome => {
+            let (mut w, key): (Welcome, _) = take_keyed("Welcome", b)?;
+            w.key = key;
+            Message::Welcome(w)
+        }
         T::Error => Message::Error(take("Error", b)?),
         T::ListSpaces => Message::ListSpaces(take("ListSpaces", b)?),
         T::SpaceList => Message::SpaceList(take("SpaceList", b)?),
@@ -628,6 +765,10 @@ fn decode_body(kind: MessageType, b: &[u8]) -> Result<Message> {
         T::Forget => Message::Forget(take("Forget", b)?),
         T::GetChecks => Message::GetChecks(take("GetChecks", b)?),
         T::Checks => Message::Checks(take("Checks", b)?),
+        T::GetManifest => Message::GetManifest(take("GetManifest", b)?),
+        T::Manifest => Message::Manifest(take("Manifest", b)?),
+        T::GetFile => Message::GetFile(take("GetFile", b)?),
+        T::FileData => Message::FileData(take("FileData", b)?),
     })
 }
 

@@ -40,6 +40,7 @@ fn golden_hello_welcome_error() {
             node: "lyon".into(),
             software: "puce 0.1.0".into(),
             chunking: CHUNKING,
+            key: None,
         }),
         &[
             "1b000000",                  // body length 27
@@ -57,6 +58,7 @@ fn golden_hello_welcome_error() {
             node: "grenoble".into(),
             software: "puce 0.1.0".into(),
             chunking: CHUNKING,
+            key: None,
         }),
         &[
             "1e000000",                 // body length 30
@@ -354,6 +356,7 @@ fn golden_find_objects() {
             node: "lyon".into(),
             software: "puce 0.1.0".into(),
             chunking: CHUNKING,
+            key: None,
         }),
         &[
             "1b000000",                  // body length 27
@@ -365,6 +368,114 @@ fn golden_find_objects() {
             "808004 808010 808040",      // chunking 64 KiB, 256 KiB, 1 MiB (varints)
         ],
     );
+}
+
+/// Revision 5: the key fingerprint ends `Hello` and `Welcome` when there is one; anything but
+/// nothing or 32 bytes after the fields is refused.
+#[test]
+fn golden_hello_welcome_with_a_key() {
+    let key = Some(puce_core::crypto::Fingerprint([0xab; 32]));
+    golden(
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version: 5,
+            node: "lyon".into(),
+            software: "puce 0.1.0".into(),
+            chunking: CHUNKING,
+            key,
+        }),
+        &[
+            "3b000000",                  // body length 59
+            "01",                        // type Hello
+            "01",                        // min_version 1
+            "05",                        // max_version 5
+            "04 6c796f6e",               // node "lyon"
+            "0a 70756365 20 302e312e30", // software "puce 0.1.0"
+            "808004 808010 808040",      // chunking
+            &"ab".repeat(32),            // key fingerprint (32 raw bytes)
+        ],
+    );
+    golden(
+        Message::Welcome(Welcome {
+            version: 5,
+            node: "grenoble".into(),
+            software: "puce 0.1.0".into(),
+            chunking: CHUNKING,
+            key,
+        }),
+        &[
+            "3e000000",                 // body length 62
+            "02",                       // type Welcome
+            "05",                       // version 5
+            "08 6772656e6f626c65",      // node "grenoble"
+            "0a 707563652030 2e312e30", // software
+            "808004 808010 808040",     // chunking
+            &"ab".repeat(32),           // key fingerprint
+        ],
+    );
+    let mut frame = encode(&Message::Hello(Hello {
+        min_version: 1,
+        max_version: 5,
+        node: "lyon".into(),
+        software: "puce 0.1.0".into(),
+        chunking: CHUNKING,
+        key,
+    }))
+    .unwrap();
+    frame.pop();
+    let e = decode(MessageType::Hello, &frame[5..]).unwrap_err();
+    assert!(e.to_string().contains("31 bytes after its fields"), "{e}");
+}
+
+#[test]
+fn golden_blind_messages() {
+    golden(
+        Message::GetManifest(GetManifest { held: true }),
+        &[
+            "01000000", // body length 1
+            "1e",       // type GetManifest
+            "01",       // held: true
+        ],
+    );
+    golden(
+        Message::Manifest(ManifestBytes {
+            bytes: b"PUCEMANI".to_vec(),
+        }),
+        &[
+            "09000000",            // body length 9
+            "1f",                  // type Manifest
+            "08 505543454d414e49", // 8 bytes
+        ],
+    );
+    golden(
+        Message::GetFile(GetFile {
+            kind: 0,
+            name: [0x77; 32],
+            offset: 16 << 20,
+            len: 4 << 20,
+        }),
+        &[
+            "29000000",       // body length 41
+            "20",             // type GetFile
+            "00",             // kind 0: pack
+            &"77".repeat(32), // name
+            "80808008",       // offset 16 MiB (varint)
+            "80808002",       // len 4 MiB (varint)
+        ],
+    );
+    golden(
+        Message::FileData(FileData {
+            data: vec![1, 2, 3],
+        }),
+        &[
+            "04000000",  // body length 4
+            "21",        // type FileData
+            "03 010203", // 3 bytes
+        ],
+    );
+    assert_eq!(MessageType::FileData.max_len(), MAX_FILE_RANGE + 16);
+    assert_eq!(MessageType::Manifest.max_len(), 16 * 1024 * 1024 + 64);
+    assert!(MessageType::GetFile.is_request() && MessageType::GetManifest.is_request());
 }
 
 #[test]
@@ -519,5 +630,8 @@ fn every_message_type_is_a_request_or_an_answer_as_documented() {
     let requests: Vec<u8> = (0..=255u8)
         .filter(|b| MessageType::from_u8(*b).is_some_and(|t| t.is_request()))
         .collect();
-    assert_eq!(requests, [0x01, 0x10, 0x12, 0x14, 0x17, 0x19, 0x1a, 0x1c]);
+    assert_eq!(
+        requests,
+        [0x01, 0x10, 0x12, 0x14, 0x17, 0x19, 0x1a, 0x1c, 0x1e, 0x20]
+    );
 }

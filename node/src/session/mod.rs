@@ -29,11 +29,12 @@ use crate::error::{Error, ErrorKind, Result, connection_error};
 use crate::identity::Identity;
 use crate::protocol::{self, Chunking, Code, Hello, Message, Welcome};
 use crate::transport::{Link, Receiver, Sender, WireStats};
+use puce_core::crypto::Fingerprint;
 
 pub mod checks;
 pub mod forget;
 pub mod pull;
-mod serve;
+pub(crate) mod serve;
 
 pub use serve::serve;
 
@@ -130,6 +131,15 @@ impl NodeCtx {
             avg: c.avg_size,
             max: c.max_size,
         }
+    }
+
+    /// The fingerprint of the repository's key; none for an unencrypted repository.
+    pub fn key(&self) -> Option<Fingerprint> {
+        self.repo
+            .config()
+            .encryption
+            .as_ref()
+            .map(|e| e.fingerprint)
     }
 
     /// The newest protocol revision this node speaks.
@@ -248,6 +258,9 @@ pub struct Conn {
     /// Objects this peer may fetch: those reachable from snapshots sent to it in this
     /// connection.
     served: Mutex<HashSet<ObjectId>>,
+    /// The files of the blind-holding manifest sent on this connection (the only ones
+    /// `GetFile` serves).
+    pub(crate) offer: Mutex<Option<Arc<crate::blind::Offer>>>,
     /// Held while objects asked for by id alone are looked for (one request at a time).
     finding: tokio::sync::Mutex<FindState>,
     negotiated: tokio::sync::watch::Sender<bool>,
@@ -292,6 +305,7 @@ impl Conn {
             remote_name: Mutex::new(peer.name.clone()),
             peer,
             served: Mutex::new(HashSet::new()),
+            offer: Mutex::new(None),
             finding: tokio::sync::Mutex::new(FindState::default()),
             negotiated: tokio::sync::watch::Sender::new(false),
             version: AtomicU16::new(0),
@@ -407,6 +421,7 @@ impl Conn {
             node: self.ctx.config.name.clone(),
             software: software(),
             chunking: self.ctx.chunking(),
+            key: self.ctx.key(),
         };
         let mut recv = self.request(&Message::Hello(hello)).await?;
         self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -437,6 +452,13 @@ impl Conn {
             return Err(e);
         }
         if let Err(e) = check_chunking(&self.label, self.ctx.chunking(), w.chunking) {
+            self.cut_off(Code::Incompatible, &e.to_string());
+            return Err(e);
+        }
+        if w.version >= protocol::BLIND_VERSION
+            && let Err(e) = check_key(&self.label, &self.peer, self.ctx.key(), w.key)
+        {
+            tracing::warn!("refused {}: {e}", self.label);
             self.cut_off(Code::Incompatible, &e.to_string());
             return Err(e);
         }
@@ -512,6 +534,45 @@ pub fn check_chunking(label: &str, ours: Chunking, theirs: Chunking) -> Result<(
             theirs.min,
             theirs.avg,
             theirs.max
+        ),
+    ))
+}
+
+/// Nodes that replicate spaces (read what they receive) must share the association's key, or
+/// what one sends would not open at the other: a different fingerprint is refused at once,
+/// naming both. A peer that only holds this node's spaces blind, or whose spaces this node
+/// holds blind, may have any key (or none).
+pub fn check_key(
+    label: &str,
+    peer: &Permissions,
+    ours: Option<Fingerprint>,
+    theirs: Option<Fingerprint>,
+) -> Result<()> {
+    if ours == theirs || !peer.replicates() {
+        return Ok(());
+    }
+    let show = |k: Option<Fingerprint>| match k {
+        Some(k) => format!("is encrypted with the key of fingerprint {k}"),
+        None => "is not encrypted".to_string(),
+    };
+    let fix = match theirs {
+        Some(_) => format!(
+            "make this node's repository again with `puce init --encrypt --key-from KEYFILE`, \
+             KEYFILE being the key file of {label}'s repository, and sync it from there"
+        ),
+        None => format!(
+            "make {label}'s repository again with `puce init --encrypt --key-from KEYFILE`, \
+             KEYFILE being this repository's key file, and sync it from here"
+        ),
+    };
+    Err(Error::new(
+        ErrorKind::Incompatible,
+        format!(
+            "the repository of {label} {}, this node's {}: nodes that replicate spaces must \
+             share the association's key; {fix} (a partner that must not read the spaces holds \
+             them blind instead: docs/guide.md, \"Blind holders\")",
+            show(theirs),
+            show(ours)
         ),
     ))
 }

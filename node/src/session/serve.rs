@@ -10,7 +10,7 @@ use puce_core::format::tree::{Node, Tree};
 use puce_core::{SnapshotEntry, SnapshotId};
 use tokio::io::AsyncWriteExt;
 
-use super::{Conn, Fault, check_chunking, send_error, software};
+use super::{Conn, Fault, check_chunking, check_key, send_error, software};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{
     self, Code, End, GetObjects, GetSnapshots, Hello, ListSpaces, Message, Object, Push,
@@ -58,7 +58,7 @@ pub async fn serve(conn: Arc<Conn>) {
 
 /// The outcome of a request that failed: refuse it (the connection goes on) or cut off the
 /// peer (it broke the protocol).
-pub(super) enum Failure {
+pub(crate) enum Failure {
     Refuse(Code, String),
     CutOff(Code, String),
 }
@@ -116,6 +116,8 @@ async fn handle(conn: Arc<Conn>, mut send: Sender, mut recv: Receiver) {
         Message::GetForgets(r) => get_forgets(&conn, &mut send, r).await,
         Message::GetChecks(r) => super::checks::serve(&conn, &mut send, r).await,
         Message::Push(r) => push(&conn, &mut send, r).await,
+        Message::GetManifest(r) => crate::blind::serve_manifest(&conn, &mut send, r).await,
+        Message::GetFile(r) => crate::blind::serve_file(&conn, &mut send, r).await,
         m => Err(Failure::CutOff(
             Code::Protocol,
             format!("it sent {} as a request", m.name()),
@@ -136,7 +138,7 @@ async fn handle(conn: Arc<Conn>, mut send: Sender, mut recv: Receiver) {
     }
 }
 
-pub(super) async fn write(conn: &Conn, send: &mut Sender, m: &Message) -> Result<(), Failure> {
+pub(crate) async fn write(conn: &Conn, send: &mut Sender, m: &Message) -> Result<(), Failure> {
     protocol::write(send, m)
         .await
         .map_err(|e| Failure::from(conn.explain(e)))
@@ -164,6 +166,15 @@ async fn hello(conn: &Arc<Conn>, send: &mut Sender, h: Hello) -> Result<(), Fail
             .close(Code::Incompatible, b"different chunking parameters");
         return Ok(());
     }
+    if version >= protocol::BLIND_VERSION
+        && let Err(e) = check_key(&conn.label, &conn.peer, conn.ctx.key(), h.key)
+    {
+        tracing::warn!("refused {}: {e}", conn.label);
+        send_error(send, Code::Incompatible, &e.to_string()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
+        conn.link.close(Code::Incompatible, b"different keys");
+        return Ok(());
+    }
     if let Ok(mut n) = conn.remote_name.lock() {
         n.clone_from(&h.node);
     }
@@ -172,6 +183,9 @@ async fn hello(conn: &Arc<Conn>, send: &mut Sender, h: Hello) -> Result<(), Fail
         node: conn.ctx.config.name.clone(),
         software: software(),
         chunking: conn.ctx.chunking(),
+        key: (version >= protocol::BLIND_VERSION)
+            .then(|| conn.ctx.key())
+            .flatten(),
     };
     // Marked before answering: the peer's next request may arrive as soon as it reads this.
     conn.version.store(version, Ordering::Release);
@@ -186,7 +200,7 @@ async fn hello(conn: &Arc<Conn>, send: &mut Sender, h: Hello) -> Result<(), Fail
     Ok(())
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T, Failure> {
     match tokio::task::spawn_blocking(f).await {

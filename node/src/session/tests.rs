@@ -71,8 +71,33 @@ fn node(
     grants: &str,
     fault: Option<Fault>,
 ) -> TestNode {
+    node_with(
+        name,
+        identity,
+        (peer, peer_id),
+        grants,
+        fault,
+        &InitOptions::default(),
+    )
+}
+
+/// As [`node`], with the repository made with `opts`; `grants` may be followed by more lines
+/// of the peer's section.
+fn node_with(
+    name: &str,
+    identity: Identity,
+    (peer, peer_id): (&str, &str),
+    grants: &str,
+    fault: Option<Fault>,
+    opts: &InitOptions,
+) -> TestNode {
     let dir = TempDir::new().unwrap();
-    let repo = Arc::new(Repo::init(&dir.path().join("repo"), &InitOptions::default()).unwrap());
+    let mut opts = opts.clone();
+    if opts.key_dir.is_some() {
+        opts.key_dir = Some(dir.path().join("keys"));
+        opts.open.key_files = Vec::new();
+    }
+    let repo = Arc::new(Repo::init(&dir.path().join("repo"), &opts).unwrap());
     let config = NodeConfig::parse(&format!(
         "[node]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\n\n[[peer]]\nname = \"{peer}\"\n\
          id = \"{peer_id}\"\nspaces = {grants}\n"
@@ -505,3 +530,5 @@ async fn get_checks_answers_only_what_was_asked_and_may_be_read() {
         Reported::Unsupported(3)
     );
 }
+
+mod blind;

@@ -1,0 +1,537 @@
+//! Blind holding (docs/design.md, "Blind holders"; docs/protocol.md, revision 5): a node of
+//! another association keeps a copy of an encrypted repository's spaces without its key.
+//!
+//! The owner signs, with its node key, a manifest of the files the held spaces need (packs,
+//! sealed snapshot records, sealed space settings: `puce_core::format::manifest`). The holder
+//! asks for it (`GetManifest`, `held: false`), checks the signature against the owner's pinned
+//! id and that its sequence number does not go back, fetches the files it lacks by ranges
+//! (`GetFile`), verifies each against the manifest, then keeps the manifest and frees what it
+//! no longer lists ([`puce_core::blind::Holds`]). The owner's nodes, and only they, get the
+//! copy back (`GetManifest`, `held: true`): a node whose files are missing (a new node after a
+//! disaster, admitted by the holder with `owner` in its `node.toml`) fetches them, verifies
+//! them, and indexes them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use puce_core::Repo;
+use puce_core::backend::FileKind as RepoKind;
+use puce_core::blind::Holds;
+use puce_core::format::forget::{Signature, Signer, node_id_of_key};
+use puce_core::format::manifest::{FileKind, HeldFile, HeldSpace, Manifest};
+use puce_core::hash::Hash;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{Identity, NodeId};
+use crate::protocol::{self, Code, FileData, GetFile, GetManifest, ManifestBytes, Message};
+use crate::session::serve::{Failure, blocking, write};
+use crate::session::{Conn, NodeCtx};
+use crate::transport::Sender;
+
+/// The file in the node directory keeping the last sequence number signed.
+const SEQ_FILE: &str = "blind-seq";
+
+/// What this node offered on a connection: the files of the manifest it sent, and where they
+/// are read from. Only they are served by `GetFile`.
+pub struct Offer {
+    files: HashMap<(u8, [u8; 32]), HeldFile>,
+    from: Source,
+}
+
+enum Source {
+    /// This node's own repository (it is the owner).
+    Repo,
+    /// What it holds for an owner.
+    Held(Holds),
+}
+
+/// What a blind transfer did, for the sync report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    /// Files fetched.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files freed (holder) or already present (owner).
+    pub freed: u64,
+}
+
+/// Sign `m` with the node key.
+pub(crate) fn sign(identity: &Identity, mut m: Manifest) -> Result<Vec<u8>> {
+    m.signer = None;
+    let msg = m.signed_message()?;
+    let (public_key, sig) = identity.sign(&msg)?;
+    m.signer = Some(Signer {
+        node: identity.id().0,
+        public_key,
+        signature: Signature::from_bytes(&sig)?,
+    });
+    Ok(m.encode()?)
+}
+
+/// Decode a manifest and check its signature: by the key of `owner` (if given), else by the
+/// key of the owner it names.
+pub fn verify(bytes: &[u8], owner: Option<&NodeId>) -> Result<Manifest> {
+    let m =
+        Manifest::decode(bytes).map_err(|e| Error::new(ErrorKind::BadObject, format!("{e:#}")))?;
+    let s = m
+        .signer
+        .as_ref()
+        .ok_or_else(|| Error::new(ErrorKind::BadObject, "the manifest is not signed"))?;
+    if let Some(o) = owner
+        && (node_id_of_key(&s.public_key) != o.0 || m.owner != o.0)
+    {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "the manifest is signed by node {}, not by the owner {o}",
+                Hash(m.owner).to_hex()
+            ),
+        ));
+    }
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &s.public_key)
+        .verify(&m.signed_message()?, &s.signature.to_bytes())
+        .map_err(|_| Error::new(ErrorKind::BadObject, "the manifest's signature is wrong"))?;
+    Ok(m)
+}
+
+/// The manifest of what `holder` keeps of this node's spaces, signed (the owner's side).
+fn build(ctx: &NodeCtx, spaces: &[String]) -> Result<Vec<u8>> {
+    let repo = &ctx.repo;
+    let Some(enc) = &repo.config().encryption else {
+        return Err(Error::new(
+            ErrorKind::NotAllowed,
+            "this repository is not encrypted: its spaces cannot be held blind (a holder would \
+             read them); make an encrypted one with `puce init --encrypt` and sync into it",
+        ));
+    };
+    let held = |s: &str| spaces.iter().any(|h| h == s || h == "*");
+    let stored = repo.stored_backend();
+    let mut files = Vec::new();
+    for (name, len) in stored.list(RepoKind::Pack)? {
+        // A pack's name is the BLAKE3 of its bytes.
+        if let Ok(h) = Hash::from_hex(&name) {
+            files.push(HeldFile {
+                kind: FileKind::Pack.code(),
+                name: h.0,
+                hash: h.0,
+                len,
+            });
+        }
+    }
+    let mut by_space: std::collections::BTreeMap<[u8; 32], Vec<[u8; 32]>> = Default::default();
+    let mut add = |kind: FileKind, name: [u8; 32]| -> Result<()> {
+        let bytes = stored.read(kind.repo_kind(), &Hash(name).to_hex())?;
+        files.push(HeldFile {
+            kind: kind.code(),
+            name,
+            hash: *blake3::hash(&bytes).as_bytes(),
+            len: bytes.len() as u64,
+        });
+        Ok(())
+    };
+    for s in repo.snapshots()? {
+        if !held(&s.snapshot.space) {
+            continue;
+        }
+        let label = repo
+            .space_label(&s.snapshot.space)
+            .map(|h| h.0)
+            .unwrap_or_default();
+        if !by_space.contains_key(&label)
+            && stored.exists(RepoKind::Space, &Hash(label).to_hex())?
+        {
+            add(FileKind::Space, label)?;
+        }
+        add(FileKind::Snapshot, s.id.0.0)?;
+        by_space.entry(label).or_default().push(s.id.0.0);
+    }
+    let now = now_ns();
+    let seq_path = ctx.dir.join(SEQ_FILE);
+    let seq = last_seq(&ctx.dir).saturating_add(1).max(now as u64);
+    puce_core::fsutil::write_atomic(&seq_path, &ctx.dir, seq.to_string().as_bytes())?;
+    let m = Manifest {
+        owner: ctx.identity.id().0,
+        repo_id: repo.config().repo_id,
+        fingerprint: enc.fingerprint.0,
+        seq,
+        time_ns: now,
+        spaces: by_space
+            .into_iter()
+            .map(|(label, snapshots)| HeldSpace { label, snapshots })
+            .collect(),
+        files,
+        signer: None,
+    };
+    sign(&ctx.identity, m)
+}
+
+/// The last sequence number this node signed (0: none).
+fn last_seq(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join(SEQ_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Serve `GetManifest`.
+pub(crate) async fn serve_manifest(
+    conn: &Arc<Conn>,
+    send: &mut Sender,
+    r: GetManifest,
+) -> Result<(), Failure> {
+    let ctx = conn.ctx.clone();
+    let (bytes, offer) = if r.held {
+        let Some(owner) = conn.peer.held_owner else {
+            return Err(Failure::Refuse(
+                Code::NotAllowed,
+                format!("this node holds nothing blind for {}", conn.label),
+            ));
+        };
+        let root = ctx.repo.root().to_path_buf();
+        blocking(move || {
+            let h = Holds::open(&root, &owner.0)?;
+            let (m, bytes) = h.manifest()?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("this node holds no copy of node {owner} yet"),
+                )
+            })?;
+            Ok((bytes, offer(&m, Source::Held(h))))
+        })
+        .await?
+    } else {
+        if conn.peer.holds_blind.is_empty() {
+            return Err(Failure::Refuse(
+                Code::NotAllowed,
+                format!(
+                    "node.toml does not make {} a blind holder of this node's spaces (add \
+                     holds_blind to its [[peer]] section)",
+                    conn.label
+                ),
+            ));
+        }
+        let spaces = conn.peer.holds_blind.clone();
+        blocking(move || {
+            let bytes = build(&ctx, &spaces)?;
+            let m = Manifest::decode(&bytes)?;
+            Ok((bytes, offer(&m, Source::Repo)))
+        })
+        .await?
+    };
+    if let Ok(mut o) = conn.offer.lock() {
+        *o = Some(Arc::new(offer));
+    }
+    write(conn, send, &Message::Manifest(ManifestBytes { bytes })).await
+}
+
+fn offer(m: &Manifest, from: Source) -> Offer {
+    Offer {
+        files: m
+            .files
+            .iter()
+            .map(|f| ((f.kind, f.name), f.clone()))
+            .collect(),
+        from,
+    }
+}
+
+/// Serve `GetFile`: a range of a file of the manifest offered on this connection.
+pub(crate) async fn serve_file(
+    conn: &Arc<Conn>,
+    send: &mut Sender,
+    r: GetFile,
+) -> Result<(), Failure> {
+    let offer = conn.offer.lock().ok().and_then(|o| o.clone());
+    let file = offer
+        .as_ref()
+        .and_then(|o| o.files.get(&(r.kind, r.name)).cloned());
+    let (Some(offer), Some(file)) = (offer, file) else {
+        return Err(Failure::Refuse(
+            Code::NotFound,
+            "no such file in the manifest sent on this connection".into(),
+        ));
+    };
+    let end = r.offset.checked_add(u64::from(r.len));
+    if r.len > protocol::MAX_FILE_RANGE || end.is_none_or(|e| e > file.len) {
+        return Err(Failure::CutOff(
+            Code::Protocol,
+            format!(
+                "it asked for {} bytes at {} of {} ({} bytes)",
+                r.len,
+                r.offset,
+                file.describe(),
+                file.len
+            ),
+        ));
+    }
+    let repo = conn.ctx.repo.clone();
+    let data = blocking(move || match &offer.from {
+        Source::Repo => Ok(repo.stored_backend().read_vec(
+            file.file_kind().repo_kind(),
+            &Hash(file.name).to_hex(),
+            r.offset,
+            r.len as usize,
+        )?),
+        Source::Held(h) => Ok(h.read_range(&file, r.offset, r.len as usize)?),
+    })
+    .await?;
+    conn.ctx.send_limit.take(data.len() as u64).await;
+    conn.counters
+        .sent_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    write(conn, send, &Message::FileData(FileData { data })).await
+}
+
+/// Ask the peer for a manifest.
+async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<u8>> {
+    if conn.version() < protocol::BLIND_VERSION {
+        return Err(Error::new(
+            ErrorKind::Incompatible,
+            format!(
+                "{} speaks protocol revision {}: blind holding needs revision {} (upgrade it)",
+                conn.label,
+                conn.version(),
+                protocol::BLIND_VERSION
+            ),
+        ));
+    }
+    let mut recv = conn
+        .request(&Message::GetManifest(GetManifest { held }))
+        .await?;
+    match conn.answer(&mut recv).await? {
+        Message::Manifest(m) => Ok(m.bytes),
+        other => Err(Error::protocol(format!(
+            "{} answered GetManifest with {}",
+            conn.label,
+            other.name()
+        ))),
+    }
+}
+
+/// Fetch `f` from `offset` to its end, handing each range to `put`.
+async fn fetch(
+    conn: &Arc<Conn>,
+    f: &HeldFile,
+    mut offset: u64,
+    mut put: impl FnMut(u64, Vec<u8>) -> Result<()>,
+) -> Result<u64> {
+    let mut got = 0;
+    while offset < f.len {
+        let len = (f.len - offset).min(u64::from(protocol::MAX_FILE_RANGE)) as u32;
+        let mut recv = conn
+            .request(&Message::GetFile(GetFile {
+                kind: f.kind,
+                name: f.name,
+                offset,
+                len,
+            }))
+            .await?;
+        let data = match conn.answer(&mut recv).await? {
+            Message::FileData(d) if d.data.len() == len as usize => d.data,
+            other => {
+                let why = format!(
+                    "it answered GetFile for {len} bytes of {} with {}",
+                    f.describe(),
+                    match other {
+                        Message::FileData(d) => format!("{} bytes", d.data.len()),
+                        o => o.name().to_string(),
+                    }
+                );
+                conn.cut_off(Code::Protocol, &why);
+                return Err(Error::protocol(format!("{}: {why}", conn.label)));
+            }
+        };
+        conn.ctx.recv_limit.take(u64::from(len)).await;
+        conn.counters
+            .fetched_bytes
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        put(offset, data)?;
+        offset += u64::from(len);
+        got += u64::from(len);
+    }
+    Ok(got)
+}
+
+/// The holder's side: fetch the owner's manifest and the files it lacks, keep it, free the
+/// rest.
+pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
+    let bytes = ask_manifest(conn, false).await?;
+    let owner = conn.peer.id;
+    let m = verify(&bytes, Some(&owner)).map_err(|e| e.context(&conn.label))?;
+    let root = conn.ctx.repo.root().to_path_buf();
+    let h = tokio::task::spawn_blocking(move || Holds::open(&root, &owner.0))
+        .await
+        .map_err(|e| Error::internal(format!("{e}")))??;
+    if let Some((kept, _)) = h.manifest()?
+        && kept.seq > m.seq
+    {
+        let why = format!(
+            "{} sent a manifest older than the one kept (sequence {} after {}): a rollback, \
+             refused; the copy held stays as it was",
+            conn.label, m.seq, kept.seq
+        );
+        tracing::warn!("{why}");
+        return Err(Error::new(ErrorKind::BadObject, why));
+    }
+    if let Some(q) = conn.peer.quota
+        && m.stored_bytes() > q
+    {
+        return Err(Error::new(
+            ErrorKind::Quota,
+            format!(
+                "{} asks this node to hold {} bytes blind, over its quota of {q} bytes here: \
+                 nothing fetched (raise `quota` in its [[peer]] section, or let it hold fewer \
+                 spaces here)",
+                conn.label,
+                m.stored_bytes()
+            ),
+        ));
+    }
+    let checkpoint = conn.ctx.config.checkpoint;
+    let mut moved = Moved::default();
+    for f in &m.files {
+        if h.has(f) {
+            continue;
+        }
+        let start = h.received(f);
+        let mut since = 0u64;
+        let got = fetch(conn, f, start, |offset, data| {
+            since += data.len() as u64;
+            let durable = since >= checkpoint;
+            if durable {
+                since = 0;
+            }
+            Ok(h.append(f, offset, &data, durable)?)
+        })
+        .await?;
+        // Reads the whole file again: off the async threads.
+        let (h2, f2) = (h.clone(), f.clone());
+        tokio::task::spawn_blocking(move || h2.complete(&f2))
+            .await
+            .map_err(|e| Error::internal(format!("{e}")))?
+            .map_err(|e| Error::from(e).context(&conn.label))?;
+        moved.files += 1;
+        moved.bytes += got;
+    }
+    h.publish(&bytes)?;
+    moved.freed = h.free(&m)?.0;
+    tracing::info!(
+        "holding {} blind: manifest {}, {} files fetched ({} bytes), {} freed",
+        conn.label,
+        m.seq,
+        moved.files,
+        moved.bytes,
+        moved.freed
+    );
+    Ok(moved)
+}
+
+/// The owner's side: fetch the copy the holder keeps for this node (or the owner it replaces)
+/// and take every file this repository lacks: packs first (indexed), then space settings,
+/// then snapshot records, so that a snapshot appears only once all it needs is here.
+pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
+    let bytes = match ask_manifest(conn, true).await {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Moved::default()),
+        r => r?,
+    };
+    let m = verify(&bytes, None).map_err(|e| e.context(&conn.label))?;
+    let repo = conn.ctx.repo.clone();
+    let ours = conn.ctx.key().map(|k| k.0);
+    if ours != Some(m.fingerprint) {
+        return Err(Error::new(
+            ErrorKind::Incompatible,
+            format!(
+                "{} holds a copy made with the key of fingerprint {}, this repository's key \
+                 differs: make this repository with `puce init --encrypt --key-from KEYFILE` \
+                 (the key file of node {}'s repository) to restore from it",
+                conn.label,
+                puce_core::crypto::Fingerprint(m.fingerprint),
+                Hash(m.owner).to_hex()
+            ),
+        ));
+    }
+    // A copy older than the newest manifest this node signed lists what it has since
+    // forgotten and collected: taking it would bring that back. Only a copy at least as new
+    // (damage or loss here), or any copy for a node that never signed one (a new node after a
+    // disaster), is taken.
+    let last = last_seq(&conn.ctx.dir);
+    if last > m.seq {
+        tracing::info!(
+            "{} holds manifest {} of this node's spaces, older than the last one signed ({last}): \
+             nothing taken back from it; it catches up at its next sync",
+            conn.label,
+            m.seq
+        );
+        return Ok(Moved::default());
+    }
+    let mut moved = Moved::default();
+    for kind in [FileKind::Pack, FileKind::Space, FileKind::Snapshot] {
+        if kind == FileKind::Space {
+            let r = repo.clone();
+            tokio::task::spawn_blocking(move || puce_core::orphans::index_orphan_packs(&r))
+                .await
+                .map_err(|e| Error::internal(format!("{e}")))??;
+        }
+        for f in m.files.iter().filter(|f| f.file_kind() == kind) {
+            let name = Hash(f.name).to_hex();
+            if repo.stored_backend().exists(kind.repo_kind(), &name)?
+                || (kind == FileKind::Snapshot
+                    && repo.stored_backend().exists(RepoKind::Forget, &name)?)
+            {
+                moved.freed += 1;
+                continue;
+            }
+            moved.bytes += take_file(conn, &repo, f).await?;
+            moved.files += 1;
+        }
+    }
+    tracing::info!(
+        "recovered from {}: {} files ({} bytes) of manifest {}",
+        conn.label,
+        moved.files,
+        moved.bytes,
+        m.seq
+    );
+    Ok(moved)
+}
+
+/// Fetch one file into the repository as stored, verified against the manifest before it is
+/// published.
+async fn take_file(conn: &Arc<Conn>, repo: &Arc<Repo>, f: &HeldFile) -> Result<u64> {
+    let mut w = repo.stored_backend().create(f.file_kind().repo_kind())?;
+    let mut hasher = blake3::Hasher::new();
+    let r = fetch(conn, f, 0, |_, data| {
+        hasher.update(&data);
+        std::io::Write::write_all(&mut w, &data)
+            .map_err(|e| Error::new(ErrorKind::Store, format!("cannot write: {e}")))
+    })
+    .await;
+    let got = match r {
+        Ok(n) => n,
+        Err(e) => {
+            w.abort();
+            return Err(e);
+        }
+    };
+    if *hasher.finalize().as_bytes() != f.hash {
+        w.abort();
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "{}: {} does not match its manifest: not stored",
+                conn.label,
+                f.describe()
+            ),
+        ));
+    }
+    w.finish(&Hash(f.name).to_hex())?;
+    Ok(got)
+}

@@ -1,0 +1,257 @@
+//! Blind holders and the key fingerprint in the handshake (protocol revision 5), with real
+//! daemons on loopback: nodes with different keys are refused at once, naming both keys; a
+//! partner of another association holds an encrypted repository's spaces without the key,
+//! learns nothing of names or contents, frees what the owner forgot, and gives everything back
+//! to a new node of the owner after a disaster (docs/design.md, "Blind holders").
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use puce_tests::node::{TestNode, wait_for};
+use puce_tests::{TestRepo, key_file, manifest, random_bytes};
+
+/// Strings that must appear nowhere at the holder.
+const MARKERS: [&str; 3] = ["ZORGLUB-CONTENT", "ZORGLUB-NAME", "ZORGLUB-SPACE"];
+
+/// The fingerprint of a repository's key, as nodes show it.
+fn fingerprint(t: &TestRepo) -> String {
+    let kf = puce_core::crypto::KeyFile::decode(&fs::read(key_file(t)).unwrap()).unwrap();
+    kf.fingerprint.to_string()
+}
+
+/// Every file under `dir`, with its bytes.
+fn files(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.is_file() {
+            out.push((p.clone(), fs::read(&p).unwrap()));
+        }
+    }
+}
+
+fn no_marker_in(dir: &Path) {
+    let mut all = Vec::new();
+    files(dir, &mut all);
+    assert!(!all.is_empty());
+    for (path, bytes) in &all {
+        for m in MARKERS {
+            assert!(
+                !bytes.windows(m.len()).any(|w| w == m.as_bytes()),
+                "{m} in {}",
+                path.display()
+            );
+            assert!(!path.to_string_lossy().contains(m), "{m} in a file name");
+        }
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut all = Vec::new();
+    files(dir, &mut all);
+    all.iter().map(|(_, b)| b.len() as u64).sum()
+}
+
+#[test]
+fn nodes_with_different_keys_are_refused_at_once_naming_both_keys() {
+    let grants = r#"{ docs = ["pull", "push"] }"#;
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let annecy_repo = TestRepo::with_init(&["--encrypt"]);
+    let (fa, fc) = (fingerprint(&lyon_repo), fingerprint(&annecy_repo));
+    let mut a = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut c = TestNode::with("annecy", annecy_repo, "127.0.0.1", None);
+    let mut p = TestNode::new("plain");
+    a.add_peer(&c, grants);
+    c.add_peer(&a, grants);
+    a.add_peer(&p, grants);
+    p.add_peer(&a, grants);
+    let src = a.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), random_bytes(100_000, 1)).unwrap();
+    a.snapshot(&src, "docs");
+
+    // Refused in the handshake, before anything moves: both nodes say why, with both keys.
+    c.start();
+    let err = a.sync_fails("annecy", &["--push"]);
+    assert!(
+        err.contains(&fa) && err.contains(&fc) && err.contains("--key-from"),
+        "{err}"
+    );
+    wait_for("annecy to log the refusal", || {
+        let log = c.log();
+        log.contains(&fa) && log.contains(&fc)
+    });
+    assert!(c.snapshot_ids().is_empty());
+    c.stop();
+
+    // An unencrypted node is refused too, whichever side calls.
+    a.start();
+    let err = p.sync_fails("lyon", &["--pull"]);
+    assert!(
+        err.contains(&fa) && err.contains("is not encrypted") && err.contains("--key-from"),
+        "{err}"
+    );
+    assert!(p.snapshot_ids().is_empty());
+    a.stop();
+}
+
+/// The issue's target: markers in incompressible content (compression on) and in names,
+/// synced to a blind holder: the holder stores at least the data's size, no marker appears
+/// anywhere in its directory, it frees what the owner forgot, checks what it holds without
+/// the key, and a new node with the key restores every snapshot byte for byte from it.
+#[test]
+fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let kept_key = tempfile::tempdir().unwrap();
+    let key = kept_key.path().join("lyon.key");
+    fs::copy(key_file(&lyon_repo), &key).unwrap();
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    // The partner is another association: a repository of its own, unencrypted here.
+    let mut partner = TestNode::new("partner");
+    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer_with(&lyon, "{}", "hold_blind = true");
+
+    let src = lyon.repo.dir.path().join("src");
+    fs::create_dir_all(src.join("ZORGLUB-NAME-folder")).unwrap();
+    let mut noise = random_bytes(3 << 20, 11);
+    noise[1_000_000..1_000_015].copy_from_slice(b"ZORGLUB-CONTENT");
+    fs::write(src.join("ZORGLUB-NAME-folder/data.bin"), &noise).unwrap();
+    fs::write(
+        src.join("notes.txt"),
+        "ZORGLUB-CONTENT minutes\n".repeat(2000),
+    )
+    .unwrap();
+    let first = lyon.snapshot(&src, "ZORGLUB-SPACE");
+    fs::write(src.join("later.bin"), random_bytes(1 << 20, 12)).unwrap();
+    let second = lyon.snapshot(&src, "ZORGLUB-SPACE");
+
+    lyon.start();
+    let r = partner.sync("lyon", &[]);
+    assert!(r["blind_files"].as_u64().unwrap() >= 3, "{r}");
+    let holds = partner.repo.path().join("holds");
+    let held = dir_bytes(&holds);
+    assert!(
+        held >= (4 << 20),
+        "the holder stores the data: {held} bytes"
+    );
+    no_marker_in(partner.repo.dir.path());
+    // Nothing new: nothing moves.
+    let r = partner.sync("lyon", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(0), "{r}");
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    listed_opaque_and_refused(&partner, &second);
+    damage_is_found_without_the_key(&partner);
+
+    // The owner forgets and collects: the holder frees what no manifest lists any more.
+    lyon.ok(&["forget", &first]);
+    lyon.ok(&["gc"]);
+    let first_record = |p: &TestNode| {
+        let mut all = Vec::new();
+        files(&p.repo.path().join("holds"), &mut all);
+        all.iter().any(|(path, _)| path.ends_with(&first))
+    };
+    assert!(first_record(&partner));
+    partner.sync("lyon", &[]);
+    assert!(!first_record(&partner), "the forgotten snapshot is freed");
+    // A third snapshot: the copy holds two.
+    let second_state = lyon.restored(&second);
+    fs::write(
+        src.join("notes.txt"),
+        "ZORGLUB-CONTENT changed\n".repeat(500),
+    )
+    .unwrap();
+    let third = lyon.snapshot(&src, "ZORGLUB-SPACE");
+    partner.sync("lyon", &[]);
+    no_marker_in(partner.repo.dir.path());
+
+    // Disaster: lyon's repository is gone. A new node made with the key file is admitted by
+    // the holder (pinned as a node of lyon) and gets everything back.
+    lyon.stop();
+    let lyon_id = lyon.id.clone();
+    fs::remove_dir_all(lyon.repo.path()).unwrap();
+    let repo2 = TestRepo::with_init(&["--encrypt", "--key-from", key.to_str().unwrap()]);
+    let mut lyon2 = TestNode::with("lyon2", repo2, "127.0.0.1", None);
+    lyon2.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    // Not admitted yet: the holder serves nothing of lyon's to another key.
+    partner.add_peer(&lyon2, "{}");
+    partner.start();
+    let err = lyon2.sync_fails("partner", &[]);
+    assert!(err.contains("holds nothing blind"), "{err}");
+    partner.stop();
+    partner = readmit(partner, &lyon2, &lyon_id);
+    partner.start();
+    let r = lyon2.sync("partner", &[]);
+    assert!(r["blind_files"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(lyon2.snapshot_ids(), vec![second.clone(), third.clone()]);
+    assert_eq!(manifest(&lyon2.restored(&second)), manifest(&second_state));
+    assert_eq!(manifest(&lyon2.restored(&third)), manifest(&src));
+    let c = lyon2.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    partner.stop();
+}
+
+/// The holder lists what it holds as opaque entries, and refuses to restore them, saying why.
+fn listed_opaque_and_refused(partner: &TestNode, snapshot: &str) {
+    let list = partner.ok(&["snapshots"]);
+    assert!(list.contains("Held blind for other nodes"), "{list}");
+    assert!(!list.contains("ZORGLUB"), "{list}");
+    assert!(partner.snapshot_ids().is_empty());
+    let st = partner.json(&["node", "status"]);
+    let held = st["held_blind"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{st}");
+    assert_eq!(held[0]["spaces"].as_array().unwrap().len(), 1, "{st}");
+    assert!(held[0]["stored_bytes"].as_u64().unwrap() >= 4 << 20, "{st}");
+    let out = partner.repo.dir.path().join("nope");
+    let r = partner.run(&["restore", &snapshot[..12], out.to_str().unwrap()]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("held here blind") && err.contains("does not have"),
+        "{err}"
+    );
+}
+
+/// A damaged held file is reported by `check --read-data` on the holder (no key there), and a
+/// missing one comes back at the next sync with the owner.
+fn damage_is_found_without_the_key(partner: &TestNode) {
+    let mut packs = Vec::new();
+    files(&partner.repo.path().join("holds"), &mut packs);
+    let (pack, mut bytes) = packs
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/files/packs/"))
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let r = partner.run(&["--json", "check", "--read-data"]);
+    assert!(!r.status.success());
+    let c: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let problems = c["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{c}");
+    assert_eq!(problems[0]["kind"], "held_file", "{c}");
+    assert!(
+        problems[0]["detail"].as_str().unwrap().contains("damaged"),
+        "{c}"
+    );
+    fs::remove_file(&pack).unwrap();
+    let r = partner.sync("lyon", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(1), "{r}");
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+}
+
+/// `partner` with `lyon2` admitted to the copy held for `owner`.
+fn readmit(partner: TestNode, lyon2: &TestNode, owner: &str) -> TestNode {
+    let toml = partner.node_dir().join("node.toml");
+    let text = fs::read_to_string(&toml).unwrap();
+    let text = text.replace(
+        &format!("id = \"{}\"", lyon2.id),
+        &format!("id = \"{}\"\nowner = \"{owner}\"", lyon2.id),
+    );
+    fs::write(&toml, &text).unwrap();
+    partner
+}
