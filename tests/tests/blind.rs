@@ -62,7 +62,12 @@ fn nodes_with_different_keys_are_refused_at_once_naming_both_keys() {
     let (fa, fc) = (fingerprint(&lyon_repo), fingerprint(&annecy_repo));
     let mut a = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     let mut c = TestNode::with("annecy", annecy_repo, "127.0.0.1", None);
-    let mut p = TestNode::new("plain");
+    let mut p = TestNode::with(
+        "plain",
+        TestRepo::with_init(&["--no-encrypt"]),
+        "127.0.0.1",
+        None,
+    );
     a.add_peer(&c, grants);
     c.add_peer(&a, grants);
     a.add_peer(&p, grants);
@@ -108,7 +113,7 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     let key = kept_key.path().join("lyon.key");
     fs::copy(key_file(&lyon_repo), &key).unwrap();
     let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
-    // The partner is another association: a repository of its own, unencrypted here.
+    // The partner is another association: a repository of its own, under its own key.
     let mut partner = TestNode::new("partner");
     lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
     partner.add_peer_with(&lyon, "{}", "hold_blind = true");
