@@ -33,9 +33,23 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         pack_target_size: a.pack_size << 20,
         open: ctx.open_options(),
         key_dir,
-        key: match &a.key_from {
-            Some(f) => Some(puce_core::keyfile::read_master(f)?),
-            None => None,
+        key: if a.key_from.is_empty() {
+            None
+        } else {
+            let source = crate::passphrase::source(ctx.password_file.clone());
+            Some(puce_core::recovery::read_key_from(
+                &a.key_from,
+                Some(&source),
+            )?)
+        },
+        passphrase: if a.passphrase {
+            Some(crate::passphrase::new(
+                None,
+                ctx.password_file.as_deref(),
+                "the repository's key",
+            )?)
+        } else {
+            None
         },
     };
     let repo = match &a.backend {
