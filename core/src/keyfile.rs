@@ -78,7 +78,10 @@ impl fmt::Debug for Passphrase {
 /// reads a file or runs a command. Called at most once per open, with a prompt naming the
 /// repository.
 #[derive(Clone)]
-pub struct PassphraseSource(Arc<dyn Fn(&str) -> Result<Passphrase> + Send + Sync>);
+pub struct PassphraseSource(Arc<Ask>);
+
+/// What a [`PassphraseSource`] calls.
+type Ask = dyn Fn(&str) -> Result<Passphrase> + Send + Sync;
 
 impl PassphraseSource {
     /// A source calling `f`.
@@ -222,7 +225,7 @@ pub fn remove(dir: &Path, config: &Config, id: &str, e: &Encryption) -> Result<P
         .count();
     if others == 0 {
         return Err(Error::new(
-            ErrorKind::InvalidInput,
+            ErrorKind::Key,
             format!(
                 "key '{id}' is the last key file of this repository in {}: removing it would \
                  lose the key. Add another first (`puce key add`), or export it (`puce key \

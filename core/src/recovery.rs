@@ -126,7 +126,7 @@ fn parse_code(label: &str, text: &str, len: usize, what: &str) -> Result<Vec<u8>
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())

@@ -134,9 +134,15 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         );
         if let Some((fingerprint, file)) = &key {
             println!(
-                "encrypted with key {fingerprint}, kept in {}: copy that file somewhere safe \
-                 (another machine, a USB stick); without it nobody can read this repository",
-                file.display()
+                "encrypted with key {fingerprint}, kept in {}{}: copy that file somewhere safe \
+                 (another machine, a USB stick), or print a recovery sheet with `puce key \
+                 export --paper`; without the key nobody can read this repository",
+                file.display(),
+                if a.passphrase {
+                    " under your passphrase"
+                } else {
+                    ""
+                }
             );
         }
     }

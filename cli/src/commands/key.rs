@@ -88,7 +88,7 @@ fn repo_config(ctx: &Ctx) -> Result<(Config, Encryption)> {
     };
     let config = Config::decode(&bytes)
         .with_context(|| format!("the config of the repository at {}", path.display()))?;
-    let Some(e) = config.encryption.clone() else {
+    let Some(e) = config.encryption else {
         bail!(puce_core::Error::invalid(format!(
             "the repository at {} is not encrypted: it has no key (`puce init --encrypt` makes \
              an encrypted one)",
