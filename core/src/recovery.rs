@@ -473,6 +473,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever is typed back, reading it returns an error or a key, never panics: lines
+        /// made of the words a sheet or a share uses, in any order, with any numbers.
+        #[test]
+        fn reading_any_text_never_panics(
+            lines in proptest::collection::vec(
+                (0usize..4, 0u64..u64::MAX, "[0-9a-fA-F ]{0,24}", "[0-9a-f]{0,5}"),
+                0..12,
+            )
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(w, n, hexes, sum)| {
+                    let word = ["key", "share", "fingerprint", "KEY"][*w];
+                    format!("{word} {} {hexes} check {sum}\n", n % 9)
+                })
+                .collect();
+            let _ = read_paper(&text);
+            let _ = combine(&[("a".into(), text.clone()), ("b".into(), text)]);
+        }
+    }
+
     #[test]
     fn any_k_shares_open_the_key_and_foreign_or_too_few_shares_are_refused() {
         let m = master();
