@@ -571,3 +571,71 @@ fn the_recovery_sheet_lists_the_peers_of_node_toml() {
         "{sheet}"
     );
 }
+
+/// The daemon has no terminal: it reads the passphrase from a systemd credential
+/// (`$CREDENTIALS_DIRECTORY/puce-passphrase`), serves a sync into its protected repository, and
+/// without a source it stops at once, saying what to set, instead of waiting for a prompt.
+#[test]
+fn the_daemon_reads_the_passphrase_from_a_systemd_credential() {
+    use puce_tests::node::TestNode;
+    let lyon_repo = TestRepo {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let creds = lyon_repo.dir.path().join("creds");
+    fs::create_dir(&creds).unwrap();
+    let secret = creds.join("puce-passphrase");
+    fs::write(&secret, "lyon passphrase\n").unwrap();
+    let pw = [("PUCE_PASSWORD_FILE", secret.to_str().unwrap())];
+    let init = ["init", "-q", "--encrypt", "--passphrase"];
+    puce_tests::expect_ok(
+        "",
+        &init,
+        lyon_repo.cmd().envs(pw).args(init).output().unwrap(),
+    );
+    // Grenoble joins the association from lyon's recovery sheet.
+    let sheet = lyon_repo
+        .cmd()
+        .envs(pw)
+        .args(["key", "export", "--paper"])
+        .output()
+        .unwrap();
+    let sheet_file = lyon_repo.dir.path().join("sheet.txt");
+    fs::write(&sheet_file, &sheet.stdout).unwrap();
+    let grenoble_repo =
+        TestRepo::with_init(&["--encrypt", "--key-from", sheet_file.to_str().unwrap()]);
+
+    let env = vec![(
+        "CREDENTIALS_DIRECTORY".to_string(),
+        creds.to_str().unwrap().to_string(),
+    )];
+    let grants = r#"{ docs = ["pull", "push"] }"#;
+    let mut lyon = TestNode::with_env("lyon", lyon_repo, "127.0.0.1", None, env);
+    let mut grenoble = TestNode::with("grenoble", grenoble_repo, "127.0.0.1", None);
+    lyon.add_peer(&grenoble, grants);
+    grenoble.add_peer(&lyon, grants);
+
+    // Without the credential, the daemon stops at once and says why.
+    let out = lyon
+        .cmd()
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .args(["node", "run"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no terminal") && err.contains("puce-passphrase"),
+        "{err}"
+    );
+
+    lyon.start();
+    let src = grenoble.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("minutes.txt"), "written at grenoble\n".repeat(50)).unwrap();
+    let snap = grenoble.snapshot(&src, "docs");
+    grenoble.sync("lyon", &["--push"]);
+    assert!(lyon.snapshot_ids().contains(&snap));
+    assert_eq!(manifest(&lyon.restored("docs@latest")), manifest(&src));
+    lyon.stop();
+}
