@@ -11,6 +11,7 @@ use puce_core::format::config::{Config, Encryption};
 use puce_core::keyfile::{self, KeyEntry};
 use puce_core::recovery;
 use serde_json::json;
+use zeroize::Zeroize;
 
 use super::Ctx;
 use crate::args::{KeyCommand, NewPassphraseArg};
@@ -43,11 +44,11 @@ pub fn run(ctx: &Ctx, c: KeyCommand) -> Result<i32> {
         KeyCommand::Export { dir: node, .. } => {
             let master = master(ctx, &config, &e)?;
             let holders = holders(&super::node::node_dir(ctx, &node)?);
-            let sheet = recovery::paper_sheet(&master, &config.repo_id_hex(), &holders);
+            let mut sheet = recovery::paper_sheet(&master, &config.repo_id_hex(), &holders);
             let mut out = std::io::stdout().lock();
-            out.write_all(sheet.as_bytes())
-                .and_then(|_| out.flush())
-                .context("cannot write the recovery sheet")?;
+            let written = out.write_all(sheet.as_bytes()).and_then(|_| out.flush());
+            sheet.zeroize();
+            written.context("cannot write the recovery sheet")?;
             keyfile::record_export(&dir, &config, "paper")?;
             Ok(0)
         }
@@ -120,9 +121,10 @@ fn add(
             .create_new(true)
             .open(out)
             .with_context(|| format!("cannot create {}", out.display()))?;
-        f.write_all(&file.encode()?)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        let mut bytes = file.encode()?;
+        let written = f.write_all(&bytes).and_then(|_| f.sync_all());
+        bytes.zeroize();
+        written.with_context(|| format!("cannot write {}", out.display()))?;
         say(
             ctx,
             &format!(
@@ -294,7 +296,7 @@ fn split(
     out: Option<&Path>,
 ) -> Result<i32> {
     let master = master(ctx, config, e)?;
-    let shares = recovery::split(&master, threshold, count)?;
+    let mut shares = recovery::split(&master, threshold, count)?;
     let set = shares[0]
         .lines()
         .nth(1)
@@ -332,6 +334,7 @@ fn split(
             o.flush().context("cannot print the shares")?;
         }
     }
+    shares.iter_mut().for_each(Zeroize::zeroize);
     keyfile::record_export(
         dir,
         config,
