@@ -151,9 +151,17 @@ pub fn list(dir: &Path, config: &Config) -> Result<Vec<KeyEntry>> {
 
 /// Write the first key file of the repository of `config` into `dir` durably (created 0700 if
 /// missing), refusing to replace one: with `master` (the association's key, for a second
-/// site), or a new random key; wrapped by `passphrase` if given. Returns the file and the key's
-/// fingerprint.
+/// site), or a new random key. Returns the file and the key's fingerprint.
 pub fn create(
+    dir: &Path,
+    config: &Config,
+    master: Option<MasterKey>,
+) -> Result<(PathBuf, Fingerprint)> {
+    create_protected(dir, config, master, None)
+}
+
+/// [`create`], the key file wrapped by `passphrase` if given.
+pub fn create_protected(
     dir: &Path,
     config: &Config,
     master: Option<MasterKey>,
@@ -326,9 +334,14 @@ pub fn read_file(path: &Path) -> Result<KeyFile> {
     file
 }
 
-/// The master key in the key file at `path` (a key file of any repository of the association),
-/// asking `passphrase` if the file is protected by one.
-pub fn read_master(path: &Path, passphrase: Option<&PassphraseSource>) -> Result<MasterKey> {
+/// The master key in the plain key file at `path` (a key file of any repository of the
+/// association); a protected one is refused (see [`read_master_with`]).
+pub fn read_master(path: &Path) -> Result<MasterKey> {
+    read_master_with(path, None)
+}
+
+/// The master key in the key file at `path`, asking `passphrase` if the file is protected.
+pub fn read_master_with(path: &Path, passphrase: Option<&PassphraseSource>) -> Result<MasterKey> {
     let file = read_file(path)?;
     open_file(&file, path, passphrase)
 }
@@ -367,7 +380,7 @@ pub fn read(
     e: &Encryption,
     passphrase: Option<&PassphraseSource>,
 ) -> Result<MasterKey> {
-    check_fingerprint(read_master(path, passphrase)?, e, path)
+    check_fingerprint(read_master_with(path, passphrase)?, e, path)
 }
 
 fn check_fingerprint(master: MasterKey, e: &Encryption, path: &Path) -> Result<MasterKey> {
@@ -516,14 +529,14 @@ mod tests {
     #[test]
     fn an_endless_or_huge_file_given_as_key_is_refused_without_reading_it_all() {
         // Before the bound: the whole of /dev/zero was read into memory ("out of memory").
-        let e = read_master(Path::new("/dev/zero"), None).unwrap_err();
+        let e = read_master(Path::new("/dev/zero")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Key, "{e}");
         assert!(e.to_string().contains("not a key file"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.key");
         std::fs::write(&big, vec![0u8; 1 << 20]).unwrap();
         assert!(
-            read_master(&big, None)
+            read_master(&big)
                 .unwrap_err()
                 .to_string()
                 .contains("not a key file")

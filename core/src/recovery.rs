@@ -366,7 +366,7 @@ pub fn read_key_from(
                     f.display()
                 )));
             }
-            return crate::keyfile::read_master(f, passphrase);
+            return crate::keyfile::read_master_with(f, passphrase);
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         texts.push((f.display().to_string(), text));

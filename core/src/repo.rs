@@ -185,8 +185,12 @@ impl Repo {
         };
         let mut open = opts.open.clone();
         if let Some(dir) = &opts.key_dir {
-            let file =
-                crate::keyfile::create(dir, &config, opts.key.clone(), opts.passphrase.as_ref())?;
+            let file = crate::keyfile::create_protected(
+                dir,
+                &config,
+                opts.key.clone(),
+                opts.passphrase.as_ref(),
+            )?;
             config.encryption = Some(crate::format::config::Encryption {
                 scheme: crate::crypto::SCHEME_VERSION,
                 fingerprint: file.1,
