@@ -14,7 +14,9 @@
 # two nodes of the sync runs then share one key). OLD_INIT / NEW_INIT add `puce init`
 # arguments: NEW_INIT=--no-encrypt compares plain with plain, OLD_INIT=--no-encrypt with the
 # same binary as OLD and NEW measures what encryption costs (ENCRYPT_NEW=1, for binaries from
-# before the default changed, sets NEW_INIT=--encrypt).
+# before the default changed, sets NEW_INIT=--encrypt). QUOTA_NEW="500 GiB" gives the two nodes
+# of the "new" runs that quota for each other (with the same binary as OLD and NEW: what quota
+# accounting costs a sync).
 # Needs: rsync, python3. Prints a table (Markdown) with medians and new/old ratios.
 set -euo pipefail
 export LC_ALL=C TZ=UTC
@@ -79,8 +81,10 @@ run() {
   "$P" --repo "$R/B" node init --name B --listen "127.0.0.1:$pb" > /dev/null
   local idd idb
   idd=$("$P" --repo "$R/D" node id); idb=$("$P" --repo "$R/B" node id)
-  printf '[node]\nname = "D"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "B"\nid = "%s"\nspaces = { corpus = ["pull", "push"] }\n' "$pd" "$idb" > "$R/D/node/node.toml"
-  printf '[node]\nname = "B"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "D"\nid = "%s"\naddress = "127.0.0.1:%s"\nspaces = { corpus = ["pull", "push"] }\n' "$pb" "$idd" "$pd" > "$R/B/node/node.toml"
+  local quota=
+  [ "$L" = new ] && [ -n "${QUOTA_NEW:-}" ] && quota="quota = \"$QUOTA_NEW\"\n"
+  printf '[node]\nname = "D"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "B"\nid = "%s"\nspaces = { corpus = ["pull", "push"] }\n'"$quota" "$pd" "$idb" > "$R/D/node/node.toml"
+  printf '[node]\nname = "B"\nlisten = "127.0.0.1:%s"\n[schedule]\ninterval = "1000d"\n[[peer]]\nname = "D"\nid = "%s"\naddress = "127.0.0.1:%s"\nspaces = { corpus = ["pull", "push"] }\n'"$quota" "$pb" "$idd" "$pd" > "$R/B/node/node.toml"
   for ((i = 0; i < N - 1; i++)); do
     "$P" --repo "$R/D" -q snapshot "${DAYS[$i]}" --space corpus
   done

@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "PUCE_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 
+    /// File whose first line is the passphrase of a protected key (else PUCE_PASSWORD_COMMAND,
+    /// the systemd credential `puce-passphrase`, or the terminal)
+    #[arg(long, global = true, env = "PUCE_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
@@ -84,6 +89,9 @@ pub enum Command {
     /// Rules per space for this node: how many copies the sites must hold
     #[command(subcommand)]
     Space(SpaceCommand),
+    /// Keys of an encrypted repository: passphrases, key files, recovery sheet, shares
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,10 +300,15 @@ pub struct InitArgs {
     /// data cannot be read)
     #[arg(long)]
     pub encrypt: bool,
-    /// Use the association's key from this key file (a second site of the same association;
-    /// dedup and sync with its other sites need the same key)
+    /// Use the association's key from this key file, recovery sheet, or share (repeat for each
+    /// share) (a second site of the same association; dedup and sync with its other sites need
+    /// the same key)
     #[arg(long, value_name = "FILE", conflicts_with = "no_encrypt")]
-    pub key_from: Option<std::path::PathBuf>,
+    pub key_from: Vec<std::path::PathBuf>,
+    /// Protect the key file by a passphrase (from --password-file, PUCE_PASSWORD_FILE,
+    /// PUCE_PASSWORD_COMMAND, or asked twice on the terminal)
+    #[arg(long, conflicts_with = "no_encrypt")]
+    pub passphrase: bool,
     /// Store everything in clear (names, contents): only for data that is public anyway, or
     /// to compare with older versions; whoever holds the disk, the bucket or a replica reads it
     #[arg(long, conflicts_with = "encrypt")]
@@ -534,4 +547,75 @@ pub struct SyncArgs {
     /// Only send this node's snapshots
     #[arg(long)]
     pub push: bool,
+}
+
+/// `puce key`: the key files of an encrypted repository, in the user's key directory
+/// ($XDG_CONFIG_HOME/puce/keys), never in the repository.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a way to open the key: a passphrase-protected key file in the key directory (the
+    /// new passphrase from --new-password-file or asked twice), or a plain key file elsewhere
+    Add {
+        /// A label to tell keys apart (who holds the passphrase)
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Write a plain key file (no passphrase) to this path instead, e.g. on a USB stick
+        #[arg(long, value_name = "PATH")]
+        key_file_out: Option<PathBuf>,
+        #[command(flatten)]
+        new: NewPassphraseArg,
+    },
+    /// List the key files of the repository in the key directory
+    List,
+    /// Remove a key file (refused for the last one)
+    Remove {
+        /// Its id, from `puce key list`
+        id: String,
+    },
+    /// Set a new passphrase on a key file (a plain one gets its first passphrase)
+    Passwd {
+        /// Its id, from `puce key list` [default: the only passphrase-protected key]
+        id: Option<String>,
+        #[command(flatten)]
+        new: NewPassphraseArg,
+    },
+    /// Print the key in a form to keep on paper (recovery sheet)
+    Export {
+        /// Print a recovery sheet (the only form for now)
+        #[arg(long, required = true)]
+        paper: bool,
+        #[command(flatten)]
+        dir: NodeDirArg,
+    },
+    /// Split the key into shares, any THRESHOLD of which bring it back
+    Split {
+        /// How many shares
+        #[arg(long, value_name = "N")]
+        shares: u8,
+        /// How many shares are needed to bring the key back
+        #[arg(long, value_name = "K")]
+        threshold: u8,
+        /// Write each share to its own file in this folder instead of printing them
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Bring the key back into the key directory from a key file, a recovery sheet, or shares
+    Import {
+        /// A key file, a recovery sheet (typed back), or shares (several files)
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Protect the imported key by a passphrase (from --new-password-file or asked twice)
+        #[arg(long)]
+        passphrase: bool,
+        #[command(flatten)]
+        new: NewPassphraseArg,
+    },
+}
+
+/// Where a new passphrase comes from.
+#[derive(Debug, Args)]
+pub struct NewPassphraseArg {
+    /// File whose first line is the new passphrase [default: asked twice on the terminal]
+    #[arg(long, env = "PUCE_NEW_PASSWORD_FILE", value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
 }

@@ -4,6 +4,7 @@ mod args;
 mod commands;
 mod html;
 mod output;
+mod passphrase;
 mod progress;
 
 use clap::Parser;

@@ -32,6 +32,7 @@ pub mod paths;
 pub mod progress;
 pub mod reach;
 pub mod read;
+pub mod recovery;
 pub mod reindex;
 pub mod repo;
 pub mod report;

@@ -33,6 +33,8 @@ pub struct InitOptions {
     /// With `key_dir`: the association's master key, when this repository joins an association
     /// that has one (a second site); `None` makes a new random key.
     pub key: Option<crate::crypto::MasterKey>,
+    /// With `key_dir`: wrap the key file under this passphrase (`puce init --passphrase`).
+    pub passphrase: Option<crate::keyfile::Passphrase>,
 }
 
 impl Default for InitOptions {
@@ -44,6 +46,7 @@ impl Default for InitOptions {
             open: OpenOptions::default(),
             key_dir: None,
             key: None,
+            passphrase: None,
         }
     }
 }
@@ -58,8 +61,11 @@ pub struct OpenOptions {
     pub cache_dir: Option<PathBuf>,
     /// Key files to try first for an encrypted repository.
     pub key_files: Vec<PathBuf>,
-    /// Where an encrypted repository's key file `<repository id>.key` is looked for next.
+    /// Where an encrypted repository's key files `<repository id>[.<id>].key` are looked for
+    /// next (docs/format.md, section 9).
     pub key_dir: Option<PathBuf>,
+    /// Where the passphrase of a protected key comes from, if one can be asked for.
+    pub passphrase: Option<crate::keyfile::PassphraseSource>,
 }
 
 impl Default for OpenOptions {
@@ -69,6 +75,7 @@ impl Default for OpenOptions {
             cache_dir: None,
             key_files: Vec::new(),
             key_dir: None,
+            passphrase: None,
         }
     }
 }
@@ -183,12 +190,20 @@ impl Repo {
         };
         let mut open = opts.open.clone();
         if let Some(dir) = &opts.key_dir {
-            let file = crate::keyfile::create(dir, &config, opts.key.clone())?;
+            let file = crate::keyfile::create_protected(
+                dir,
+                &config,
+                opts.key.clone(),
+                opts.passphrase.as_ref(),
+            )?;
             config.encryption = Some(crate::format::config::Encryption {
                 scheme: crate::crypto::SCHEME_VERSION,
                 fingerprint: file.1,
             });
             open.key_files.insert(0, file.0);
+            if let Some(p) = &opts.passphrase {
+                open.passphrase = Some(crate::keyfile::PassphraseSource::fixed(p.clone()));
+            }
         }
         crate::fsutil::create_dir_durable(local)?;
         backend.write(FileKind::Config, "config", &config.encode()?)?;

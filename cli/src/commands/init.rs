@@ -35,9 +35,23 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         pack_target_size: a.pack_size << 20,
         open: ctx.open_options(),
         key_dir,
-        key: match &a.key_from {
-            Some(f) => Some(puce_core::keyfile::read_master(f)?),
-            None => None,
+        key: if a.key_from.is_empty() {
+            None
+        } else {
+            let source = crate::passphrase::source(ctx.password_file.clone());
+            Some(puce_core::recovery::read_key_from(
+                &a.key_from,
+                Some(&source),
+            )?)
+        },
+        passphrase: if a.passphrase {
+            Some(crate::passphrase::new(
+                None,
+                ctx.password_file.as_deref(),
+                "the repository's key",
+            )?)
+        } else {
+            None
         },
     };
     let repo = match &a.backend {
@@ -64,19 +78,8 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
                         "no repository in {url}: leave out --attach to create one"
                     )));
                 }
-                let mut open = opts.open.clone();
-                open.key_files.extend(a.key_from.iter().cloned());
-                let repo = Repo::open_with_backend(&path, backend, &open)?;
-                // Keep the key on this machine, where the next commands look for it.
-                if let (Some(dir), Some(master)) = (&opts.key_dir, &opts.key) {
-                    let c = repo.config();
-                    if c.encryption.is_some()
-                        && !dir.join(puce_core::keyfile::file_name(c)).exists()
-                    {
-                        puce_core::keyfile::create(dir, c, Some(master.clone()))?;
-                    }
-                }
-                repo
+                keep_given_key(backend.as_ref(), &opts, url)?;
+                Repo::open_with_backend(&path, backend, &opts.open)?
             } else {
                 if exists {
                     anyhow::bail!(puce_core::Error::new(
@@ -133,8 +136,50 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
             output::size(c.pack_target_size)
         );
         if let Some((fingerprint, file)) = &key {
-            println!("{}", super::key_notice(fingerprint, file));
+            let under = if a.passphrase {
+                " under your passphrase"
+            } else {
+                ""
+            };
+            println!(
+                "{}",
+                super::key_notice(&format!("{fingerprint}{under}"), file)
+            );
         }
     }
     Ok(0)
+}
+
+/// Before attaching to the repository in a bucket (`url`): the key given with `--key-from` (a
+/// key file, a recovery sheet or shares) is checked against the repository's and kept in this
+/// machine's key directory, where this and the next commands look for it.
+fn keep_given_key(
+    backend: &dyn puce_core::backend::Backend,
+    opts: &InitOptions,
+    url: &str,
+) -> Result<()> {
+    let (Some(dir), Some(master)) = (&opts.key_dir, &opts.key) else {
+        return Ok(());
+    };
+    let c = puce_core::format::config::Config::decode(
+        &backend.read(puce_core::backend::FileKind::Config, "config")?,
+    )?;
+    let Some(e) = &c.encryption else {
+        return Ok(());
+    };
+    if master.fingerprint() != e.fingerprint {
+        anyhow::bail!(puce_core::Error::new(
+            puce_core::ErrorKind::Key,
+            format!(
+                "the key given with --key-from (key {}) is not the key of the repository in \
+                 {url} (key {})",
+                master.fingerprint(),
+                e.fingerprint
+            )
+        ));
+    }
+    if !dir.join(puce_core::keyfile::file_name(&c)).exists() {
+        puce_core::keyfile::create(dir, &c, Some(master.clone()))?;
+    }
+    Ok(())
 }

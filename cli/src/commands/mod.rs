@@ -14,6 +14,7 @@ mod forget;
 mod gc;
 mod generate;
 mod init;
+mod key;
 mod ls;
 mod mount;
 mod node;
@@ -31,6 +32,7 @@ mod sync;
 pub struct Ctx {
     pub repo: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
     pub json: bool,
     pub quiet: bool,
 }
@@ -55,6 +57,7 @@ impl Ctx {
             cache_dir: dirs.as_ref().map(|d| d.cache_dir().to_path_buf()),
             key_files: self.key_file.iter().cloned().collect(),
             key_dir: key_dir(),
+            passphrase: Some(crate::passphrase::source(self.password_file.clone())),
             ..OpenOptions::default()
         }
     }
@@ -122,7 +125,8 @@ impl Ctx {
 pub fn key_notice(fingerprint: &str, file: &std::path::Path) -> String {
     format!(
         "encrypted with key {fingerprint}, kept in {}: copy that file somewhere safe (another \
-         machine, a USB stick, a password manager); without it nobody can read this repository",
+         machine, a USB stick), or print a recovery sheet with `puce key export --paper`; \
+         without the key nobody can read this repository",
         file.display()
     )
 }
@@ -160,6 +164,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     let ctx = Ctx {
         repo: cli.repo,
         key_file: cli.key_file,
+        password_file: cli.password_file,
         json: cli.json,
         quiet: cli.quiet,
     };
@@ -189,6 +194,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Sync(a) => sync::run(&ctx, a),
         Command::Generate(c) => generate::run(&c),
         Command::Space(c) => replicas::run_space(&ctx, c),
+        Command::Key(c) => key::run(&ctx, c),
     }
 }
 
