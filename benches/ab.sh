@@ -8,7 +8,10 @@
 #   initial:   `puce sync A --pull` of all versions but the last into an empty node (A's daemon
 #              on loopback);
 #   nightly-sync: the last version snapshotted on A, then pulled by the same node.
-#   repo-mib:  the size of the repository after `nightly` (packs and records, MiB).
+#   repo-mib:  the size of the repository after `nightly` (packs and records, MiB);
+#   nightly-peak-mib, restore-peak-mib: the largest peak memory (RSS) of the nightly snapshots,
+#              and of the restore;
+#   nightly-sync-mib: the bytes the nightly sync received on the wire (MiB).
 # Usage: benches/ab.sh OLD_PUCE NEW_PUCE [CORPUS_VERSIONS_DIR]
 # Repositories are made with each binary's default (encrypted by default since 2026-12-07; the
 # two nodes of the sync runs then share one key). OLD_INIT / NEW_INIT add `puce init`
@@ -58,19 +61,22 @@ run() {
   mkdir -p "$R/stage"
   export XDG_CACHE_HOME=$R/cache XDG_DATA_HOME=$R/data XDG_CONFIG_HOME=$R/config
   init "$P" "$L" "$R/A" > /dev/null
-  local t total=0
+  local t total=0 peak=0
   for ((i = 0; i < N; i++)); do
     rsync -a --delete "${DAYS[$i]}/" "$R/stage/"
     t=$(now)
-    "$P" --repo "$R/A" -q snapshot "$R/stage" --space corpus
+    /usr/bin/time -f %M -o "$W/rss" "$P" --repo "$R/A" -q snapshot "$R/stage" --space corpus
     total=$(python3 -c "print($total + $(since "$t"))")
+    peak=$(python3 -c "print(max($peak, $(cat "$W/rss")))")
   done
   echo "$L nightly $total" >> "$W/times"
+  echo "$L nightly-peak-mib $(python3 -c "print($peak / 1024)")" >> "$W/times"
   echo "$L repo-mib $(du -sm --exclude index.redb --exclude cache "$R/A" | cut -f1)" >> "$W/times"
   t=$(now); "$P" --repo "$R/A" -q snapshot "$R/stage" --space corpus
   echo "$L nochange $(since "$t")" >> "$W/times"
-  t=$(now); "$P" --repo "$R/A" -q restore corpus@latest "$RD/r"
+  t=$(now); /usr/bin/time -f %M -o "$W/rss" "$P" --repo "$R/A" -q restore corpus@latest "$RD/r"
   echo "$L restore $(since "$t")" >> "$W/times"
+  echo "$L restore-peak-mib $(python3 -c "print($(cat "$W/rss") / 1024)")" >> "$W/times"
   # Sync: a source node with all versions but the last, an empty receiver.
   local key
   key=$(init "$P" "$L" "$R/B")
@@ -94,8 +100,9 @@ run() {
   t=$(now); "$P" --repo "$R/B" -q sync D --pull
   echo "$L initial-sync $(since "$t")" >> "$W/times"
   "$P" --repo "$R/D" -q snapshot "${DAYS[$((N - 1))]}" --space corpus
-  t=$(now); "$P" --repo "$R/B" -q sync D --pull
+  t=$(now); "$P" --repo "$R/B" --json sync D --pull > "$W/sync.json"
   echo "$L nightly-sync $(since "$t")" >> "$W/times"
+  echo "$L nightly-sync-mib $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["wire_received_bytes"] / 2**20)' "$W/sync.json")" >> "$W/times"
   kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
   DAEMON=
   rm -rf "$R" "$RD"/*

@@ -235,24 +235,29 @@ impl Keys {
     /// Seal `plain`, a blob of `kind` named `id` (an object's id; the record's own name for
     /// records). Deterministic: the same arguments give the same bytes.
     pub fn seal(&self, kind: Kind, id: &[u8; 32], plain: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
+        out.extend_from_slice(plain);
+        self.seal_vec(kind, id, out)
+    }
+
+    /// [`Keys::seal`] of a buffer the caller gives up: sealed where it is (no second buffer
+    /// while the pipelines hold many objects in flight; the nonce is moved in front).
+    pub fn seal_vec(&self, kind: Kind, id: &[u8; 32], mut buf: Vec<u8>) -> Result<Vec<u8>> {
         let mut h = blake3::Hasher::new_keyed(&self.nonce);
         h.update(&[SCHEME_VERSION, kind as u8]);
         h.update(id);
-        h.update(&(plain.len() as u64).to_le_bytes());
-        h.update(plain);
+        h.update(&(buf.len() as u64).to_le_bytes());
+        h.update(&buf);
         let mut nonce = [0u8; NONCE_LEN];
         h.finalize_xof().fill(&mut nonce);
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
         let tag = self
             .cipher
-            .seal_in_place(&nonce, &associated_data(kind, id), &mut out[NONCE_LEN..])
-            .ok_or_else(|| {
-                Error::invalid(format!("cannot seal a blob of {} bytes", plain.len()))
-            })?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+            .seal_in_place(&nonce, &associated_data(kind, id), &mut buf)
+            .ok_or_else(|| Error::invalid(format!("cannot seal a blob of {} bytes", buf.len())))?;
+        buf.reserve_exact(SEAL_OVERHEAD);
+        buf.extend_from_slice(&tag);
+        buf.splice(0..0, nonce);
+        Ok(buf)
     }
 
     /// Open a blob sealed by [`Keys::seal`] with the same `kind` and `id`. `what` names it in

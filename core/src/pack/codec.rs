@@ -69,7 +69,7 @@ impl Codec {
     pub fn seal(&self, id: &ObjectId, kind: Kind, stored: Vec<u8>) -> Result<Vec<u8>> {
         match &self.keys {
             None => Ok(stored),
-            Some(k) => k.seal(seal_kind(kind), id.0.as_bytes(), &stored),
+            Some(k) => k.seal_vec(seal_kind(kind), id.0.as_bytes(), stored),
         }
     }
 
