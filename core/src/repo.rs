@@ -99,6 +99,8 @@ pub struct Repo {
     /// Receipts read so far, by file name (a receipt is written once and never changes):
     /// [`crate::reach::receipts`] reads only the new ones.
     pub(crate) receipts: Mutex<HashMap<String, crate::format::receipt::Receipt>>,
+    /// Where this machine keeps its key files ([`OpenOptions::key_dir`]).
+    key_dir: Option<PathBuf>,
 }
 
 /// The index file in a repository's local directory.
@@ -208,6 +210,17 @@ impl Repo {
         crate::fsutil::create_dir_durable(local)?;
         backend.write(FileKind::Config, "config", &config.encode()?)?;
         Repo::open_with_backend(local, backend, &open)
+    }
+
+    /// Whether the key of this encrypted repository was ever exported from this machine (a
+    /// recovery sheet printed or shares made: [`crate::keyfile::exported`]); `true` for an
+    /// unencrypted repository, which has no key to lose.
+    pub fn key_exported(&self) -> bool {
+        self.config.encryption.is_none()
+            || self
+                .key_dir
+                .as_deref()
+                .is_some_and(|d| crate::keyfile::exported(d, &self.config))
     }
 
     /// Open the repository in the local directory `path`.
@@ -324,6 +337,7 @@ impl Repo {
             healed: Vec::new(),
             codec,
             receipts: Mutex::new(HashMap::new()),
+            key_dir: opts.key_dir.clone(),
         };
         if let Some(e) = damage {
             // Written back as `check` does it. Nothing to say if another process just did.

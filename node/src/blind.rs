@@ -218,6 +218,16 @@ pub(crate) async fn serve_manifest(
                 ),
             ));
         }
+        if !ctx.repo.key_exported() {
+            let why = format!(
+                "this node's key was never exported: a copy held blind is of no use if the key is \
+                 lost with this server; run `puce key export --paper` or `puce key split` on {} \
+                 first",
+                ctx.config.name
+            );
+            tracing::warn!("refused to give {} a blind copy: {why}", conn.label);
+            return Err(Failure::Refuse(Code::NotAllowed, why));
+        }
         let spaces = conn.peer.holds_blind.clone();
         blocking(move || {
             let bytes = build(&ctx, &spaces)?;

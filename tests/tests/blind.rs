@@ -133,6 +133,14 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     let second = lyon.snapshot(&src, "ZORGLUB-SPACE");
 
     lyon.start();
+    // Nothing is given to a blind holder before the key was exported once.
+    let err = partner.sync_fails("lyon", &[]);
+    assert!(
+        err.contains("never exported") && err.contains("key export"),
+        "{err}"
+    );
+    assert!(!partner.repo.path().join("holds").exists());
+    lyon.ok(&["key", "export", "--paper"]);
     let r = partner.sync("lyon", &[]);
     assert!(r["blind_files"].as_u64().unwrap() >= 3, "{r}");
     let holds = partner.repo.path().join("holds");

@@ -95,6 +95,7 @@ fn node_with(
     let mut opts = opts.clone();
     if opts.key_dir.is_some() {
         opts.key_dir = Some(dir.path().join("keys"));
+        opts.open.key_dir = opts.key_dir.clone();
         opts.open.key_files = Vec::new();
     }
     let repo = Arc::new(Repo::init(&dir.path().join("repo"), &opts).unwrap());

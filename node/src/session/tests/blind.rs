@@ -23,6 +23,11 @@ fn owner_and_holder() -> (TestNode, TestNode) {
         &encrypted,
     );
     std::fs::create_dir_all(&owner.ctx.dir).unwrap();
+    // The owner exported its key (a recovery sheet): nothing is held blind before that.
+    assert!(!owner.ctx.repo.key_exported());
+    let keys = owner.ctx.repo.root().parent().unwrap().join("keys");
+    puce_core::keyfile::record_export(&keys, owner.ctx.repo.config(), "paper").unwrap();
+    assert!(owner.ctx.repo.key_exported());
     let holder = node_with(
         "lyon",
         hi,
