@@ -109,6 +109,48 @@ pub fn open_repo(path: &Path, cache_dir: Option<PathBuf>) -> puce_core::Repo {
     .unwrap()
 }
 
+/// Every file under `dir` (recursively), with its bytes.
+pub fn files_with_bytes(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_with_bytes(&p, out);
+        } else if p.is_file() {
+            out.push((p.clone(), fs::read(&p).unwrap()));
+        }
+    }
+}
+
+/// A folder whose names and contents carry the markers `ZORGLUB-CONTENT` and `ZORGLUB-NAME`:
+/// in incompressible data (stored raw), in a compressible text (stored compressed), in a file
+/// name, a folder name and a link target.
+pub fn make_marked_source(src: &Path) {
+    fs::create_dir_all(src.join("ZORGLUB-NAME-folder")).unwrap();
+    let mut noise = random_bytes(3 << 20, 11);
+    noise[1_000_000..1_000_015].copy_from_slice(b"ZORGLUB-CONTENT");
+    fs::write(src.join("ZORGLUB-NAME-folder/data.bin"), &noise).unwrap();
+    fs::write(
+        src.join("notes.txt"),
+        "minutes of the meeting, ZORGLUB-CONTENT\n".repeat(2000),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("ZORGLUB-NAME-target", src.join("link")).unwrap();
+}
+
+/// Assert that none of `files` holds any of `markers` in its bytes or its path.
+pub fn assert_no_marker(files: &[(PathBuf, Vec<u8>)], markers: &[&str]) {
+    for (path, bytes) in files {
+        for m in markers {
+            assert!(
+                !bytes.windows(m.len()).any(|w| w == m.as_bytes()),
+                "{m} in {}",
+                path.display()
+            );
+            assert!(!path.to_string_lossy().contains(m), "{m} in a file name");
+        }
+    }
+}
+
 /// A repository in a temporary directory, with its own cache directory.
 pub struct TestRepo {
     pub dir: tempfile::TempDir,

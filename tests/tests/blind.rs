@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use puce_tests::node::{TestNode, wait_for};
 use puce_tests::{TestRepo, key_file, manifest, random_bytes};
@@ -20,37 +20,17 @@ fn fingerprint(t: &TestRepo) -> String {
     kf.fingerprint.to_string()
 }
 
-/// Every file under `dir`, with its bytes.
-fn files(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            files(&p, out);
-        } else if p.is_file() {
-            out.push((p.clone(), fs::read(&p).unwrap()));
-        }
-    }
-}
-
+/// Assert that no marker is anywhere under `dir`, in contents or names.
 fn no_marker_in(dir: &Path) {
     let mut all = Vec::new();
-    files(dir, &mut all);
+    puce_tests::files_with_bytes(dir, &mut all);
     assert!(!all.is_empty());
-    for (path, bytes) in &all {
-        for m in MARKERS {
-            assert!(
-                !bytes.windows(m.len()).any(|w| w == m.as_bytes()),
-                "{m} in {}",
-                path.display()
-            );
-            assert!(!path.to_string_lossy().contains(m), "{m} in a file name");
-        }
-    }
+    puce_tests::assert_no_marker(&all, &MARKERS);
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
     let mut all = Vec::new();
-    files(dir, &mut all);
+    puce_tests::files_with_bytes(dir, &mut all);
     all.iter().map(|(_, b)| b.len() as u64).sum()
 }
 
@@ -119,15 +99,7 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     partner.add_peer_with(&lyon, "{}", "hold_blind = true");
 
     let src = lyon.repo.dir.path().join("src");
-    fs::create_dir_all(src.join("ZORGLUB-NAME-folder")).unwrap();
-    let mut noise = random_bytes(3 << 20, 11);
-    noise[1_000_000..1_000_015].copy_from_slice(b"ZORGLUB-CONTENT");
-    fs::write(src.join("ZORGLUB-NAME-folder/data.bin"), &noise).unwrap();
-    fs::write(
-        src.join("notes.txt"),
-        "ZORGLUB-CONTENT minutes\n".repeat(2000),
-    )
-    .unwrap();
+    puce_tests::make_marked_source(&src);
     let first = lyon.snapshot(&src, "ZORGLUB-SPACE");
     fs::write(src.join("later.bin"), random_bytes(1 << 20, 12)).unwrap();
     let second = lyon.snapshot(&src, "ZORGLUB-SPACE");
@@ -163,7 +135,7 @@ fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
     lyon.ok(&["gc"]);
     let first_record = |p: &TestNode| {
         let mut all = Vec::new();
-        files(&p.repo.path().join("holds"), &mut all);
+        puce_tests::files_with_bytes(&p.repo.path().join("holds"), &mut all);
         all.iter().any(|(path, _)| path.ends_with(&first))
     };
     assert!(first_record(&partner));
@@ -231,7 +203,7 @@ fn listed_opaque_and_refused(partner: &TestNode, snapshot: &str) {
 /// missing one comes back at the next sync with the owner.
 fn damage_is_found_without_the_key(partner: &TestNode) {
     let mut packs = Vec::new();
-    files(&partner.repo.path().join("holds"), &mut packs);
+    puce_tests::files_with_bytes(&partner.repo.path().join("holds"), &mut packs);
     let (pack, mut bytes) = packs
         .into_iter()
         .filter(|(p, _)| p.to_string_lossy().contains("/files/packs/"))

@@ -18,33 +18,6 @@ const MARKERS: [&str; 5] = [
     "ZORGLUB-HOST",
 ];
 
-/// A folder whose names and contents carry markers: in incompressible data (stored raw), in a
-/// compressible text (stored compressed), in a file name, a folder name and a link target.
-fn make_source(src: &Path) {
-    fs::create_dir_all(src.join("ZORGLUB-NAME-folder")).unwrap();
-    let mut noise = random_bytes(3 << 20, 11);
-    noise[1_000_000..1_000_015].copy_from_slice(b"ZORGLUB-CONTENT");
-    fs::write(src.join("ZORGLUB-NAME-folder/data.bin"), &noise).unwrap();
-    fs::write(
-        src.join("notes.txt"),
-        "minutes of the meeting, ZORGLUB-CONTENT\n".repeat(2000),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("ZORGLUB-NAME-target", src.join("link")).unwrap();
-}
-
-/// Every file under `dir`, with its bytes.
-fn files(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-    for e in fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            files(&p, out);
-        } else {
-            out.push((p.clone(), fs::read(&p).unwrap()));
-        }
-    }
-}
-
 /// The files of the repository a holder or a thief would see (not the machine-local index,
 /// locks and caches, which never leave the owner's machine: docs/design.md).
 fn stored_files(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
@@ -52,7 +25,7 @@ fn stored_files(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
     for d in ["packs", "snapshots", "spaces", "receipts", "forgets"] {
         let p = t.path().join(d);
         if p.is_dir() {
-            files(&p, &mut out);
+            puce_tests::files_with_bytes(&p, &mut out);
         }
     }
     out.push((
@@ -66,7 +39,7 @@ fn stored_files(t: &TestRepo) -> Vec<(PathBuf, Vec<u8>)> {
 fn an_encrypted_repository_shows_nothing_of_names_and_contents() {
     let t = TestRepo::with_init(&["--encrypt"]);
     let src = t.dir.path().join("src");
-    make_source(&src);
+    puce_tests::make_marked_source(&src);
     let v = t.json(&[
         "snapshot",
         src.to_str().unwrap(),
@@ -98,16 +71,7 @@ fn an_encrypted_repository_shows_nothing_of_names_and_contents() {
     let stored = stored_files(&t);
     let total: usize = stored.iter().map(|(_, b)| b.len()).sum();
     assert!(total >= 3 << 20, "the data is stored ({total} bytes)");
-    for (path, bytes) in &stored {
-        for m in MARKERS {
-            assert!(
-                !bytes.windows(m.len()).any(|w| w == m.as_bytes()),
-                "{m} in {}",
-                path.display()
-            );
-            assert!(!path.to_string_lossy().contains(m), "{m} in a file name");
-        }
-    }
+    puce_tests::assert_no_marker(&stored, &MARKERS);
 
     // Everything reads back: listing, restore byte for byte, a full check.
     let list = t.ok(&["snapshots"]);
@@ -137,7 +101,7 @@ fn an_encrypted_repository_shows_nothing_of_names_and_contents() {
 
 fn dir_size(d: &Path) -> u64 {
     let mut v = Vec::new();
-    files(d, &mut v);
+    puce_tests::files_with_bytes(d, &mut v);
     v.iter().map(|(_, b)| b.len() as u64).sum()
 }
 
@@ -145,7 +109,7 @@ fn dir_size(d: &Path) -> u64 {
 fn a_missing_wrong_or_damaged_key_is_a_clear_error() {
     let t = TestRepo::with_init(&["--encrypt"]);
     let src = t.dir.path().join("src");
-    make_source(&src);
+    puce_tests::make_marked_source(&src);
     t.snapshot(&src, "docs");
     let key = key_file(&t);
     let kept = t.dir.path().join("kept.key");
@@ -215,7 +179,7 @@ fn two_sites_with_the_same_key_sync_and_a_site_with_another_key_cannot() {
     b.add_peer(&a, grants);
     b.start();
     let src = a.repo.dir.path().join("src");
-    make_source(&src);
+    puce_tests::make_marked_source(&src);
     let snap = a.snapshot(&src, "docs");
     a.sync("grenoble", &["--push"]);
     assert!(b.snapshot_ids().contains(&snap));
