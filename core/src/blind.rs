@@ -247,20 +247,29 @@ fn hash_file(p: &Path) -> Result<(u64, [u8; 32])> {
     Ok((n, *h.finalize().as_bytes()))
 }
 
-/// The holds of every owner in the repository at `root`, with the manifests kept.
-pub fn all(root: &Path) -> Result<Vec<(Holds, Manifest)>> {
+/// The owners something is held for in the repository at `root`, with their directories
+/// (none when there is no `holds/`; entries that are not an owner's id are skipped).
+fn owner_dirs(root: &Path) -> Result<Vec<(Hash, PathBuf)>> {
     let d = root.join(HOLDS_DIR);
-    let mut out = Vec::new();
     let entries = match fs::read_dir(&d) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).io_ctx("cannot list", &d),
     };
+    let mut out = Vec::new();
     for e in entries {
         let e = e.io_ctx("cannot list", &d)?;
-        let Ok(owner) = Hash::from_hex(&e.file_name().to_string_lossy()) else {
-            continue;
-        };
+        if let Ok(owner) = Hash::from_hex(&e.file_name().to_string_lossy()) {
+            out.push((owner, e.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// The holds of every owner in the repository at `root`, with the manifests kept.
+pub fn all(root: &Path) -> Result<Vec<(Holds, Manifest)>> {
+    let mut out = Vec::new();
+    for (owner, _) in owner_dirs(root)? {
         let h = Holds::open(root, &owner.0)?;
         if let Some((m, _)) = h.manifest()? {
             out.push((h, m));
@@ -273,19 +282,9 @@ pub fn all(root: &Path) -> Result<Vec<(Holds, Manifest)>> {
 /// --read-data` on a holder): the problems found, for people. A manifest that cannot be read
 /// is a problem too.
 pub fn verify_all(root: &Path) -> Result<Vec<String>> {
-    let d = root.join(HOLDS_DIR);
     let mut problems = Vec::new();
-    let entries = match fs::read_dir(&d) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(problems),
-        Err(e) => return Err(e).io_ctx("cannot list", &d),
-    };
-    for e in entries {
-        let e = e.io_ctx("cannot list", &d)?;
-        let Ok(owner) = Hash::from_hex(&e.file_name().to_string_lossy()) else {
-            continue;
-        };
-        let h = Holds { dir: e.path() };
+    for (owner, dir) in owner_dirs(root)? {
+        let h = Holds { dir };
         match h.manifest() {
             Ok(Some((m, _))) => problems.extend(h.verify(&m)),
             Ok(None) => {}
