@@ -327,6 +327,191 @@ pub fn check_space_quota(repo: &Repo, space: &str, more: u64, what: &str) -> Res
     Ok(())
 }
 
+/// A peer's quota use through one pull from it, without a walk when nothing else changed the
+/// repository since its last pull.
+///
+/// Pulls from a peer with a quota hold its lock (`quota/<node id hex>.lock` in the repository,
+/// [`lock_peer`]): one at a time, across processes, so that each counts against the quota what
+/// the others stored. The use at the end of a pull is recorded in `quota/<node id hex>.use`
+/// with a *stamp* of the state it is exact for: the snapshot and receipt file names, the epoch
+/// of object removals (bumped by gc, heal, repair and cleared scopes) and the count of index
+/// transactions that added objects to the peer's reach scope (each bumped in the transaction
+/// making the change). The next pull reads it back when its own stamp is the same, and walks
+/// every snapshot ([`compute`]) otherwise (an interrupted pull added to the peer's scope, a
+/// snapshot was taken, merged or forgotten, gc ran...). The use is recorded only when the
+/// pull changed the snapshots and receipts by exactly what it delivered, removed nothing, and
+/// was sent nothing this node had already (such an object may or may not count against the
+/// peer: only a walk can tell). The file is a hint: lost or damaged, it costs a walk.
+#[derive(Debug)]
+pub struct PullAccount {
+    peer: [u8; 32],
+    epoch: u64,
+    snapshots: BTreeSet<String>,
+    receipts: BTreeSet<String>,
+    /// The peer's quota use when the pull started.
+    pub before: u64,
+    /// Whether `before` was read from the record rather than walked.
+    pub recorded: bool,
+    /// How long measuring it took.
+    pub took: std::time::Duration,
+}
+
+/// The lock of the pulls from a peer (held until dropped).
+#[derive(Debug)]
+pub struct PeerLock {
+    _file: std::fs::File,
+}
+
+fn quota_path(repo: &Repo, peer: &[u8; 32], ext: &str) -> std::path::PathBuf {
+    repo.root()
+        .join("quota")
+        .join(format!("{}.{ext}", crate::hash::Hash(*peer).to_hex()))
+}
+
+/// Wait for, then take, the lock of the pulls from `peer`.
+pub fn lock_peer(repo: &Repo, peer: &[u8; 32]) -> Result<PeerLock> {
+    use crate::error::IoContext;
+    let path = quota_path(repo, peer, "lock");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).io_ctx("cannot create", dir)?;
+    }
+    let f = crate::fsutil::private_file()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .io_ctx("cannot open", &path)?;
+    use rustix::fs::FlockOperation;
+    if rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+        tracing::info!(
+            "waiting for another pull from peer {} to end (one at a time with a quota)",
+            crate::hash::Hash(*peer).short(12)
+        );
+        rustix::fs::flock(&f, FlockOperation::LockExclusive)
+            .map_err(|e| Error::io("cannot lock", &path, e.into()))?;
+    }
+    Ok(PeerLock { _file: f })
+}
+
+fn file_names(repo: &Repo, kind: crate::backend::FileKind) -> Result<BTreeSet<String>> {
+    Ok(repo
+        .backend()
+        .list(kind)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+fn stamp(
+    snapshots: &BTreeSet<String>,
+    receipts: &BTreeSet<String>,
+    epoch: u64,
+    inserts: u64,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("puce 2026-12 quota use stamp");
+    for set in [snapshots, receipts] {
+        h.update(&(set.len() as u64).to_le_bytes());
+        for n in set {
+            h.update(&(n.len() as u64).to_le_bytes());
+            h.update(n.as_bytes());
+        }
+    }
+    h.update(&epoch.to_le_bytes());
+    h.update(&inserts.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The epoch and the insert count of the scope of `peer`.
+fn counters(repo: &Repo, peer: &[u8; 32]) -> Result<(u64, u64)> {
+    match repo.index().scope(&reach::peer_key(peer))? {
+        Some(scope) => repo.index().quota_counters(scope),
+        None => Ok((repo.index().quota_counters(u32::MAX)?.0, 0)),
+    }
+}
+
+/// In debug builds (the tests), a recorded use is checked against a walk.
+fn checked(repo: &Repo, peer: &[u8; 32], used: u64, what: &str) -> Result<()> {
+    if cfg!(debug_assertions) {
+        let walked = compute(repo)?.peer(peer).quota_use();
+        if walked != used {
+            return Err(Error::other(format!(
+                "the quota use {what} for peer {} is {used} bytes, but a walk of the snapshots \
+                 gives {walked}: a bug in puce's accounting",
+                crate::hash::Hash(*peer).to_hex()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Start a pull from `peer`, its lock held: the peer's quota use now.
+pub fn begin_pull(repo: &Repo, peer: &[u8; 32], _lock: &PeerLock) -> Result<PullAccount> {
+    let t0 = std::time::Instant::now();
+    let (epoch, inserts) = counters(repo, peer)?;
+    let snapshots = file_names(repo, crate::backend::FileKind::Snapshot)?;
+    let receipts = file_names(repo, crate::backend::FileKind::Receipt)?;
+    let now = stamp(&snapshots, &receipts, epoch, inserts);
+    let record = std::fs::read(quota_path(repo, peer, "use")).ok();
+    let used = record
+        .filter(|r| r.len() == 40 && r[..32] == now)
+        .map(|r| u64::from_le_bytes(r[32..].try_into().unwrap_or_default()));
+    let (before, recorded) = match used {
+        Some(used) => {
+            checked(repo, peer, used, "recorded at the end of the last pull")?;
+            (used, true)
+        }
+        None => (compute(repo)?.peer(peer).quota_use(), false),
+    };
+    Ok(PullAccount {
+        peer: *peer,
+        epoch,
+        snapshots,
+        receipts,
+        before,
+        recorded,
+        took: t0.elapsed(),
+    })
+}
+
+/// End a pull, its lock still held, that delivered the snapshots `delivered`, stored
+/// `stored_bytes` and was sent `present` objects this node had: record the peer's use if the
+/// repository changed by exactly that (see [`PullAccount`]). Returns whether it was recorded.
+pub fn end_pull(
+    repo: &Repo,
+    a: &PullAccount,
+    delivered: &[crate::hash::SnapshotId],
+    stored_bytes: u64,
+    present: u64,
+) -> Result<bool> {
+    let path = quota_path(repo, &a.peer, "use");
+    // Whatever happens next, the old record no longer holds.
+    let _ = std::fs::remove_file(&path);
+    let (epoch, inserts) = counters(repo, &a.peer)?;
+    if present > 0 || epoch != a.epoch {
+        return Ok(false);
+    }
+    let snapshots = file_names(repo, crate::backend::FileKind::Snapshot)?;
+    let receipts = file_names(repo, crate::backend::FileKind::Receipt)?;
+    let (mut want_s, mut want_r) = (a.snapshots.clone(), a.receipts.clone());
+    for id in delivered {
+        want_s.insert(id.to_hex());
+        want_r.insert(crate::format::receipt::Receipt::name_of(id, &a.peer));
+    }
+    if snapshots != want_s || receipts != want_r {
+        return Ok(false);
+    }
+    let used = a.before + stored_bytes;
+    checked(repo, &a.peer, used, "counted through the pull")?;
+    let mut record = stamp(&snapshots, &receipts, epoch, inserts).to_vec();
+    record.extend_from_slice(&used.to_le_bytes());
+    // A hint, not fsynced: a crash loses it or leaves it, and the stamp decides.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &record)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io("cannot write", &path, e))?;
+    Ok(true)
+}
+
 /// Count, per peer with a reach scope, the objects it sent that no snapshot reaches.
 fn in_transit(
     repo: &Repo,

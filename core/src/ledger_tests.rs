@@ -133,3 +133,61 @@ fn objects_a_peer_sent_that_no_snapshot_reaches_are_in_transit() {
     assert!(q.in_transit_bytes > 0);
     assert_eq!(q.quota_use(), q.exclusive_bytes + q.in_transit_bytes);
 }
+
+#[test]
+fn a_pull_records_the_peers_use_and_the_next_reads_it_until_the_repository_changes_otherwise() {
+    let d = tempfile::tempdir().unwrap();
+    let (repo, ids) = three(d.path());
+    let walked = |repo: &Repo| compute(repo).unwrap().peer(&P).quota_use();
+    let lock = lock_peer(&repo, &P).unwrap();
+    // No use recorded yet: walked.
+    let a = begin_pull(&repo, &P, &lock).unwrap();
+    assert!(!a.recorded);
+    assert_eq!(a.before, walked(&repo));
+    // The pull delivers a snapshot of new data.
+    let total = |repo: &Repo| compute(repo).unwrap().bytes;
+    let t0 = total(&repo);
+    let e = take(&repo, d.path(), "b", &[("w", 4)]);
+    deliver(&repo, e, "b", P);
+    let stored = total(&repo) - t0;
+    assert!(stored > 150_000);
+    // A wrong count is caught by the debug check (the tests run it) and not recorded.
+    assert!(end_pull(&repo, &a, &[e], stored + 1, 0).is_err());
+    // Objects sent that this node had: not recorded (only a walk can tell).
+    assert!(!end_pull(&repo, &a, &[e], stored, 1).unwrap());
+    // A snapshot it did not account for: not recorded.
+    assert!(!end_pull(&repo, &a, &[], stored, 0).unwrap());
+    assert!(end_pull(&repo, &a, &[e], stored, 0).unwrap());
+    // The next pull reads it (the debug check walks too, and agrees).
+    let b = begin_pull(&repo, &P, &lock).unwrap();
+    assert!(b.recorded, "{b:?}");
+    assert_eq!(b.before, a.before + stored);
+    // A snapshot of this node's, objects removed, a receipt added, objects added to P's
+    // scope (an interrupted pull): each makes the next pull walk.
+    let scope = repo.index().scope_or_create(&reach::peer_key(&P)).unwrap();
+    let changes: [&dyn Fn(); 4] = [
+        &|| {
+            take(&repo, d.path(), "a", &[("v", 5)]);
+        },
+        &|| {
+            let id = repo.snapshots().unwrap()[0].snapshot.root;
+            let loc = repo.index().reader().unwrap().get(&id).unwrap().unwrap();
+            assert_eq!(repo.index().condemn(&[(id, loc)]).unwrap(), 1);
+            repo.index().rescue(&[id]).unwrap();
+        },
+        &|| deliver(&repo, ids[0], "a", Q),
+        &|| {
+            let id = repo.snapshots().unwrap()[0].snapshot.root;
+            repo.index().reach_insert(scope, &[id]).unwrap();
+        },
+    ];
+    for (i, change) in changes.iter().enumerate() {
+        let x = begin_pull(&repo, &P, &lock).unwrap();
+        assert!(end_pull(&repo, &x, &[], 0, 0).unwrap());
+        assert!(begin_pull(&repo, &P, &lock).unwrap().recorded);
+        change();
+        let y = begin_pull(&repo, &P, &lock).unwrap();
+        assert!(!y.recorded, "change {i}");
+        assert_eq!(y.before, walked(&repo), "change {i}");
+    }
+}

@@ -44,7 +44,12 @@ impl Receipt {
 
     /// The file name: `<snapshot id hex>.<sender id hex>`.
     pub fn file_name(&self) -> String {
-        format!("{}.{}", self.snapshot.to_hex(), Hash(self.sender).to_hex())
+        Receipt::name_of(&self.snapshot, &self.sender)
+    }
+
+    /// The file name of the receipt of `snapshot` delivered by `sender`.
+    pub fn name_of(snapshot: &SnapshotId, sender: &[u8; 32]) -> String {
+        format!("{}.{}", snapshot.to_hex(), Hash(*sender).to_hex())
     }
 
     /// The snapshot a receipt file name is about, if the name has the right form.

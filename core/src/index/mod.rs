@@ -29,6 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::pack::{Kind, Record};
 use crate::hash::{Hash, ObjectId, PackId, SnapshotId};
 
+mod quota;
 mod reach;
 mod statcache;
 pub use reach::ReachReader;
@@ -372,6 +373,7 @@ impl Index {
             let mut meta = w.open_table(META)?;
             meta.insert("next_pack", next)?;
         }
+        quota::bump_epoch(&w)?;
         w.commit()?;
         Ok(())
     }
@@ -460,6 +462,7 @@ impl Index {
                 }
             }
         }
+        quota::bump_epoch(&w)?;
         w.commit()?;
         Ok(n)
     }
@@ -481,6 +484,7 @@ impl Index {
                 }
             }
         }
+        quota::bump_epoch(&w)?;
         w.commit()?;
         Ok(n)
     }
@@ -605,6 +609,7 @@ impl Index {
                 }
             }
         }
+        quota::bump_epoch(&w)?;
         w.commit()?;
         Ok(())
     }

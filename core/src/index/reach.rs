@@ -83,6 +83,7 @@ impl Index {
                 t.insert((scope, *id.as_bytes()), ())?;
             }
         }
+        super::quota::bump_inserts(&w, std::iter::once(scope))?;
         w.commit()?;
         Ok(())
     }
@@ -131,6 +132,8 @@ impl Index {
                 r.insert((*snap.as_bytes(), *scope), ())?;
             }
         }
+        let added = adds.iter().filter(|(_, ids)| !ids.is_empty());
+        super::quota::bump_inserts(&w, added.map(|(s, _)| *s))?;
         w.commit()?;
         Ok(())
     }
@@ -149,6 +152,7 @@ impl Index {
             w.open_table(REACHED)?
                 .retain(|(_, n), _| !scopes.contains(&n))?;
         }
+        super::quota::bump_epoch(&w)?;
         w.commit()?;
         Ok(())
     }

@@ -153,6 +153,7 @@ fn store_trees(
             if saver.save_stored(&reader, id, Kind::Tree, t.flags, t.raw_len, t.data)? {
                 stored.add(len, raw);
             } else {
+                stored.present += 1;
                 present.push(id);
             }
         }

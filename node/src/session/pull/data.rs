@@ -138,6 +138,7 @@ fn store_chunks(
                 if let Some(q) = quota {
                     q.release(len);
                 }
+                st.present += 1;
                 present.push(id);
             }
             let total = since.fetch_add(len, Ordering::AcqRel) + len;

@@ -32,7 +32,7 @@ use std::time::Instant;
 use puce_core::format::tree::MAX_TREE_DEPTH;
 use puce_core::reach;
 use puce_core::saver::Saver;
-use puce_core::{ObjectId, Repo, SnapshotEntry};
+use puce_core::{ObjectId, Repo, SnapshotEntry, SnapshotId};
 
 use super::{Conn, blocking, misbehaved};
 use crate::error::{Error, ErrorKind, Result};
@@ -148,7 +148,14 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
     let peer_id = conn.peer.id.0;
     let has_quota = conn.peer.quota.is_some();
     // 1. Register the writer session before looking at what this node has: gc spares it.
-    let (saver, local, used) = blocking(move || {
+    let (saver, local, account) = blocking(move || {
+        // Pulls from a peer with a quota run one at a time (each counts what the others
+        // stored).
+        let lock = if has_quota {
+            Some(puce_core::ledger::lock_peer(&repo, &peer_id)?)
+        } else {
+            None
+        };
         let saver = Saver::with_session(repo.clone(), 1, &what)?;
         // Packs an interrupted transfer published but did not index hold data this node has:
         // index them rather than fetch it again.
@@ -159,17 +166,16 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
         // that an interrupted transfer is not sent again.
         saver.set_reach_scope(repo.index().scope_or_create(&reach::peer_key(&peer_id))?);
         let local = repo.snapshots()?;
-        // The peer's use of its quota, if it has one (a walk of every snapshot).
-        let used = if has_quota {
-            Some(
-                puce_core::ledger::compute(&repo)?
-                    .peer(&peer_id)
-                    .quota_use(),
-            )
-        } else {
-            None
+        // The peer's use of its quota, if it has one: recorded at the end of its last pull,
+        // or a walk of every snapshot when the repository changed otherwise since.
+        let account = match lock {
+            Some(lock) => {
+                let a = puce_core::ledger::begin_pull(&repo, &peer_id, &lock)?;
+                Some((a, lock))
+            }
+            None => None,
         };
-        Ok((saver, local, used))
+        Ok((saver, local, account))
     })
     .await?;
     let mut guard = Guard {
@@ -181,7 +187,7 @@ pub async fn pull(conn: &Arc<Conn>, spaces: &[String]) -> Result<PullOutcome> {
         spaces: &spaces,
         repo: conn.ctx.repo.clone(),
         t0: Instant::now(),
-        quota: quota::Quota::new(conn, used),
+        quota: quota::Quota::new(conn, account),
     };
     let r = p.run(local, &mut guard).await;
     if r.is_err() && conn.was_cut_off() {
@@ -244,8 +250,14 @@ impl Pull<'_> {
         let tree_stats = commit::commit(self, guard, &records, trees).await?;
         tracing::debug!("pull: committed after {:?}", self.t0.elapsed());
         let mut reports = listed.reports;
-        merge::tally(&mut reports, &records, data.plus(tree_stats));
+        let stored = data.plus(tree_stats);
+        merge::tally(&mut reports, &records, stored);
         merge::merge(self, &mut reports, &records).await?;
+        if let Some(q) = &self.quota {
+            let delivered: Vec<SnapshotId> = records.iter().map(|r| r.entry.id).collect();
+            q.finish(self.repo.clone(), delivered, stored.bytes, stored.present)
+                .await?;
+        }
         Ok(PullOutcome {
             reports,
             peer_spaces: listed.peer_spaces,
@@ -289,6 +301,8 @@ struct Stored {
     objects: u64,
     bytes: u64,
     raw: u64,
+    /// Objects the peer sent that this node had already (not stored).
+    present: u64,
 }
 
 impl Stored {
@@ -305,6 +319,7 @@ impl Stored {
             objects: self.objects + o.objects,
             bytes: self.bytes + o.bytes,
             raw: self.raw + o.raw,
+            present: self.present + o.present,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! A peer's quota during a pull (`quota` in node.toml): what the peer may make this node store,
 //! in stored bytes ([`puce_core::ledger`]: what this node holds only because it delivered it).
 //!
-//! Measured once when the pull registers (the ledger), then kept up to date with the bytes the
-//! pull stores: a chunk that would take the use over the quota is not stored and the pull is
+//! Measured once when the pull registers ([`puce_core::ledger::begin_pull`]: the use recorded
+//! at the end of the peer's last pull when nothing else changed the repository since, else a
+//! walk), then kept up to date with the bytes the pull stores, and recorded at its end: a chunk that would take the use over the quota is not stored and the pull is
 //! refused (`Quota`), as are trees that would, before the commit. What was stored before is
 //! durable, counted as the peer's (in transit), and not fetched again once the pull resumes
 //! (after space is freed or the quota raised).
@@ -12,8 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytesize::ByteSize;
 
+use puce_core::ledger::{PeerLock, PullAccount};
+use puce_core::{Repo, SnapshotId};
+
 use crate::error::{Error, ErrorKind, Result};
-use crate::session::Conn;
+use crate::session::{Conn, blocking};
 
 /// The quota of one pull.
 #[derive(Clone)]
@@ -22,6 +26,9 @@ pub(super) struct Quota {
     quota: u64,
     /// The peer's use when the pull registered.
     before: u64,
+    /// How it was measured, to record the use at the end, and the lock of the pulls from the
+    /// peer, held until the pull ends.
+    account: Arc<(PullAccount, PeerLock)>,
     /// Stored bytes this pull added (or reserved) since.
     added: Arc<AtomicU64>,
     /// Who is refused, for the message: the peer and this node.
@@ -30,11 +37,14 @@ pub(super) struct Quota {
 }
 
 impl Quota {
-    /// The quota of the peer of `conn` with its use `before`, or none without a quota.
-    pub(super) fn new(conn: &Conn, before: Option<u64>) -> Option<Quota> {
+    /// The quota of the peer of `conn` with its use measured by `account`, or none without a
+    /// quota.
+    pub(super) fn new(conn: &Conn, account: Option<(PullAccount, PeerLock)>) -> Option<Quota> {
+        let account = account?;
         Some(Quota {
             quota: conn.peer.quota?,
-            before: before?,
+            before: account.0.before,
+            account: Arc::new(account),
             added: Arc::default(),
             peer: conn.peer.name.clone(),
             node: conn.ctx.config.name.clone(),
@@ -56,6 +66,44 @@ impl Quota {
             self.added.fetch_sub(len, Ordering::AcqRel);
             return Err(self.refusal(self.before + prev, len));
         }
+        Ok(())
+    }
+
+    /// At the end of a pull that delivered `delivered` and stored `stored` bytes (`present`:
+    /// objects sent that this node had): record the peer's use for its next pull.
+    pub(super) async fn finish(
+        &self,
+        repo: Arc<Repo>,
+        delivered: Vec<SnapshotId>,
+        stored: u64,
+        present: u64,
+    ) -> Result<()> {
+        let account = self.account.clone();
+        let t0 = std::time::Instant::now();
+        let recorded = blocking(move || {
+            Ok(puce_core::ledger::end_pull(
+                &repo, &account.0, &delivered, stored, present,
+            )?)
+        })
+        .await?;
+        tracing::debug!(
+            "quota of {}: use {} at the start ({}), {stored} bytes stored, {}; accounting took \
+             {:?} at the start and {:?} at the end",
+            self.peer,
+            self.before,
+            if self.account.0.recorded {
+                "recorded"
+            } else {
+                "walked"
+            },
+            if recorded {
+                "recorded for the next pull"
+            } else {
+                "not recorded (the repository changed otherwise)"
+            },
+            self.account.0.took,
+            t0.elapsed(),
+        );
         Ok(())
     }
 
