@@ -57,8 +57,8 @@ pub struct Moved {
 pub struct MigrateReport {
     /// Every snapshot of the old repository that is not forgotten, oldest first.
     pub snapshots: Vec<Moved>,
-    /// Forgotten snapshots of the old repository, not copied (their children's parents are
-    /// the snapshots their lineage leads to).
+    /// Snapshots the old repository forgot (its forget records), not copied: their
+    /// children's parents are the snapshots their lineage leads to.
     pub forgotten: u64,
     /// Space settings (retention policies, quotas) copied.
     pub space_settings: u64,
@@ -227,7 +227,7 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
     });
     progress.set_total(files, bytes);
     let mut report = MigrateReport {
-        forgotten: (all.len() - remaining.len()) as u64,
+        forgotten: forgotten.len() as u64,
         map_file: map_file.clone(),
         ..MigrateReport::default()
     };
@@ -270,6 +270,7 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
             report.receipts += 1;
         }
         new.save_snapshot(&record)?;
+        test_pause();
         out.append(&s.id, &id)?;
         map.insert(s.id, id);
         report.snapshots.push(moved(s, id, true));
@@ -286,6 +287,19 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
     report.stored_bytes = stats.stored_bytes;
     report.packs = stats.packs;
     Ok(report)
+}
+
+/// In debug builds, sleep `PUCE_TEST_MIGRATE_PAUSE_MS` after each snapshot record is written
+/// and before it is mapped: a test hook, so that end-to-end tests kill a migration in its
+/// narrowest window at a moment they choose.
+fn test_pause() {
+    if cfg!(debug_assertions)
+        && let Some(ms) = std::env::var("PUCE_TEST_MIGRATE_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 fn moved(s: &SnapshotEntry, new: SnapshotId, copied: bool) -> Moved {
