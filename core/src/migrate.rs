@@ -510,7 +510,7 @@ mod tests {
     use super::*;
 
     fn id(n: u8) -> SnapshotId {
-        crate::hash::Hash([n; 32])
+        SnapshotId::from(crate::hash::Hash([n; 32]))
     }
 
     /// A forgotten parent stands for what its lineage leads to: v1 <- (v2 forgotten) <- v3

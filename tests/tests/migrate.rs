@@ -4,6 +4,8 @@
 //! finishes without duplicates; `--new-key` makes a repository the old key cannot open; an
 //! old repository is never misread.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `puce migrate`: copy every snapshot of a repository into a new encrypted one, or into one
 //! under a new key (`--new-key`, after the key leaked). The work is in `puce_core::migrate`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -170,7 +170,7 @@ fn open_or_create_new(
     ctx: &Ctx,
     a: &MigrateArgs,
     old: &Repo,
-    path: &PathBuf,
+    path: &Path,
 ) -> Result<(Arc<Repo>, bool)> {
     let open = OpenOptions {
         key_files: Vec::new(),
