@@ -427,3 +427,66 @@ fn an_old_repository_is_never_misread() {
         "nothing made from a repository it cannot read"
     );
 }
+
+/// Put the repository at `new` in place of `repo` (the node directory moving with it: the
+/// node's identity and node.toml), keeping the old one at `leaked`: the guide's step 1.
+fn swap_in(repo: &Path, new: &Path, leaked: &Path) {
+    fs::rename(repo.join("node"), new.join("node")).unwrap();
+    fs::rename(repo, leaked).unwrap();
+    fs::rename(new, repo).unwrap();
+}
+
+/// After `--new-key` on lyon, grenoble (a replica of the same association, with the old key)
+/// is refused until it has the new key; given it, in an empty repository, the next sync sends
+/// it everything again (every id changed) and it restores byte for byte.
+#[test]
+fn after_new_key_the_replica_receives_everything_again() {
+    use puce_tests::node::TestNode;
+    let grants = r#"{ docs = ["pull", "push"] }"#;
+    let mut lyon = TestNode::new("lyon");
+    let mut grenoble = TestNode::new("grenoble");
+    lyon.add_peer(&grenoble, grants);
+    grenoble.add_peer(&lyon, grants);
+    grenoble.start();
+    let src = lyon.repo.dir.path().join("src");
+    write(&src, "a.bin", &random_bytes(3 << 20, 21));
+    write(&src, "notes.txt", &"agenda\n".repeat(20_000).into_bytes());
+    lyon.snapshot(&src, "docs");
+    write(&src, "b.bin", &random_bytes(1 << 20, 22));
+    lyon.snapshot(&src, "docs");
+    let first = lyon.sync("grenoble", &["--push"]);
+    let first_bytes = first["sent_bytes"].as_u64().unwrap();
+    assert!(first_bytes > 4 << 20, "{first}");
+
+    let lyon_repo = lyon.repo.path();
+    let new = lyon.repo.dir.path().join("new");
+    let v = lyon.json(&["migrate", "--new-key", new.to_str().unwrap()]);
+    let new_key = v["key_file"].as_str().unwrap().to_string();
+    swap_in(&lyon_repo, &new, &lyon.repo.dir.path().join("leaked"));
+    // Grenoble still has the old key: refused, naming the key.
+    let err = lyon.sync_fails("grenoble", &["--push"]);
+    assert!(err.contains("must share the association's key"), "{err}");
+    // Grenoble gets the new key, in an empty repository put in place of its own.
+    grenoble.stop();
+    let g_repo = grenoble.repo.path();
+    let g_new = grenoble.repo.dir.path().join("new");
+    grenoble.ok(&[
+        "init",
+        "-q",
+        g_new.to_str().unwrap(),
+        "--key-from",
+        &new_key,
+    ]);
+    swap_in(&g_repo, &g_new, &grenoble.repo.dir.path().join("leaked"));
+    grenoble.start();
+    let again = lyon.sync("grenoble", &["--push"]);
+    let again_bytes = again["sent_bytes"].as_u64().unwrap();
+    assert!(
+        again_bytes * 10 >= first_bytes * 9,
+        "everything is sent again: {again_bytes} bytes after {first_bytes}"
+    );
+    assert_eq!(grenoble.snapshot_ids(), lyon.snapshot_ids());
+    assert_eq!(manifest(&grenoble.restored("docs@latest")), manifest(&src));
+    grenoble.ok(&["check", "--read-data"]);
+    grenoble.stop();
+}

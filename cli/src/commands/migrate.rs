@@ -122,12 +122,15 @@ pub fn run(ctx: &Ctx, a: MigrateArgs) -> Result<i32> {
 fn next_steps(old: &Path, new: &Path, key_file: &Path) -> String {
     format!(
         "next steps (the old key leaked, so everything sealed under it is to be replaced):
-  1. stop the node daemon and the mounts of {old}, then put the new repository in its place:
-       mv {old} {old}.leaked && mv {new} {old}
+  1. stop the node daemon and the mounts of {old}, then put the new repository in its place,
+     with the node directory (the node's identity and node.toml), if there is one:
+       mv {old}/node {new}/ ; mv {old} {old}.leaked && mv {new} {old}
      and check it: puce --repo {old} check
-  2. give the new key ({key}) to the association's other sites over a channel you trust; each
+  2. keep the new key safe: puce --repo {old} key export --paper (blind holders receive
+     nothing under a key never exported). Give it ({key}) to the
+     association's other sites over a channel you trust; each
      replaces its repository by an empty one under the new key
-       (puce init NEW --key-from new.key, then the same mv) and the next sync sends it
+       (puce init NEW --key-from new.key, then the same moves) and the next sync sends it
      everything again: every object id changed. Blind holders receive everything again too.
   3. once every site holds the new copies, delete {old}.leaked, the old key files
      (puce key list) and every copy of the old key (sheets, shares, USB sticks).
