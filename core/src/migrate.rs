@@ -60,6 +60,8 @@ pub struct MigrateReport {
     /// Snapshots the old repository forgot (its forget records), not copied: their
     /// children's parents are the snapshots their lineage leads to.
     pub forgotten: u64,
+    /// Snapshot records of the old repository that could not be read (damaged): not copied.
+    pub unreadable: Vec<String>,
     /// Space settings (retention policies, quotas) copied.
     pub space_settings: u64,
     /// Receipts copied (who delivered each snapshot received from a peer, and when).
@@ -212,6 +214,13 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
         })
         .collect();
     let order = parents_first(&remaining, &deps)?;
+    let unreadable = unreadable(old, &all)?;
+    for name in &unreadable {
+        progress.warn(&format!(
+            "snapshot record {name} of the old repository cannot be read: not migrated (run \
+             `puce check` on the old repository)"
+        ));
+    }
     let map_file = map_path(new.root(), &old.config().repo_id_hex());
     let mut map = read_map(&map_file)?;
     let present: HashSet<SnapshotId> = new.snapshots()?.into_iter().map(|s| s.id).collect();
@@ -228,6 +237,7 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
     progress.set_total(files, bytes);
     let mut report = MigrateReport {
         forgotten: forgotten.len() as u64,
+        unreadable,
         map_file: map_file.clone(),
         ..MigrateReport::default()
     };
@@ -248,7 +258,13 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
             .tree(&s.snapshot.root, 0, progress)
             .map_err(|e| e.context(format!("snapshot {} of the old repository", s.id)))?;
         saver.flush()?;
-        let mut parents: Vec<SnapshotId> = deps[&s.id].iter().map(|p| map[p]).collect();
+        // Parents come first in `order`, so each is mapped by now.
+        let mut parents = Vec::new();
+        for p in deps.get(&s.id).into_iter().flatten() {
+            parents.push(*map.get(p).ok_or_else(|| {
+                Error::other(format!("parent {p} of snapshot {} not migrated", s.id))
+            })?);
+        }
         if parents.len() > 1 {
             // As a merge writes them (crate::merge::merge_snapshot): in id order.
             parents.sort();
@@ -300,6 +316,19 @@ fn test_pause() {
     {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
+}
+
+/// The snapshot records of `repo` that [`Repo::snapshots`] left out (damaged, or of a newer
+/// version), by file name.
+fn unreadable(repo: &Repo, all: &[SnapshotEntry]) -> Result<Vec<String>> {
+    let read: HashSet<SnapshotId> = all.iter().map(|s| s.id).collect();
+    Ok(repo
+        .backend()
+        .list(FileKind::Snapshot)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| SnapshotId::from_hex(n).is_ok_and(|id| !read.contains(&id)))
+        .collect())
 }
 
 fn moved(s: &SnapshotEntry, new: SnapshotId, copied: bool) -> Moved {

@@ -426,6 +426,22 @@ fn an_old_repository_is_never_misread() {
         !new_path.exists(),
         "nothing made from a repository it cannot read"
     );
+
+    // A damaged snapshot record is named, not silently dropped.
+    let t = TestRepo::with_init(&["--no-encrypt"]);
+    t.snapshot(&docs, "docs");
+    let bad = "ab".repeat(32);
+    fs::write(t.path().join("snapshots").join(&bad), b"PUCESNAP damaged").unwrap();
+    let v = migrate(
+        &t,
+        &[
+            "--from",
+            t.path().to_str().unwrap(),
+            new_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(v["copied"], 1);
+    assert_eq!(v["unreadable"], serde_json::json!([bad]));
 }
 
 /// Put the repository at `new` in place of `repo` (the node directory moving with it: the

@@ -73,6 +73,7 @@ pub fn run(ctx: &Ctx, a: MigrateArgs) -> Result<i32> {
             "copied": copied,
             "already": r.snapshots.len() - copied,
             "forgotten": r.forgotten,
+            "unreadable": r.unreadable,
             "space_settings": r.space_settings,
             "receipts": r.receipts,
             "objects": r.objects,
