@@ -474,6 +474,34 @@ fn after_new_key_the_replica_receives_everything_again() {
     let first_bytes = first["sent_bytes"].as_u64().unwrap();
     assert!(first_bytes > 4 << 20, "{first}");
 
+    // Grenoble's receipts (lyon delivered both snapshots) move with a migration, naming the
+    // new ids, with the same sender and arrival.
+    let g_copy = grenoble.repo.dir.path().join("copy");
+    let g_path = grenoble.repo.path();
+    let v = grenoble.json(&[
+        "migrate",
+        "--from",
+        g_path.to_str().unwrap(),
+        g_copy.to_str().unwrap(),
+    ]);
+    assert_eq!(v["receipts"], 2, "{v}");
+    let map = id_map(&v);
+    let receipts = |repo: &Repo| {
+        let mut r: Vec<(String, i64)> = puce_core::reach::receipts(repo)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.sender_name, r.arrived_ns))
+            .collect();
+        r.sort();
+        r
+    };
+    let old_g = open(&g_path, Some(association_key()));
+    let copy = open(&g_copy, Some(Path::new(v["key_file"].as_str().unwrap())));
+    assert_eq!(receipts(&copy), receipts(&old_g));
+    for r in puce_core::reach::receipts(&copy).unwrap() {
+        assert!(map.values().any(|n| *n == r.snapshot), "{r:?}");
+    }
+
     let lyon_repo = lyon.repo.path();
     let new = lyon.repo.dir.path().join("new");
     let v = lyon.json(&["migrate", "--new-key", new.to_str().unwrap()]);
