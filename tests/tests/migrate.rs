@@ -525,6 +525,7 @@ fn after_new_key_the_replica_receives_everything_again() {
     grenoble.start();
     let again = lyon.sync("grenoble", &["--push"]);
     let again_bytes = again["sent_bytes"].as_u64().unwrap();
+    eprintln!("sent {first_bytes} bytes in the first sync, {again_bytes} after --new-key");
     assert!(
         again_bytes * 10 >= first_bytes * 9,
         "everything is sent again: {again_bytes} bytes after {first_bytes}"
