@@ -254,9 +254,14 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
             s.id.short(12),
             s.snapshot.space
         ));
+        copier.counted = (0, 0);
         let root = copier
             .tree(&s.snapshot.root, 0, progress)
             .map_err(|e| e.context(format!("snapshot {} of the old repository", s.id)))?;
+        // What folders copied before (the memo) hold counts as done too.
+        let (f, b) = copier.counted;
+        let sum = &s.snapshot.summary;
+        progress.add(sum.files.saturating_sub(f), sum.bytes.saturating_sub(b));
         saver.flush()?;
         // Parents come first in `order`, so each is mapped by now.
         let mut parents = Vec::new();
@@ -370,6 +375,8 @@ struct Copier<'a> {
     trees: HashMap<ObjectId, ObjectId>,
     /// BLAKE3 of a file's old chunk ids -> its new chunk ids.
     files: HashMap<crate::hash::Hash, Vec<ObjectId>>,
+    /// Files and bytes of the current snapshot read so far (for progress).
+    counted: (u64, u64),
 }
 
 impl<'a> Copier<'a> {
@@ -386,6 +393,7 @@ impl<'a> Copier<'a> {
             },
             trees: HashMap::new(),
             files: HashMap::new(),
+            counted: (0, 0),
         })
     }
 
@@ -406,6 +414,7 @@ impl<'a> Copier<'a> {
                         err.context(format!("file {}", String::from_utf8_lossy(&e.name)))
                     })?;
                     progress.add(1, *size);
+                    self.counted = (self.counted.0 + 1, self.counted.1 + *size);
                 }
                 _ => {}
             }

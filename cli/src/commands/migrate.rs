@@ -181,6 +181,13 @@ fn open_or_create_new(
         passphrase: Some(crate::passphrase::source(a.new.new_password_file.clone())),
         ..ctx.open_options()
     };
+    if let Some(backend) = ctx.s3_backend(path)? {
+        // Made beforehand with `puce init NEW --backend s3://...`.
+        return Ok((
+            Arc::new(Repo::open_with_backend(path, backend, &open)?),
+            false,
+        ));
+    }
     if path.join("config").exists() || path.join("index.redb").exists() {
         return Ok((Arc::new(Repo::open_with(path, &open)?), false));
     }
