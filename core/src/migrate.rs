@@ -241,9 +241,14 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
         map_file: map_file.clone(),
         ..MigrateReport::default()
     };
-    let mut out = MapFile::open(&map_file)?;
     let saver = Saver::with_session(new.clone(), crate::worker_threads(0), "migrate")?;
     let mut copier = Copier::new(old, new, &saver)?;
+    let mut batch = Batch {
+        new,
+        out: MapFile::open(&map_file)?,
+        receipts,
+        pending: Vec::new(),
+    };
     for s in &order {
         if let Some(n) = map.get(&s.id) {
             report.snapshots.push(moved(s, *n, false));
@@ -262,7 +267,6 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
         let (f, b) = copier.counted;
         let sum = &s.snapshot.summary;
         progress.add(sum.files.saturating_sub(f), sum.bytes.saturating_sub(b));
-        saver.flush()?;
         // Parents come first in `order`, so each is mapped by now.
         let mut parents = Vec::new();
         for p in deps.get(&s.id).into_iter().flatten() {
@@ -279,23 +283,16 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
             root,
             ..s.snapshot.clone()
         };
-        let bytes = record.encode()?;
-        let id = Snapshot::id_of(&bytes);
-        for r in receipts.get(&s.id).into_iter().flatten() {
-            let r = crate::format::receipt::Receipt {
-                snapshot: id,
-                ..r.clone()
-            };
-            new.backend()
-                .write(FileKind::Receipt, &r.file_name(), &r.encode()?)?;
-            report.receipts += 1;
-        }
-        new.save_snapshot(&record)?;
-        test_pause();
-        out.append(&s.id, &id)?;
+        let id = Snapshot::id_of(&record.encode()?);
         map.insert(s.id, id);
         report.snapshots.push(moved(s, id, true));
+        batch.pending.push((s.id, record));
+        if batch.pending.len() >= BATCH || copier.target.queued >= new.config().pack_target_size {
+            report.receipts += batch.commit(&saver)?;
+            copier.target.queued = 0;
+        }
     }
+    report.receipts += batch.commit(&saver)?;
     let stats = saver.finish()?;
     for (name, settings) in old.all_space_settings()? {
         if new.space_settings(&name)?.as_ref() != Some(&settings) {
@@ -308,6 +305,48 @@ pub fn migrate(old: &Repo, new: &Arc<Repo>, progress: &dyn Progress) -> Result<M
     report.stored_bytes = stats.stored_bytes;
     report.packs = stats.packs;
     Ok(report)
+}
+
+/// Snapshots whose objects are queued, written together after one flush of the saver (a
+/// flush seals a pack: one per snapshot would leave a pack per nightly snapshot).
+const BATCH: usize = 64;
+
+/// Snapshot records waiting for their objects to be durable.
+struct Batch<'a> {
+    new: &'a Repo,
+    out: MapFile,
+    receipts: HashMap<SnapshotId, Vec<crate::format::receipt::Receipt>>,
+    /// Old id and new record, in the order they were made (parents first).
+    pending: Vec<(SnapshotId, Snapshot)>,
+}
+
+impl Batch<'_> {
+    /// Make every object queued durable and indexed, then write the pending records, each
+    /// after its receipts and before its line in the map. Returns the receipts written.
+    fn commit(&mut self, saver: &Saver) -> Result<u64> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        saver.flush()?;
+        let mut receipts = 0;
+        for (old, record) in std::mem::take(&mut self.pending) {
+            let id = Snapshot::id_of(&record.encode()?);
+            for r in self.receipts.get(&old).into_iter().flatten() {
+                let r = crate::format::receipt::Receipt {
+                    snapshot: id,
+                    ..r.clone()
+                };
+                self.new
+                    .backend()
+                    .write(FileKind::Receipt, &r.file_name(), &r.encode()?)?;
+                receipts += 1;
+            }
+            self.new.save_snapshot(&record)?;
+            test_pause();
+            self.out.append(&old, &id)?;
+        }
+        Ok(receipts)
+    }
 }
 
 /// In debug builds, sleep `PUCE_TEST_MIGRATE_PAUSE_MS` after each snapshot record is written
@@ -351,6 +390,8 @@ struct Target<'a> {
     saver: &'a Saver,
     reader: IndexReader,
     generation: u64,
+    /// Plaintext bytes of the new objects queued since the last flush.
+    queued: u64,
 }
 
 impl Target<'_> {
@@ -361,7 +402,11 @@ impl Target<'_> {
             self.reader = self.new.index().reader()?;
             self.generation = g;
         }
-        self.saver.save(&self.reader, id, kind, data).map(drop)
+        let len = data.len() as u64;
+        if self.saver.save(&self.reader, id, kind, data)? {
+            self.queued += len;
+        }
+        Ok(())
     }
 }
 
@@ -390,6 +435,7 @@ impl<'a> Copier<'a> {
                 saver,
                 reader: new.index().reader()?,
                 generation: saver.generation(),
+                queued: 0,
             },
             trees: HashMap::new(),
             files: HashMap::new(),

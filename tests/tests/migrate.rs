@@ -259,8 +259,8 @@ fn count(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// A migration killed with SIGKILL, first while it copies data, then between a snapshot record
-/// and its line in the map, and run again, ends with every snapshot once.
+/// A migration killed with SIGKILL while it copies data, between a snapshot record and its line
+/// in the map, and once two snapshots are done, then run again, ends with every snapshot once.
 #[test]
 fn a_killed_migration_run_again_finishes_without_duplicates() {
     let t = TestRepo::with_init(&["--no-encrypt"]);
@@ -278,13 +278,13 @@ fn a_killed_migration_run_again_finishes_without_duplicates() {
             .spawn()
             .unwrap()
     };
-    // 1. Killed in the pause after its first snapshot record, before the map has it.
-    let mut c = spawn("600000");
-    wait_for("a first snapshot record", || {
-        count(&new_path.join("snapshots")) >= 1
-    });
+    // 1. Killed while it copies data: as soon as a pack is being written (in tmp/), before
+    // any record.
+    let mut c = spawn("0");
+    wait_for("a pack being written", || count(&new_path.join("tmp")) > 0);
     c.kill().unwrap();
     c.wait().unwrap();
+    assert_eq!(count(&new_path.join("snapshots")), 0);
     let map_file = fs::read_dir(&new_path)
         .unwrap()
         .flatten()
@@ -296,20 +296,25 @@ fn a_killed_migration_run_again_finishes_without_duplicates() {
         .unwrap()
         .path();
     let lines = || fs::read_to_string(&map_file).unwrap().lines().count();
+    // 2. Killed in the pause after its first snapshot record, before the map has it.
+    let mut c = spawn("600000");
+    wait_for("a first snapshot record", || {
+        count(&new_path.join("snapshots")) >= 1
+    });
+    c.kill().unwrap();
+    c.wait().unwrap();
     assert_eq!(count(&new_path.join("snapshots")), 1);
     assert_eq!(lines(), 0, "the record is not mapped yet");
-    // 2. Killed while it copies data: as soon as it wrote a new pack.
-    let packs = || {
-        fs::read_dir(new_path.join("packs"))
-            .map(|d| d.flatten().map(|e| count(&e.path())).sum::<usize>())
-            .unwrap_or(0)
-    };
-    let before = packs();
-    let mut c = spawn("0");
-    wait_for("a new pack", || packs() > before);
+    // 3. Killed once two snapshots are mapped.
+    let mut c = spawn("200");
+    wait_for("two lines in the map", || lines() >= 2);
     c.kill().unwrap();
     c.wait().unwrap();
     let mapped = lines();
+    eprintln!(
+        "killed after {} records, {mapped} mapped",
+        count(&new_path.join("snapshots"))
+    );
     // 3. Run again to the end.
     let v = migrate(&t, &["--from", op.to_str().unwrap(), np.to_str().unwrap()]);
     assert_eq!(v["created"], false);
