@@ -35,8 +35,9 @@ use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::saver::Saver;
 
-/// Entries kept in each memo (old tree or file -> new ids) before it is emptied: bounds the
-/// memory of a migration whatever the repository's size (a cleared memo only costs re-reading).
+/// Entries kept in each memo (old tree or file -> new ids), and chunk ids in the file memo
+/// (32 bytes each), before it is emptied: bounds the memory of a migration whatever the
+/// repository's size (a cleared memo only costs re-reading).
 const MEMO_LIMIT: usize = 1 << 20;
 
 /// One snapshot of the old repository and what became of it.
@@ -420,6 +421,8 @@ struct Copier<'a> {
     trees: HashMap<ObjectId, ObjectId>,
     /// BLAKE3 of a file's old chunk ids -> its new chunk ids.
     files: HashMap<crate::hash::Hash, Vec<ObjectId>>,
+    /// Chunk ids held by `files`.
+    memo_chunks: usize,
     /// Files and bytes of the current snapshot read so far (for progress).
     counted: (u64, u64),
 }
@@ -439,6 +442,7 @@ impl<'a> Copier<'a> {
             },
             trees: HashMap::new(),
             files: HashMap::new(),
+            memo_chunks: 0,
             counted: (0, 0),
         })
     }
@@ -520,8 +524,10 @@ impl<'a> Copier<'a> {
                  damaged (run `puce check` on it)"
             )));
         }
-        if self.files.len() >= MEMO_LIMIT {
+        self.memo_chunks += out.len();
+        if self.files.len() >= MEMO_LIMIT || self.memo_chunks > MEMO_LIMIT {
             self.files.clear();
+            self.memo_chunks = out.len();
         }
         self.files.insert(key, out.clone());
         Ok(out)
