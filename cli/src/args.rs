@@ -92,6 +92,38 @@ pub enum Command {
     /// Keys of an encrypted repository: passphrases, key files, recovery sheet, shares
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Copy every snapshot of a repository into a new encrypted one (--from OLD), or into one
+    /// under a new key after the key leaked (--new-key)
+    Migrate(MigrateArgs),
+}
+
+/// `puce migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The new repository directory, created if it does not exist (run again after an
+    /// interruption, it goes on) [default: --repo; required with --new-key]
+    pub path: Option<PathBuf>,
+    /// The old repository (unencrypted, or encrypted with a key this machine has) [default
+    /// with --new-key: --repo]
+    #[arg(long, value_name = "PATH", required_unless_present = "new_key")]
+    pub from: Option<PathBuf>,
+    /// Key file of the old repository [default: --key-file, else its key in the key directory]
+    #[arg(long, value_name = "FILE")]
+    pub from_key_file: Option<PathBuf>,
+    /// The key leaked: the new repository gets a brand new key (never the old one's), and
+    /// every object a new id
+    #[arg(long, conflicts_with = "key_from")]
+    pub new_key: bool,
+    /// Use the association's key from this key file, recovery sheet, or share (repeat for each
+    /// share) for the new repository, instead of a new random key
+    #[arg(long, value_name = "FILE")]
+    pub key_from: Vec<PathBuf>,
+    /// Protect the new repository's key file by a passphrase (from --new-password-file or
+    /// asked twice)
+    #[arg(long)]
+    pub passphrase: bool,
+    #[command(flatten)]
+    pub new: NewPassphraseArg,
 }
 
 #[derive(Debug, Subcommand)]

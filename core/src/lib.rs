@@ -26,6 +26,7 @@ pub mod index;
 pub mod keyfile;
 pub mod ledger;
 pub mod merge;
+pub mod migrate;
 pub mod orphans;
 pub mod pack;
 pub mod paths;

@@ -695,13 +695,15 @@ impl Repo {
         self.backend.remove(FileKind::Space, space)
     }
 
-    /// All stored space settings.
+    /// All stored space settings, by space name (an encrypted repository lists its settings
+    /// files in the order of their keyed names).
     pub fn all_space_settings(&self) -> Result<Vec<(String, SpaceSettings)>> {
         let mut out = Vec::new();
         for (name, _) in self.backend.list(FileKind::Space)? {
             let b = self.backend.read(FileKind::Space, &name)?;
             out.push((name, SpaceSettings::decode(&b)?));
         }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 }

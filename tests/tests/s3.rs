@@ -500,3 +500,50 @@ fn an_encrypted_repository_on_garage_shows_nothing_of_names_and_contents() {
     assert_eq!(manifest(&out), manifest(&src));
     repo.ok(&["check", "--read-data"]);
 }
+
+/// `puce migrate` fills a repository made beforehand in a bucket, from a local unencrypted one:
+/// every snapshot restores from the bucket byte for byte.
+#[test]
+fn a_local_repository_migrates_into_a_bucket() {
+    let Some((dir, garage)) = start_garage() else {
+        return;
+    };
+    let r = init(&garage, dir.path(), "local", &[]);
+    let old = dir.path().join("old");
+    let old_s = old.to_str().unwrap();
+    r.ok(&["init", "-q", "--no-encrypt", old_s]);
+    let src = dir.path().join("src");
+    make_tree(&src, 5);
+    r.ok(&[
+        "--repo",
+        old_s,
+        "snapshot",
+        src.to_str().unwrap(),
+        "--space",
+        "docs",
+    ]);
+    let first = manifest(&src);
+    fs::write(src.join("added.bin"), random_bytes(500_000, 9)).unwrap();
+    r.ok(&[
+        "--repo",
+        old_s,
+        "snapshot",
+        src.to_str().unwrap(),
+        "--space",
+        "docs",
+    ]);
+    let v = r.json(&["migrate", "--from", old_s]);
+    assert_eq!(v["created"], false, "{v}");
+    assert_eq!(v["copied"], 2, "{v}");
+    let out = dir.path().join("out");
+    r.ok(&["restore", "docs@latest~1", out.join("1").to_str().unwrap()]);
+    r.ok(&["restore", "docs@latest", out.join("2").to_str().unwrap()]);
+    assert_eq!(manifest(&out.join("1")), first);
+    assert_eq!(manifest(&out.join("2")), manifest(&src));
+    r.ok(&["check", "--read-data"]);
+    // Into the bucket, not the local directory.
+    use puce_core::backend::{Backend, FileKind};
+    let backend = bucket(&garage, &r, dir.path());
+    assert_eq!(backend.list(FileKind::Snapshot).unwrap().len(), 2);
+    assert!(!r.local.join("snapshots").exists());
+}

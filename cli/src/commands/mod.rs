@@ -16,6 +16,7 @@ mod generate;
 mod init;
 mod key;
 mod ls;
+mod migrate;
 mod mount;
 mod node;
 mod peers;
@@ -195,6 +196,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Generate(c) => generate::run(&c),
         Command::Space(c) => replicas::run_space(&ctx, c),
         Command::Key(c) => key::run(&ctx, c),
+        Command::Migrate(a) => migrate::run(&ctx, a),
     }
 }
 

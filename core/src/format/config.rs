@@ -74,11 +74,20 @@ impl Config {
         }
         let (mut config, e): (Config, Encryption) = envelope::decode_exact(WHAT, body)?;
         if e.scheme != crate::crypto::SCHEME_VERSION {
+            // Never read under another scheme: a newer one needs a newer puce, an older one
+            // is moved to this scheme by `puce migrate`.
+            let what = if e.scheme > crate::crypto::SCHEME_VERSION {
+                "upgrade puce"
+            } else {
+                "the repository was made by an older puce: move it into a new repository with \
+                 `puce migrate --from THIS_REPOSITORY NEW`, run by a puce that reads it \
+                 (docs/guide.md, \"Migrating a repository\")"
+            };
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::UnsupportedVersion,
                 format!(
-                    "the repository is encrypted with scheme {}, this puce knows scheme {}: \
-                     upgrade puce",
+                    "the repository is encrypted with scheme {}, this puce reads scheme {} \
+                     only: {what}",
                     e.scheme,
                     crate::crypto::SCHEME_VERSION
                 ),
@@ -157,6 +166,22 @@ mod tests {
                 .collect::<String>()
         );
         assert_eq!(Config::decode(&bytes).unwrap(), sample());
+    }
+
+    /// A repository of another sealing scheme is never read under this one: an older scheme
+    /// names `puce migrate`, a newer one says to upgrade.
+    #[test]
+    fn another_scheme_is_refused_naming_what_to_do() {
+        for (scheme, want) in [(0, "puce migrate"), (2, "upgrade puce")] {
+            let mut c = sample();
+            c.encryption = Some(Encryption {
+                scheme,
+                fingerprint: Fingerprint([1; 32]),
+            });
+            let e = Config::decode(&c.encode().unwrap()).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::UnsupportedVersion, "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 
     #[test]
