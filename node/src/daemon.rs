@@ -1,6 +1,6 @@
 //! The daemon (`puce node run`): listens for peers, runs the scheduled syncs inside the
-//! windows with backoff after failures, caps the bandwidth, logs with tracing, stops on SIGINT
-//! or SIGTERM.
+//! windows with backoff after failures, caps the bandwidth, logs with tracing, reloads
+//! `node.toml` on SIGHUP, stops on SIGINT or SIGTERM.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,9 +36,9 @@ pub const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
 /// A handshake not complete by then is dropped (a real one takes a few round trips).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Run the daemon until SIGINT or SIGTERM.
+/// Run the daemon until SIGINT or SIGTERM; SIGHUP reloads `node.toml`.
 pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
-    let ctx = load_node(repo, dir)?;
+    let mut ctx = load_node(repo.clone(), dir)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let endpoint = transport::listen(ctx.config.listen, &ctx.identity, &ctx.config)?;
@@ -54,7 +54,6 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
                 started_ns,
             },
         )?;
-        let mut schedules = Vec::new();
         // The previous daemon stopped cleanly if it cleared this flag.
         let after_crash = crate::notify::NotifyState::update(&ctx.dir, |s| {
             std::mem::replace(&mut s.running, true)
@@ -62,85 +61,33 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
         if after_crash {
             tracing::warn!("the previous daemon did not stop cleanly (killed or crashed)");
         }
-        // The repository figures, for the metrics and the disk forecast of the notifications.
-        let cache = crate::metrics::Cache::default();
-        if ctx.config.metrics.is_some() || ctx.config.notify.is_some() {
-            let refresh = ctx
-                .config
-                .metrics
-                .map_or(Duration::from_secs(3600), |m| m.refresh);
-            schedules.push(tokio::spawn(crate::metrics::refresh_loop(
-                ctx.clone(),
-                cache.clone(),
-                refresh,
-            )));
-        }
-        if let Some(n) = &ctx.config.notify {
-            schedules.push(tokio::spawn(crate::notify::run(
-                ctx.clone(),
-                n.clone(),
-                cache.clone(),
-                started_ns,
-                after_crash,
-            )));
-        }
-        if let Some(m) = ctx.config.metrics {
-            let listener = tokio::net::TcpListener::bind(m.listen).await.map_err(|e| {
-                Error::new(
-                    crate::ErrorKind::Config,
-                    format!(
-                        "cannot serve the metrics on {} ([metrics] listen in node.toml): {e}",
-                        m.listen
-                    ),
-                )
-            })?;
-            tracing::info!(
-                "metrics on http://{}/metrics",
-                listener.local_addr().unwrap_or(m.listen)
-            );
-            schedules.push(tokio::spawn(crate::metrics::serve(
-                listener,
-                ctx.clone(),
-                cache,
-                started_ns,
-            )));
-        }
+        let mut signals = Signals::new()?;
+        let mut tasks = start(&ctx, &endpoint, started_ns, after_crash, true).await?;
         tracing::info!(
-            "node '{}' ({}) listening on {addr} (UDP); {} peers; windows: {}; bandwidth cap: {}",
+            "node '{}' ({}) listening on {addr} (UDP); {}",
             ctx.config.name,
             ctx.identity.id(),
-            ctx.config.peers.len(),
-            if ctx.config.windows.is_empty() {
-                "any time".to_string()
-            } else {
-                ctx.config
-                    .windows
-                    .iter()
-                    .map(|w| w.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-            ctx.config
-                .bandwidth
-                .map(|b| format!("{}/s", bytesize::ByteSize(b).display().iec()))
-                .unwrap_or_else(|| "none".into())
+            summary(&ctx)
         );
         if let Some(f) = ctx.fault {
             tracing::warn!("test fault active: {f:?} (PUCE_TEST_FAULT)");
         }
-        let accept = tokio::spawn(accept_loop(ctx.clone(), endpoint.clone()));
-        for p in ctx.config.peers.iter().filter(|p| p.address.is_some()) {
-            schedules.push(tokio::spawn(schedule(ctx.clone(), p.clone())));
+        while signals.next().await == Signal::Reload {
+            match reload(&ctx, &repo, dir) {
+                Ok((new, server)) => {
+                    tasks.retire().await;
+                    endpoint.set_server_config(Some(server));
+                    ctx = new;
+                    tasks = start(&ctx, &endpoint, started_ns, false, false).await?;
+                    tracing::info!("node.toml reloaded: {}", summary(&ctx));
+                }
+                Err(e) => tracing::error!(
+                    "node.toml not reloaded, the running configuration is kept: {e:#}"
+                ),
+            }
         }
-        if ctx.config.check.is_some() {
-            schedules.push(tokio::spawn(check_schedule(ctx.clone(), endpoint.clone())));
-        }
-        wait_for_signal().await;
         tracing::info!("stopping: closing connections");
-        for s in &schedules {
-            s.abort();
-        }
-        accept.abort();
+        tasks.abort();
         endpoint.close(Code::ShuttingDown.varint(), b"node is stopping");
         let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
         if let Err(e) = crate::notify::NotifyState::update(&ctx.dir, |s| s.running = false) {
@@ -151,18 +98,207 @@ pub fn run(repo: Arc<Repo>, dir: &Path) -> Result<()> {
     })
 }
 
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Peers, windows and bandwidth cap of the configuration, for the log.
+fn summary(ctx: &NodeCtx) -> String {
+    format!(
+        "{} peers; windows: {}; bandwidth cap: {}",
+        ctx.config.peers.len(),
+        if ctx.config.windows.is_empty() {
+            "any time".to_string()
+        } else {
+            ctx.config
+                .windows
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        ctx.config
+            .bandwidth
+            .map(|b| format!("{}/s", bytesize::ByteSize(b).display().iec()))
+            .unwrap_or_else(|| "none".into())
+    )
+}
+
+/// `node.toml` read again (SIGHUP), with the server configuration of the listening endpoint
+/// that goes with it (the peers it accepts, the bandwidth cap). Settings that need a restart
+/// are named in the log.
+fn reload(
+    ctx: &NodeCtx,
+    repo: &Arc<Repo>,
+    dir: &Path,
+) -> Result<(Arc<NodeCtx>, quinn::ServerConfig)> {
+    let new = load_node(repo.clone(), dir)?;
+    let server = transport::server_config(&new.identity, &new.config)?;
+    if new.config.listen != ctx.config.listen {
+        tracing::warn!(
+            "[node] listen changed to {}: this takes a restart of the daemon; it still listens \
+             on {}",
+            new.config.listen,
+            ctx.config.listen
+        );
+    }
+    Ok((new, server))
+}
+
+/// What a configuration runs: loops that hold no data (aborted at a reload) and the scheduled
+/// syncs and checks (told to stop, they end the sync or check in progress first).
+struct Tasks {
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    schedules: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Tasks {
+    /// Make way for another configuration: loops end now, schedules after their work in
+    /// progress. Connections being served keep the configuration they started with.
+    async fn retire(self) {
+        let _ = self.stop.send(true);
+        for l in &self.loops {
+            l.abort();
         }
-    };
+        for l in self.loops {
+            // Wait until they are dropped: the metrics listener's port is free again.
+            let _ = l.await;
+        }
+    }
+
+    /// Stop everything now (the daemon stops).
+    fn abort(self) {
+        for t in self.loops.iter().chain(&self.schedules) {
+            t.abort();
+        }
+    }
+}
+
+/// Start what `ctx` configures on `endpoint`. At the first start (`first`), a metrics listener
+/// that cannot bind stops the daemon; at a reload it is logged and the rest runs.
+async fn start(
+    ctx: &Arc<NodeCtx>,
+    endpoint: &quinn::Endpoint,
+    started_ns: i64,
+    after_crash: bool,
+    first: bool,
+) -> Result<Tasks> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut loops = Vec::new();
+    // The repository figures, for the metrics and the disk forecast of the notifications.
+    let cache = crate::metrics::Cache::default();
+    if ctx.config.metrics.is_some() || ctx.config.notify.is_some() {
+        let refresh = ctx
+            .config
+            .metrics
+            .map_or(Duration::from_secs(3600), |m| m.refresh);
+        loops.push(tokio::spawn(crate::metrics::refresh_loop(
+            ctx.clone(),
+            cache.clone(),
+            refresh,
+        )));
+    }
+    if let Some(n) = &ctx.config.notify {
+        loops.push(tokio::spawn(crate::notify::run(
+            ctx.clone(),
+            n.clone(),
+            cache.clone(),
+            started_ns,
+            after_crash,
+        )));
+    }
+    if let Some(m) = ctx.config.metrics {
+        match tokio::net::TcpListener::bind(m.listen).await {
+            Ok(listener) => {
+                tracing::info!(
+                    "metrics on http://{}/metrics",
+                    listener.local_addr().unwrap_or(m.listen)
+                );
+                loops.push(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    ctx.clone(),
+                    cache,
+                    started_ns,
+                )));
+            }
+            Err(e) => {
+                let e = Error::new(
+                    crate::ErrorKind::Config,
+                    format!(
+                        "cannot serve the metrics on {} ([metrics] listen in node.toml): {e}",
+                        m.listen
+                    ),
+                );
+                if first {
+                    return Err(e);
+                }
+                tracing::error!("{e:#}");
+            }
+        }
+    }
+    loops.push(tokio::spawn(accept_loop(ctx.clone(), endpoint.clone())));
+    let mut schedules = Vec::new();
+    for p in ctx.config.peers.iter().filter(|p| p.address.is_some()) {
+        schedules.push(tokio::spawn(schedule(
+            ctx.clone(),
+            p.clone(),
+            stopped.clone(),
+        )));
+    }
+    if ctx.config.check.is_some() {
+        schedules.push(tokio::spawn(check_schedule(
+            ctx.clone(),
+            endpoint.clone(),
+            stopped,
+        )));
+    }
+    Ok(Tasks {
+        loops,
+        schedules,
+        stop,
+    })
+}
+
+/// What a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, listened to for the daemon's whole life.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let e = |e: std::io::Error| Error::internal(format!("cannot listen to signals: {e}"));
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(e)?,
+            hup: signal(SignalKind::hangup()).map_err(e)?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// Sleep `wait`, or less if told to stop; whether to go on.
+async fn sleep_unless_stopped(
+    wait: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = tokio::time::sleep(wait) => true,
+        _ = stop.changed() => false,
     }
 }
 
@@ -316,7 +452,7 @@ fn history(ctx: &NodeCtx, peer: &Peer) -> History {
 }
 
 /// Sync with `peer` on schedule, each time from an endpoint of its own (`transport::DialOne`).
-async fn schedule(ctx: Arc<NodeCtx>, peer: Peer) {
+async fn schedule(ctx: Arc<NodeCtx>, peer: Peer, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let now = ZonedDateTime::now();
         let h = history(&ctx, &peer);
@@ -343,7 +479,9 @@ async fn schedule(ctx: Arc<NodeCtx>, peer: Peer) {
                 peer.name,
                 due.strftime("%Y-%m-%d %H:%M:%S %Z")
             );
-            tokio::time::sleep(wait).await;
+        }
+        if !sleep_unless_stopped(wait, &mut stop).await {
+            return;
         }
         let req = SyncRequest {
             peer: peer.name.clone(),
@@ -386,7 +524,11 @@ async fn schedule(ctx: Arc<NodeCtx>, peer: Peer) {
 
 /// The scheduled data check (`[check]` in node.toml): a sampled `check --read-data`, and when
 /// it finds damage, a heal from the peers. Everything it does and could not do is logged.
-async fn check_schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
+async fn check_schedule(
+    ctx: Arc<NodeCtx>,
+    endpoint: quinn::Endpoint,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let Some(cs) = ctx.config.check else {
         return;
     };
@@ -407,7 +549,9 @@ async fn check_schedule(ctx: Arc<NodeCtx>, endpoint: quinn::Endpoint) {
                 "next check of the data at {}",
                 due.strftime("%Y-%m-%d %H:%M:%S %Z")
             );
-            tokio::time::sleep(wait).await;
+        }
+        if !sleep_unless_stopped(wait, &mut stop).await {
+            return;
         }
         let started_ns = now_ns();
         let st = run_check(&ctx, &endpoint, cs).await;

@@ -286,6 +286,26 @@ impl TestNode {
         }
     }
 
+    /// Send SIGHUP to the daemon and wait until it says whether it reloaded `node.toml`;
+    /// whether it did.
+    pub fn reload(&mut self) -> bool {
+        let count = |log: &str| {
+            log.matches("node.toml reloaded").count() + log.matches("node.toml not reloaded").count()
+        };
+        let before = count(&self.log());
+        let d = self.daemon.as_ref().expect("daemon running");
+        let pid = rustix::process::Pid::from_raw(d.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        wait_for(&format!("daemon of {} to reload", self.name), || {
+            count(&self.log()) > before
+        });
+        let log = self.log();
+        let last = log
+            .rfind("node.toml reloaded")
+            .max(log.rfind("node.toml not reloaded"));
+        last == log.rfind("node.toml reloaded")
+    }
+
     /// Stop the daemon with SIGTERM and wait for it.
     pub fn stop(&mut self) {
         if let Some(mut d) = self.daemon.take() {

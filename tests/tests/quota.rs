@@ -101,10 +101,16 @@ fn a_transfer_over_the_quota_is_refused_on_both_sides_then_resumes_when_it_is_ra
     assert_eq!(u(&row["quota"]), 6 * MIB);
     assert_fair_shares_add_up(&report);
 
-    // Raised: the sync resumes, without sending again what grenoble stored.
-    b.stop();
-    set_quota(&mut b, "quota = \"6 MiB\"", "quota = \"100 MiB\"");
-    b.start();
+    // A node.toml that does not parse is not taken: the daemon keeps its configuration.
+    set_quota(&mut b, "quota = \"6 MiB\"", "quota = \"100 MiB\"\n[[[");
+    assert!(!b.reload(), "{}", b.log());
+    assert!(b.is_running());
+    let e = a.sync_fails("grenoble", &[]);
+    assert!(e.contains("quota exceeded"), "{e}");
+    // Raised, and reloaded (SIGHUP, no restart): the sync resumes, without sending again
+    // what grenoble stored.
+    set_quota(&mut b, "\n[[[", "");
+    assert!(b.reload(), "{}", b.log());
     let r = a.sync("grenoble", &[]);
     let (mine, _) = peer_row(&a, "grenoble");
     let total = u(&a.json(&["report", "peers"])["stored_bytes"]);
