@@ -24,9 +24,12 @@ use puce_core::hash::Hash;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, NodeId};
-use crate::protocol::{self, Code, FileData, GetFile, GetManifest, ManifestBytes, Message};
+use crate::protocol::{
+    self, Code, End, FileData, GetFile, GetManifest, ManifestBytes, Message,
+};
 use crate::session::serve::{Failure, blocking, write};
 use crate::session::{Conn, NodeCtx};
+use crate::state::{BlindFlag, NodeState};
 use crate::transport::Sender;
 
 /// The file in the node directory keeping the last sequence number signed.
@@ -188,7 +191,7 @@ pub(crate) async fn serve_manifest(
     r: GetManifest,
 ) -> Result<(), Failure> {
     let ctx = conn.ctx.clone();
-    let (bytes, offer) = if r.held {
+    let (all, offer) = if r.held {
         let Some(owner) = conn.peer.held_owner else {
             return Err(Failure::Refuse(
                 Code::NotAllowed,
@@ -196,15 +199,23 @@ pub(crate) async fn serve_manifest(
             ));
         };
         let root = ctx.repo.root().to_path_buf();
+        let several = conn.version() >= protocol::KEPT_MANIFESTS_VERSION;
         blocking(move || {
             let h = Holds::open(&root, &owner.0)?;
-            let (m, bytes) = h.manifest()?.ok_or_else(|| {
-                Error::new(
+            let mut served = h.served(puce_core::forgotten::hold_now())?;
+            if served.is_empty() {
+                return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("this node holds no copy of node {owner} yet"),
-                )
-            })?;
-            Ok((bytes, offer(&m, Source::Held(h))))
+                ));
+            }
+            if !several {
+                served.truncate(1);
+            }
+            let ms: Vec<&Manifest> = served.iter().map(|(m, _)| m).collect();
+            let offer = offer(&puce_core::blind::union(&ms), Source::Held(h));
+            let all: Vec<Vec<u8>> = served.into_iter().map(|(_, b)| b).collect();
+            Ok((all, offer))
         })
         .await?
     } else {
@@ -232,20 +243,27 @@ pub(crate) async fn serve_manifest(
         blocking(move || {
             let bytes = build(&ctx, &spaces)?;
             let m = Manifest::decode(&bytes)?;
-            Ok((bytes, offer(&m, Source::Repo)))
+            Ok((vec![bytes], offer(&m.files, Source::Repo)))
         })
         .await?
     };
     if let Ok(mut o) = conn.offer.lock() {
         *o = Some(Arc::new(offer));
     }
-    write(conn, send, &Message::Manifest(ManifestBytes { bytes })).await
+    let end = r.held && conn.version() >= protocol::KEPT_MANIFESTS_VERSION;
+    let count = all.len() as u32;
+    for bytes in all {
+        write(conn, send, &Message::Manifest(ManifestBytes { bytes })).await?;
+    }
+    if end {
+        write(conn, send, &Message::End(End { count })).await?;
+    }
+    Ok(())
 }
 
-fn offer(m: &Manifest, from: Source) -> Offer {
+fn offer(files: &[HeldFile], from: Source) -> Offer {
     Offer {
-        files: m
-            .files
+        files: files
             .iter()
             .map(|f| ((f.kind, f.name), f.clone()))
             .collect(),
@@ -300,8 +318,10 @@ pub(crate) async fn serve_file(
     write(conn, send, &Message::FileData(FileData { data })).await
 }
 
-/// Ask the peer for a manifest.
-async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<u8>> {
+/// Ask the peer for a manifest: the one to hold (`held` false), or the ones it holds for this
+/// node (`held` true: the newest first, then, from a peer of revision 6, the older ones its
+/// protection period keeps).
+async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<Vec<u8>>> {
     if conn.version() < protocol::BLIND_VERSION {
         return Err(Error::new(
             ErrorKind::Incompatible,
@@ -313,16 +333,32 @@ async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<u8>> {
             ),
         ));
     }
+    let several = held && conn.version() >= protocol::KEPT_MANIFESTS_VERSION;
     let mut recv = conn
         .request(&Message::GetManifest(GetManifest { held }))
         .await?;
-    match conn.answer(&mut recv).await? {
-        Message::Manifest(m) => Ok(m.bytes),
-        other => Err(Error::protocol(format!(
-            "{} answered GetManifest with {}",
-            conn.label,
-            other.name()
-        ))),
+    let mut out = Vec::new();
+    loop {
+        match conn.answer(&mut recv).await? {
+            Message::Manifest(m) if out.len() <= puce_core::blind::MAX_KEPT_MANIFESTS => {
+                out.push(m.bytes);
+                if !several {
+                    return Ok(out);
+                }
+            }
+            Message::End(e) if several && !out.is_empty() && e.count as usize == out.len() => {
+                return Ok(out);
+            }
+            other => {
+                let why = format!(
+                    "it answered GetManifest with {} after {} manifests",
+                    other.name(),
+                    out.len()
+                );
+                conn.cut_off(Code::Protocol, &why);
+                return Err(Error::protocol(format!("{}: {why}", conn.label)));
+            }
+        }
     }
 }
 
@@ -371,9 +407,10 @@ async fn fetch(
 }
 
 /// The holder's side: fetch the owner's manifest and the files it lacks, keep it, free the
-/// rest.
+/// rest (what it dropped only once the owner's protection period here has passed). A rollback
+/// is refused and a mass removal accepted; both are flagged in the node state and logged.
 pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
-    let bytes = ask_manifest(conn, false).await?;
+    let bytes = ask_manifest(conn, false).await?.swap_remove(0);
     let owner = conn.peer.id;
     let m = verify(&bytes, Some(&owner)).map_err(|e| e.context(&conn.label))?;
     let root = conn.ctx.repo.root().to_path_buf();
@@ -389,6 +426,18 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
             conn.label, m.seq, kept.seq
         );
         tracing::warn!("{why}");
+        flag(
+            conn,
+            BlindFlag {
+                kind: "rollback".into(),
+                at_ns: now_ns(),
+                seq_before: kept.seq,
+                seq_after: m.seq,
+                bytes_before: kept.stored_bytes(),
+                dropped_bytes: 0,
+                kept_until_ns: None,
+            },
+        );
         return Err(Error::new(ErrorKind::BadObject, why));
     }
     if let Some(q) = conn.peer.quota
@@ -405,6 +454,67 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
             ),
         ));
     }
+    let mut moved = fetch_missing(conn, &h, &m).await?;
+    let keep_ns = conn
+        .peer
+        .keep_min
+        .map(|k| i64::try_from(k.as_nanos()).unwrap_or(i64::MAX));
+    let (h2, m2) = (h.clone(), m.clone());
+    let a = tokio::task::spawn_blocking(move || {
+        h2.accept(&bytes, &m2, keep_ns, puce_core::forgotten::hold_now())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("{e}")))??;
+    moved.freed = a.freed_files;
+    if let (true, Some(seq_before)) = (a.mass_removal(), a.prev_seq) {
+        tracing::warn!(
+            "{} sent manifest {} that drops {} of the {} bytes of the one before ({seq_before}): \
+             a mass removal, flagged; {}",
+            conn.label,
+            m.seq,
+            a.dropped_bytes,
+            a.prev_bytes,
+            match a.kept_until {
+                Some(t) => format!("what it dropped is kept here until {}", date(t)),
+                None => "no protection period (keep_min) here: it is freed".into(),
+            }
+        );
+        flag(
+            conn,
+            BlindFlag {
+                kind: "mass_removal".into(),
+                at_ns: now_ns(),
+                seq_before,
+                seq_after: m.seq,
+                bytes_before: a.prev_bytes,
+                dropped_bytes: a.dropped_bytes,
+                kept_until_ns: a.kept_until,
+            },
+        );
+    }
+    tracing::info!(
+        "holding {} blind: manifest {}, {} files fetched ({} bytes), {} freed ({} bytes){}",
+        conn.label,
+        m.seq,
+        moved.files,
+        moved.bytes,
+        moved.freed,
+        a.freed_bytes,
+        match a.kept_until {
+            Some(t) => format!(
+                "; the manifest replaced is kept until {} (keep_min): {} bytes it lists are \
+                 no longer listed",
+                date(t),
+                a.dropped_bytes
+            ),
+            None => String::new(),
+        }
+    );
+    Ok(moved)
+}
+
+/// Fetch the files of `m` that `h` does not hold complete, each checked on arrival.
+async fn fetch_missing(conn: &Arc<Conn>, h: &Holds, m: &Manifest) -> Result<Moved> {
     let checkpoint = conn.ctx.config.checkpoint;
     let mut moved = Moved::default();
     for f in &m.files {
@@ -431,31 +541,45 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
         moved.files += 1;
         moved.bytes += got;
     }
-    h.publish(&bytes)?;
-    moved.freed = h.free(&m)?.0;
-    tracing::info!(
-        "holding {} blind: manifest {}, {} files fetched ({} bytes), {} freed",
-        conn.label,
-        m.seq,
-        moved.files,
-        moved.bytes,
-        moved.freed
-    );
     Ok(moved)
 }
 
-/// The owner's side: fetch the copy the holder keeps for this node (or the owner it replaces)
-/// and take every file this repository lacks: packs first (indexed), then space settings,
-/// then snapshot records, so that a snapshot appears only once all it needs is here.
+/// Record a blind-holding flag about the peer in the node state (a failure to is logged).
+fn flag(conn: &Conn, f: BlindFlag) {
+    let peer = &conn.peer;
+    if let Err(e) = NodeState::update(&conn.ctx.dir, |st| {
+        let p = st.peers.entry(peer.id.to_string()).or_default();
+        p.name.clone_from(&peer.name);
+        p.flag_blind(f);
+    }) {
+        tracing::warn!("cannot record a flag about {} in the node state: {e:#}", conn.label);
+    }
+}
+
+fn date(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ns.to_string())
+}
+
+/// The owner's side: fetch the copy the holder keeps for this node (or the owner it replaces):
+/// the newest manifest and the older ones its protection period keeps, each checked against
+/// the owner's signature, and take every file of those this node may take back that this
+/// repository lacks: packs first (indexed), then space settings, then snapshot records, so
+/// that a snapshot appears only once all it needs is here.
 pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
-    let bytes = match ask_manifest(conn, true).await {
+    let all = match ask_manifest(conn, true).await {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Moved::default()),
         r => r?,
     };
-    let m = verify(&bytes, None).map_err(|e| e.context(&conn.label))?;
-    let repo = conn.ctx.repo.clone();
+    let newest = verify(&all[0], None).map_err(|e| e.context(&conn.label))?;
+    let owner = NodeId(newest.owner);
+    let mut ms = vec![newest];
+    for b in &all[1..] {
+        ms.push(verify(b, Some(&owner)).map_err(|e| e.context(&conn.label))?);
+    }
     let ours = conn.ctx.key().map(|k| k.0);
-    if ours != Some(m.fingerprint) {
+    if let Some(m) = ms.iter().find(|m| Some(m.fingerprint) != ours) {
         return Err(Error::new(
             ErrorKind::Incompatible,
             format!(
@@ -471,17 +595,19 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
     // A copy older than the newest manifest this node signed lists what it has since
     // forgotten and collected: taking it would bring that back. Only a copy at least as new
     // (damage or loss here), or any copy for a node that never signed one (a new node after a
-    // disaster), is taken.
+    // disaster: every state the holder keeps), is taken.
     let last = last_seq(&conn.ctx.dir);
-    if last > m.seq {
+    ms.retain(|m| m.seq >= last);
+    if ms.is_empty() {
         tracing::info!(
-            "{} holds manifest {} of this node's spaces, older than the last one signed ({last}): \
-             nothing taken back from it; it catches up at its next sync",
+            "{} holds manifests of this node's spaces older than the last one signed ({last}): \
+             nothing taken back from them; it catches up at its next sync",
             conn.label,
-            m.seq
         );
         return Ok(Moved::default());
     }
+    let files = puce_core::blind::union(&ms.iter().collect::<Vec<_>>());
+    let repo = conn.ctx.repo.clone();
     let mut moved = Moved::default();
     for kind in [FileKind::Pack, FileKind::Space, FileKind::Snapshot] {
         if kind == FileKind::Space {
@@ -490,7 +616,7 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
                 .await
                 .map_err(|e| Error::internal(format!("{e}")))??;
         }
-        for f in m.files.iter().filter(|f| f.file_kind() == kind) {
+        for f in files.iter().filter(|f| f.file_kind() == kind) {
             let name = Hash(f.name).to_hex();
             if repo.stored_backend().exists(kind.repo_kind(), &name)?
                 || (kind == FileKind::Snapshot
@@ -504,11 +630,14 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
         }
     }
     tracing::info!(
-        "recovered from {}: {} files ({} bytes) of manifest {}",
+        "recovered from {}: {} files ({} bytes) of manifests {}",
         conn.label,
         moved.files,
         moved.bytes,
-        m.seq
+        ms.iter()
+            .map(|m| m.seq.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(moved)
 }
