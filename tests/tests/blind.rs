@@ -240,3 +240,114 @@ fn readmit(partner: TestNode, lyon2: &TestNode, owner: &str) -> TestNode {
     fs::write(&toml, &text).unwrap();
     partner
 }
+
+/// `puce --json sync PEER` on `node` with the test clock `days` later: the report and stderr.
+fn sync_later(node: &TestNode, peer: &str, days: &str) -> (serde_json::Value, String) {
+    let args = ["--json", "sync", peer];
+    let out = node
+        .cmd()
+        .env("PUCE_TEST_DAYS_LATER", days)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = puce_tests::expect_ok(&format!("[{}] ", node.name), &args, out);
+    (serde_json::from_str(&stdout).unwrap(), stderr)
+}
+
+/// Issue 18's break-in, for a blind holder with a protection period (`keep_min = "30d"` for
+/// the owner): the owner's history is forgotten and collected and junk takes its place; the
+/// holder accepts the manifest, flags the mass removal, keeps the old files, and a brand new
+/// node with the key restores every snapshot held before, byte for byte. Once the period has
+/// passed (test clock), the next sync frees them.
+#[test]
+fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let kept_key = tempfile::tempdir().unwrap();
+    let key = kept_key.path().join("lyon.key");
+    fs::copy(key_file(&lyon_repo), &key).unwrap();
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut partner = TestNode::new("partner");
+    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer_with(&lyon, "{}", "hold_blind = true\nkeep_min = \"30d\"");
+    let (src1, src2) = (
+        lyon.repo.dir.path().join("src1"),
+        lyon.repo.dir.path().join("src2"),
+    );
+    fs::create_dir_all(&src1).unwrap();
+    fs::write(src1.join("a.bin"), random_bytes(2 << 20, 21)).unwrap();
+    let first = lyon.snapshot(&src1, "docs");
+    puce_tests::make_tree(&src2, 22);
+    fs::write(src2.join("b.bin"), random_bytes(2 << 20, 23)).unwrap();
+    let second = lyon.snapshot(&src2, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    partner.sync("lyon", &[]);
+    let holds = partner.repo.path().join("holds");
+    let before = dir_bytes(&holds);
+    assert!(before >= 4 << 20, "{before}");
+
+    // The break-in: everything forgotten and collected on lyon, junk in its place.
+    lyon.ok(&["forget", &first]);
+    lyon.ok(&["forget", &second]);
+    lyon.ok(&["gc"]);
+    let junk = lyon.repo.dir.path().join("junk");
+    fs::create_dir_all(&junk).unwrap();
+    fs::write(junk.join("junk.bin"), random_bytes(10_000, 24)).unwrap();
+    lyon.snapshot(&junk, "junk");
+    let out = partner.run(&["--json", "sync", "lyon"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("a mass removal, flagged"), "{log}");
+    // Accepted, flagged, nothing freed; the copy still checks out without the key.
+    assert!(dir_bytes(&holds) >= before, "nothing freed");
+    let st = partner.json(&["node", "status"]);
+    let flags = st["blind_flags"].as_array().unwrap();
+    assert_eq!(flags.len(), 1, "{st}");
+    assert_eq!(flags[0]["kind"], "mass_removal", "{st}");
+    assert_eq!(flags[0]["peer"], "lyon", "{st}");
+    assert!(flags[0]["kept_until"].is_string(), "{st}");
+    let protected = st["held_blind"][0]["protected"].as_array().unwrap();
+    assert_eq!(protected.len(), 1, "{st}");
+    assert_eq!(protected[0]["snapshots"], 2, "{st}");
+    let text = partner.ok(&["node", "status"]);
+    assert!(
+        text.contains("a mass removal?") && text.contains("kept by the protection period"),
+        "{text}"
+    );
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+
+    // A brand new node with the key, admitted by the holder, restores every snapshot held
+    // before the break-in, byte for byte.
+    let lyon_id = lyon.id.clone();
+    let repo2 = TestRepo::with_init(&["--encrypt", "--key-from", key.to_str().unwrap()]);
+    let mut lyon2 = TestNode::with("lyon2", repo2, "127.0.0.1", None);
+    lyon2.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer(&lyon2, "{}");
+    partner = readmit(partner, &lyon2, &lyon_id);
+    partner.start();
+    let r = lyon2.sync("partner", &[]);
+    assert!(r["blind_files"].as_u64().unwrap() >= 4, "{r}");
+    let ids = lyon2.snapshot_ids();
+    assert!(
+        ids.contains(&first) && ids.contains(&second),
+        "{ids:?} lacks {first} or {second}"
+    );
+    assert_eq!(manifest(&lyon2.restored(&first)), manifest(&src1));
+    assert_eq!(manifest(&lyon2.restored(&second)), manifest(&src2));
+    let c = lyon2.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    partner.stop();
+
+    // 29 days later the period still keeps them; 31 days later the next sync frees them.
+    sync_later(&partner, "lyon", "29");
+    assert!(dir_bytes(&holds) >= before, "still kept at 29 days");
+    let (r, log) = sync_later(&partner, "lyon", "31");
+    assert!(r["blind_files"].as_u64().is_some(), "{r}");
+    let after = dir_bytes(&holds);
+    assert!(after < 1 << 20, "freed after the period: {after} bytes left ({log})");
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    lyon.stop();
+}

@@ -100,7 +100,8 @@ pub struct Event {
     /// `conflicts/PEER/TIME`, `crash/TIME`, `replicas/SPACE`.
     pub key: String,
     /// `sync_stale`, `damage`, `disk_full`, `conflicts`, `crash`, `replicas`, `dated_ahead`,
-    /// `mass_deletion`, `held`, `quota`, `quota_refused`.
+    /// `mass_deletion`, `held`, `quota`, `quota_refused`, `blind_mass_removal`,
+    /// `blind_rollback`.
     pub kind: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
@@ -219,6 +220,66 @@ fn flag_events(flags: &crate::flags::Flags, out: &mut Vec<Event>) {
             ),
             one_off: false,
         });
+    }
+}
+
+/// The events of what this node flagged about the manifests its owners sent it to hold blind
+/// (a mass removal, a rollback refused): one-offs, each sent once.
+fn blind_flag_events(state: &NodeState, out: &mut Vec<Event>) {
+    for (id, p) in &state.peers {
+        for b in &p.blind_flags {
+            let (title, message) = if b.kind == "rollback" {
+                (
+                    format!("{} sent an older manifest to hold blind: refused", p.name),
+                    format!(
+                        "On {}, {} sent a manifest of sequence {}, older than the one kept here \
+                         ({}): a rollback (its node restored from an old state, or someone \
+                         replaying an old copy). It was refused; the copy held here stays as it \
+                         was. Ask that node's admins.",
+                        date(b.at_ns),
+                        p.name,
+                        b.seq_after,
+                        b.seq_before
+                    ),
+                )
+            } else {
+                (
+                    format!("{} dropped most of what this node holds for it", p.name),
+                    format!(
+                        "On {}, {} sent a manifest that drops {} of the {} bytes held for it \
+                         here: a mass removal. {} Check with that node's admins whether it was \
+                         wanted (a break-in can look like this).",
+                        date(b.at_ns),
+                        p.name,
+                        b.dropped_bytes,
+                        b.bytes_before,
+                        match b.kept_until_ns {
+                            Some(t) => format!(
+                                "What it dropped is kept here until {} (keep_min), and its \
+                                 nodes can still take it back.",
+                                date(t)
+                            ),
+                            None => "No protection period (keep_min) is set for it here: what \
+                                     it dropped is freed."
+                                .to_string(),
+                        }
+                    ),
+                )
+            };
+            out.push(Event {
+                key: format!("blind_{}/{id}/{}", b.kind, b.at_ns),
+                kind: if b.kind == "rollback" {
+                    "blind_rollback"
+                } else {
+                    "blind_mass_removal"
+                },
+                severity: "critical",
+                state: "flagged".into(),
+                title,
+                message,
+                one_off: true,
+            });
+        }
     }
 }
 
@@ -342,6 +403,7 @@ pub fn events(f: &Facts, cfg: &NotifyConfig) -> Vec<Event> {
         });
     }
     flag_events(f.flags, &mut out);
+    blind_flag_events(f.state, &mut out);
     for r in f.replicas {
         if let (Some(w), Some(false)) = (r.wanted, r.ok) {
             let missing: Vec<String> = r
