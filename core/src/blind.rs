@@ -82,7 +82,8 @@ impl Accepted {
     /// replaced one's stored bytes (a mass removal, flagged).
     pub fn mass_removal(&self) -> bool {
         self.prev_bytes > 0
-            && self.dropped_bytes as f64 >= crate::history::MASS_DELETION_SHARE * self.prev_bytes as f64
+            && self.dropped_bytes as f64
+                >= crate::history::MASS_DELETION_SHARE * self.prev_bytes as f64
     }
 }
 
@@ -264,9 +265,10 @@ impl Holds {
         for e in fs::read_dir(&d).io_ctx("cannot list", &d)? {
             let e = e.io_ctx("cannot list", &d)?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some((seq, until)) = name.split_once('-').and_then(|(s, u)| {
-                Some((s.parse::<u64>().ok()?, u.parse::<i64>().ok()?))
-            }) else {
+            let Some((seq, until)) = name
+                .split_once('-')
+                .and_then(|(s, u)| Some((s.parse::<u64>().ok()?, u.parse::<i64>().ok()?)))
+            else {
                 continue;
             };
             let bytes = fs::read(e.path()).io_ctx("cannot read", &e.path())?;
@@ -287,7 +289,7 @@ impl Holds {
                 path: e.path(),
             });
         }
-        out.sort_by(|a, b| b.manifest.seq.cmp(&a.manifest.seq));
+        out.sort_by_key(|k| std::cmp::Reverse(k.manifest.seq));
         Ok(out)
     }
 
@@ -357,9 +359,7 @@ impl Holds {
         };
         let mut listed: HashSet<FileKey> = newest.files.iter().map(key).collect();
         let mut kept = self.kept()?;
-        kept.sort_by(|a, b| {
-            (b.until_ns, b.manifest.seq).cmp(&(a.until_ns, a.manifest.seq))
-        });
+        kept.sort_by_key(|k| std::cmp::Reverse((k.until_ns, k.manifest.seq)));
         let mut let_go = false;
         for k in kept {
             if k.until_ns > now && !k.manifest.files.iter().all(|f| listed.contains(&key(f))) {
@@ -695,14 +695,23 @@ mod tests {
         let at = |min: i64| t0 + min * 60_000_000_000;
         let keep = Some(at(100) - t0);
         let acc = h.accept(&b1, &m1, keep, at(0)).unwrap();
-        assert_eq!(acc, Accepted::default(), "the first manifest replaces nothing");
+        assert_eq!(
+            acc,
+            Accepted::default(),
+            "the first manifest replaces nothing"
+        );
         // A manifest listing only junk: 100 % dropped, flagged; m1 kept until 10 + 100.
         let (b2, m2) = with(2, vec![fj.clone()]);
         arrive(&h, &fj, &junk);
         let acc = h.accept(&b2, &m2, keep, at(10)).unwrap();
         assert!(acc.mass_removal(), "{acc:?}");
         assert_eq!(
-            (acc.prev_seq, acc.dropped_bytes, acc.kept_until, acc.freed_files),
+            (
+                acc.prev_seq,
+                acc.dropped_bytes,
+                acc.kept_until,
+                acc.freed_files
+            ),
             (Some(1), 10_000, Some(at(110)), 0)
         );
         let served = h.served(at(50)).unwrap();

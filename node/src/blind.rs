@@ -24,9 +24,7 @@ use puce_core::hash::Hash;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, NodeId};
-use crate::protocol::{
-    self, Code, End, FileData, GetFile, GetManifest, ManifestBytes, Message,
-};
+use crate::protocol::{self, Code, End, FileData, GetFile, GetManifest, ManifestBytes, Message};
 use crate::session::serve::{Failure, blocking, write};
 use crate::session::{Conn, NodeCtx};
 use crate::state::{BlindFlag, NodeState};
@@ -552,7 +550,10 @@ fn flag(conn: &Conn, f: BlindFlag) {
         p.name.clone_from(&peer.name);
         p.flag_blind(f);
     }) {
-        tracing::warn!("cannot record a flag about {} in the node state: {e:#}", conn.label);
+        tracing::warn!(
+            "cannot record a flag about {} in the node state: {e:#}",
+            conn.label
+        );
     }
 }
 

@@ -311,6 +311,7 @@ fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder(
     assert_eq!(protected.len(), 1, "{st}");
     assert_eq!(protected[0]["snapshots"], 2, "{st}");
     let text = partner.ok(&["node", "status"]);
+    println!("{text}");
     assert!(
         text.contains("a mass removal?") && text.contains("kept by the protection period"),
         "{text}"
@@ -346,8 +347,30 @@ fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder(
     let (r, log) = sync_later(&partner, "lyon", "31");
     assert!(r["blind_files"].as_u64().is_some(), "{r}");
     let after = dir_bytes(&holds);
-    assert!(after < 1 << 20, "freed after the period: {after} bytes left ({log})");
+    assert!(
+        after < 1 << 20,
+        "freed after the period: {after} bytes left ({log})"
+    );
     let c = partner.json(&["check", "--read-data"]);
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+
+    // lyon's node directory goes back to an old state (its last sequence number with it)
+    // after signing a manifest far ahead: what it sends now is a rollback, refused, recorded.
+    let seq = lyon.node_dir().join("blind-seq");
+    fs::write(&seq, (u64::MAX / 2).to_string()).unwrap();
+    partner.sync("lyon", &[]);
+    fs::write(&seq, "1").unwrap();
+    let err = partner.sync_fails("lyon", &[]);
+    assert!(err.contains("a rollback, refused"), "{err}");
+    let st = partner.json(&["node", "status"]);
+    let flags = st["blind_flags"].as_array().unwrap();
+    assert_eq!(flags.last().unwrap()["kind"], "rollback", "{st}");
+    assert_eq!(
+        flags.last().unwrap()["seq_before"],
+        u64::MAX / 2 + 1,
+        "{st}"
+    );
+    let text = partner.ok(&["node", "status"]);
+    assert!(text.contains("a rollback, refused"), "{text}");
     lyon.stop();
 }
