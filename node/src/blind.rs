@@ -1,15 +1,17 @@
-//! Blind holding (docs/design.md, "Blind holders"; docs/protocol.md, revision 5): a node of
+//! Blind holding (docs/design.md, "Blind holders"; docs/protocol.md, revisions 5 and 6): a node of
 //! another association keeps a copy of an encrypted repository's spaces without its key.
 //!
 //! The owner signs, with its node key, a manifest of the files the held spaces need (packs,
 //! sealed snapshot records, sealed space settings: `puce_core::format::manifest`). The holder
 //! asks for it (`GetManifest`, `held: false`), checks the signature against the owner's pinned
 //! id and that its sequence number does not go back, fetches the files it lacks by ranges
-//! (`GetFile`), verifies each against the manifest, then keeps the manifest and frees what it
-//! no longer lists ([`puce_core::blind::Holds`]). The owner's nodes, and only they, get the
-//! copy back (`GetManifest`, `held: true`): a node whose files are missing (a new node after a
-//! disaster, admitted by the holder with `owner` in its `node.toml`) fetches them, verifies
-//! them, and indexes them.
+//! (`GetFile`), verifies each against the manifest, then keeps the manifest and frees what no
+//! manifest kept lists ([`puce_core::blind::Holds::accept`]: with the owner's `keep_min`, the
+//! manifest replaced is kept that long if it lists more). Rollbacks and mass removals are
+//! flagged in the node state. The owner's nodes, and only they, get the copy back
+//! (`GetManifest`, `held: true`: the newest manifest and the kept ones): a node whose files
+//! are missing (a new node after a disaster, admitted by the holder with `owner` in its
+//! `node.toml`) fetches them, verifies them, and indexes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

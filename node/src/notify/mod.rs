@@ -964,6 +964,58 @@ mod tests {
         assert!(changes(&sent, &[], &[]).is_empty());
     }
 
+    /// Each blind-holding flag in the node state is a one-off event of its own, saying what
+    /// was dropped or refused and whether a protection period keeps it.
+    #[test]
+    fn blind_flags_are_one_off_events() {
+        let mut st = NodeState::default();
+        let p = st.peers.entry("ID".into()).or_default();
+        p.name = "grenoble".into();
+        p.flag_blind(crate::state::BlindFlag {
+            kind: "mass_removal".into(),
+            at_ns: 1,
+            seq_before: 5,
+            seq_after: 6,
+            bytes_before: 1000,
+            dropped_bytes: 900,
+            kept_until_ns: Some(2),
+        });
+        p.flag_blind(crate::state::BlindFlag {
+            kind: "rollback".into(),
+            at_ns: 3,
+            seq_before: 6,
+            seq_after: 4,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        blind_flag_events(&st, &mut out);
+        assert_eq!(
+            out.iter()
+                .map(|e| (e.key.as_str(), e.kind, e.one_off))
+                .collect::<Vec<_>>(),
+            [
+                ("blind_mass_removal/ID/1", "blind_mass_removal", true),
+                ("blind_rollback/ID/3", "blind_rollback", true)
+            ]
+        );
+        assert!(
+            out[0].message.contains("drops 900 of the 1000 bytes")
+                && out[0].message.contains("kept here until"),
+            "{}",
+            out[0].message
+        );
+        assert!(out[1].message.contains("sequence 4"), "{}", out[1].message);
+        for n in 0..40 {
+            st.peers.get_mut("ID").unwrap().flag_blind(crate::state::BlindFlag {
+                at_ns: n,
+                ..Default::default()
+            });
+        }
+        let kept = &st.peers["ID"].blind_flags;
+        assert_eq!(kept.len(), crate::state::MAX_BLIND_FLAGS);
+        assert_eq!(kept.last().unwrap().at_ns, 39, "the newest are kept");
+    }
+
     #[test]
     fn email_lines_are_wrapped_at_72_characters() {
         let n = Notice {
