@@ -209,9 +209,11 @@ pub(crate) async fn serve_manifest(
                     format!("this node holds no copy of node {owner} yet"),
                 ));
             }
-            if !several {
-                served.truncate(1);
-            }
+            served.truncate(if several {
+                puce_core::blind::MAX_KEPT_MANIFESTS + 1
+            } else {
+                1
+            });
             let ms: Vec<&Manifest> = served.iter().map(|(m, _)| m).collect();
             let offer = offer(&puce_core::blind::union(&ms), Source::Held(h));
             let all: Vec<Vec<u8>> = served.into_iter().map(|(_, b)| b).collect();
@@ -338,9 +340,14 @@ async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<Vec<u8>>> {
         .request(&Message::GetManifest(GetManifest { held }))
         .await?;
     let mut out = Vec::new();
+    let mut total = 0usize;
     loop {
         match conn.answer(&mut recv).await? {
-            Message::Manifest(m) if out.len() <= puce_core::blind::MAX_KEPT_MANIFESTS => {
+            Message::Manifest(m)
+                if out.len() <= puce_core::blind::MAX_KEPT_MANIFESTS
+                    && total + m.bytes.len() <= protocol::MAX_HELD_MANIFESTS_BYTES =>
+            {
+                total += m.bytes.len();
                 out.push(m.bytes);
                 if !several {
                     return Ok(out);

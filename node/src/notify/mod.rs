@@ -1006,10 +1006,13 @@ mod tests {
         );
         assert!(out[1].message.contains("sequence 4"), "{}", out[1].message);
         for n in 0..40 {
-            st.peers.get_mut("ID").unwrap().flag_blind(crate::state::BlindFlag {
-                at_ns: n,
-                ..Default::default()
-            });
+            st.peers
+                .get_mut("ID")
+                .unwrap()
+                .flag_blind(crate::state::BlindFlag {
+                    at_ns: n,
+                    ..Default::default()
+                });
         }
         let kept = &st.peers["ID"].blind_flags;
         assert_eq!(kept.len(), crate::state::MAX_BLIND_FLAGS);

@@ -59,6 +59,9 @@ pub const MAX_OBJECT_LEN: usize = 64 << 20;
 pub const MAX_FILE_RANGE: u32 = 4 * MIB;
 /// Largest manifest a `Manifest` frame carries.
 pub const MAX_MANIFEST_FRAME: u32 = 16 * MIB + 64;
+/// Most bytes of manifests in one answer to `GetManifest` (`held: true`, revision 6): a
+/// holder that sends more is cut off.
+pub const MAX_HELD_MANIFESTS_BYTES: usize = 256 * MIB as usize;
 /// Largest request frame body (the bound of the largest request type): a node holds at most
 /// `transport::MAX_STREAMS` of them per connection.
 pub const MAX_REQUEST_LEN: u32 = MIB;
