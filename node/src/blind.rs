@@ -209,11 +209,25 @@ pub(crate) async fn serve_manifest(
                     format!("this node holds no copy of node {owner} yet"),
                 ));
             }
-            served.truncate(if several {
-                puce_core::blind::MAX_KEPT_MANIFESTS + 1
-            } else {
-                1
-            });
+            // The newest first: what does not fit in one answer is the oldest (logged).
+            let mut total = 0usize;
+            let fit = served
+                .iter()
+                .take_while(|(_, b)| {
+                    total += b.len();
+                    total <= protocol::MAX_HELD_MANIFESTS_BYTES
+                })
+                .count()
+                .clamp(1, puce_core::blind::MAX_KEPT_MANIFESTS + 1);
+            let fit = if several { fit } else { 1 };
+            if fit < served.len() && several {
+                tracing::warn!(
+                    "{} of the manifests kept for node {owner} do not fit in one answer: the \
+                     oldest are not sent",
+                    served.len() - fit
+                );
+            }
+            served.truncate(fit);
             let ms: Vec<&Manifest> = served.iter().map(|(m, _)| m).collect();
             let offer = offer(&puce_core::blind::union(&ms), Source::Held(h));
             let all: Vec<Vec<u8>> = served.into_iter().map(|(_, b)| b).collect();
