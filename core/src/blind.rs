@@ -158,6 +158,13 @@ impl Holds {
         Ok(Holds { dir })
     }
 
+    /// The holds of `owner` in the repository at `root`, if this node holds anything for it
+    /// (nothing is created).
+    pub fn existing(root: &Path, owner: &[u8; 32]) -> Option<Holds> {
+        let dir = root.join(HOLDS_DIR).join(Hash(*owner).to_hex());
+        dir.join(MANIFEST).is_file().then_some(Holds { dir })
+    }
+
     /// The manifest kept, if any, with its bytes.
     pub fn manifest(&self) -> Result<Option<(Manifest, Vec<u8>)>> {
         let p = self.dir.join(MANIFEST);

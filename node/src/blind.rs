@@ -475,7 +475,7 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
             ),
         ));
     }
-    let mut moved = fetch_missing(conn, &h, &m).await?;
+    let mut moved = fetch_missing(conn, &h, m.files.iter()).await?;
     let keep_ns = conn
         .peer
         .keep_min
@@ -534,11 +534,15 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
     Ok(moved)
 }
 
-/// Fetch the files of `m` that `h` does not hold complete, each checked on arrival.
-async fn fetch_missing(conn: &Arc<Conn>, h: &Holds, m: &Manifest) -> Result<Moved> {
+/// Fetch the `files` that `h` does not hold complete, each checked on arrival.
+async fn fetch_missing(
+    conn: &Arc<Conn>,
+    h: &Holds,
+    files: impl Iterator<Item = &HeldFile>,
+) -> Result<Moved> {
     let checkpoint = conn.ctx.config.checkpoint;
     let mut moved = Moved::default();
-    for f in &m.files {
+    for f in files {
         if h.has(f) {
             continue;
         }
@@ -562,6 +566,67 @@ async fn fetch_missing(conn: &Arc<Conn>, h: &Holds, m: &Manifest) -> Result<Move
         moved.files += 1;
         moved.bytes += got;
     }
+    Ok(moved)
+}
+
+/// A holder's side with another holder of `owner` (each admits the other for its copy with
+/// `owner` in its `node.toml`): the files of the manifests kept here for `owner` that are
+/// missing or incomplete here are fetched from the peer's copy, if its manifests (each
+/// checked against the owner's signature) list them with the same length and hash; each is
+/// checked on arrival. The owner may be offline. Nothing is asked while nothing is missing.
+pub async fn heal(conn: &Arc<Conn>, owner: NodeId) -> Result<Moved> {
+    let root = conn.ctx.repo.root().to_path_buf();
+    let Some(h) = Holds::existing(&root, &owner.0) else {
+        return Ok(Moved::default());
+    };
+    let (h2, now) = (h.clone(), puce_core::forgotten::hold_now());
+    let ours = tokio::task::spawn_blocking(move || h2.served(now))
+        .await
+        .map_err(|e| Error::internal(format!("{e}")))??;
+    let ours: Vec<&Manifest> = ours.iter().map(|(m, _)| m).collect();
+    let missing: Vec<HeldFile> = puce_core::blind::union(&ours)
+        .into_iter()
+        .filter(|f| !h.has(f))
+        .collect();
+    if missing.is_empty() {
+        return Ok(Moved::default());
+    }
+    let all = match ask_manifest(conn, true).await {
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Refused) => {
+            tracing::info!(
+                "{} files held for node {owner} are missing here; {} has no copy to heal them \
+                 from: {e:#}",
+                missing.len(),
+                conn.label
+            );
+            return Ok(Moved::default());
+        }
+        r => r?,
+    };
+    let mut theirs = Vec::new();
+    for b in &all {
+        theirs.push(verify(b, Some(&owner)).map_err(|e| e.context(&conn.label))?);
+    }
+    let same = |f: &HeldFile| (f.kind, f.name, f.hash, f.len);
+    let theirs: std::collections::HashSet<_> =
+        puce_core::blind::union(&theirs.iter().collect::<Vec<_>>())
+            .iter()
+            .map(same)
+            .collect();
+    let healable = missing.iter().filter(|f| theirs.contains(&same(f)));
+    let moved = fetch_missing(conn, &h, healable).await?;
+    let left = missing.len() as u64 - moved.files;
+    tracing::info!(
+        "healed {} files ({} bytes) held for node {owner} from {}{}",
+        moved.files,
+        moved.bytes,
+        conn.label,
+        if left > 0 {
+            format!("; {left} are not in its copy")
+        } else {
+            String::new()
+        }
+    );
     Ok(moved)
 }
 

@@ -374,3 +374,58 @@ fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder(
     assert!(text.contains("a rollback, refused"), "{text}");
     lyon.stop();
 }
+
+/// Issue 16: two holders of one owner that admit each other for its copy (`owner` in each
+/// other's section) heal each other while the owner is offline: files lost or cut short on
+/// one come back from the other, checked against the owner's signed manifest.
+#[test]
+fn a_blind_holder_heals_from_another_holder_while_the_owner_is_offline() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut a = TestNode::new("a");
+    let mut b = TestNode::new("b");
+    lyon.add_peer_with(&a, "{}", r#"holds_blind = ["*"]"#);
+    lyon.add_peer_with(&b, "{}", r#"holds_blind = ["*"]"#);
+    let admit = format!("owner = \"{}\"", lyon.id);
+    a.add_peer_with(&lyon, "{}", "hold_blind = true");
+    b.add_peer_with(&lyon, "{}", "hold_blind = true");
+    a.add_peer_with(&b, "{}", &admit);
+    b.add_peer_with(&a, "{}", &admit);
+    let src = lyon.repo.dir.path().join("src");
+    puce_tests::make_tree(&src, 31);
+    fs::write(src.join("big.bin"), random_bytes(3 << 20, 32)).unwrap();
+    lyon.snapshot(&src, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    a.sync("lyon", &[]);
+    b.sync("lyon", &[]);
+    lyon.stop();
+
+    // Nothing missing: nothing moves.
+    b.start();
+    let r = a.sync("b", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(0), "{r}");
+    // A pack lost and a snapshot record cut short on a, with lyon offline.
+    let mut held = Vec::new();
+    puce_tests::files_with_bytes(&a.repo.path().join("holds"), &mut held);
+    let pack = held
+        .iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/files/packs/"))
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let record = held
+        .iter()
+        .find(|(p, _)| p.to_string_lossy().contains("/files/snapshots/"))
+        .unwrap();
+    fs::remove_file(&pack.0).unwrap();
+    fs::write(&record.0, &record.1[..record.1.len() / 2]).unwrap();
+    let r = a.run(&["--json", "check", "--read-data"]);
+    assert!(!r.status.success());
+    let r = a.sync("b", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(2), "{r}");
+    assert_eq!(fs::read(&pack.0).unwrap(), pack.1);
+    assert_eq!(fs::read(&record.0).unwrap(), record.1);
+    let c = a.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    b.stop();
+}
