@@ -433,7 +433,9 @@ impl Holds {
             match hash_file(&self.path(&f)) {
                 Ok(got) if got == (f.len, f.hash) => {}
                 Ok(_) => problems.push(format!(
-                    "{} held for node {owner} is damaged (it does not match the owner's manifest)",
+                    "{} held for node {owner} is damaged (it does not match the owner's \
+                     manifest): remove it, the next sync with that node or with another holder \
+                     admitted for its copy fetches it again",
                     f.describe(),
                 )),
                 Err(e) => problems.push(format!(
