@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! holds/<owner id hex>/manifest              the newest signed manifest kept (format/manifest.rs)
+//! holds/<owner id hex>/kept/<seq>-<until ns>  older manifests a protection period still keeps
 //! holds/<owner id hex>/files/packs/<hex>     the files it lists, as the owner stores them
 //! holds/<owner id hex>/files/snapshots/<hex>
 //! holds/<owner id hex>/files/spaces/<hex>
@@ -12,9 +13,13 @@
 //! A file arrives in `tmp/`, appended range by range (made durable at checkpoints, so that an
 //! interrupted transfer resumes where it stopped), then is verified against the BLAKE3 of the
 //! manifest, fsynced and renamed into `files/`. The manifest is published (written atomically)
-//! only once every file it lists is there; then the files it does not list are freed. Nothing
-//! here is read with a key: the holder has none.
+//! only once every file it lists is there; then the files no manifest kept lists are freed.
+//! With a protection period (`keep_min` of the owner's peer entry), the manifest replaced is
+//! kept in `kept/` until the period has passed since it was replaced, if it lists a file the new
+//! one does not: what a compromised owner drops stays here, and is served back, that long.
+//! Nothing here is read with a key: the holder has none.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +34,73 @@ use crate::hash::Hash;
 /// The directory of the holds, in the holder's repository.
 pub const HOLDS_DIR: &str = "holds";
 const MANIFEST: &str = "manifest";
+const KEPT: &str = "kept";
+
+/// Most older manifests kept by a protection period for one owner: a newer manifest that
+/// would make one more is refused (the copy stays as it was, nothing is shortened). Only a
+/// manifest that drops a file makes one, and one whose files later manifests list is let go.
+pub const MAX_KEPT_MANIFESTS: usize = 256;
+
+/// A file's key in a manifest: its kind's directory and its name (hex), as in `files/`.
+type FileKey = (&'static str, String);
+
+fn key(f: &HeldFile) -> FileKey {
+    (f.file_kind().dir(), Hash(f.name).to_hex())
+}
+
+/// An older manifest a protection period keeps.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its bytes, as the owner signed them.
+    pub bytes: Vec<u8>,
+    /// Kept until, ns since the epoch (the holder's clock).
+    pub until_ns: i64,
+    path: PathBuf,
+}
+
+/// What accepting a newer manifest did ([`Holds::accept`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The sequence number of the manifest replaced, if there was one.
+    pub prev_seq: Option<u64>,
+    /// Its stored bytes.
+    pub prev_bytes: u64,
+    /// The bytes of its files the new manifest no longer lists.
+    pub dropped_bytes: u64,
+    /// Until when the manifest replaced is kept (a protection period), if it is.
+    pub kept_until: Option<i64>,
+    /// Files freed (no manifest kept lists them any more).
+    pub freed_files: u64,
+    /// Their bytes.
+    pub freed_bytes: u64,
+}
+
+impl Accepted {
+    /// Whether the new manifest drops [`crate::history::MASS_DELETION_SHARE`] or more of the
+    /// replaced one's stored bytes (a mass removal, flagged).
+    pub fn mass_removal(&self) -> bool {
+        self.prev_bytes > 0
+            && self.dropped_bytes as f64
+                >= crate::history::MASS_DELETION_SHARE * self.prev_bytes as f64
+    }
+}
+
+/// The files listed by `manifests` (newest first), each once: where several list one name,
+/// the newest's entry (the holder keeps one file per name, the newest that listed it).
+pub fn union(manifests: &[&Manifest]) -> Vec<HeldFile> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for m in manifests {
+        for f in &m.files {
+            if seen.insert((f.kind, f.name)) {
+                out.push(f.clone());
+            }
+        }
+    }
+    out
+}
 
 /// What one node holds for one owner.
 #[derive(Debug, Clone)]
@@ -49,6 +121,21 @@ pub struct HeldSummary {
     pub spaces: Vec<(String, usize)>,
     /// Bytes of the files the manifest lists.
     pub stored_bytes: u64,
+    /// Older manifests a protection period keeps (newest first).
+    pub protected: Vec<ProtectedSummary>,
+}
+
+/// An older manifest kept by a protection period, for listings.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProtectedSummary {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Kept until, ns since the epoch.
+    pub until_ns: i64,
+    /// Bytes of the files it lists.
+    pub stored_bytes: u64,
+    /// Snapshots it lists.
+    pub snapshots: usize,
 }
 
 impl Holds {
@@ -61,6 +148,7 @@ impl Holds {
             dir.clone(),
             dir.join("tmp"),
             dir.join("files"),
+            dir.join(KEPT),
         ] {
             fsutil::create_dir_durable(&d)?;
         }
@@ -68,6 +156,13 @@ impl Holds {
             fsutil::create_dir_durable(&dir.join("files").join(k.dir()))?;
         }
         Ok(Holds { dir })
+    }
+
+    /// The holds of `owner` in the repository at `root`, if this node holds anything for it
+    /// (nothing is created).
+    pub fn existing(root: &Path, owner: &[u8; 32]) -> Option<Holds> {
+        let dir = root.join(HOLDS_DIR).join(Hash(*owner).to_hex());
+        dir.join(MANIFEST).is_file().then_some(Holds { dir })
     }
 
     /// The manifest kept, if any, with its bytes.
@@ -169,21 +264,128 @@ impl Holds {
         fsutil::write_atomic(&self.dir.join(MANIFEST), &self.dir.join("tmp"), bytes)
     }
 
-    /// Free the files `keep` does not list, and the arrivals of files it does not list.
-    /// Returns the files and bytes freed.
-    pub fn free(&self, keep: &Manifest) -> Result<(u64, u64)> {
-        let listed: std::collections::HashSet<(String, String)> = keep
-            .files
-            .iter()
-            .map(|f| (f.file_kind().dir().to_string(), Hash(f.name).to_hex()))
-            .collect();
+    /// The older manifests kept by a protection period (whether or not it has passed), newest
+    /// first. A kept manifest that cannot be read is an error: nothing it protects is freed.
+    pub fn kept(&self) -> Result<Vec<Kept>> {
+        let d = self.dir.join(KEPT);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&d).io_ctx("cannot list", &d)? {
+            let e = e.io_ctx("cannot list", &d)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((seq, until)) = name
+                .split_once('-')
+                .and_then(|(s, u)| Some((s.parse::<u64>().ok()?, u.parse::<i64>().ok()?)))
+            else {
+                continue;
+            };
+            let bytes = fs::read(e.path()).io_ctx("cannot read", &e.path())?;
+            let manifest = Manifest::decode(&bytes).map_err(|err| {
+                err.context(format!("the manifest kept in {}", e.path().display()))
+            })?;
+            if manifest.seq != seq {
+                return Err(Error::corrupt(format!(
+                    "{} holds manifest {}, not {seq}",
+                    e.path().display(),
+                    manifest.seq
+                )));
+            }
+            out.push(Kept {
+                manifest,
+                bytes,
+                until_ns: until,
+                path: e.path(),
+            });
+        }
+        out.sort_by_key(|k| std::cmp::Reverse(k.manifest.seq));
+        Ok(out)
+    }
+
+    /// The manifests served back to the owner at `now`: the newest, then those a protection
+    /// period still keeps, newest first.
+    pub fn served(&self, now: i64) -> Result<Vec<(Manifest, Vec<u8>)>> {
+        let mut out: Vec<(Manifest, Vec<u8>)> = self.manifest()?.into_iter().collect();
+        for k in self.kept()? {
+            if k.until_ns > now {
+                out.push((k.manifest, k.bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keep `bytes` (the manifest `m`, whose files are all here) as the newest manifest. If
+    /// it drops files the one it replaces lists and `keep_ns` (the owner's protection period
+    /// here) is set, the one replaced is kept until `now + keep_ns` first. Then free what no
+    /// manifest kept lists ([`Holds::free`]).
+    pub fn accept(
+        &self,
+        bytes: &[u8],
+        m: &Manifest,
+        keep_ns: Option<i64>,
+        now: i64,
+    ) -> Result<Accepted> {
+        let mut a = Accepted::default();
+        if let Some((prev, prev_bytes)) = self.manifest()? {
+            let listed: HashSet<FileKey> = m.files.iter().map(key).collect();
+            let dropped: Vec<&HeldFile> = prev
+                .files
+                .iter()
+                .filter(|f| !listed.contains(&key(f)))
+                .collect();
+            a.prev_seq = Some(prev.seq);
+            a.prev_bytes = prev.stored_bytes();
+            a.dropped_bytes = dropped.iter().map(|f| f.len).sum();
+            if let Some(k) = keep_ns.filter(|k| *k > 0 && !dropped.is_empty()) {
+                let live = self.kept()?.iter().filter(|k| k.until_ns > now).count();
+                if live >= MAX_KEPT_MANIFESTS {
+                    return Err(Error::invalid(format!(
+                        "manifest {} of node {} drops files while {live} older manifests are                          already kept by the protection period (at most {MAX_KEPT_MANIFESTS}):                          refused, the copy held stays as it was; check that node for a                          break-in",
+                        m.seq,
+                        Hash(m.owner).to_hex()
+                    )));
+                }
+                let until = now.saturating_add(k);
+                fsutil::write_atomic(
+                    &self.dir.join(KEPT).join(format!("{}-{until}", prev.seq)),
+                    &self.dir.join("tmp"),
+                    &prev_bytes,
+                )?;
+                a.kept_until = Some(until);
+            }
+        }
+        self.publish(bytes)?;
+        (a.freed_files, a.freed_bytes) = self.free(now)?;
+        Ok(a)
+    }
+
+    /// Let go of the kept manifests whose protection period has passed at `now`, and of those
+    /// whose every file a manifest kept at least as long lists; then free the files no
+    /// manifest kept lists, and the arrivals of such files. Returns the files and bytes freed.
+    pub fn free(&self, now: i64) -> Result<(u64, u64)> {
+        let Some((newest, _)) = self.manifest()? else {
+            return Ok((0, 0));
+        };
+        let mut listed: HashSet<FileKey> = newest.files.iter().map(key).collect();
+        let mut kept = self.kept()?;
+        kept.sort_by_key(|k| std::cmp::Reverse((k.until_ns, k.manifest.seq)));
+        let mut let_go = false;
+        for k in kept {
+            if k.until_ns > now && !k.manifest.files.iter().all(|f| listed.contains(&key(f))) {
+                listed.extend(k.manifest.files.iter().map(key));
+            } else {
+                fs::remove_file(&k.path).io_ctx("cannot remove", &k.path)?;
+                let_go = true;
+            }
+        }
+        if let_go {
+            fsutil::sync_dir(&self.dir.join(KEPT))?;
+        }
         let (mut files, mut bytes) = (0, 0);
         for k in [FileKind::Pack, FileKind::Snapshot, FileKind::Space] {
             let d = self.dir.join("files").join(k.dir());
             for e in fs::read_dir(&d).io_ctx("cannot list", &d)? {
                 let e = e.io_ctx("cannot list", &d)?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !listed.contains(&(k.dir().to_string(), name)) {
+                if !listed.contains(&(k.dir(), name)) {
                     bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                     files += 1;
                     fs::remove_file(e.path()).io_ctx("cannot remove", &e.path())?;
@@ -195,9 +397,11 @@ impl Holds {
         for e in fs::read_dir(&tmp).io_ctx("cannot list", &tmp)? {
             let e = e.io_ctx("cannot list", &tmp)?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let listed = name
-                .split_once('-')
-                .is_some_and(|(k, n)| listed.contains(&(k.to_string(), n.to_string())));
+            let listed = name.split_once('-').is_some_and(|(k, n)| {
+                [FileKind::Pack, FileKind::Snapshot, FileKind::Space]
+                    .iter()
+                    .any(|kind| kind.dir() == k && listed.contains(&(kind.dir(), n.to_string())))
+            });
             if !listed {
                 let _ = fs::remove_file(e.path());
             }
@@ -216,26 +420,31 @@ impl Holds {
         Ok(buf)
     }
 
-    /// Read every file the manifest lists and check it (length and BLAKE3): the problems
-    /// found, for people (`puce check --read-data`).
-    pub fn verify(&self, m: &Manifest) -> Vec<String> {
+    /// Read every file the manifests served at `now` list ([`Holds::served`]) and check it
+    /// (length and BLAKE3): the problems found, for people (`puce check --read-data`).
+    pub fn verify(&self, now: i64) -> Result<Vec<String>> {
+        let served = self.served(now)?;
+        let Some((newest, _)) = served.first() else {
+            return Ok(Vec::new());
+        };
+        let owner = Hash(newest.owner).to_hex();
         let mut problems = Vec::new();
-        for f in &m.files {
-            match hash_file(&self.path(f)) {
+        for f in union(&served.iter().map(|(m, _)| m).collect::<Vec<_>>()) {
+            match hash_file(&self.path(&f)) {
                 Ok(got) if got == (f.len, f.hash) => {}
                 Ok(_) => problems.push(format!(
-                    "{} held for node {} is damaged (it does not match the owner's manifest)",
+                    "{} held for node {owner} is damaged (it does not match the owner's \
+                     manifest): remove it, the next sync with that node or with another holder \
+                     admitted for its copy fetches it again",
                     f.describe(),
-                    Hash(m.owner).to_hex()
                 )),
                 Err(e) => problems.push(format!(
-                    "{} held for node {} is missing or unreadable: {e}",
+                    "{} held for node {owner} is missing or unreadable: {e}",
                     f.describe(),
-                    Hash(m.owner).to_hex()
                 )),
             }
         }
-        problems
+        Ok(problems)
     }
 }
 
@@ -285,12 +494,11 @@ pub fn verify_all(root: &Path) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for (owner, dir) in owner_dirs(root)? {
         let h = Holds { dir };
-        match h.manifest() {
-            Ok(Some((m, _))) => problems.extend(h.verify(&m)),
-            Ok(None) => {}
+        match h.verify(crate::forgotten::hold_now()) {
+            Ok(p) => problems.extend(p),
             Err(err) => problems.push(format!(
-                "the manifest held for node {} cannot be read: {err:#}; the next sync with \
-                 that node fetches it again",
+                "a manifest held for node {} cannot be read: {err:#}; the next sync with \
+                 that node fetches the newest again",
                 owner.to_hex()
             )),
         }
@@ -305,7 +513,12 @@ pub fn held_refusal(root: &Path, spec: &str) -> Option<String> {
     if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    for (_, m) in all(root).ok()? {
+    let now = crate::forgotten::hold_now();
+    let served = all(root)
+        .ok()?
+        .into_iter()
+        .flat_map(|(h, _)| h.served(now).unwrap_or_default());
+    for (m, _) in served {
         for s in &m.spaces {
             if let Some(id) = s
                 .snapshots
@@ -329,6 +542,7 @@ pub fn held_refusal(root: &Path, spec: &str) -> Option<String> {
 
 /// What `root` holds blind for others, for listings.
 pub fn summaries(root: &Path) -> Result<Vec<HeldSummary>> {
+    let now = crate::forgotten::hold_now();
     let mut out = Vec::new();
     for (h, m) in all(root)? {
         let arrived_ns = fs::metadata(h.dir.join(MANIFEST))
@@ -346,6 +560,17 @@ pub fn summaries(root: &Path) -> Result<Vec<HeldSummary>> {
                 .map(|s| (Hash(s.label).to_hex(), s.snapshots.len()))
                 .collect(),
             stored_bytes: m.stored_bytes(),
+            protected: h
+                .kept()?
+                .into_iter()
+                .filter(|k| k.until_ns > now)
+                .map(|k| ProtectedSummary {
+                    seq: k.manifest.seq,
+                    until_ns: k.until_ns,
+                    stored_bytes: k.manifest.stored_bytes(),
+                    snapshots: k.manifest.spaces.iter().map(|s| s.snapshots.len()).sum(),
+                })
+                .collect(),
         });
     }
     Ok(out)
@@ -420,7 +645,7 @@ mod tests {
         h.complete(&snap).unwrap();
         h.publish(&m.encode().unwrap()).unwrap();
         assert_eq!(h.manifest().unwrap().unwrap().0, m);
-        assert!(h.verify(&m).is_empty());
+        assert!(h.verify(0).unwrap().is_empty());
         assert_eq!(summaries(dir.path()).unwrap()[0].stored_bytes, 10_013);
         let id = Hash(snap.name).to_hex();
         assert!(
@@ -438,9 +663,103 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("damaged"), "{problems:?}");
 
-        // A newer manifest without the pack: the pack is freed.
-        let m2 = manifest(vec![snap.clone()], vec![snap.name]);
-        assert_eq!(h.free(&m2).unwrap(), (1, 10_000));
+        // A newer manifest without the pack, no protection period: the pack is freed at once.
+        let mut m2 = manifest(vec![snap.clone()], vec![snap.name]);
+        m2.seq = 2;
+        let a = h.accept(&m2.encode().unwrap(), &m2, None, 0).unwrap();
+        assert_eq!((a.freed_files, a.freed_bytes), (1, 10_000));
+        assert!(a.mass_removal() && a.kept_until.is_none(), "{a:?}");
         assert!(!h.path(&f).exists() && h.has(&snap));
+    }
+
+    /// Put `data` in `h` as a complete file.
+    fn arrive(h: &Holds, f: &HeldFile, data: &[u8]) {
+        h.append(f, 0, data, false).unwrap();
+        h.complete(f).unwrap();
+    }
+
+    /// With a protection period, a manifest that drops files keeps the one it replaces (served
+    /// back with it) until the period has passed since; one whose files a later manifest kept
+    /// as long lists is let go; then the files are freed.
+    #[test]
+    fn a_protection_period_keeps_what_a_newer_manifest_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, junk) = (vec![1u8; 7000], vec![2u8; 3000], vec![3u8; 10]);
+        let (fa, fb, fj) = (
+            file(FileKind::Pack, &a),
+            file(FileKind::Pack, &b),
+            file(FileKind::Snapshot, &junk),
+        );
+        let with = |seq, files: Vec<HeldFile>| {
+            let mut m = manifest(files, vec![]);
+            m.seq = seq;
+            (m.encode().unwrap(), m)
+        };
+        let (b1, m1) = with(1, vec![fa.clone(), fb.clone()]);
+        let h = Holds::open(dir.path(), &m1.owner).unwrap();
+        arrive(&h, &fa, &a);
+        arrive(&h, &fb, &b);
+        // Times in minutes from now (summaries read the clock).
+        let t0 = crate::forgotten::hold_now();
+        let at = |min: i64| t0 + min * 60_000_000_000;
+        let keep = Some(at(100) - t0);
+        let acc = h.accept(&b1, &m1, keep, at(0)).unwrap();
+        assert_eq!(
+            acc,
+            Accepted::default(),
+            "the first manifest replaces nothing"
+        );
+        // A manifest listing only junk: 100 % dropped, flagged; m1 kept until 10 + 100.
+        let (b2, m2) = with(2, vec![fj.clone()]);
+        arrive(&h, &fj, &junk);
+        let acc = h.accept(&b2, &m2, keep, at(10)).unwrap();
+        assert!(acc.mass_removal(), "{acc:?}");
+        assert_eq!(
+            (
+                acc.prev_seq,
+                acc.dropped_bytes,
+                acc.kept_until,
+                acc.freed_files
+            ),
+            (Some(1), 10_000, Some(at(110)), 0)
+        );
+        let served = h.served(at(50)).unwrap();
+        assert_eq!(
+            served.iter().map(|(m, _)| m.seq).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        assert_eq!(served[1].1, b1, "served as signed");
+        let refs: Vec<&Manifest> = served.iter().map(|(m, _)| m).collect();
+        assert_eq!(union(&refs).len(), 3);
+        assert!(h.verify(at(50)).unwrap().is_empty());
+        assert_eq!(summaries(dir.path()).unwrap()[0].protected.len(), 1);
+        // A third manifest dropping nothing more keeps nothing new; b is still protected.
+        let (b3, m3) = with(3, vec![fj.clone(), fb.clone()]);
+        let acc = h.accept(&b3, &m3, keep, at(20)).unwrap();
+        assert_eq!((acc.kept_until, acc.freed_files), (None, 0));
+        assert!(!acc.mass_removal() && acc.dropped_bytes == 0, "{acc:?}");
+        // A fourth dropping b: m3 kept until 130, m1 still until 110 (it alone lists a).
+        let (b4, m4) = with(4, vec![fj.clone()]);
+        let acc = h.accept(&b4, &m4, keep, at(30)).unwrap();
+        assert_eq!(acc.kept_until, Some(at(130)));
+        assert!(acc.mass_removal(), "3000 of 3010 bytes dropped: {acc:?}");
+        assert_eq!(h.kept().unwrap().len(), 2);
+        // At 110 m1 expires: a is freed, b kept (m3 until 130).
+        assert_eq!(h.free(at(110)).unwrap(), (1, 7000));
+        assert!(h.has(&fb) && !h.path(&fa).exists());
+        assert_eq!(h.free(at(130)).unwrap(), (1, 3000));
+        assert!(h.kept().unwrap().is_empty() && h.has(&fj));
+        // A kept manifest whose files a later one kept as long lists is let go at once.
+        let (b5, m5) = with(5, vec![fj.clone(), fa.clone()]);
+        arrive(&h, &fa, &a);
+        h.accept(&b5, &m5, keep, at(200)).unwrap();
+        let (b6, m6) = with(6, vec![fa.clone()]);
+        h.accept(&b6, &m6, keep, at(210)).unwrap();
+        let (b7, m7) = with(7, vec![fa.clone(), fj.clone()]);
+        h.accept(&b7, &m7, keep, at(220)).unwrap();
+        let (b8, m8) = with(8, vec![fa.clone()]);
+        h.accept(&b8, &m8, keep, at(230)).unwrap();
+        let kept: Vec<u64> = h.kept().unwrap().iter().map(|k| k.manifest.seq).collect();
+        assert_eq!(kept, [7], "m5 lists nothing m7 does not");
     }
 }

@@ -220,6 +220,8 @@ pub struct Permissions {
     spaces: std::collections::BTreeMap<String, Access>,
     /// Its quota ([`crate::config::Peer::quota`]).
     pub quota: Option<u64>,
+    /// Its protection period ([`crate::config::Peer::keep_min`]).
+    pub keep_min: Option<std::time::Duration>,
     /// This node's spaces it holds blind ([`crate::config::Peer::holds_blind`]).
     pub holds_blind: Vec<String>,
     /// Whether this node holds its spaces blind ([`crate::config::Peer::hold_blind`]).
@@ -237,6 +239,7 @@ impl Permissions {
             id: p.id,
             spaces: p.spaces.clone(),
             quota: p.quota,
+            keep_min: p.keep_min,
             holds_blind: p.holds_blind.clone(),
             hold_blind: p.hold_blind,
             held_owner: p.owner.or(p.hold_blind.then_some(p.id)),

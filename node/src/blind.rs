@@ -1,15 +1,17 @@
-//! Blind holding (docs/design.md, "Blind holders"; docs/protocol.md, revision 5): a node of
+//! Blind holding (docs/design.md, "Blind holders"; docs/protocol.md, revisions 5 and 6): a node of
 //! another association keeps a copy of an encrypted repository's spaces without its key.
 //!
 //! The owner signs, with its node key, a manifest of the files the held spaces need (packs,
 //! sealed snapshot records, sealed space settings: `puce_core::format::manifest`). The holder
 //! asks for it (`GetManifest`, `held: false`), checks the signature against the owner's pinned
 //! id and that its sequence number does not go back, fetches the files it lacks by ranges
-//! (`GetFile`), verifies each against the manifest, then keeps the manifest and frees what it
-//! no longer lists ([`puce_core::blind::Holds`]). The owner's nodes, and only they, get the
-//! copy back (`GetManifest`, `held: true`): a node whose files are missing (a new node after a
-//! disaster, admitted by the holder with `owner` in its `node.toml`) fetches them, verifies
-//! them, and indexes them.
+//! (`GetFile`), verifies each against the manifest, then keeps the manifest and frees what no
+//! manifest kept lists ([`puce_core::blind::Holds::accept`]: with the owner's `keep_min`, the
+//! manifest replaced is kept that long if it lists more). Rollbacks and mass removals are
+//! flagged in the node state. The owner's nodes, and only they, get the copy back
+//! (`GetManifest`, `held: true`: the newest manifest and the kept ones): a node whose files
+//! are missing (a new node after a disaster, admitted by the holder with `owner` in its
+//! `node.toml`) fetches them, verifies them, and indexes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +26,10 @@ use puce_core::hash::Hash;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{Identity, NodeId};
-use crate::protocol::{self, Code, FileData, GetFile, GetManifest, ManifestBytes, Message};
+use crate::protocol::{self, Code, End, FileData, GetFile, GetManifest, ManifestBytes, Message};
 use crate::session::serve::{Failure, blocking, write};
 use crate::session::{Conn, NodeCtx};
+use crate::state::{BlindFlag, NodeState};
 use crate::transport::Sender;
 
 /// The file in the node directory keeping the last sequence number signed.
@@ -188,7 +191,7 @@ pub(crate) async fn serve_manifest(
     r: GetManifest,
 ) -> Result<(), Failure> {
     let ctx = conn.ctx.clone();
-    let (bytes, offer) = if r.held {
+    let (all, offer) = if r.held {
         let Some(owner) = conn.peer.held_owner else {
             return Err(Failure::Refuse(
                 Code::NotAllowed,
@@ -196,15 +199,39 @@ pub(crate) async fn serve_manifest(
             ));
         };
         let root = ctx.repo.root().to_path_buf();
+        let several = conn.version() >= protocol::KEPT_MANIFESTS_VERSION;
         blocking(move || {
             let h = Holds::open(&root, &owner.0)?;
-            let (m, bytes) = h.manifest()?.ok_or_else(|| {
-                Error::new(
+            let mut served = h.served(puce_core::forgotten::hold_now())?;
+            if served.is_empty() {
+                return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("this node holds no copy of node {owner} yet"),
-                )
-            })?;
-            Ok((bytes, offer(&m, Source::Held(h))))
+                ));
+            }
+            // The newest first: what does not fit in one answer is the oldest (logged).
+            let mut total = 0usize;
+            let fit = served
+                .iter()
+                .take_while(|(_, b)| {
+                    total += b.len();
+                    total <= protocol::MAX_HELD_MANIFESTS_BYTES
+                })
+                .count()
+                .clamp(1, puce_core::blind::MAX_KEPT_MANIFESTS + 1);
+            let fit = if several { fit } else { 1 };
+            if fit < served.len() && several {
+                tracing::warn!(
+                    "{} of the manifests kept for node {owner} do not fit in one answer: the \
+                     oldest are not sent",
+                    served.len() - fit
+                );
+            }
+            served.truncate(fit);
+            let ms: Vec<&Manifest> = served.iter().map(|(m, _)| m).collect();
+            let offer = offer(&puce_core::blind::union(&ms), Source::Held(h));
+            let all: Vec<Vec<u8>> = served.into_iter().map(|(_, b)| b).collect();
+            Ok((all, offer))
         })
         .await?
     } else {
@@ -232,20 +259,27 @@ pub(crate) async fn serve_manifest(
         blocking(move || {
             let bytes = build(&ctx, &spaces)?;
             let m = Manifest::decode(&bytes)?;
-            Ok((bytes, offer(&m, Source::Repo)))
+            Ok((vec![bytes], offer(&m.files, Source::Repo)))
         })
         .await?
     };
     if let Ok(mut o) = conn.offer.lock() {
         *o = Some(Arc::new(offer));
     }
-    write(conn, send, &Message::Manifest(ManifestBytes { bytes })).await
+    let end = r.held && conn.version() >= protocol::KEPT_MANIFESTS_VERSION;
+    let count = all.len() as u32;
+    for bytes in all {
+        write(conn, send, &Message::Manifest(ManifestBytes { bytes })).await?;
+    }
+    if end {
+        write(conn, send, &Message::End(End { count })).await?;
+    }
+    Ok(())
 }
 
-fn offer(m: &Manifest, from: Source) -> Offer {
+fn offer(files: &[HeldFile], from: Source) -> Offer {
     Offer {
-        files: m
-            .files
+        files: files
             .iter()
             .map(|f| ((f.kind, f.name), f.clone()))
             .collect(),
@@ -300,8 +334,10 @@ pub(crate) async fn serve_file(
     write(conn, send, &Message::FileData(FileData { data })).await
 }
 
-/// Ask the peer for a manifest.
-async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<u8>> {
+/// Ask the peer for a manifest: the one to hold (`held` false), or the ones it holds for this
+/// node (`held` true: the newest first, then, from a peer of revision 6, the older ones its
+/// protection period keeps).
+async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<Vec<u8>>> {
     if conn.version() < protocol::BLIND_VERSION {
         return Err(Error::new(
             ErrorKind::Incompatible,
@@ -313,16 +349,37 @@ async fn ask_manifest(conn: &Arc<Conn>, held: bool) -> Result<Vec<u8>> {
             ),
         ));
     }
+    let several = held && conn.version() >= protocol::KEPT_MANIFESTS_VERSION;
     let mut recv = conn
         .request(&Message::GetManifest(GetManifest { held }))
         .await?;
-    match conn.answer(&mut recv).await? {
-        Message::Manifest(m) => Ok(m.bytes),
-        other => Err(Error::protocol(format!(
-            "{} answered GetManifest with {}",
-            conn.label,
-            other.name()
-        ))),
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    loop {
+        match conn.answer(&mut recv).await? {
+            Message::Manifest(m)
+                if out.len() <= puce_core::blind::MAX_KEPT_MANIFESTS
+                    && total + m.bytes.len() <= protocol::MAX_HELD_MANIFESTS_BYTES =>
+            {
+                total += m.bytes.len();
+                out.push(m.bytes);
+                if !several {
+                    return Ok(out);
+                }
+            }
+            Message::End(e) if several && !out.is_empty() && e.count as usize == out.len() => {
+                return Ok(out);
+            }
+            other => {
+                let why = format!(
+                    "it answered GetManifest with {} after {} manifests",
+                    other.name(),
+                    out.len()
+                );
+                conn.cut_off(Code::Protocol, &why);
+                return Err(Error::protocol(format!("{}: {why}", conn.label)));
+            }
+        }
     }
 }
 
@@ -371,9 +428,10 @@ async fn fetch(
 }
 
 /// The holder's side: fetch the owner's manifest and the files it lacks, keep it, free the
-/// rest.
+/// rest (what it dropped only once the owner's protection period here has passed). A rollback
+/// is refused and a mass removal accepted; both are flagged in the node state and logged.
 pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
-    let bytes = ask_manifest(conn, false).await?;
+    let bytes = ask_manifest(conn, false).await?.swap_remove(0);
     let owner = conn.peer.id;
     let m = verify(&bytes, Some(&owner)).map_err(|e| e.context(&conn.label))?;
     let root = conn.ctx.repo.root().to_path_buf();
@@ -389,6 +447,18 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
             conn.label, m.seq, kept.seq
         );
         tracing::warn!("{why}");
+        flag(
+            conn,
+            BlindFlag {
+                kind: "rollback".into(),
+                at_ns: now_ns(),
+                seq_before: kept.seq,
+                seq_after: m.seq,
+                bytes_before: kept.stored_bytes(),
+                dropped_bytes: 0,
+                kept_until_ns: None,
+            },
+        );
         return Err(Error::new(ErrorKind::BadObject, why));
     }
     if let Some(q) = conn.peer.quota
@@ -405,9 +475,74 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
             ),
         ));
     }
+    let mut moved = fetch_missing(conn, &h, m.files.iter()).await?;
+    let keep_ns = conn
+        .peer
+        .keep_min
+        .map(|k| i64::try_from(k.as_nanos()).unwrap_or(i64::MAX));
+    let (h2, m2) = (h.clone(), m.clone());
+    let a = tokio::task::spawn_blocking(move || {
+        h2.accept(&bytes, &m2, keep_ns, puce_core::forgotten::hold_now())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("{e}")))??;
+    moved.freed = a.freed_files;
+    if let (true, Some(seq_before)) = (a.mass_removal(), a.prev_seq) {
+        tracing::warn!(
+            "{} sent manifest {} that drops {} of the {} bytes of the one before ({seq_before}): \
+             a mass removal, flagged; {}",
+            conn.label,
+            m.seq,
+            a.dropped_bytes,
+            a.prev_bytes,
+            match a.kept_until {
+                Some(t) => format!("what it dropped is kept here until {}", date(t)),
+                None => "no protection period (keep_min) here: it is freed".into(),
+            }
+        );
+        flag(
+            conn,
+            BlindFlag {
+                kind: "mass_removal".into(),
+                at_ns: now_ns(),
+                seq_before,
+                seq_after: m.seq,
+                bytes_before: a.prev_bytes,
+                dropped_bytes: a.dropped_bytes,
+                kept_until_ns: a.kept_until,
+            },
+        );
+    }
+    tracing::info!(
+        "holding {} blind: manifest {}, {} files fetched ({} bytes), {} freed ({} bytes){}",
+        conn.label,
+        m.seq,
+        moved.files,
+        moved.bytes,
+        moved.freed,
+        a.freed_bytes,
+        match a.kept_until {
+            Some(t) => format!(
+                "; the manifest replaced is kept until {} (keep_min): {} bytes it lists are \
+                 no longer listed",
+                date(t),
+                a.dropped_bytes
+            ),
+            None => String::new(),
+        }
+    );
+    Ok(moved)
+}
+
+/// Fetch the `files` that `h` does not hold complete, each checked on arrival.
+async fn fetch_missing(
+    conn: &Arc<Conn>,
+    h: &Holds,
+    files: impl Iterator<Item = &HeldFile>,
+) -> Result<Moved> {
     let checkpoint = conn.ctx.config.checkpoint;
     let mut moved = Moved::default();
-    for f in &m.files {
+    for f in files {
         if h.has(f) {
             continue;
         }
@@ -431,31 +566,109 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
         moved.files += 1;
         moved.bytes += got;
     }
-    h.publish(&bytes)?;
-    moved.freed = h.free(&m)?.0;
+    Ok(moved)
+}
+
+/// A holder's side with another holder of `owner` (each admits the other for its copy with
+/// `owner` in its `node.toml`): the files of the manifests kept here for `owner` that are
+/// missing or incomplete here are fetched from the peer's copy, if its manifests (each
+/// checked against the owner's signature) list them with the same length and hash; each is
+/// checked on arrival. The owner may be offline. Nothing is asked while nothing is missing.
+pub async fn heal(conn: &Arc<Conn>, owner: NodeId) -> Result<Moved> {
+    let root = conn.ctx.repo.root().to_path_buf();
+    let Some(h) = Holds::existing(&root, &owner.0) else {
+        return Ok(Moved::default());
+    };
+    let (h2, now) = (h.clone(), puce_core::forgotten::hold_now());
+    let ours = tokio::task::spawn_blocking(move || h2.served(now))
+        .await
+        .map_err(|e| Error::internal(format!("{e}")))??;
+    let ours: Vec<&Manifest> = ours.iter().map(|(m, _)| m).collect();
+    let missing: Vec<HeldFile> = puce_core::blind::union(&ours)
+        .into_iter()
+        .filter(|f| !h.has(f))
+        .collect();
+    if missing.is_empty() {
+        return Ok(Moved::default());
+    }
+    let all = match ask_manifest(conn, true).await {
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Refused) => {
+            tracing::info!(
+                "{} files held for node {owner} are missing here; {} has no copy to heal them \
+                 from: {e:#}",
+                missing.len(),
+                conn.label
+            );
+            return Ok(Moved::default());
+        }
+        r => r?,
+    };
+    let mut theirs = Vec::new();
+    for b in &all {
+        theirs.push(verify(b, Some(&owner)).map_err(|e| e.context(&conn.label))?);
+    }
+    let same = |f: &HeldFile| (f.kind, f.name, f.hash, f.len);
+    let theirs: std::collections::HashSet<_> =
+        puce_core::blind::union(&theirs.iter().collect::<Vec<_>>())
+            .iter()
+            .map(same)
+            .collect();
+    let healable = missing.iter().filter(|f| theirs.contains(&same(f)));
+    let moved = fetch_missing(conn, &h, healable).await?;
+    let left = missing.len() as u64 - moved.files;
     tracing::info!(
-        "holding {} blind: manifest {}, {} files fetched ({} bytes), {} freed",
-        conn.label,
-        m.seq,
+        "healed {} files ({} bytes) held for node {owner} from {}{}",
         moved.files,
         moved.bytes,
-        moved.freed
+        conn.label,
+        if left > 0 {
+            format!("; {left} are not in its copy")
+        } else {
+            String::new()
+        }
     );
     Ok(moved)
 }
 
-/// The owner's side: fetch the copy the holder keeps for this node (or the owner it replaces)
-/// and take every file this repository lacks: packs first (indexed), then space settings,
-/// then snapshot records, so that a snapshot appears only once all it needs is here.
+/// Record a blind-holding flag about the peer in the node state (a failure to is logged).
+fn flag(conn: &Conn, f: BlindFlag) {
+    let peer = &conn.peer;
+    if let Err(e) = NodeState::update(&conn.ctx.dir, |st| {
+        let p = st.peers.entry(peer.id.to_string()).or_default();
+        p.name.clone_from(&peer.name);
+        p.flag_blind(f);
+    }) {
+        tracing::warn!(
+            "cannot record a flag about {} in the node state: {e:#}",
+            conn.label
+        );
+    }
+}
+
+fn date(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ns.to_string())
+}
+
+/// The owner's side: fetch the copy the holder keeps for this node (or the owner it replaces):
+/// the newest manifest and the older ones its protection period keeps, each checked against
+/// the owner's signature, and take every file of those this node may take back that this
+/// repository lacks: packs first (indexed), then space settings, then snapshot records, so
+/// that a snapshot appears only once all it needs is here.
 pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
-    let bytes = match ask_manifest(conn, true).await {
+    let all = match ask_manifest(conn, true).await {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Moved::default()),
         r => r?,
     };
-    let m = verify(&bytes, None).map_err(|e| e.context(&conn.label))?;
-    let repo = conn.ctx.repo.clone();
+    let newest = verify(&all[0], None).map_err(|e| e.context(&conn.label))?;
+    let owner = NodeId(newest.owner);
+    let mut ms = vec![newest];
+    for b in &all[1..] {
+        ms.push(verify(b, Some(&owner)).map_err(|e| e.context(&conn.label))?);
+    }
     let ours = conn.ctx.key().map(|k| k.0);
-    if ours != Some(m.fingerprint) {
+    if let Some(m) = ms.iter().find(|m| Some(m.fingerprint) != ours) {
         return Err(Error::new(
             ErrorKind::Incompatible,
             format!(
@@ -471,17 +684,19 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
     // A copy older than the newest manifest this node signed lists what it has since
     // forgotten and collected: taking it would bring that back. Only a copy at least as new
     // (damage or loss here), or any copy for a node that never signed one (a new node after a
-    // disaster), is taken.
+    // disaster: every state the holder keeps), is taken.
     let last = last_seq(&conn.ctx.dir);
-    if last > m.seq {
+    ms.retain(|m| m.seq >= last);
+    if ms.is_empty() {
         tracing::info!(
-            "{} holds manifest {} of this node's spaces, older than the last one signed ({last}): \
-             nothing taken back from it; it catches up at its next sync",
+            "{} holds manifests of this node's spaces older than the last one signed ({last}): \
+             nothing taken back from them; it catches up at its next sync",
             conn.label,
-            m.seq
         );
         return Ok(Moved::default());
     }
+    let files = puce_core::blind::union(&ms.iter().collect::<Vec<_>>());
+    let repo = conn.ctx.repo.clone();
     let mut moved = Moved::default();
     for kind in [FileKind::Pack, FileKind::Space, FileKind::Snapshot] {
         if kind == FileKind::Space {
@@ -490,7 +705,7 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
                 .await
                 .map_err(|e| Error::internal(format!("{e}")))??;
         }
-        for f in m.files.iter().filter(|f| f.file_kind() == kind) {
+        for f in files.iter().filter(|f| f.file_kind() == kind) {
             let name = Hash(f.name).to_hex();
             if repo.stored_backend().exists(kind.repo_kind(), &name)?
                 || (kind == FileKind::Snapshot
@@ -504,11 +719,14 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
         }
     }
     tracing::info!(
-        "recovered from {}: {} files ({} bytes) of manifest {}",
+        "recovered from {}: {} files ({} bytes) of manifests {}",
         conn.label,
         moved.files,
         moved.bytes,
-        m.seq
+        ms.iter()
+            .map(|m| m.seq.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(moved)
 }

@@ -789,6 +789,8 @@ repair = true
 # hold_blind = true
 # After a disaster, a new node of the owner (new id) is admitted to the copy
 # held for the old one: add it as a peer with `owner` = the old node's id.
+# Two holders of one owner that name each other so heal each other's copy.
+# With keep_min, what the owner's manifests drop is kept that long.
 # owner = "XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX-XXXXXXX"
 "#;
 

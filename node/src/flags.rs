@@ -2,13 +2,16 @@
 //! snapshots dated more than a day after they arrived, snapshots holding far fewer files than
 //! their parent, and snapshots a peer forgot that a protection period still keeps. Read by
 //! `puce node status` and by the notifications; computed from the snapshot records, receipts
-//! and hold records (no walk of the trees).
+//! and hold records (no walk of the trees); and the events of what a blind holder flagged
+//! about its owners' manifests (recorded in the node state).
 
 use serde::Serialize;
 
 use puce_core::{Repo, SnapshotEntry};
 
 use crate::error::Result;
+use crate::notify::{Event, date};
+use crate::state::NodeState;
 
 /// A received snapshot dated more than a day after it arrived.
 #[derive(Debug, Clone, Serialize)]
@@ -104,4 +107,124 @@ pub fn flags(repo: &Repo, snaps: &[SnapshotEntry]) -> Result<Flags> {
         }
     }
     Ok(f)
+}
+
+/// The events of what this node flagged about the manifests its owners sent it to hold blind
+/// (a mass removal, a rollback refused): one-offs, each sent once.
+pub(crate) fn blind_events(state: &NodeState, out: &mut Vec<Event>) {
+    for (id, p) in &state.peers {
+        for b in &p.blind_flags {
+            let (title, message) = if b.kind == "rollback" {
+                (
+                    format!("{} sent an older manifest to hold blind: refused", p.name),
+                    format!(
+                        "On {}, {} sent a manifest of sequence {}, older than the one kept here \
+                         ({}): a rollback (its node restored from an old state, or someone \
+                         replaying an old copy). It was refused; the copy held here stays as it \
+                         was. Ask that node's admins.",
+                        date(b.at_ns),
+                        p.name,
+                        b.seq_after,
+                        b.seq_before
+                    ),
+                )
+            } else {
+                (
+                    format!("{} dropped most of what this node holds for it", p.name),
+                    format!(
+                        "On {}, {} sent a manifest that drops {} of the {} bytes held for it \
+                         here: a mass removal. {} Check with that node's admins whether it was \
+                         wanted (a break-in can look like this).",
+                        date(b.at_ns),
+                        p.name,
+                        b.dropped_bytes,
+                        b.bytes_before,
+                        match b.kept_until_ns {
+                            Some(t) => format!(
+                                "What it dropped is kept here until {} (keep_min), and its \
+                                 nodes can still take it back.",
+                                date(t)
+                            ),
+                            None => "No protection period (keep_min) is set for it here: what \
+                                     it dropped is freed."
+                                .to_string(),
+                        }
+                    ),
+                )
+            };
+            out.push(Event {
+                key: format!("blind_{}/{id}/{}", b.kind, b.at_ns),
+                kind: if b.kind == "rollback" {
+                    "blind_rollback"
+                } else {
+                    "blind_mass_removal"
+                },
+                severity: "critical",
+                state: "flagged".into(),
+                title,
+                message,
+                one_off: true,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each blind-holding flag in the node state is a one-off event of its own, saying what
+    /// was dropped or refused and whether a protection period keeps it.
+    #[test]
+    fn blind_flags_are_one_off_events() {
+        let mut st = NodeState::default();
+        let p = st.peers.entry("ID".into()).or_default();
+        p.name = "grenoble".into();
+        p.flag_blind(crate::state::BlindFlag {
+            kind: "mass_removal".into(),
+            at_ns: 1,
+            seq_before: 5,
+            seq_after: 6,
+            bytes_before: 1000,
+            dropped_bytes: 900,
+            kept_until_ns: Some(2),
+        });
+        p.flag_blind(crate::state::BlindFlag {
+            kind: "rollback".into(),
+            at_ns: 3,
+            seq_before: 6,
+            seq_after: 4,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        blind_events(&st, &mut out);
+        assert_eq!(
+            out.iter()
+                .map(|e| (e.key.as_str(), e.kind, e.one_off))
+                .collect::<Vec<_>>(),
+            [
+                ("blind_mass_removal/ID/1", "blind_mass_removal", true),
+                ("blind_rollback/ID/3", "blind_rollback", true)
+            ]
+        );
+        assert!(
+            out[0].message.contains("drops 900 of the 1000 bytes")
+                && out[0].message.contains("kept here until"),
+            "{}",
+            out[0].message
+        );
+        assert!(out[1].message.contains("sequence 4"), "{}", out[1].message);
+        for n in 0..40 {
+            st.peers
+                .get_mut("ID")
+                .unwrap()
+                .flag_blind(crate::state::BlindFlag {
+                    at_ns: n,
+                    ..Default::default()
+                });
+        }
+        let kept = &st.peers["ID"].blind_flags;
+        assert_eq!(kept.len(), crate::state::MAX_BLIND_FLAGS);
+        assert_eq!(kept.last().unwrap().at_ns, 39, "the newest are kept");
+    }
 }

@@ -53,6 +53,43 @@ pub struct PeerState {
     pub checks: BTreeMap<String, PeerCheck>,
     /// Why the peer said nothing of its checks at the last sync this node started, if so.
     pub checks_missing: Option<String>,
+    /// What this node flagged about the manifests the peer sent it to hold blind (the last
+    /// [`MAX_BLIND_FLAGS`], oldest first).
+    pub blind_flags: Vec<BlindFlag>,
+}
+
+/// Most blind-holding flags kept per peer in the state (the oldest go first).
+pub const MAX_BLIND_FLAGS: usize = 32;
+
+/// A manifest an owner sent to this node, its blind holder, that was flagged
+/// (docs/design.md, "Blind holders").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct BlindFlag {
+    /// `mass_removal` (accepted, what it dropped kept by the protection period if there is
+    /// one) or `rollback` (refused: its sequence number goes back).
+    pub kind: String,
+    /// When, ns since the epoch.
+    pub at_ns: i64,
+    /// The sequence number of the manifest kept before.
+    pub seq_before: u64,
+    /// The sequence number of the manifest sent.
+    pub seq_after: u64,
+    /// Stored bytes of the manifest kept before.
+    pub bytes_before: u64,
+    /// Of those, the bytes the manifest sent no longer lists.
+    pub dropped_bytes: u64,
+    /// Until when the protection period keeps what it dropped, if it does.
+    pub kept_until_ns: Option<i64>,
+}
+
+impl PeerState {
+    /// Record a blind-holding flag, keeping the last [`MAX_BLIND_FLAGS`].
+    pub fn flag_blind(&mut self, f: BlindFlag) {
+        self.blind_flags.push(f);
+        let over = self.blind_flags.len().saturating_sub(MAX_BLIND_FLAGS);
+        self.blind_flags.drain(..over);
+    }
 }
 
 /// What a peer said of its copy of a space (`GetChecks`): it speaks for itself.

@@ -268,6 +268,11 @@ async fn run(
             let moved = match held {
                 false if peer.hold_blind => crate::blind::hold(&conn).await?,
                 true if !peer.holds_blind.is_empty() => crate::blind::recover(&conn).await?,
+                true => match peer.owner {
+                    // Another holder of the same owner: heal from its copy.
+                    Some(owner) => crate::blind::heal(&conn, owner).await?,
+                    None => continue,
+                },
                 _ => continue,
             };
             report.blind_files += moved.files;

@@ -240,3 +240,192 @@ fn readmit(partner: TestNode, lyon2: &TestNode, owner: &str) -> TestNode {
     fs::write(&toml, &text).unwrap();
     partner
 }
+
+/// `puce --json sync PEER` on `node` with the test clock `days` later: the report and stderr.
+fn sync_later(node: &TestNode, peer: &str, days: &str) -> (serde_json::Value, String) {
+    let args = ["--json", "sync", peer];
+    let out = node
+        .cmd()
+        .env("PUCE_TEST_DAYS_LATER", days)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = puce_tests::expect_ok(&format!("[{}] ", node.name), &args, out);
+    (serde_json::from_str(&stdout).unwrap(), stderr)
+}
+
+/// Issue 18's break-in, for a blind holder with a protection period (`keep_min = "30d"` for
+/// the owner): the owner's history is forgotten and collected and junk takes its place; the
+/// holder accepts the manifest, flags the mass removal, keeps the old files, and a brand new
+/// node with the key restores every snapshot held before, byte for byte. Once the period has
+/// passed (test clock), the next sync frees them.
+#[test]
+fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let kept_key = tempfile::tempdir().unwrap();
+    let key = kept_key.path().join("lyon.key");
+    fs::copy(key_file(&lyon_repo), &key).unwrap();
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut partner = TestNode::new("partner");
+    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer_with(&lyon, "{}", "hold_blind = true\nkeep_min = \"30d\"");
+    let (src1, src2) = (
+        lyon.repo.dir.path().join("src1"),
+        lyon.repo.dir.path().join("src2"),
+    );
+    fs::create_dir_all(&src1).unwrap();
+    fs::write(src1.join("a.bin"), random_bytes(2 << 20, 21)).unwrap();
+    let first = lyon.snapshot(&src1, "docs");
+    puce_tests::make_tree(&src2, 22);
+    fs::write(src2.join("b.bin"), random_bytes(2 << 20, 23)).unwrap();
+    let second = lyon.snapshot(&src2, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    partner.sync("lyon", &[]);
+    let holds = partner.repo.path().join("holds");
+    let before = dir_bytes(&holds);
+    assert!(before >= 4 << 20, "{before}");
+
+    // The break-in: everything forgotten and collected on lyon, junk in its place.
+    lyon.ok(&["forget", &first]);
+    lyon.ok(&["forget", &second]);
+    lyon.ok(&["gc"]);
+    let junk = lyon.repo.dir.path().join("junk");
+    fs::create_dir_all(&junk).unwrap();
+    fs::write(junk.join("junk.bin"), random_bytes(10_000, 24)).unwrap();
+    lyon.snapshot(&junk, "junk");
+    let out = partner.run(&["--json", "sync", "lyon"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("a mass removal, flagged"), "{log}");
+    // Accepted, flagged, nothing freed; the copy still checks out without the key.
+    assert!(dir_bytes(&holds) >= before, "nothing freed");
+    let st = partner.json(&["node", "status"]);
+    let flags = st["blind_flags"].as_array().unwrap();
+    assert_eq!(flags.len(), 1, "{st}");
+    assert_eq!(flags[0]["kind"], "mass_removal", "{st}");
+    assert_eq!(flags[0]["peer"], "lyon", "{st}");
+    assert!(flags[0]["kept_until"].is_string(), "{st}");
+    let protected = st["held_blind"][0]["protected"].as_array().unwrap();
+    assert_eq!(protected.len(), 1, "{st}");
+    assert_eq!(protected[0]["snapshots"], 2, "{st}");
+    let text = partner.ok(&["node", "status"]);
+    println!("{text}");
+    assert!(
+        text.contains("a mass removal?") && text.contains("kept by the protection period"),
+        "{text}"
+    );
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+
+    // A brand new node with the key, admitted by the holder, restores every snapshot held
+    // before the break-in, byte for byte.
+    let lyon_id = lyon.id.clone();
+    let repo2 = TestRepo::with_init(&["--encrypt", "--key-from", key.to_str().unwrap()]);
+    let mut lyon2 = TestNode::with("lyon2", repo2, "127.0.0.1", None);
+    lyon2.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer(&lyon2, "{}");
+    partner = readmit(partner, &lyon2, &lyon_id);
+    partner.start();
+    let r = lyon2.sync("partner", &[]);
+    assert!(r["blind_files"].as_u64().unwrap() >= 4, "{r}");
+    let ids = lyon2.snapshot_ids();
+    assert!(
+        ids.contains(&first) && ids.contains(&second),
+        "{ids:?} lacks {first} or {second}"
+    );
+    assert_eq!(manifest(&lyon2.restored(&first)), manifest(&src1));
+    assert_eq!(manifest(&lyon2.restored(&second)), manifest(&src2));
+    let c = lyon2.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    partner.stop();
+
+    // 29 days later the period still keeps them; 31 days later the next sync frees them.
+    sync_later(&partner, "lyon", "29");
+    assert!(dir_bytes(&holds) >= before, "still kept at 29 days");
+    let (r, log) = sync_later(&partner, "lyon", "31");
+    assert!(r["blind_files"].as_u64().is_some(), "{r}");
+    let after = dir_bytes(&holds);
+    assert!(
+        after < 1 << 20,
+        "freed after the period: {after} bytes left ({log})"
+    );
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+
+    // lyon's node directory goes back to an old state (its last sequence number with it)
+    // after signing a manifest far ahead: what it sends now is a rollback, refused, recorded.
+    let seq = lyon.node_dir().join("blind-seq");
+    fs::write(&seq, (u64::MAX / 2).to_string()).unwrap();
+    partner.sync("lyon", &[]);
+    fs::write(&seq, "1").unwrap();
+    let err = partner.sync_fails("lyon", &[]);
+    assert!(err.contains("a rollback, refused"), "{err}");
+    let st = partner.json(&["node", "status"]);
+    let flags = st["blind_flags"].as_array().unwrap();
+    assert_eq!(flags.last().unwrap()["kind"], "rollback", "{st}");
+    assert_eq!(
+        flags.last().unwrap()["seq_before"],
+        u64::MAX / 2 + 1,
+        "{st}"
+    );
+    let text = partner.ok(&["node", "status"]);
+    assert!(text.contains("a rollback, refused"), "{text}");
+    lyon.stop();
+}
+
+/// Issue 16: two holders of one owner that admit each other for its copy (`owner` in each
+/// other's section) heal each other while the owner is offline: files lost or cut short on
+/// one come back from the other, checked against the owner's signed manifest.
+#[test]
+fn a_blind_holder_heals_from_another_holder_while_the_owner_is_offline() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut a = TestNode::new("a");
+    let mut b = TestNode::new("b");
+    lyon.add_peer_with(&a, "{}", r#"holds_blind = ["*"]"#);
+    lyon.add_peer_with(&b, "{}", r#"holds_blind = ["*"]"#);
+    let admit = format!("owner = \"{}\"", lyon.id);
+    a.add_peer_with(&lyon, "{}", "hold_blind = true");
+    b.add_peer_with(&lyon, "{}", "hold_blind = true");
+    a.add_peer_with(&b, "{}", &admit);
+    b.add_peer_with(&a, "{}", &admit);
+    let src = lyon.repo.dir.path().join("src");
+    puce_tests::make_tree(&src, 31);
+    fs::write(src.join("big.bin"), random_bytes(3 << 20, 32)).unwrap();
+    lyon.snapshot(&src, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    a.sync("lyon", &[]);
+    b.sync("lyon", &[]);
+    lyon.stop();
+
+    // Nothing missing: nothing moves.
+    b.start();
+    let r = a.sync("b", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(0), "{r}");
+    // A pack lost and a snapshot record cut short on a, with lyon offline.
+    let mut held = Vec::new();
+    puce_tests::files_with_bytes(&a.repo.path().join("holds"), &mut held);
+    let pack = held
+        .iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/files/packs/"))
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let record = held
+        .iter()
+        .find(|(p, _)| p.to_string_lossy().contains("/files/snapshots/"))
+        .unwrap();
+    fs::remove_file(&pack.0).unwrap();
+    fs::write(&record.0, &record.1[..record.1.len() / 2]).unwrap();
+    let r = a.run(&["--json", "check", "--read-data"]);
+    assert!(!r.status.success());
+    let r = a.sync("b", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(2), "{r}");
+    assert_eq!(fs::read(&pack.0).unwrap(), pack.1);
+    assert_eq!(fs::read(&record.0).unwrap(), record.1);
+    let c = a.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    b.stop();
+}

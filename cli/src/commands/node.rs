@@ -246,6 +246,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
         .map(|h| json!({"snapshot": h.snapshot, "peer": h.peer, "until": output::time_utc(h.until_ns)}))
         .collect();
     let blind = puce_core::blind::summaries(repo.root())?;
+    let blind_flags = blind_flags(&state);
     if ctx.json {
         output::json(&json!({
             "name": config.name,
@@ -257,6 +258,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
             "held": held,
             "mass_deletions": shrinks,
             "held_blind": blind,
+            "blind_flags": blind_flags,
         }))?;
         return Ok(0);
     }
@@ -280,7 +282,7 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     print_peers(&config, &state, daemon.is_some());
     println!();
     print_pending(&peers);
-    print_blind(&blind);
+    print_blind(&blind, &blind_flags);
     for h in &held {
         println!(
             "\nheld: snapshot {} was forgotten by '{}'; its protection period keeps it until {} \
@@ -324,8 +326,9 @@ pub fn run_status(ctx: &Ctx, a: NodeDirArg) -> Result<i32> {
     Ok(0)
 }
 
-/// What this node holds blind for other nodes (opaque: no key here).
-fn print_blind(blind: &[puce_core::blind::HeldSummary]) {
+/// What this node holds blind for other nodes (opaque: no key here), and what it flagged
+/// about the manifests their owners sent.
+fn print_blind(blind: &[puce_core::blind::HeldSummary], flags: &[Value]) {
     for b in blind {
         let snapshots: usize = b.spaces.iter().map(|s| s.1).sum();
         println!(
@@ -336,7 +339,57 @@ fn print_blind(blind: &[puce_core::blind::HeldSummary]) {
             output::size(b.stored_bytes),
             output::time(b.arrived_ns)
         );
+        for k in &b.protected {
+            println!(
+                "  kept by the protection period until {}: an older manifest ({} snapshots, {})",
+                output::time(k.until_ns),
+                k.snapshots,
+                output::size(k.stored_bytes)
+            );
+        }
     }
+    for f in flags {
+        let peer = f["peer"].as_str().unwrap_or_default();
+        let at = f["at"].as_str().unwrap_or_default();
+        if f["kind"] == "rollback" {
+            println!(
+                "\nflagged: '{peer}' sent at {at} a manifest to hold blind older than the one \
+                 kept (sequence {} after {}): a rollback, refused",
+                f["seq_after"], f["seq_before"]
+            );
+        } else {
+            println!(
+                "\nflagged: '{peer}' sent at {at} a manifest to hold blind that drops {} of the {} \
+                 bytes of the one before (a mass removal? {})",
+                f["dropped_bytes"],
+                f["bytes_before"],
+                match f["kept_until"].as_str() {
+                    Some(t) => format!("kept here until {t}"),
+                    None => "no keep_min here: freed".into(),
+                }
+            );
+        }
+    }
+}
+
+/// What this node flagged about the manifests peers sent it to hold blind (`--json` form).
+fn blind_flags(state: &NodeState) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in state.peers.values() {
+        for f in &p.blind_flags {
+            out.push(json!({
+                "peer": p.name,
+                "kind": f.kind,
+                "at": output::time_utc(f.at_ns),
+                "seq_before": f.seq_before,
+                "seq_after": f.seq_after,
+                "bytes_before": f.bytes_before,
+                "dropped_bytes": f.dropped_bytes,
+                "kept_until": f.kept_until_ns.map(output::time_utc),
+            }));
+        }
+    }
+    out
 }
 
 /// What this node knows of peer `p` (nothing yet: the default).

@@ -100,7 +100,8 @@ pub struct Event {
     /// `conflicts/PEER/TIME`, `crash/TIME`, `replicas/SPACE`.
     pub key: String,
     /// `sync_stale`, `damage`, `disk_full`, `conflicts`, `crash`, `replicas`, `dated_ahead`,
-    /// `mass_deletion`, `held`, `quota`, `quota_refused`.
+    /// `mass_deletion`, `held`, `quota`, `quota_refused`, `blind_mass_removal`,
+    /// `blind_rollback`.
     pub kind: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
@@ -138,7 +139,7 @@ pub struct Facts<'a> {
     pub now_ns: i64,
 }
 
-fn date(ns: i64) -> String {
+pub(crate) fn date(ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(ns))
         .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default()
@@ -342,6 +343,7 @@ pub fn events(f: &Facts, cfg: &NotifyConfig) -> Vec<Event> {
         });
     }
     flag_events(f.flags, &mut out);
+    crate::flags::blind_events(f.state, &mut out);
     for r in f.replicas {
         if let (Some(w), Some(false)) = (r.wanted, r.ok) {
             let missing: Vec<String> = r

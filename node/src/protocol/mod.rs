@@ -29,8 +29,9 @@ pub const ALPN: &[u8] = b"puce/sync/1";
 /// to the nodes that replicate a space), revision 4 `GetChecks` (what a peer holds complete and
 /// when its data was last checked, for the replica rules), revision 5 the repository's key
 /// fingerprint in `Hello`/`Welcome` and the blind-holding messages (`GetManifest`, `Manifest`,
-/// `GetFile`, `FileData`).
-pub const VERSION: u16 = 5;
+/// `GetFile`, `FileData`), revision 6 the older manifests a protection period keeps in the
+/// answer to `GetManifest` (`held: true`).
+pub const VERSION: u16 = 6;
 /// The first revision with `FindObjects`.
 pub const FIND_OBJECTS_VERSION: u16 = 2;
 /// The first revision with `GetForgets`.
@@ -39,6 +40,9 @@ pub const FORGETS_VERSION: u16 = 3;
 pub const CHECKS_VERSION: u16 = 4;
 /// The first revision with the key fingerprint in `Welcome` and the blind-holding messages.
 pub const BLIND_VERSION: u16 = 5;
+/// The first revision whose `GetManifest` (`held: true`) is answered by the newest manifest,
+/// the older ones a protection period keeps, then `End`.
+pub const KEPT_MANIFESTS_VERSION: u16 = 6;
 /// The oldest revision this node still speaks.
 pub const MIN_VERSION: u16 = 1;
 
@@ -55,6 +59,9 @@ pub const MAX_OBJECT_LEN: usize = 64 << 20;
 pub const MAX_FILE_RANGE: u32 = 4 * MIB;
 /// Largest manifest a `Manifest` frame carries.
 pub const MAX_MANIFEST_FRAME: u32 = 16 * MIB + 64;
+/// Most bytes of manifests in one answer to `GetManifest` (`held: true`, revision 6): a
+/// holder that sends more is cut off.
+pub const MAX_HELD_MANIFESTS_BYTES: usize = 256 * MIB as usize;
 /// Largest request frame body (the bound of the largest request type): a node holds at most
 /// `transport::MAX_STREAMS` of them per connection.
 pub const MAX_REQUEST_LEN: u32 = MIB;
@@ -319,9 +326,11 @@ pub struct SpaceCheck {
 
 /// Ask for a blind-holding manifest (revision 5). `held: false`, from a holder to the owner:
 /// the manifest of what the holder must keep for it now, signed by the owner. `held: true`,
-/// from an owner's node to its holder: the newest manifest the holder keeps for that owner.
-/// Answered by one `Manifest`, or `Error` (`NotAllowed`: not configured so; `NotFound`: no
-/// manifest held yet).
+/// from an owner's node to its holder: the newest manifest the holder keeps for that owner,
+/// and (revision 6) the older ones its protection period still keeps.
+/// Answered by one `Manifest` (with `held: true` and revision 6: one `Manifest` per manifest
+/// kept, newest first, at most `blind::MAX_KEPT_MANIFESTS + 1`, then `End`), or `Error`
+/// (`NotAllowed`: not configured so; `NotFound`: no manifest held yet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetManifest {
     /// Which manifest: the one to hold (false), the one held (true).

@@ -473,6 +473,17 @@ fn golden_blind_messages() {
             "03 010203", // 3 bytes
         ],
     );
+    // Revision 6: the held manifests (newest, then those a protection period keeps) end with
+    // `End` and their count.
+    golden(
+        Message::End(End { count: 2 }),
+        &[
+            "01000000", // body length 1
+            "16",       // type End
+            "02",       // count 2
+        ],
+    );
+    const { assert!(KEPT_MANIFESTS_VERSION <= VERSION && BLIND_VERSION < KEPT_MANIFESTS_VERSION) };
     assert_eq!(MessageType::FileData.max_len(), MAX_FILE_RANGE + 16);
     assert_eq!(MessageType::Manifest.max_len(), 16 * 1024 * 1024 + 64);
     assert!(MessageType::GetFile.is_request() && MessageType::GetManifest.is_request());

@@ -60,9 +60,19 @@ async fn a_holder_refuses_a_rollback_and_hostile_ranges_cut_the_peer_off() {
     let later = crate::blind::sign(&owner.ctx.identity, m).unwrap();
     h.publish(&later).unwrap();
     let conn = connect(&holder, &owner).await;
+    std::fs::create_dir_all(&holder.ctx.dir).unwrap();
     let e = crate::blind::hold(&conn).await.unwrap_err();
     assert!(e.to_string().contains("rollback"), "{e}");
     assert_eq!(h.manifest().unwrap().unwrap().1, later);
+    // The refusal is recorded in the node state (`puce node status`, the notifications).
+    let st = crate::state::NodeState::load(&holder.ctx.dir).unwrap();
+    let flags = &st.peers[&owner.ctx.identity.id().to_string()].blind_flags;
+    assert_eq!(flags.len(), 1, "{flags:?}");
+    assert_eq!(
+        (flags[0].kind.as_str(), flags[0].seq_before),
+        ("rollback", u64::MAX - 1)
+    );
+    assert!(flags[0].seq_after < flags[0].seq_before, "{flags:?}");
 
     // A file not in the manifest sent: NotFound, the connection goes on.
     let ask = |r: GetFile| {
@@ -100,15 +110,22 @@ async fn a_holder_refuses_a_rollback_and_hostile_ranges_cut_the_peer_off() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("asked for 1 bytes"), "{e}");
-    assert!(
-        ask(GetFile {
+    // The responder answers, then closes the link: a request sent in between may still be
+    // served. Within 10 s, requests fail.
+    let mut closed = false;
+    for _ in 0..1000 {
+        let r = ask(GetFile {
             kind: f.kind,
             name: f.name,
             offset: 0,
             len: 1,
         })
-        .await
-        .is_err(),
-        "the connection is closed"
-    );
+        .await;
+        if r.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(closed, "the connection is closed");
 }
