@@ -776,7 +776,7 @@ repair = true
 # keep_min = "30d"
 # # Quota: what this peer may make this node store, in stored bytes (what this node holds
 # # only because that peer delivered it; `puce report peers` shows the use). A transfer from
-# # it that would exceed it is refused; restart the daemon after raising it.
+# # it that would exceed it is refused; reload the daemon after raising it.
 # quota = "200 GiB"
 #
 # Blind holding: a partner of another association keeps a copy of spaces without

@@ -71,7 +71,7 @@ pub fn events(uses: &[QuotaUse], state: &NodeState, out: &mut Vec<Event>) {
         };
         let todo = if u.kind == "peer" {
             "Transfers from it are refused once it is reached: raise `quota` in node.toml \
-             (then restart the daemon), or free space (`puce node drop`, `puce gc`)."
+             (then reload the daemon: `systemctl reload puce-node`), or free space (`puce node drop`, `puce gc`)."
         } else {
             "Snapshots and writes through the mount are refused once it is reached: raise it \
              with `puce space set`, or free space (`puce forget`, `puce gc`)."
