@@ -312,10 +312,55 @@ impl Holds {
         Ok(out)
     }
 
+    /// The stored bytes held for the owner once `m` is accepted at `now` with the protection
+    /// period `keep_ns`: the files of `m` and of every manifest the period keeps (the one `m`
+    /// replaces included), each once. What the owner's quota on this node is compared with:
+    /// what a protection period keeps counts, so a compromised owner cannot make room by
+    /// dropping what it sent.
+    pub fn bytes_after(&self, m: &Manifest, keep_ns: Option<i64>, now: i64) -> Result<u64> {
+        let current = self.manifest()?.map(|(c, _)| c);
+        let kept = self.kept()?;
+        let mut all: Vec<&Manifest> = vec![m];
+        if let (Some(c), Some(k)) = (&current, keep_ns)
+            && self.kept_until(c, m, k, now).is_some()
+        {
+            all.push(c);
+        }
+        all.extend(
+            kept.iter()
+                .filter(|k| k.until_ns > now)
+                .map(|k| &k.manifest),
+        );
+        Ok(union(&all).iter().map(|f| f.len).sum())
+    }
+
+    /// Until when the protection period `keep` keeps `prev` once `m` replaces it at `now`:
+    /// `keep` after the newest arrival here (the file's modification time) of the files `m`
+    /// drops, as a readable replica keeps a forgotten snapshot until it is `keep_min` old;
+    /// `None` when `m` drops nothing or the period of everything it drops has passed.
+    fn kept_until(&self, prev: &Manifest, m: &Manifest, keep: i64, now: i64) -> Option<i64> {
+        let listed: HashSet<FileKey> = m.files.iter().map(key).collect();
+        let arrived = prev
+            .files
+            .iter()
+            .filter(|f| !listed.contains(&key(f)))
+            .map(|f| {
+                fs::metadata(self.path(f))
+                    .and_then(|md| md.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(now, |d| i64::try_from(d.as_nanos()).unwrap_or(now))
+            })
+            .max()?;
+        let until = arrived.saturating_add(keep);
+        (keep > 0 && until > now).then_some(until)
+    }
+
     /// Keep `bytes` (the manifest `m`, whose files are all here) as the newest manifest. If
     /// it drops files the one it replaces lists and `keep_ns` (the owner's protection period
-    /// here) is set, the one replaced is kept until `now + keep_ns` first. Then free what no
-    /// manifest kept lists ([`Holds::free`]).
+    /// here) is set, the one replaced is kept first, until `keep_ns` after the newest arrival
+    /// of what it drops ([`Holds::kept_until`]). Then free what no manifest kept lists
+    /// ([`Holds::free`]).
     pub fn accept(
         &self,
         bytes: &[u8],
@@ -334,16 +379,18 @@ impl Holds {
             a.prev_seq = Some(prev.seq);
             a.prev_bytes = prev.stored_bytes();
             a.dropped_bytes = dropped.iter().map(|f| f.len).sum();
-            if let Some(k) = keep_ns.filter(|k| *k > 0 && !dropped.is_empty()) {
+            if let Some(until) = keep_ns.and_then(|k| self.kept_until(&prev, m, k, now)) {
                 let live = self.kept()?.iter().filter(|k| k.until_ns > now).count();
                 if live >= MAX_KEPT_MANIFESTS {
                     return Err(Error::invalid(format!(
-                        "manifest {} of node {} drops files while {live} older manifests are                          already kept by the protection period (at most {MAX_KEPT_MANIFESTS}):                          refused, the copy held stays as it was; check that node for a                          break-in",
+                        "manifest {} of node {} drops files while {live} older manifests are \
+                         already kept by the protection period (at most {MAX_KEPT_MANIFESTS}): \
+                         refused, the copy held stays as it was; check that node for a \
+                         break-in",
                         m.seq,
                         Hash(m.owner).to_hex()
                     )));
                 }
-                let until = now.saturating_add(k);
                 fsutil::write_atomic(
                     &self.dir.join(KEPT).join(format!("{}-{until}", prev.seq)),
                     &self.dir.join("tmp"),
@@ -678,16 +725,31 @@ mod tests {
         h.complete(f).unwrap();
     }
 
+    /// Put `data` in `h` as a complete file that arrived at `t` (ns).
+    fn arrive_at(h: &Holds, f: &HeldFile, data: &[u8], t: i64) {
+        arrive(h, f, data);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t as u64);
+        fs::File::options()
+            .write(true)
+            .open(h.path(f))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
     /// With a protection period, a manifest that drops files keeps the one it replaces (served
-    /// back with it) until the period has passed since; one whose files a later manifest kept
-    /// as long lists is let go; then the files are freed.
+    /// back with it) until the period has passed since the newest of those files arrived;
+    /// one whose files a later manifest kept as long lists is let go; then the files are
+    /// freed.
     #[test]
     fn a_protection_period_keeps_what_a_newer_manifest_drops() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, junk) = (vec![1u8; 7000], vec![2u8; 3000], vec![3u8; 10]);
-        let (fa, fb, fj) = (
+        let data = |n: u8, len: usize| vec![n; len];
+        let (a, b, c, junk) = (data(1, 7000), data(2, 3000), data(4, 500), data(3, 10));
+        let (fa, fb, fc, fj) = (
             file(FileKind::Pack, &a),
             file(FileKind::Pack, &b),
+            file(FileKind::Pack, &c),
             file(FileKind::Snapshot, &junk),
         );
         let with = |seq, files: Vec<HeldFile>| {
@@ -695,23 +757,28 @@ mod tests {
             m.seq = seq;
             (m.encode().unwrap(), m)
         };
-        let (b1, m1) = with(1, vec![fa.clone(), fb.clone()]);
-        let h = Holds::open(dir.path(), &m1.owner).unwrap();
-        arrive(&h, &fa, &a);
-        arrive(&h, &fb, &b);
         // Times in minutes from now (summaries read the clock).
         let t0 = crate::forgotten::hold_now();
         let at = |min: i64| t0 + min * 60_000_000_000;
         let keep = Some(at(100) - t0);
-        let acc = h.accept(&b1, &m1, keep, at(0)).unwrap();
+        let (b1, m1) = with(1, vec![fa.clone(), fb.clone()]);
+        let h = Holds::open(dir.path(), &m1.owner).unwrap();
+        arrive_at(&h, &fa, &a, at(0));
+        arrive_at(&h, &fb, &b, at(5));
+        let acc = h.accept(&b1, &m1, keep, at(5)).unwrap();
         assert_eq!(
             acc,
             Accepted::default(),
             "the first manifest replaces nothing"
         );
-        // A manifest listing only junk: 100 % dropped, flagged; m1 kept until 10 + 100.
+        // A manifest listing only junk: 100 % dropped, flagged; m1 kept until b's arrival
+        // (5) + 100.
         let (b2, m2) = with(2, vec![fj.clone()]);
-        arrive(&h, &fj, &junk);
+        arrive_at(&h, &fj, &junk, at(10));
+        // A quota compares what m2 and the protection period would hold together.
+        assert_eq!(h.bytes_after(&m2, keep, at(10)).unwrap(), 10_010);
+        assert_eq!(h.bytes_after(&m2, keep, at(106)).unwrap(), 10);
+        assert_eq!(h.bytes_after(&m2, None, at(10)).unwrap(), 10);
         let acc = h.accept(&b2, &m2, keep, at(10)).unwrap();
         assert!(acc.mass_removal(), "{acc:?}");
         assert_eq!(
@@ -721,8 +788,9 @@ mod tests {
                 acc.kept_until,
                 acc.freed_files
             ),
-            (Some(1), 10_000, Some(at(110)), 0)
+            (Some(1), 10_000, Some(at(105)), 0)
         );
+        assert_eq!(h.bytes_after(&m2, keep, at(50)).unwrap(), 10_010);
         let served = h.served(at(50)).unwrap();
         assert_eq!(
             served.iter().map(|(m, _)| m.seq).collect::<Vec<_>>(),
@@ -733,33 +801,41 @@ mod tests {
         assert_eq!(union(&refs).len(), 3);
         assert!(h.verify(at(50)).unwrap().is_empty());
         assert_eq!(summaries(dir.path()).unwrap()[0].protected.len(), 1);
-        // A third manifest dropping nothing more keeps nothing new; b is still protected.
-        let (b3, m3) = with(3, vec![fj.clone(), fb.clone()]);
-        let acc = h.accept(&b3, &m3, keep, at(20)).unwrap();
+        // A third manifest dropping nothing keeps nothing new.
+        let (b3, m3) = with(3, vec![fj.clone(), fc.clone()]);
+        arrive_at(&h, &fc, &c, at(25));
+        let acc = h.accept(&b3, &m3, keep, at(25)).unwrap();
         assert_eq!((acc.kept_until, acc.freed_files), (None, 0));
         assert!(!acc.mass_removal() && acc.dropped_bytes == 0, "{acc:?}");
-        // A fourth dropping b: m3 kept until 130, m1 still until 110 (it alone lists a).
+        // A fourth dropping c: m3 kept until 125, m1 still until 105 (it alone lists a, b).
         let (b4, m4) = with(4, vec![fj.clone()]);
         let acc = h.accept(&b4, &m4, keep, at(30)).unwrap();
-        assert_eq!(acc.kept_until, Some(at(130)));
-        assert!(acc.mass_removal(), "3000 of 3010 bytes dropped: {acc:?}");
+        assert_eq!(acc.kept_until, Some(at(125)));
+        assert!(acc.mass_removal(), "500 of 510 bytes dropped: {acc:?}");
         assert_eq!(h.kept().unwrap().len(), 2);
-        // At 110 m1 expires: a is freed, b kept (m3 until 130).
-        assert_eq!(h.free(at(110)).unwrap(), (1, 7000));
-        assert!(h.has(&fb) && !h.path(&fa).exists());
-        assert_eq!(h.free(at(130)).unwrap(), (1, 3000));
+        // At 105 m1 expires: a and b are freed, c kept (m3 until 125).
+        assert_eq!(h.free(at(105)).unwrap(), (2, 10_000));
+        assert!(h.has(&fc) && !h.path(&fa).exists() && !h.path(&fb).exists());
+        assert_eq!(h.free(at(125)).unwrap(), (1, 500));
         assert!(h.kept().unwrap().is_empty() && h.has(&fj));
+        // Dropping what arrived longer ago than the period keeps nothing.
+        let (b5, m5) = with(5, vec![]);
+        let acc = h.accept(&b5, &m5, keep, at(200)).unwrap();
+        assert_eq!((acc.kept_until, acc.freed_files), (None, 1));
         // A kept manifest whose files a later one kept as long lists is let go at once.
-        let (b5, m5) = with(5, vec![fj.clone(), fa.clone()]);
-        arrive(&h, &fa, &a);
-        h.accept(&b5, &m5, keep, at(200)).unwrap();
-        let (b6, m6) = with(6, vec![fa.clone()]);
-        h.accept(&b6, &m6, keep, at(210)).unwrap();
-        let (b7, m7) = with(7, vec![fa.clone(), fj.clone()]);
-        h.accept(&b7, &m7, keep, at(220)).unwrap();
-        let (b8, m8) = with(8, vec![fa.clone()]);
-        h.accept(&b8, &m8, keep, at(230)).unwrap();
+        let (x, y) = (data(5, 100), data(6, 100));
+        let (fx, fy) = (file(FileKind::Pack, &x), file(FileKind::Pack, &y));
+        arrive_at(&h, &fx, &x, at(300));
+        arrive_at(&h, &fy, &y, at(305));
+        let (b6, m6) = with(6, vec![fx.clone(), fy.clone()]);
+        h.accept(&b6, &m6, keep, at(305)).unwrap();
+        let (b7, m7) = with(7, vec![fx.clone()]);
+        h.accept(&b7, &m7, keep, at(310)).unwrap();
+        let (b8, m8) = with(8, vec![fx.clone(), fy.clone()]);
+        h.accept(&b8, &m8, keep, at(320)).unwrap();
+        let (b9, m9) = with(9, vec![fx.clone()]);
+        h.accept(&b9, &m9, keep, at(330)).unwrap();
         let kept: Vec<u64> = h.kept().unwrap().iter().map(|k| k.manifest.seq).collect();
-        assert_eq!(kept, [7], "m5 lists nothing m7 does not");
+        assert_eq!(kept, [8], "m6 lists nothing m8 does not");
     }
 }

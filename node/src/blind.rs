@@ -461,25 +461,33 @@ pub async fn hold(conn: &Arc<Conn>) -> Result<Moved> {
         );
         return Err(Error::new(ErrorKind::BadObject, why));
     }
-    if let Some(q) = conn.peer.quota
-        && m.stored_bytes() > q
-    {
-        return Err(Error::new(
-            ErrorKind::Quota,
-            format!(
-                "{} asks this node to hold {} bytes blind, over its quota of {q} bytes here: \
-                 nothing fetched (raise `quota` in its [[peer]] section, or let it hold fewer \
-                 spaces here)",
-                conn.label,
-                m.stored_bytes()
-            ),
-        ));
-    }
-    let mut moved = fetch_missing(conn, &h, m.files.iter()).await?;
     let keep_ns = conn
         .peer
         .keep_min
         .map(|k| i64::try_from(k.as_nanos()).unwrap_or(i64::MAX));
+    if let Some(q) = conn.peer.quota {
+        let (h2, m2) = (h.clone(), m.clone());
+        let after = tokio::task::spawn_blocking(move || {
+            h2.bytes_after(&m2, keep_ns, puce_core::forgotten::hold_now())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("{e}")))??;
+        if after > q {
+            return Err(Error::new(
+                ErrorKind::Quota,
+                format!(
+                    "quota exceeded: {} asks this node to hold {after} bytes blind (its new \
+                     manifest, {} bytes, and what the protection period keeps here), over its \
+                     quota of {q} bytes: nothing fetched (raise `quota` in its [[peer]] section \
+                     and reload, let it hold fewer spaces here, or wait until keep_min has \
+                     passed for what it dropped)",
+                    conn.label,
+                    m.stored_bytes()
+                ),
+            ));
+        }
+    }
+    let mut moved = fetch_missing(conn, &h, m.files.iter()).await?;
     let (h2, m2) = (h.clone(), m.clone());
     let a = tokio::task::spawn_blocking(move || {
         h2.accept(&bytes, &m2, keep_ns, puce_core::forgotten::hold_now())

@@ -290,7 +290,8 @@ impl TestNode {
     /// whether it did.
     pub fn reload(&mut self) -> bool {
         let count = |log: &str| {
-            log.matches("node.toml reloaded").count() + log.matches("node.toml not reloaded").count()
+            log.matches("node.toml reloaded").count()
+                + log.matches("node.toml not reloaded").count()
         };
         let before = count(&self.log());
         let d = self.daemon.as_ref().expect("daemon running");

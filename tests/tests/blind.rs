@@ -378,6 +378,59 @@ fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder(
 /// Issue 16: two holders of one owner that admit each other for its copy (`owner` in each
 /// other's section) heal each other while the owner is offline: files lost or cut short on
 /// one come back from the other, checked against the owner's signed manifest.
+/// What a protection period keeps for a blind owner still counts against its quota on the
+/// holder: a compromised owner cannot make room by dropping what it sent. Once the period
+/// has passed, the room is given back.
+#[test]
+fn what_the_protection_period_keeps_counts_against_a_blind_owners_quota() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut partner = TestNode::new("partner");
+    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer_with(
+        &lyon,
+        "{}",
+        "hold_blind = true\nkeep_min = \"30d\"\nquota = \"6 MiB\"",
+    );
+    let (src1, src2) = (
+        lyon.repo.dir.path().join("src1"),
+        lyon.repo.dir.path().join("src2"),
+    );
+    fs::create_dir_all(&src1).unwrap();
+    fs::create_dir_all(&src2).unwrap();
+    fs::write(src1.join("a.bin"), random_bytes(4 << 20, 31)).unwrap();
+    fs::write(src2.join("b.bin"), random_bytes(4 << 20, 32)).unwrap();
+    let first = lyon.snapshot(&src1, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    partner.sync("lyon", &[]);
+    let holds = partner.repo.path().join("holds");
+    let before = dir_bytes(&holds);
+    assert!(before >= 4 << 20, "{before}");
+    // Lyon drops its 4 MiB and sends 4 MiB more: alone under the quota, over it with what
+    // the period keeps.
+    lyon.ok(&["forget", &first]);
+    lyon.ok(&["gc"]);
+    lyon.snapshot(&src2, "docs");
+    let e = partner.sync_fails("lyon", &[]);
+    assert!(
+        e.contains("quota exceeded") && e.contains("what the protection period keeps"),
+        "{e}"
+    );
+    assert!(
+        dir_bytes(&holds) < before + (1 << 20),
+        "fetched over the quota"
+    );
+    // Thirty-one days later the period has passed: the new manifest fits.
+    let (r, log) = sync_later(&partner, "lyon", "31");
+    assert!(r["blind_files"].as_u64().unwrap() >= 1, "{r}\n{log}");
+    let after = dir_bytes(&holds);
+    assert!(
+        after >= 4 << 20 && after < 6 << 20,
+        "{after}: the old 4 MiB should be freed, the new 4 MiB held"
+    );
+}
+
 #[test]
 fn a_blind_holder_heals_from_another_holder_while_the_owner_is_offline() {
     let lyon_repo = TestRepo::with_init(&["--encrypt"]);

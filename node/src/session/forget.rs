@@ -248,7 +248,7 @@ fn put_off(repo: &puce_core::Repo, peer: &Peer, records: Vec<Forget>) -> Result<
         let until = since.saturating_add(keep_ns);
         if until > now {
             tracing::warn!(
-                "peer '{}' forgot snapshot {} of space '{}'; kept here until {} by its                  protection period (keep_min in node.toml); it can be restored by id meanwhile",
+                "peer '{}' forgot snapshot {} of space '{}'; kept here until {} by its protection period (keep_min in node.toml); it can be restored by id meanwhile",
                 peer.name,
                 f.snapshot,
                 f.space,
