@@ -504,6 +504,16 @@ async fn schedule(ctx: Arc<NodeCtx>, peer: Peer, mut stop: tokio::sync::watch::R
                 for w in &r.warnings {
                     tracing::warn!("peer '{}': {w}", peer.name);
                 }
+                // A point of the ledger's history (`puce report peers --html` charts them),
+                // after the sync: its walk is not the sync's time.
+                let c = ctx.clone();
+                let recorded = tokio::task::spawn_blocking(move || {
+                    crate::ledger::record_point(&c.repo, &c.config, &c.dir)
+                })
+                .await;
+                if let Ok(Err(e)) = recorded {
+                    tracing::warn!("the ledger's history has no point for this sync: {e:#}");
+                }
             }
             Err(e) => {
                 let h = history(&ctx, &peer);

@@ -19,6 +19,7 @@ pub mod error;
 pub mod flags;
 pub mod heal;
 pub mod identity;
+pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;

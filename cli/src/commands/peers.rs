@@ -1,16 +1,12 @@
 //! `puce report peers`: the ledger between this node and its peers (`puce_core::ledger`): what
 //! this node holds for each peer, against its quota, and what the peer holds for this node as of
-//! the last sync; each run adds a point to `peers-history.jsonl` in the node directory, which
-//! `--html` charts.
-
-use std::collections::HashSet;
-use std::path::Path;
+//! the last sync ([`puce_node::ledger`]); each run adds a point to `peers-history.jsonl` in the
+//! node directory (so does each sync the daemon runs), which `--html` charts.
 
 use anyhow::{Context, Result};
 use puce_core::ledger::{Ledger, OwnerUse};
-use puce_core::{Repo, SnapshotId};
 use puce_node::config::NodeConfig;
-use puce_node::identity::NodeId;
+use puce_node::ledger::{Row, record_history, rows};
 use puce_node::state::NodeState;
 use serde_json::{Value, json};
 
@@ -18,50 +14,6 @@ use super::Ctx;
 use super::node::{node_dir, node_err};
 use crate::args::PeersArgs;
 use crate::output;
-
-/// History file, one JSON object a line: `{"t": ns, "peers": {name: [held_for, held_by]}}`.
-pub const HISTORY_FILE: &str = "peers-history.jsonl";
-/// Points kept in the history (older ones are dropped when it is rewritten).
-const HISTORY_MAX: usize = 2000;
-
-/// What a peer holds for this node as of the last sync: the snapshots made here that it listed
-/// (or received by push), measured here (objects travel as stored).
-struct HeldBy {
-    as_of_ns: Option<i64>,
-    snapshots: u64,
-    objects: u64,
-    bytes: u64,
-}
-
-fn held_by(
-    repo: &Repo,
-    state: &NodeState,
-    id: &NodeId,
-    mine: &HashSet<SnapshotId>,
-) -> Result<HeldBy> {
-    let Some(ps) = state.peers.get(&id.to_string()) else {
-        return Ok(HeldBy {
-            as_of_ns: None,
-            snapshots: 0,
-            objects: 0,
-            bytes: 0,
-        });
-    };
-    let ids: Vec<SnapshotId> = ps
-        .spaces
-        .values()
-        .flatten()
-        .filter_map(|h| SnapshotId::from_hex(h).ok())
-        .filter(|s| mine.contains(s))
-        .collect();
-    let (objects, bytes) = puce_core::ledger::reached(repo, &ids)?;
-    Ok(HeldBy {
-        as_of_ns: ps.last_success_ns,
-        snapshots: ids.len() as u64,
-        objects,
-        bytes,
-    })
-}
 
 fn use_json(u: &OwnerUse) -> Value {
     json!({
@@ -75,58 +27,6 @@ fn use_json(u: &OwnerUse) -> Value {
         "in_transit_objects": u.in_transit_objects,
         "in_transit_bytes": u.in_transit_bytes,
     })
-}
-
-/// One peer of the report: its name, id, figures both ways.
-struct Row {
-    name: String,
-    id: NodeId,
-    configured: bool,
-    quota: Option<u64>,
-    held_for: OwnerUse,
-    held_by: HeldBy,
-}
-
-fn rows(repo: &Repo, config: &NodeConfig, state: &NodeState, ledger: &Ledger) -> Result<Vec<Row>> {
-    let receipts = puce_core::reach::receipts(repo)?;
-    let received: HashSet<SnapshotId> = receipts.iter().map(|r| r.snapshot).collect();
-    let mine: HashSet<SnapshotId> = repo
-        .snapshots()?
-        .into_iter()
-        .map(|s| s.id)
-        .filter(|s| !received.contains(s))
-        .collect();
-    let mut out = Vec::new();
-    for p in &config.peers {
-        out.push(Row {
-            name: p.name.clone(),
-            id: p.id,
-            configured: true,
-            quota: p.quota,
-            held_for: ledger.peer(&p.id.0),
-            held_by: held_by(repo, state, &p.id, &mine)?,
-        });
-    }
-    // Peers no longer in node.toml that still own data here, named as their receipts say.
-    for u in ledger.owners.iter().skip(1) {
-        let Some(id) = u.peer else { continue };
-        if config.peer_by_id(&NodeId(id)).is_some() {
-            continue;
-        }
-        let name = receipts
-            .iter()
-            .find(|r| r.sender == id)
-            .map_or_else(|| "(unknown)".to_string(), |r| r.sender_name.clone());
-        out.push(Row {
-            name,
-            id: NodeId(id),
-            configured: false,
-            quota: None,
-            held_for: u.clone(),
-            held_by: held_by(repo, state, &NodeId(id), &mine)?,
-        });
-    }
-    Ok(out)
 }
 
 fn row_json(r: &Row) -> Value {
@@ -148,44 +48,15 @@ fn row_json(r: &Row) -> Value {
     })
 }
 
-/// Add this run's point to the history; the points so far (oldest first).
-fn record_history(dir: &Path, now: i64, rows: &[Row]) -> Result<Vec<Value>> {
-    let path = dir.join(HISTORY_FILE);
-    let mut points: Vec<Value> = match std::fs::read_to_string(&path) {
-        Ok(t) => t
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let peers: serde_json::Map<String, Value> = rows
-        .iter()
-        .map(|r| (r.name.clone(), json!([r.held_for.bytes, r.held_by.bytes])))
-        .collect();
-    points.push(json!({ "t": now, "peers": peers }));
-    if points.len() > HISTORY_MAX {
-        points.drain(..points.len() - HISTORY_MAX);
-    }
-    let mut text = String::new();
-    for p in &points {
-        text.push_str(&p.to_string());
-        text.push('\n');
-    }
-    // Private (0600), replaced atomically.
-    puce_core::fsutil::write_atomic(&path, dir, text.as_bytes())?;
-    Ok(points)
-}
-
 pub fn run(ctx: &Ctx, a: PeersArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let dir = node_dir(ctx, &a.dir)?;
     let config = NodeConfig::load(&dir).map_err(node_err)?;
     let state = NodeState::load(&dir).map_err(node_err)?;
     let ledger = puce_core::ledger::compute(&repo)?;
-    let rows = rows(&repo, &config, &state, &ledger)?;
+    let rows = rows(&repo, &config, &state, &ledger).map_err(node_err)?;
     let now = puce_core::index::now_ns();
-    let history = record_history(&dir, now, &rows)?;
+    let history = record_history(&dir, now, &rows).map_err(node_err)?;
     if let Some(p) = &a.html {
         let page = crate::html::peers_page(
             &format!("puce: peers of node '{}'", config.name),
