@@ -72,7 +72,10 @@ pub fn puce_bin() -> &'static Path {
 
 /// The key file the test repositories of this process share (`puce init --key-from`), unless
 /// a test asks for another key (`--encrypt`) or none (`--no-encrypt`): like the sites of one
-/// association, they sync and dedup with each other. Made once per process by `puce init`.
+/// association, they sync and dedup with each other. The key is fixed
+/// (`tests/fixtures/association.key`, made by `puce init`), so that chunk boundaries and ids,
+/// which depend on it, are the same from run to run and a failure can be replayed;
+/// `PUCE_TEST_RANDOM_KEY=1` makes a new one per process instead (`puce init`).
 pub fn association_key() -> &'static Path {
     static KEY: OnceLock<PathBuf> = OnceLock::new();
     KEY.get_or_init(|| {
@@ -81,6 +84,13 @@ pub fn association_key() -> &'static Path {
             .tempdir()
             .unwrap()
             .keep();
+        let key = dir.join("association.key");
+        if std::env::var_os("PUCE_TEST_RANDOM_KEY").is_none() {
+            let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/association.key");
+            fs::copy(&fixture, &key).unwrap();
+            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            return key;
+        }
         let out = Command::new(puce_bin())
             .env("XDG_CONFIG_HOME", dir.join("config"))
             .args(["--json", "init"])
@@ -88,7 +98,6 @@ pub fn association_key() -> &'static Path {
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&expect_ok("", &["init"], out)).unwrap();
-        let key = dir.join("association.key");
         fs::rename(v["key_file"].as_str().unwrap(), &key).unwrap();
         fs::remove_dir_all(dir.join("repo")).unwrap();
         key
