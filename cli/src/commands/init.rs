@@ -35,15 +35,7 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         pack_target_size: a.pack_size << 20,
         open: ctx.open_options(),
         key_dir,
-        key: if a.key_from.is_empty() {
-            None
-        } else {
-            let source = crate::passphrase::source(ctx.password_file.clone());
-            Some(puce_core::recovery::read_key_from(
-                &a.key_from,
-                Some(&source),
-            )?)
-        },
+        key: given_key(ctx, &a.key_from)?,
         passphrase: if a.passphrase {
             Some(crate::passphrase::new(
                 None,
@@ -182,4 +174,19 @@ fn keep_given_key(
         puce_core::keyfile::create(dir, &c, Some(master.clone()))?;
     }
     Ok(())
+}
+
+/// The master key `--key-from` gives (key files, a recovery sheet or shares), if any.
+pub(super) fn given_key(
+    ctx: &Ctx,
+    key_from: &[std::path::PathBuf],
+) -> Result<Option<puce_core::crypto::MasterKey>> {
+    if key_from.is_empty() {
+        return Ok(None);
+    }
+    let source = crate::passphrase::source(ctx.password_file.clone());
+    Ok(Some(puce_core::recovery::read_key_from(
+        key_from,
+        Some(&source),
+    )?))
 }

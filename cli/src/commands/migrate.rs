@@ -201,15 +201,7 @@ fn open_or_create_new(
         pack_target_size: c.pack_target_size,
         open,
         key_dir: Some(key_dir),
-        key: if a.key_from.is_empty() {
-            None
-        } else {
-            let source = crate::passphrase::source(ctx.password_file.clone());
-            Some(puce_core::recovery::read_key_from(
-                &a.key_from,
-                Some(&source),
-            )?)
-        },
+        key: super::init::given_key(ctx, &a.key_from)?,
         passphrase: if a.passphrase {
             Some(crate::passphrase::new(
                 a.new.new_password_file.as_deref(),
