@@ -553,6 +553,38 @@ pub fn verify_all(root: &Path) -> Result<Vec<String>> {
     Ok(problems)
 }
 
+/// Move aside (to `holds/<owner>/damaged/`) every held file that does not match the manifest
+/// listing it, so that the next sync with its owner, or with another holder of the owner's
+/// copy, fetches it again (the daemon's scheduled check with `repair = true`). What was moved,
+/// for people. A damaged file is useless as it is; it is kept aside for the admin, not deleted.
+pub fn set_aside_damaged(root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (owner, dir) in owner_dirs(root)? {
+        let h = Holds { dir };
+        let served = h.served(crate::forgotten::hold_now())?;
+        for f in union(&served.iter().map(|(m, _)| m).collect::<Vec<_>>()) {
+            let p = h.path(&f);
+            match hash_file(&p) {
+                Ok(got) if got != (f.len, f.hash) => {}
+                _ => continue,
+            }
+            let aside = h.dir.join("damaged");
+            fs::create_dir_all(&aside).io_ctx("cannot create", &aside)?;
+            let to = aside.join(format!("{}-{}", f.file_kind().dir(), Hash(f.name).to_hex()));
+            fs::rename(&p, &to).io_ctx("cannot move aside", &p)?;
+            fsutil::sync_dir(&aside)?;
+            out.push(format!(
+                "{} held for node {} was damaged: moved to {}; the next sync with that node or \
+                 with another holder of its copy fetches it again",
+                f.describe(),
+                owner.to_hex(),
+                to.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// If `spec` names (by id or id prefix) a snapshot held here blind for another node, why it
 /// cannot be read here, for people.
 pub fn held_refusal(root: &Path, spec: &str) -> Option<String> {

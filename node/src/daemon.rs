@@ -657,6 +657,23 @@ async fn run_check(
         );
         return st;
     }
+    if report.problems.iter().any(|p| p.kind == "held_file") {
+        // Files held blind for other nodes: moved aside, fetched again at the next sync.
+        let root = ctx.repo.root().to_path_buf();
+        match tokio::task::spawn_blocking(move || puce_core::blind::set_aside_damaged(&root)).await
+        {
+            Ok(Ok(moved)) => {
+                for m in moved {
+                    tracing::warn!("check: {m}");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("cannot move damaged held files aside: {e:#}"),
+            Err(e) => tracing::warn!("cannot move damaged held files aside: {e}"),
+        }
+        if report.bad_objects.is_empty() && report.affected.is_empty() {
+            return st;
+        }
+    }
     let peers: Vec<Peer> = ctx
         .config
         .peers

@@ -431,6 +431,51 @@ fn what_the_protection_period_keeps_counts_against_a_blind_owners_quota() {
     );
 }
 
+/// The holder's scheduled check (`repair = true`) moves a held file damaged in place aside
+/// (no key needed: it does not match the owner's manifest), and the next sync fetches it again.
+#[test]
+fn the_holders_check_sets_a_damaged_held_file_aside_and_the_next_sync_fetches_it_again() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let mut partner = TestNode::new("partner");
+    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
+    partner.add_peer_with(&lyon, "{}", "hold_blind = true");
+    partner.extra = "[check]\ninterval = \"1h\"\nsample = \"100%\"\nrepair = true\n".into();
+    partner.write_config();
+    let src = lyon.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), random_bytes(1 << 20, 41)).unwrap();
+    lyon.snapshot(&src, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    partner.sync("lyon", &[]);
+    let mut files = Vec::new();
+    puce_tests::files_with_bytes(&partner.repo.path().join("holds"), &mut files);
+    let (pack, mut bytes) = files
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("/files/packs/"))
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    // The daemon's first check runs at its start.
+    partner.start();
+    let check = partner.wait_checked();
+    assert_eq!(check["problems"], 1, "{check}");
+    assert!(!pack.exists(), "the damaged file is still in place");
+    let aside: Vec<_> = fs::read_dir(pack.ancestors().nth(3).unwrap().join("damaged"))
+        .unwrap()
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert!(partner.log().contains("moved to"), "{}", partner.log());
+    let r = partner.sync("lyon", &[]);
+    assert_eq!(r["blind_files"].as_u64(), Some(1), "{r}");
+    assert_eq!(fs::read(&pack).unwrap().len(), n);
+    let c = partner.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+}
+
 #[test]
 fn a_blind_holder_heals_from_another_holder_while_the_owner_is_offline() {
     let lyon_repo = TestRepo::with_init(&["--encrypt"]);
