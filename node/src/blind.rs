@@ -50,7 +50,7 @@ enum Source {
 }
 
 /// What a blind transfer did, for the sync report.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Moved {
     /// Files fetched.
     pub files: u64,
@@ -58,6 +58,66 @@ pub struct Moved {
     pub bytes: u64,
     /// Files freed (holder) or already present (owner).
     pub freed: u64,
+    /// What the sync report should warn about (holders that disagree).
+    pub warnings: Vec<String>,
+}
+
+/// The file in the node directory keeping, per holder (node id), the newest manifest of this
+/// node's copy it served (`recover`).
+const SERVED_FILE: &str = "blind-served.json";
+
+/// Compare the newest manifest `seq` that holder `holder` serves with what it and the other
+/// holders served before (kept in [`SERVED_FILE`]), record it, and say what disagrees: a
+/// holder behind another (a restore from it alone would miss what the other keeps), or a
+/// holder whose copy went backwards since it last served this node.
+fn compare_holders(ctx: &NodeCtx, holder: &NodeId, label: &str, seq: u64) -> Vec<String> {
+    let path = ctx.dir.join(SERVED_FILE);
+    let mut served: std::collections::BTreeMap<String, u64> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let name = |id: &str| {
+        id.parse::<NodeId>()
+            .ok()
+            .and_then(|n| {
+                ctx.config
+                    .peer_by_id(&n)
+                    .map(|p| format!("peer '{}'", p.name))
+            })
+            .unwrap_or_else(|| format!("node {id}"))
+    };
+    let me = holder.to_string();
+    let mut out = Vec::new();
+    if let Some(before) = served.get(&me).copied().filter(|b| *b > seq) {
+        out.push(format!(
+            "{label} serves manifest {seq} of this node's copy, but served manifest {before} \
+             before: its copy went backwards (a rollback, or a restore of that node); check it"
+        ));
+    }
+    if let Some((other, max)) = served
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .max_by_key(|(_, s)| **s)
+        .filter(|(_, s)| **s > seq)
+    {
+        out.push(format!(
+            "holders disagree: {label} serves manifest {seq} of this node's copy, {} served \
+             manifest {max}: {label} is behind (it has not synced since) or was rolled back; \
+             what only the newer copy keeps comes from {}",
+            name(other),
+            name(other)
+        ));
+    }
+    served.insert(me, seq);
+    if let Ok(b) = serde_json::to_vec(&served)
+        && let Err(e) = puce_core::fsutil::write_atomic(&path, &ctx.dir, &b)
+    {
+        tracing::warn!("cannot record what {label} served: {e:#}");
+    }
+    for w in &out {
+        tracing::warn!("{w}");
+    }
+    out
 }
 
 /// Sign `m` with the node key.
@@ -670,6 +730,7 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
         r => r?,
     };
     let newest = verify(&all[0], None).map_err(|e| e.context(&conn.label))?;
+    let warnings = compare_holders(&conn.ctx, &conn.peer.id, &conn.label, newest.seq);
     let owner = NodeId(newest.owner);
     let mut ms = vec![newest];
     for b in &all[1..] {
@@ -701,11 +762,17 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
              nothing taken back from them; it catches up at its next sync",
             conn.label,
         );
-        return Ok(Moved::default());
+        return Ok(Moved {
+            warnings,
+            ..Moved::default()
+        });
     }
     let files = puce_core::blind::union(&ms.iter().collect::<Vec<_>>());
     let repo = conn.ctx.repo.clone();
-    let mut moved = Moved::default();
+    let mut moved = Moved {
+        warnings,
+        ..Moved::default()
+    };
     for kind in [FileKind::Pack, FileKind::Space, FileKind::Snapshot] {
         if kind == FileKind::Space {
             let r = repo.clone();

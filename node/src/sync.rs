@@ -277,6 +277,7 @@ async fn run(
             };
             report.blind_files += moved.files;
             report.blind_bytes += moved.bytes;
+            report.warnings.extend(moved.warnings);
         }
         if !explicit {
             plan(

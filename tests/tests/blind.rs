@@ -476,6 +476,57 @@ fn the_holders_check_sets_a_damaged_held_file_aside_and_the_next_sync_fetches_it
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
 }
 
+/// After a disaster, a new node restoring from two holders is warned when they disagree: one
+/// holds an older copy (it did not sync since, or was rolled back).
+#[test]
+fn a_restore_warns_when_the_holders_disagree() {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let kept_key = tempfile::tempdir().unwrap();
+    let key = kept_key.path().join("lyon.key");
+    fs::copy(key_file(&lyon_repo), &key).unwrap();
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    let (mut p1, mut p2) = (TestNode::new("p1"), TestNode::new("p2"));
+    for p in [&mut p1, &mut p2] {
+        lyon.add_peer_with(p, "{}", r#"holds_blind = ["*"]"#);
+        p.add_peer_with(&lyon, "{}", "hold_blind = true");
+    }
+    let src = lyon.repo.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.bin"), random_bytes(100_000, 51)).unwrap();
+    lyon.snapshot(&src, "docs");
+    lyon.ok(&["key", "export", "--paper"]);
+    lyon.start();
+    p1.sync("lyon", &[]);
+    p2.sync("lyon", &[]);
+    // A second snapshot reaches p1 only.
+    fs::write(src.join("b.bin"), random_bytes(100_000, 52)).unwrap();
+    let second = lyon.snapshot(&src, "docs");
+    p1.sync("lyon", &[]);
+    lyon.stop();
+
+    let lyon_id = lyon.id.clone();
+    let repo2 = TestRepo::with_init(&["--encrypt", "--key-from", key.to_str().unwrap()]);
+    let mut lyon2 = TestNode::with("lyon2", repo2, "127.0.0.1", None);
+    let mut holders = Vec::new();
+    for mut p in [p1, p2] {
+        lyon2.add_peer_with(&p, "{}", r#"holds_blind = ["*"]"#);
+        p.add_peer(&lyon2, "{}");
+        let mut p = readmit(p, &lyon2, &lyon_id);
+        p.start();
+        holders.push(p);
+    }
+    let r = lyon2.sync("p1", &[]);
+    assert!(r["warnings"].as_array().unwrap().is_empty(), "{r}");
+    assert!(lyon2.snapshot_ids().contains(&second));
+    let r = lyon2.sync("p2", &[]);
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("holders disagree: peer 'p2'")
+            && warnings.contains("peer 'p1' served manifest"),
+        "{r}"
+    );
+}
+
 #[test]
 fn a_blind_holder_heals_from_another_holder_while_the_owner_is_offline() {
     let lyon_repo = TestRepo::with_init(&["--encrypt"]);
