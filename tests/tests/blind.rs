@@ -34,6 +34,26 @@ fn dir_bytes(dir: &Path) -> u64 {
     all.iter().map(|(_, b)| b.len() as u64).sum()
 }
 
+/// Lyon, an owner whose repository has a key of its own, and `holders` (other associations,
+/// under their own keys) holding its spaces blind, with `holder_extra` in their sections on
+/// lyon after `hold_blind = true`. Its key file is also kept outside the repository (a
+/// disaster leaves it): the directory that keeps it, and its path.
+fn owner_held_by(
+    holders: &mut [&mut TestNode],
+    holder_extra: &str,
+) -> (TestNode, tempfile::TempDir, std::path::PathBuf) {
+    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
+    let kept_key = tempfile::tempdir().unwrap();
+    let key = kept_key.path().join("lyon.key");
+    fs::copy(key_file(&lyon_repo), &key).unwrap();
+    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
+    for h in holders.iter_mut() {
+        lyon.add_peer_with(h, "{}", r#"holds_blind = ["*"]"#);
+        h.add_peer_with(&lyon, "{}", &format!("hold_blind = true{holder_extra}"));
+    }
+    (lyon, kept_key, key)
+}
+
 #[test]
 fn nodes_with_different_keys_are_refused_at_once_naming_both_keys() {
     let grants = r#"{ docs = ["pull", "push"] }"#;
@@ -88,15 +108,9 @@ fn nodes_with_different_keys_are_refused_at_once_naming_both_keys() {
 /// the key, and a new node with the key restores every snapshot byte for byte from it.
 #[test]
 fn a_blind_holder_keeps_an_opaque_copy_that_restores_after_a_disaster() {
-    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
-    let kept_key = tempfile::tempdir().unwrap();
-    let key = kept_key.path().join("lyon.key");
-    fs::copy(key_file(&lyon_repo), &key).unwrap();
-    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     // The partner is another association: a repository of its own, under its own key.
     let mut partner = TestNode::new("partner");
-    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
-    partner.add_peer_with(&lyon, "{}", "hold_blind = true");
+    let (mut lyon, _kept, key) = owner_held_by(&mut [&mut partner], "");
 
     let src = lyon.repo.dir.path().join("src");
     puce_tests::make_marked_source(&src);
@@ -262,14 +276,8 @@ fn sync_later(node: &TestNode, peer: &str, days: &str) -> (serde_json::Value, St
 /// passed (test clock), the next sync frees them.
 #[test]
 fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder() {
-    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
-    let kept_key = tempfile::tempdir().unwrap();
-    let key = kept_key.path().join("lyon.key");
-    fs::copy(key_file(&lyon_repo), &key).unwrap();
-    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     let mut partner = TestNode::new("partner");
-    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
-    partner.add_peer_with(&lyon, "{}", "hold_blind = true\nkeep_min = \"30d\"");
+    let (mut lyon, _kept, key) = owner_held_by(&mut [&mut partner], "\nkeep_min = \"30d\"");
     let (src1, src2) = (
         lyon.repo.dir.path().join("src1"),
         lyon.repo.dir.path().join("src2"),
@@ -383,14 +391,10 @@ fn a_break_in_on_the_owner_leaves_every_snapshot_restorable_from_a_blind_holder(
 /// has passed, the room is given back.
 #[test]
 fn what_the_protection_period_keeps_counts_against_a_blind_owners_quota() {
-    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
-    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     let mut partner = TestNode::new("partner");
-    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
-    partner.add_peer_with(
-        &lyon,
-        "{}",
-        "hold_blind = true\nkeep_min = \"30d\"\nquota = \"6 MiB\"",
+    let (mut lyon, _, _) = owner_held_by(
+        &mut [&mut partner],
+        "\nkeep_min = \"30d\"\nquota = \"6 MiB\"",
     );
     let (src1, src2) = (
         lyon.repo.dir.path().join("src1"),
@@ -435,11 +439,8 @@ fn what_the_protection_period_keeps_counts_against_a_blind_owners_quota() {
 /// (no key needed: it does not match the owner's manifest), and the next sync fetches it again.
 #[test]
 fn the_holders_check_sets_a_damaged_held_file_aside_and_the_next_sync_fetches_it_again() {
-    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
-    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     let mut partner = TestNode::new("partner");
-    lyon.add_peer_with(&partner, "{}", r#"holds_blind = ["*"]"#);
-    partner.add_peer_with(&lyon, "{}", "hold_blind = true");
+    let (mut lyon, _, _) = owner_held_by(&mut [&mut partner], "");
     partner.extra = "[check]\ninterval = \"1h\"\nsample = \"100%\"\nrepair = true\n".into();
     partner.write_config();
     let src = lyon.repo.dir.path().join("src");
@@ -480,16 +481,8 @@ fn the_holders_check_sets_a_damaged_held_file_aside_and_the_next_sync_fetches_it
 /// holds an older copy (it did not sync since, or was rolled back).
 #[test]
 fn a_restore_warns_when_the_holders_disagree() {
-    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
-    let kept_key = tempfile::tempdir().unwrap();
-    let key = kept_key.path().join("lyon.key");
-    fs::copy(key_file(&lyon_repo), &key).unwrap();
-    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     let (mut p1, mut p2) = (TestNode::new("p1"), TestNode::new("p2"));
-    for p in [&mut p1, &mut p2] {
-        lyon.add_peer_with(p, "{}", r#"holds_blind = ["*"]"#);
-        p.add_peer_with(&lyon, "{}", "hold_blind = true");
-    }
+    let (mut lyon, _kept, key) = owner_held_by(&mut [&mut p1, &mut p2], "");
     let src = lyon.repo.dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a.bin"), random_bytes(100_000, 51)).unwrap();
@@ -529,15 +522,10 @@ fn a_restore_warns_when_the_holders_disagree() {
 
 #[test]
 fn a_blind_holder_heals_from_another_holder_while_the_owner_is_offline() {
-    let lyon_repo = TestRepo::with_init(&["--encrypt"]);
-    let mut lyon = TestNode::with("lyon", lyon_repo, "127.0.0.1", None);
     let mut a = TestNode::new("a");
     let mut b = TestNode::new("b");
-    lyon.add_peer_with(&a, "{}", r#"holds_blind = ["*"]"#);
-    lyon.add_peer_with(&b, "{}", r#"holds_blind = ["*"]"#);
+    let (mut lyon, _, _) = owner_held_by(&mut [&mut a, &mut b], "");
     let admit = format!("owner = \"{}\"", lyon.id);
-    a.add_peer_with(&lyon, "{}", "hold_blind = true");
-    b.add_peer_with(&lyon, "{}", "hold_blind = true");
     a.add_peer_with(&b, "{}", &admit);
     b.add_peer_with(&a, "{}", &admit);
     let src = lyon.repo.dir.path().join("src");
