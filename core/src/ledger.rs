@@ -423,10 +423,8 @@ fn stamp(
 
 /// The epoch and the insert count of the scope of `peer`.
 fn counters(repo: &Repo, peer: &[u8; 32]) -> Result<(u64, u64)> {
-    match repo.index().scope(&reach::peer_key(peer))? {
-        Some(scope) => repo.index().quota_counters(scope),
-        None => Ok((repo.index().quota_counters(u32::MAX)?.0, 0)),
-    }
+    let scope = repo.index().scope(&reach::peer_key(peer))?;
+    repo.index().quota_counters(scope)
 }
 
 /// In debug builds (the tests), a recorded use is checked against a walk.

@@ -62,20 +62,28 @@ pub struct Moved {
     pub warnings: Vec<String>,
 }
 
-/// The file in the node directory keeping, per holder (node id), the newest manifest of this
-/// node's copy it served (`recover`).
+/// The file in the node directory keeping, per owner of a copy (node id) and per holder
+/// (node id), the newest manifest of that copy the holder served (`recover`).
 const SERVED_FILE: &str = "blind-served.json";
 
-/// Compare the newest manifest `seq` that holder `holder` serves with what it and the other
-/// holders served before (kept in [`SERVED_FILE`]), record it, and say what disagrees: a
-/// holder behind another (a restore from it alone would miss what the other keeps), or a
-/// holder whose copy went backwards since it last served this node.
-fn compare_holders(ctx: &NodeCtx, holder: &NodeId, label: &str, seq: u64) -> Vec<String> {
+/// Compare the newest manifest `seq` of `owner`'s copy that holder `holder` serves with what
+/// it and the other holders of that copy served before (kept in [`SERVED_FILE`]), record it,
+/// and say what disagrees: a holder behind another (a restore from it alone would miss what
+/// the other keeps), or a holder whose copy went backwards since it last served this node.
+fn compare_holders(
+    ctx: &NodeCtx,
+    holder: &NodeId,
+    owner: &NodeId,
+    label: &str,
+    seq: u64,
+) -> Vec<String> {
+    type Served = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
     let path = ctx.dir.join(SERVED_FILE);
-    let mut served: std::collections::BTreeMap<String, u64> = std::fs::read(&path)
+    let mut all: Served = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    let served = all.entry(owner.to_string()).or_default();
     let name = |id: &str| {
         id.parse::<NodeId>()
             .ok()
@@ -109,7 +117,7 @@ fn compare_holders(ctx: &NodeCtx, holder: &NodeId, label: &str, seq: u64) -> Vec
         ));
     }
     served.insert(me, seq);
-    if let Ok(b) = serde_json::to_vec(&served)
+    if let Ok(b) = serde_json::to_vec(&all)
         && let Err(e) = puce_core::fsutil::write_atomic(&path, &ctx.dir, &b)
     {
         tracing::warn!("cannot record what {label} served: {e:#}");
@@ -730,7 +738,6 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
         r => r?,
     };
     let newest = verify(&all[0], None).map_err(|e| e.context(&conn.label))?;
-    let warnings = compare_holders(&conn.ctx, &conn.peer.id, &conn.label, newest.seq);
     let owner = NodeId(newest.owner);
     let mut ms = vec![newest];
     for b in &all[1..] {
@@ -750,6 +757,9 @@ pub async fn recover(conn: &Arc<Conn>) -> Result<Moved> {
             ),
         ));
     }
+    // Compared only now: a copy under another key is not this node's, and says nothing of
+    // what the other holders keep.
+    let warnings = compare_holders(&conn.ctx, &conn.peer.id, &owner, &conn.label, ms[0].seq);
     // A copy older than the newest manifest this node signed lists what it has since
     // forgotten and collected: taking it would bring that back. Only a copy at least as new
     // (damage or loss here), or any copy for a node that never signed one (a new node after a

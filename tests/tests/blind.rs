@@ -508,6 +508,36 @@ fn a_restore_warns_when_the_holders_disagree() {
         p.start();
         holders.push(p);
     }
+    // A hostile holder serves another association's copy (grenoble's, many manifests on):
+    // refused for its key, and not taken as a holder of lyon's copy ahead of the others.
+    let mut grenoble = TestNode::with(
+        "grenoble",
+        TestRepo::with_init(&["--encrypt"]),
+        "127.0.0.1",
+        None,
+    );
+    let mut evil = TestNode::new("evil");
+    grenoble.add_peer_with(&evil, "{}", r#"holds_blind = ["*"]"#);
+    evil.add_peer_with(&grenoble, "{}", "hold_blind = true");
+    grenoble.ok(&["key", "export", "--paper"]);
+    grenoble.start();
+    let gsrc = grenoble.repo.dir.path().join("src");
+    fs::create_dir_all(&gsrc).unwrap();
+    for i in 0..4 {
+        fs::write(gsrc.join(format!("{i}.bin")), random_bytes(10_000, 60 + i)).unwrap();
+        grenoble.snapshot(&gsrc, "docs");
+        evil.sync("grenoble", &[]);
+    }
+    grenoble.stop();
+    lyon2.add_peer_with(&evil, "{}", r#"holds_blind = ["*"]"#);
+    evil.add_peer(&lyon2, "{}");
+    let mut evil = readmit(evil, &lyon2, &grenoble.id);
+    evil.start();
+    let e = lyon2.sync_fails("evil", &[]);
+    assert!(
+        e.contains("holds a copy made with the key of fingerprint"),
+        "{e}"
+    );
     let r = lyon2.sync("p1", &[]);
     assert!(r["warnings"].as_array().unwrap().is_empty(), "{r}");
     assert!(lyon2.snapshot_ids().contains(&second));

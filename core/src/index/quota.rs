@@ -43,11 +43,15 @@ pub(super) fn bump_inserts(w: &WriteTransaction, scopes: impl Iterator<Item = u3
 
 impl Index {
     /// The epoch of object removals, and the number of transactions that added objects to
-    /// scope `scope`.
-    pub fn quota_counters(&self, scope: u32) -> Result<(u64, u64)> {
+    /// scope `scope` (0 without a scope).
+    pub fn quota_counters(&self, scope: Option<u32>) -> Result<(u64, u64)> {
         let r = self.db.begin_read()?;
         let meta = r.open_table(META)?;
         let get = |k: &str| -> Result<u64> { Ok(meta.get(k)?.map(|g| g.value()).unwrap_or(0)) };
-        Ok((get(LEDGER_EPOCH)?, get(&inserts_key(scope))?))
+        let inserts = match scope {
+            Some(s) => get(&inserts_key(s))?,
+            None => 0,
+        };
+        Ok((get(LEDGER_EPOCH)?, inserts))
     }
 }
